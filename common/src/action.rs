@@ -1,0 +1,538 @@
+//! The action model shared by agent, controller and operator tools: what can be asked of a
+//! device, with which parameters, and the lifecycle every request walks through.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ActionId, DeviceId};
+
+/// What an action does. The string form (`request_sample`) is the one used by the API, the CLI
+/// and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Isolate,
+    ReleaseIsolation,
+    Contain,
+    Uncontain,
+    Quarantine,
+    ReleaseQuarantine,
+    Scan,
+    RestrictExecution,
+    ReleaseExecution,
+    CollectPackage,
+    RequestSample,
+    Offboard,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 12] = [
+        ActionKind::Isolate,
+        ActionKind::ReleaseIsolation,
+        ActionKind::Contain,
+        ActionKind::Uncontain,
+        ActionKind::Quarantine,
+        ActionKind::ReleaseQuarantine,
+        ActionKind::Scan,
+        ActionKind::RestrictExecution,
+        ActionKind::ReleaseExecution,
+        ActionKind::CollectPackage,
+        ActionKind::RequestSample,
+        ActionKind::Offboard,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Isolate => "isolate",
+            ActionKind::ReleaseIsolation => "release_isolation",
+            ActionKind::Contain => "contain",
+            ActionKind::Uncontain => "uncontain",
+            ActionKind::Quarantine => "quarantine",
+            ActionKind::ReleaseQuarantine => "release_quarantine",
+            ActionKind::Scan => "scan",
+            ActionKind::RestrictExecution => "restrict_execution",
+            ActionKind::ReleaseExecution => "release_execution",
+            ActionKind::CollectPackage => "collect_package",
+            ActionKind::RequestSample => "request_sample",
+            ActionKind::Offboard => "offboard",
+        }
+    }
+
+    /// The action that undoes a succeeded action of this kind, for the kinds with lasting state.
+    pub fn undo(self) -> Option<ActionKind> {
+        match self {
+            ActionKind::Isolate => Some(ActionKind::ReleaseIsolation),
+            ActionKind::Contain => Some(ActionKind::Uncontain),
+            ActionKind::Quarantine => Some(ActionKind::ReleaseQuarantine),
+            ActionKind::RestrictExecution => Some(ActionKind::ReleaseExecution),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ActionKind {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.replace('-', "_");
+        ActionKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+            .ok_or_else(|| ParseError::new("action kind", s, &names(&ActionKind::ALL)))
+    }
+}
+
+/// The parameters of an action; the variant decides the kind.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionParams {
+    Isolate(IsolateParams),
+    ReleaseIsolation {},
+    Contain(ContainParams),
+    Uncontain(ContainParams),
+    Quarantine(QuarantineParams),
+    ReleaseQuarantine(ReleaseQuarantineParams),
+    Scan(ScanParams),
+    RestrictExecution {},
+    ReleaseExecution {},
+    CollectPackage {},
+    RequestSample(RequestSampleParams),
+    Offboard {},
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolateParams {
+    #[serde(default)]
+    pub selective: bool,
+    /// Allowed traffic besides the controller, for selective isolation.
+    #[serde(default)]
+    pub exceptions: Vec<String>,
+    /// Seconds after which the agent releases the isolation by itself.
+    #[serde(default)]
+    pub for_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainParams {
+    #[serde(default)]
+    pub device: Option<DeviceId>,
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineParams {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub roots: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseQuarantineParams {
+    #[serde(default)]
+    pub entry: Option<String>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub restore_path: Option<String>,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanParams {
+    /// `quick`, `full` or `custom`.
+    pub mode: String,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub exclusions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSampleParams {
+    /// Absolute path of the file to upload.
+    pub path: String,
+}
+
+impl ActionParams {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            ActionParams::Isolate(_) => ActionKind::Isolate,
+            ActionParams::ReleaseIsolation {} => ActionKind::ReleaseIsolation,
+            ActionParams::Contain(_) => ActionKind::Contain,
+            ActionParams::Uncontain(_) => ActionKind::Uncontain,
+            ActionParams::Quarantine(_) => ActionKind::Quarantine,
+            ActionParams::ReleaseQuarantine(_) => ActionKind::ReleaseQuarantine,
+            ActionParams::Scan(_) => ActionKind::Scan,
+            ActionParams::RestrictExecution {} => ActionKind::RestrictExecution,
+            ActionParams::ReleaseExecution {} => ActionKind::ReleaseExecution,
+            ActionParams::CollectPackage {} => ActionKind::CollectPackage,
+            ActionParams::RequestSample(_) => ActionKind::RequestSample,
+            ActionParams::Offboard {} => ActionKind::Offboard,
+        }
+    }
+
+    /// Checks what can be checked without the device, so that a bad request is refused when it
+    /// is made rather than failing on the device days later.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ActionParams::RequestSample(p) => {
+                if !p.path.starts_with('/') {
+                    return Err(format!("path {:?} is not absolute", p.path));
+                }
+                if p.path.split('/').any(|c| c == "..") {
+                    return Err(format!("path {:?} contains '..'", p.path));
+                }
+                if p.path.contains('\0') {
+                    return Err("path contains a NUL byte".into());
+                }
+                Ok(())
+            }
+            ActionParams::Scan(p) => match p.mode.as_str() {
+                "quick" | "full" => Ok(()),
+                "custom" if !p.paths.is_empty() => Ok(()),
+                "custom" => Err("a custom scan needs at least one path".into()),
+                other => Err(format!("scan mode {other:?} is not quick, full or custom")),
+            },
+            ActionParams::Contain(p) | ActionParams::Uncontain(p) => {
+                if p.device.is_none() && p.ip.is_none() && p.mac.is_none() {
+                    Err("name a device, an ip or a mac to contain".into())
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a request came from, in the Action center's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionSource {
+    ManualDeviceAction,
+    AutomatedDeviceAction,
+    ManualLiveResponseAction,
+    LiveResponseActionViaApi,
+    ApiAction,
+}
+
+impl ActionSource {
+    pub const ALL: [ActionSource; 5] = [
+        ActionSource::ManualDeviceAction,
+        ActionSource::AutomatedDeviceAction,
+        ActionSource::ManualLiveResponseAction,
+        ActionSource::LiveResponseActionViaApi,
+        ActionSource::ApiAction,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionSource::ManualDeviceAction => "manual_device_action",
+            ActionSource::AutomatedDeviceAction => "automated_device_action",
+            ActionSource::ManualLiveResponseAction => "manual_live_response_action",
+            ActionSource::LiveResponseActionViaApi => "live_response_action_via_api",
+            ActionSource::ApiAction => "api_action",
+        }
+    }
+}
+
+impl fmt::Display for ActionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ActionSource {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.replace('-', "_");
+        ActionSource::ALL
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+            .ok_or_else(|| ParseError::new("action source", s, &names(&ActionSource::ALL)))
+    }
+}
+
+/// Where an action is in its lifecycle. States only move forward (see [`ActionStatus::can_move_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    PendingApproval,
+    Approved,
+    Delivered,
+    Acknowledged,
+    InProgress,
+    Succeeded,
+    Failed,
+    Rejected,
+    Cancelled,
+    Expired,
+    TimedOut,
+    Undone,
+}
+
+impl ActionStatus {
+    pub const ALL: [ActionStatus; 12] = [
+        ActionStatus::PendingApproval,
+        ActionStatus::Approved,
+        ActionStatus::Delivered,
+        ActionStatus::Acknowledged,
+        ActionStatus::InProgress,
+        ActionStatus::Succeeded,
+        ActionStatus::Failed,
+        ActionStatus::Rejected,
+        ActionStatus::Cancelled,
+        ActionStatus::Expired,
+        ActionStatus::TimedOut,
+        ActionStatus::Undone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::PendingApproval => "pending_approval",
+            ActionStatus::Approved => "approved",
+            ActionStatus::Delivered => "delivered",
+            ActionStatus::Acknowledged => "acknowledged",
+            ActionStatus::InProgress => "in_progress",
+            ActionStatus::Succeeded => "succeeded",
+            ActionStatus::Failed => "failed",
+            ActionStatus::Rejected => "rejected",
+            ActionStatus::Cancelled => "cancelled",
+            ActionStatus::Expired => "expired",
+            ActionStatus::TimedOut => "timed_out",
+            ActionStatus::Undone => "undone",
+        }
+    }
+
+    /// Position on the main path; side exits share the rank of the end of the path.
+    fn rank(self) -> u8 {
+        match self {
+            ActionStatus::PendingApproval => 0,
+            ActionStatus::Approved => 1,
+            ActionStatus::Delivered => 2,
+            ActionStatus::Acknowledged => 3,
+            ActionStatus::InProgress => 4,
+            ActionStatus::Succeeded
+            | ActionStatus::Failed
+            | ActionStatus::Rejected
+            | ActionStatus::Cancelled
+            | ActionStatus::Expired
+            | ActionStatus::TimedOut => 5,
+            ActionStatus::Undone => 6,
+        }
+    }
+
+    /// No further transition is possible, except `Succeeded → Undone`.
+    pub fn is_final(self) -> bool {
+        self.rank() >= 5
+    }
+
+    /// Approved and not yet finished: the device owes a result.
+    pub fn is_outstanding(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Approved
+                | ActionStatus::Delivered
+                | ActionStatus::Acknowledged
+                | ActionStatus::InProgress
+        )
+    }
+
+    /// Whether the lifecycle allows moving from `self` to `to`. A repeated or late message
+    /// asks for a move that is not allowed, and the caller keeps the current state.
+    pub fn can_move_to(self, to: ActionStatus) -> bool {
+        use ActionStatus::*;
+        match to {
+            Rejected | Expired => self == PendingApproval,
+            Cancelled => matches!(self, PendingApproval | Approved),
+            TimedOut => self.is_outstanding(),
+            Undone => self == Succeeded,
+            Approved => self == PendingApproval,
+            Delivered | Acknowledged | InProgress | Succeeded | Failed => {
+                self.is_outstanding() && self.rank() < to.rank()
+            }
+            PendingApproval => false,
+        }
+    }
+}
+
+impl fmt::Display for ActionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ActionStatus {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.replace('-', "_");
+        ActionStatus::ALL
+            .into_iter()
+            .find(|k| k.as_str() == wanted)
+            .ok_or_else(|| ParseError::new("action status", s, &names(&ActionStatus::ALL)))
+    }
+}
+
+/// An approved action as the agent receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ActionSpec {
+    pub id: ActionId,
+    pub params: ActionParams,
+}
+
+/// How an action ended on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+/// A file the agent uploaded for an action (a sample, a package).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// The agent's account of a finished action: the state it checked, not a command's exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ActionReport {
+    pub id: ActionId,
+    pub outcome: Outcome,
+    /// One line for tables.
+    pub summary: String,
+    /// Structured detail as JSON text (kind-specific).
+    pub detail: String,
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Progress {
+    pub message: String,
+    /// Per mille done, when the action can tell.
+    pub permille: Option<u16>,
+}
+
+/// A refused parse of one of the enums above, listing what would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {got:?}; expected one of: {expected}")]
+pub struct ParseError {
+    what: &'static str,
+    got: String,
+    expected: String,
+}
+
+impl ParseError {
+    fn new(what: &'static str, got: &str, expected: &str) -> ParseError {
+        ParseError {
+            what,
+            got: got.chars().take(80).collect(),
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+fn names<T: fmt::Display>(all: &[T]) -> String {
+    all.iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ActionStatus::*;
+
+    #[test]
+    fn lifecycle_only_moves_forward() {
+        let path = [PendingApproval, Approved, Delivered, Acknowledged, InProgress, Succeeded];
+        for pair in path.windows(2) {
+            assert!(pair[0].can_move_to(pair[1]), "{:?} -> {:?}", pair[0], pair[1]);
+            assert!(!pair[1].can_move_to(pair[0]), "{:?} -> {:?}", pair[1], pair[0]);
+        }
+        // A receipt that arrives after the result leaves the result in place.
+        assert!(!Succeeded.can_move_to(Acknowledged));
+        assert!(!Failed.can_move_to(Succeeded));
+        // Skipping hops is allowed: a result may arrive without a separate receipt.
+        assert!(Delivered.can_move_to(Succeeded));
+        assert!(Approved.can_move_to(InProgress));
+    }
+
+    #[test]
+    fn side_exits_are_guarded() {
+        assert!(PendingApproval.can_move_to(Rejected));
+        assert!(!Approved.can_move_to(Rejected));
+        assert!(PendingApproval.can_move_to(Expired));
+        assert!(Approved.can_move_to(Cancelled));
+        assert!(!Delivered.can_move_to(Cancelled));
+        assert!(Delivered.can_move_to(TimedOut));
+        assert!(!PendingApproval.can_move_to(TimedOut));
+        assert!(Succeeded.can_move_to(Undone));
+        assert!(!Failed.can_move_to(Undone));
+        for s in ActionStatus::ALL {
+            assert!(!s.can_move_to(PendingApproval));
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in ActionKind::ALL {
+            assert_eq!(k.as_str().parse::<ActionKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        for s in ActionStatus::ALL {
+            assert_eq!(s.as_str().parse::<ActionStatus>().unwrap(), s);
+        }
+        for s in ActionSource::ALL {
+            assert_eq!(s.as_str().parse::<ActionSource>().unwrap(), s);
+        }
+        assert_eq!("request-sample".parse::<ActionKind>().unwrap(), ActionKind::RequestSample);
+        let err = "explode".parse::<ActionKind>().unwrap_err().to_string();
+        assert!(err.contains("unknown action kind \"explode\""), "{err}");
+    }
+
+    #[test]
+    fn params_json_names_the_kind() {
+        let p: ActionParams =
+            serde_json::from_str(r#"{"kind":"request_sample","path":"/etc/hosts"}"#).unwrap();
+        assert_eq!(p.kind(), ActionKind::RequestSample);
+        let p: ActionParams = serde_json::from_str(r#"{"kind":"offboard"}"#).unwrap();
+        assert_eq!(p, ActionParams::Offboard {});
+        assert!(serde_json::from_str::<ActionParams>(r#"{"kind":"offboard","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn sample_paths_are_checked_at_request_time() {
+        let p = |s: &str| ActionParams::RequestSample(RequestSampleParams { path: s.into() });
+        assert!(p("/etc/hosts").validate().is_ok());
+        assert!(p("etc/hosts").validate().is_err());
+        assert!(p("/etc/../root/x").validate().is_err());
+    }
+}

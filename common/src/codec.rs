@@ -1,0 +1,36 @@
+//! The one place that knows the payload encoding (bincode 2, standard configuration).
+//! Swapping the encoding means changing this module and the golden vectors, nothing else.
+
+use bincode::{Decode, Encode};
+
+use crate::frame::MAX_FRAME_LEN;
+
+/// Upper bound on what decoding may allocate, whatever the bytes claim.
+const LIMIT: usize = MAX_FRAME_LEN as usize;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    #[error("malformed message: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("malformed message: {0} trailing bytes")]
+    Trailing(usize),
+}
+
+pub fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::encode_to_vec(value, config())?)
+}
+
+/// Decodes exactly one value from `bytes`; leftover bytes are an error.
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::decode_from_slice(bytes, config())?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}

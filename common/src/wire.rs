@@ -1,0 +1,145 @@
+//! Messages exchanged between agent and controller. Every QUIC stream starts with one
+//! [`Opening`] frame that says what the stream is for:
+//!
+//! * `Enroll`: the only thing a connection without a client certificate may do;
+//! * `Session`: the long-lived control stream, agent → controller [`AgentMessage`]s and
+//!   controller → agent [`ControllerMessage`]s;
+//! * `Upload`: one artifact's bytes (see [`UploadBegin`]).
+//!
+//! Field and variant order is the wire format: append, never reorder (docs/protocol.md).
+
+use std::net::IpAddr;
+
+use bincode::{Decode, Encode};
+
+use crate::action::{ActionKind, ActionReport, ActionSpec, IsolateParams, Progress};
+use crate::ids::{ActionId, DeviceId};
+
+/// ALPN protocol id of the agent↔controller QUIC connection.
+pub const ALPN: &[u8] = b"palisade/1";
+/// The name the controller's certificate carries and the agent verifies, whatever address it
+/// dials: trust comes from the pinned CA, not from DNS.
+pub const CONTROLLER_SERVER_NAME: &str = "palisade-controller";
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Opening {
+    Enroll(EnrollRequest),
+    Session(Hello),
+    Upload(UploadBegin),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// PKCS#10 certificate signing request (DER) for the agent's own key.
+    pub csr_der: Vec<u8>,
+    pub agent_version: String,
+    pub inventory: Inventory,
+    pub capabilities: Vec<ActionKind>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum EnrollResponse {
+    Enrolled {
+        device_id: DeviceId,
+        /// The agent's certificate (DER), naming `device_id`.
+        certificate_der: Vec<u8>,
+        /// The controller's CA certificate (DER).
+        ca_der: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// First message of a session: who the agent is now. The device id is *not* in it: the
+/// controller takes it from the connection's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Hello {
+    pub agent_version: String,
+    pub capabilities: Vec<ActionKind>,
+    pub inventory: Inventory,
+    pub observed: ObservedState,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub addresses: Vec<IpAddr>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub boot_time_unix: u64,
+}
+
+/// What the controller wants to be true on the device. Lasting actions change it; the agent
+/// reconciles it at start, on every (re)connect and after tamper.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct DesiredState {
+    /// Increases with every change, so that a stale copy can be recognised.
+    pub revision: u64,
+    pub isolation: Option<IsolateParams>,
+    pub contained: Vec<IpAddr>,
+    pub restrict_execution: bool,
+}
+
+/// What the agent found enforced, for the desired revision it last applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ObservedState {
+    pub desired_revision: u64,
+    pub isolated: bool,
+    pub contained: Vec<IpAddr>,
+    pub restrict_execution: bool,
+    /// Why observed differs from desired, if it does.
+    pub drift: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AgentMessage {
+    Heartbeat { seq: u64 },
+    /// The action is in the agent's journal: it will not be lost nor run twice.
+    Receipt { id: ActionId },
+    Progress { id: ActionId, progress: Progress },
+    Result(ActionReport),
+    Observed(ObservedState),
+    Inventory(Inventory),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Welcome {
+    pub device_id: DeviceId,
+    /// Controller time, unix milliseconds, for the agent's logs.
+    pub server_time_ms: i64,
+    pub heartbeat_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ControllerMessage {
+    Welcome(Welcome),
+    HeartbeatAck { seq: u64 },
+    Deliver(ActionSpec),
+    /// The result is committed on the controller; the agent may forget it.
+    ResultAck { id: ActionId },
+    Desired(DesiredState),
+}
+
+/// Opens an upload stream. The controller answers with [`UploadReply::Resume`], the agent sends
+/// the raw bytes from that offset to the end and finishes the stream, and the controller
+/// answers again with `Stored` or `Refused` once it has checked the hash.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct UploadBegin {
+    pub action: ActionId,
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum UploadReply {
+    /// Send from this offset: what the controller already holds of this upload.
+    Resume { offset: u64 },
+    Stored,
+    Refused { reason: String },
+}
