@@ -1,12 +1,16 @@
 //! The one place that knows the payload encoding (bincode 2, standard configuration).
 //! Swapping the encoding means changing this module and the golden vectors, nothing else.
 
-use bincode::{Decode, Encode};
+/// The traits a wire type implements; transports name these, never bincode itself.
+pub use bincode::{Decode, Encode};
 
 use crate::frame::MAX_FRAME_LEN;
 
-/// Upper bound on what decoding may allocate, whatever the bytes claim.
-const LIMIT: usize = MAX_FRAME_LEN as usize;
+/// Upper bound on what decoding one frame may allocate, whatever its bytes claim. bincode counts
+/// decoded memory, not wire bytes, and one wire byte can stand for up to 8 bytes of memory (a
+/// one-byte varint length decodes to a `usize`), so 8× the frame limit lets every frame that
+/// fits on the wire decode while a claim of 2^60 elements is still refused before allocating.
+const LIMIT: usize = 8 * MAX_FRAME_LEN as usize;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<LIMIT>()

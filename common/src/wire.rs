@@ -21,6 +21,18 @@ pub const ALPN: &[u8] = b"palisade/1";
 /// dials: trust comes from the pinned CA, not from DNS.
 pub const CONTROLLER_SERVER_NAME: &str = "palisade-controller";
 
+/// QUIC application close codes; the reason text says more.
+pub mod close_code {
+    pub const NORMAL: u32 = 0;
+    /// The connection's certificate is revoked, superseded or unknown.
+    pub const REFUSED: u32 = 1;
+    pub const PROTOCOL: u32 = 2;
+    /// The device was offboarded; its certificate is revoked.
+    pub const OFFBOARDED: u32 = 3;
+    /// A newer connection of the same device took over.
+    pub const REPLACED: u32 = 4;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Opening {
     Enroll(EnrollRequest),

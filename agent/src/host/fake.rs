@@ -1,0 +1,48 @@
+//! A recording fake host for unit tests of the executor and the session driver.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use palisade_common::wire::Inventory;
+use ring::digest;
+
+use super::{Host, HostError, Snapshot};
+
+#[derive(Default)]
+pub struct FakeHost {
+    pub files: Mutex<HashMap<PathBuf, Vec<u8>>>,
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl FakeHost {
+    pub fn with_file(self, path: &str, bytes: &[u8]) -> FakeHost {
+        self.files.lock().unwrap().insert(path.into(), bytes.to_vec());
+        self
+    }
+}
+
+impl Host for FakeHost {
+    fn inventory(&self) -> Inventory {
+        Inventory {
+            hostname: "fake-host".into(),
+            os: "FakeOS 1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
+        self.calls.lock().unwrap().push(format!("snapshot {}", path.display()));
+        let files = self.files.lock().unwrap();
+        let bytes = files
+            .get(path)
+            .ok_or_else(|| HostError::Refused(format!("{} does not exist", path.display())))?;
+        if bytes.len() as u64 > max {
+            return Err(HostError::Refused(format!("{} is larger than {max} bytes", path.display())));
+        }
+        std::fs::write(dest, bytes).map_err(|e| HostError::io("write snapshot", e))?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
+        Ok(Snapshot { path: dest.to_owned(), size: bytes.len() as u64, sha256 })
+    }
+}

@@ -1,0 +1,216 @@
+//! The agent's journal (SQLite, WAL, `synchronous=FULL`) in its state directory: every action
+//! it has received, where each stands, and the outbox of results the controller has not yet
+//! acknowledged. A kill -9 at any moment loses nothing: an action is journaled before its
+//! receipt is sent, a result before it is sent, and a result leaves the outbox only when the
+//! controller says it has committed it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use palisade_common::action::{ActionReport, ActionSpec};
+use palisade_common::wire::DesiredState;
+use palisade_common::{ActionId, ActionKind, codec};
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+pub struct Journal {
+    conn: Connection,
+}
+
+/// Where an action stands on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Received,
+    Finished,
+    Acknowledged,
+}
+
+const V1: &str = "
+CREATE TABLE actions (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    spec        BLOB NOT NULL,
+    stage       TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY REFERENCES actions(id),
+    report     BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal> {
+        let mut conn = Connection::open(path).with_context(|| format!("cannot open journal {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Migrations::new(vec![M::up(V1)])
+            .to_latest(&mut conn)
+            .context("cannot migrate the journal")?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        Ok(Journal { conn })
+    }
+
+    /// Records a newly delivered action. Returns false if it was already known.
+    pub fn record(&self, spec: &ActionSpec) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO actions (id, kind, spec, stage, received_at) VALUES (?1, ?2, ?3, 'received', ?4)",
+            params![spec.id.0 as i64, spec.params.kind().as_str(), codec::encode(spec)?, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Puts a result in the outbox and marks its action finished, in one transaction.
+    pub fn finish(&mut self, report: &ActionReport) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO outbox (id, report, created_at) VALUES (?1, ?2, ?3)",
+            params![report.id.0 as i64, codec::encode(report)?, now()],
+        )?;
+        tx.execute(
+            "UPDATE actions SET stage = 'finished', finished_at = ?2 WHERE id = ?1",
+            params![report.id.0 as i64, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The controller committed the result: it leaves the outbox.
+    pub fn acknowledged(&mut self, id: ActionId) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0 as i64])?;
+        tx.execute("UPDATE actions SET stage = 'acknowledged' WHERE id = ?1", [id.0 as i64])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn known_ids(&self) -> Result<Vec<ActionId>> {
+        let mut stmt = self.conn.prepare("SELECT id FROM actions ORDER BY id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|v| ActionId(v as u64)))
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    pub fn outbox(&self) -> Result<Vec<ActionReport>> {
+        let mut stmt = self.conn.prepare("SELECT report FROM outbox ORDER BY id")?;
+        let blobs: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        blobs
+            .iter()
+            .map(|b| codec::decode(b).context("corrupt outbox entry"))
+            .collect()
+    }
+
+    /// Actions received but not finished: interrupted by a restart, to be run again.
+    pub fn unfinished(&self) -> Result<Vec<ActionSpec>> {
+        let mut stmt = self.conn.prepare("SELECT spec FROM actions WHERE stage = 'received' ORDER BY id")?;
+        let blobs: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        blobs
+            .iter()
+            .map(|b| codec::decode(b).context("corrupt journal entry"))
+            .collect()
+    }
+
+    pub fn kind_of(&self, id: ActionId) -> Result<Option<ActionKind>> {
+        let kind: Option<String> = self
+            .conn
+            .query_row("SELECT kind FROM actions WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+            .optional()?;
+        Ok(kind.and_then(|k| k.parse().ok()))
+    }
+
+    pub fn stage(&self, id: ActionId) -> Result<Option<Stage>> {
+        let stage: Option<String> = self
+            .conn
+            .query_row("SELECT stage FROM actions WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+            .optional()?;
+        Ok(stage.map(|s| match s.as_str() {
+            "received" => Stage::Received,
+            "finished" => Stage::Finished,
+            _ => Stage::Acknowledged,
+        }))
+    }
+
+    /// A finished, successful offboard whose result may still be unacknowledged.
+    pub fn offboard_finished(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM actions WHERE kind = 'offboard' AND stage IN ('finished', 'acknowledged'))",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn desired(&self) -> Result<Option<DesiredState>> {
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'desired'", [], |r| r.get(0))
+            .optional()?;
+        blob.map(|b| codec::decode(&b).context("corrupt desired state")).transpose()
+    }
+
+    pub fn set_desired(&self, d: &DesiredState) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('desired', ?1)",
+            [codec::encode(d)?],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::action::{ActionParams, Outcome, RequestSampleParams};
+
+    fn spec(id: u64) -> ActionSpec {
+        ActionSpec {
+            id: ActionId(id),
+            params: ActionParams::RequestSample(RequestSampleParams { path: "/etc/hosts".into() }),
+        }
+    }
+
+    fn report(id: u64) -> ActionReport {
+        ActionReport {
+            id: ActionId(id),
+            outcome: Outcome::Succeeded,
+            summary: "ok".into(),
+            detail: "{}".into(),
+            artifacts: vec![],
+        }
+    }
+
+    #[test]
+    fn survives_reopen_with_outbox_and_unfinished_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        {
+            let mut j = Journal::open(&path).unwrap();
+            assert!(j.record(&spec(1)).unwrap());
+            assert!(!j.record(&spec(1)).unwrap(), "duplicate recorded twice");
+            j.record(&spec(2)).unwrap();
+            j.record(&spec(3)).unwrap();
+            j.finish(&report(1)).unwrap();
+            j.finish(&report(2)).unwrap();
+            j.acknowledged(ActionId(2)).unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.known_ids().unwrap(), vec![ActionId(1), ActionId(2), ActionId(3)]);
+        assert_eq!(j.outbox().unwrap(), vec![report(1)]);
+        assert_eq!(j.unfinished().unwrap(), vec![spec(3)]);
+        assert_eq!(j.stage(ActionId(2)).unwrap(), Some(Stage::Acknowledged));
+    }
+}

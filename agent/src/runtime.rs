@@ -1,0 +1,299 @@
+//! The agent's main loop: keep one session connection to the controller, journal what arrives,
+//! run it, upload its artifacts, and keep its result in the outbox until acknowledged.
+//! Executions run on their own tasks and outlive reconnects.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use palisade_common::action::{ActionReport, ActionSpec, Outcome};
+use palisade_common::session::{AgentEvent, AgentSession};
+use palisade_common::wire::{Hello, ObservedState};
+use palisade_common::{ActionKind, ActionParams};
+use tokio::sync::{mpsc, watch};
+
+use crate::executor::{CAPABILITIES, Executor, Upload};
+use crate::host::Host;
+use crate::identity::{self, Identity};
+use crate::journal::Journal;
+use crate::transport::{self, LinkEnd, UploadError, Uploader};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    /// Largest file `request sample` uploads.
+    pub max_sample: u64,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Settings {
+    pub fn new(state_dir: PathBuf) -> Settings {
+        Settings {
+            state_dir,
+            max_sample: 256 << 20,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How `run` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or ctrl-c.
+    Stopped,
+    /// The device was offboarded: identity and journal are erased.
+    Offboarded,
+}
+
+enum ExecEvent {
+    Finished(ActionReport),
+}
+
+pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
+    let identity = Identity::load(&settings.state_dir)?;
+    let spool = settings.state_dir.join("spool");
+    identity::private_dir(&spool)?;
+    let mut journal = Journal::open(&settings.state_dir.join("journal.sqlite"))?;
+    let executor = Arc::new(Executor::new(host, spool, settings.max_sample));
+    let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
+    let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
+    tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
+
+    // Work a restart interrupted is run again: every current kind is safe to repeat.
+    for spec in journal.unfinished()? {
+        tracing::info!(action = %spec.id, kind = %spec.params.kind(), "resuming interrupted action");
+        spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
+    }
+
+    let mut backoff = Backoff::new(settings.min_backoff, settings.max_backoff);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let hello = Hello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: CAPABILITIES.to_vec(),
+            inventory: executor.host().inventory(),
+            observed: observed(&journal)?,
+        };
+        let connected = tokio::select! {
+            c = transport::connect(&identity, &hello) => c,
+            _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
+            _ = term.recv() => return Ok(Exit::Stopped),
+        };
+        let mut link = match connected {
+            Ok(link) => link,
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot reach the controller");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
+                    _ = term.recv() => return Ok(Exit::Stopped),
+                }
+            }
+        };
+        let mut session = AgentSession::new(Instant::now(), hello, journal.known_ids()?, journal.outbox()?);
+        let _ = session.take_hello(); // sent by `connect` as the stream's opening
+        uploader_tx.send_replace(Some(link.uploader()));
+
+        let end = loop {
+            let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                msg = link.incoming.recv() => match msg {
+                    Some(Ok(m)) => session.handle_message(Instant::now(), m),
+                    Some(Err(end)) => break end,
+                    None => break LinkEnd::Lost("connection reader stopped".into()),
+                },
+                ev = exec_rx.recv() => match ev {
+                    Some(ExecEvent::Finished(report)) => {
+                        journal.finish(&report)?;
+                        tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
+                        session.submit_result(report);
+                    }
+                    None => break LinkEnd::Lost("executor stopped".into()),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                _ = tokio::signal::ctrl_c() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
+                _ = term.recv() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
+            }
+            let mut offboarded = false;
+            while let Some(event) = session.poll_event() {
+                match event {
+                    AgentEvent::Welcomed(w) => {
+                        backoff.reset();
+                        tracing::info!(device = %w.device_id, "session established");
+                    }
+                    AgentEvent::Received(spec) => {
+                        journal.record(&spec)?;
+                        session.receipt_persisted(spec.id);
+                        tracing::info!(action = %spec.id, kind = %spec.params.kind(), "action received");
+                        spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
+                    }
+                    AgentEvent::ResultAcked(id) => {
+                        journal.acknowledged(id)?;
+                        if journal.kind_of(id)? == Some(ActionKind::Offboard) {
+                            offboarded = true;
+                        }
+                    }
+                    AgentEvent::Desired(desired) => {
+                        journal.set_desired(&desired)?;
+                        session.observed(observed(&journal)?);
+                    }
+                    AgentEvent::Closed(reason) => tracing::warn!(%reason, "session closed"),
+                }
+            }
+            while let Some(msg) = session.poll_transmit() {
+                if let Err(e) = link.send(&msg).await {
+                    tracing::warn!(error = %format!("{e:#}"), "send failed");
+                    break;
+                }
+            }
+            if offboarded {
+                link.close("offboarded");
+                drop(journal);
+                return offboard(&settings);
+            }
+            if session.is_closed() {
+                break LinkEnd::Lost("session closed".into());
+            }
+        };
+        uploader_tx.send_replace(None);
+        match end {
+            LinkEnd::Refused(reason) => {
+                if journal.offboard_finished()? {
+                    // The controller revoked us after committing the offboard; its ack was lost.
+                    drop(journal);
+                    return offboard(&settings);
+                }
+                tracing::error!(%reason, "the controller refuses this agent's certificate; re-enroll it");
+                let delay = settings.max_backoff;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
+                    _ = term.recv() => return Ok(Exit::Stopped),
+                }
+            }
+            LinkEnd::Lost(reason) => {
+                let delay = backoff.next();
+                tracing::warn!(%reason, retry_in = ?delay, "connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
+                    _ = term.recv() => return Ok(Exit::Stopped),
+                }
+            }
+        }
+    }
+}
+
+fn observed(journal: &Journal) -> Result<ObservedState> {
+    // No lasting action is implemented yet, so nothing is enforced: the observed state is the
+    // empty state, at the revision last received.
+    let revision = journal.desired()?.map(|d| d.revision).unwrap_or(0);
+    Ok(ObservedState { desired_revision: revision, ..Default::default() })
+}
+
+fn offboard(settings: &Settings) -> Result<Exit> {
+    identity::erase(&settings.state_dir).context("cannot erase the agent's state")?;
+    tracing::warn!(state_dir = %settings.state_dir.display(), "offboarded: identity and journal erased");
+    Ok(Exit::Offboarded)
+}
+
+fn spawn_execution<H: Host>(
+    executor: Arc<Executor<H>>,
+    spec: ActionSpec,
+    done: mpsc::UnboundedSender<ExecEvent>,
+    uploader: watch::Receiver<Option<Uploader>>,
+) {
+    tokio::spawn(async move {
+        let ex = executor.clone();
+        let s = spec.clone();
+        let (mut report, uploads) = match tokio::task::spawn_blocking(move || ex.run(&s)).await {
+            Ok(r) => r,
+            Err(e) => (
+                crate::executor::report(&spec, Outcome::Failed, format!("the action crashed: {e}"), serde_json::json!({})),
+                vec![],
+            ),
+        };
+        for upload in uploads {
+            if let Err(e) = upload_until_done(&spec, &upload, uploader.clone()).await {
+                report.outcome = Outcome::Failed;
+                report.summary = format!("{}; {e}", report.summary);
+                report.artifacts.retain(|a| a.name != upload.name);
+            }
+            let _ = std::fs::remove_file(&upload.snapshot.path);
+        }
+        if matches!(spec.params, ActionParams::Offboard {}) {
+            tracing::warn!("offboard requested: waiting for the controller to confirm");
+        }
+        let _ = done.send(ExecEvent::Finished(report));
+    });
+}
+
+/// Retries an upload over whatever connection is live until it is stored or refused for good.
+async fn upload_until_done(spec: &ActionSpec, upload: &Upload, mut uploader: watch::Receiver<Option<Uploader>>) -> Result<(), UploadError> {
+    loop {
+        let current = uploader.borrow_and_update().clone();
+        let Some(up) = current else {
+            if uploader.changed().await.is_err() {
+                return Err(UploadError::Interrupted(anyhow::anyhow!("agent stopping")));
+            }
+            continue;
+        };
+        let snap = &upload.snapshot;
+        match up.upload(spec.id, &upload.name, &snap.path, snap.size, snap.sha256).await {
+            Ok(()) => return Ok(()),
+            Err(UploadError::Refused(r)) => return Err(UploadError::Refused(r)),
+            Err(e) => {
+                tracing::warn!(action = %spec.id, error = %e, "upload interrupted; will resume");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Jittered exponential backoff.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, current: min }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// The next delay: the current one scaled by a random factor in [0.5, 1.5).
+    fn next(&mut self) -> Duration {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 2];
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        let jitter = 0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0;
+        let delay = self.current.mul_f64(jitter);
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] < Duration::from_millis(150));
+        assert!(delays[7] >= Duration::from_secs(1) && delays[7] < Duration::from_secs(3));
+        b.reset();
+        assert!(b.next() < Duration::from_millis(150));
+    }
+}

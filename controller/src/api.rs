@@ -1,0 +1,426 @@
+//! The operators' JSON API. Every route authenticates with a bearer token and checks a
+//! permission before doing anything; every error is a JSON body with a 4xx or 5xx status.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use palisade_common::{ActionId, ActionKind};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::json;
+
+use crate::auth::{Permission, Principal, Role};
+use crate::service::{ActionRequest, Controller, ServiceError};
+use crate::store::{StoreError, actions, audit, auth as store_auth, devices};
+
+type Ctl = State<Arc<Controller>>;
+
+pub fn router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/ca", get(ca))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(show_device))
+        .route("/api/v1/actions", get(list_actions).post(request_actions))
+        .route("/api/v1/actions/approve", post(approve))
+        .route("/api/v1/actions/reject", post(reject))
+        .route("/api/v1/actions/cancel", post(cancel))
+        .route("/api/v1/actions/undo", post(undo))
+        .route("/api/v1/actions/{id}", get(show_action))
+        .route("/api/v1/actions/{id}/artifacts/{name}", get(download_artifact))
+        .route("/api/v1/enroll-tokens", post(create_enroll_token))
+        .route("/api/v1/users", get(list_users).post(add_user))
+        .route("/api/v1/policies", get(list_policies).put(set_policy))
+        .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/audit/verify", get(verify_audit))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .with_state(ctl)
+}
+
+/// An API error: `{"error": {"code": …, "message": …}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(message = %self.message, "api error");
+        }
+        let body = json!({"error": {"status": self.status.as_u16(), "code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Forbidden(m) => ApiError::forbidden(m),
+            ServiceError::Invalid(m) => ApiError::bad_request(m),
+            ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ServiceError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// `Json<T>` whose rejections are JSON errors too.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// `Query<T>` with JSON rejections.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Controller>> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, ctl: &Arc<Controller>) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?
+            .trim()
+            .to_owned();
+        ctl.store
+            .read(move |c| store_auth::authenticate(c, &token))
+            .await?
+            .ok_or_else(|| unauthorized("unknown API token"))
+    }
+}
+
+fn require(who: &Principal, p: Permission) -> ApiResult<()> {
+    // Group-scoped principals pass here if they hold `p` somewhere; the service checks the
+    // group of each object.
+    if who.role.grants(p) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("{} ({}) lacks the {p} permission", who.name, who.role)))
+    }
+}
+
+fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
+    if who.can(p, None) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "{} ({}) lacks the {p} permission for all device groups",
+            who.name, who.role
+        )))
+    }
+}
+
+async fn whoami(who: Principal) -> Json<Principal> {
+    Json(who)
+}
+
+async fn ca(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    Ok(Json(json!({"ca_sha256": ctl.ca.fingerprint()})))
+}
+
+async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let mut list = ctl.store.read(devices::list).await?;
+    list.retain(|d| who.sees_group(&d.device_group));
+    for d in &mut list {
+        d.online = ctl.registry.is_online(&d.id);
+    }
+    Ok(Json(json!({"devices": list})))
+}
+
+async fn show_device(State(ctl): Ctl, who: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let (mut device, queue) = ctl
+        .store
+        .read(move |c| {
+            let d = devices::resolve(c, &id)?;
+            let filter = actions::Filter {
+                device: Some(d.id.to_string()),
+                view: Some("history".into()),
+                sort: Some("id".into()),
+                order: Some("asc".into()),
+                limit: Some(1000),
+                ..Default::default()
+            };
+            let (all, _) = actions::list(c, &filter, None)?;
+            let queue: Vec<_> = all.into_iter().filter(|a| a.status.is_outstanding()).collect();
+            Ok((d, queue))
+        })
+        .await?;
+    if !who.sees_group(&device.device_group) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {}", device.id)));
+    }
+    device.online = ctl.registry.is_online(&device.id);
+    Ok(Json(json!({"device": device, "queue": queue})))
+}
+
+async fn request_actions(State(ctl): Ctl, who: Principal, Body(req): Body<ActionRequest>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require(&who, Permission::Respond)?;
+    let records = ctl.request(&who, req).await?;
+    Ok((StatusCode::CREATED, Json(json!({"actions": records}))))
+}
+
+async fn list_actions(State(ctl): Ctl, who: Principal, Params(filter): Params<actions::Filter>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
+    let (list, total) = ctl.store.read(move |c| actions::list(c, &filter, groups.as_deref())).await?;
+    Ok(Json(json!({"total": total, "actions": list})))
+}
+
+#[derive(Serialize)]
+struct Hop {
+    hop: &'static str,
+    at: Option<i64>,
+    actor: Option<String>,
+}
+
+async fn show_action(State(ctl): Ctl, who: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let id: ActionId = id.parse().map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
+    let (rec, history) = ctl
+        .store
+        .read(move |c| Ok((actions::get(c, id)?, audit::list(c, Some(id), 1000)?)))
+        .await?;
+    if !who.sees_group(rec.device_group.as_deref().unwrap_or("default")) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}")));
+    }
+    let device = rec.device_id.as_ref().map(|d| d.to_string());
+    let timeline = vec![
+        Hop { hop: "created", at: Some(rec.created_at), actor: Some(rec.requested_by.clone()) },
+        Hop {
+            hop: if rec.status == palisade_common::ActionStatus::Rejected { "rejected" } else { "approved" },
+            at: rec.decided_at,
+            actor: rec.decided_by.clone(),
+        },
+        Hop { hop: "delivered", at: rec.delivered_at, actor: device.clone() },
+        Hop { hop: "acknowledged", at: rec.acknowledged_at, actor: device.clone() },
+        Hop { hop: "started", at: rec.started_at, actor: device.clone() },
+        Hop { hop: "finished", at: rec.finished_at, actor: device.clone() },
+    ];
+    let mut history = history;
+    history.reverse();
+    Ok(Json(json!({"action": rec, "timeline": timeline, "history": history})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    ids: Vec<ActionId>,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn approve(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::Approve)?;
+    Ok(Json(json!({"actions": ctl.decide(&who, d.ids, true, d.comment).await?})))
+}
+
+async fn reject(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::Approve)?;
+    Ok(Json(json!({"actions": ctl.decide(&who, d.ids, false, d.comment).await?})))
+}
+
+async fn cancel(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::Respond)?;
+    Ok(Json(json!({"actions": ctl.cancel(&who, d.ids, d.comment).await?})))
+}
+
+async fn undo(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require(&who, Permission::Approve)?;
+    Ok((StatusCode::CREATED, Json(json!({"actions": ctl.undo(&who, d.ids, d.comment).await?}))))
+}
+
+async fn download_artifact(State(ctl): Ctl, who: Principal, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+    require(&who, Permission::Investigate)?;
+    let id: ActionId = id.parse().map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
+    let rec = ctl.store.read(move |c| actions::get(c, id)).await?;
+    let group = rec.device_group.as_deref().unwrap_or("default");
+    if !who.sees_group(group) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}")));
+    }
+    if !who.can(Permission::Investigate, Some(group)) {
+        return Err(ApiError::forbidden(format!("{} lacks the investigate permission for group {group}", who.name)));
+    }
+    let artifact = rec
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("action {id} has no artifact {name:?}")))?;
+    let path = ctl.artifacts.path_of(&artifact.sha256).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("artifact content missing: {e}")))?;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("static header"));
+    headers.insert(header::CONTENT_LENGTH, artifact.size.into());
+    headers.insert("x-content-sha256", artifact.sha256.parse().map_err(|_| ApiError::bad_request("bad hash"))?);
+    let disposition = format!("attachment; filename=\"{}-{}\"", id, name.replace(['"', '\\'], "_"));
+    if let Ok(v) = disposition.parse() {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnrollToken {
+    #[serde(default = "one")]
+    uses: u32,
+    /// e.g. "24h", "7d"
+    #[serde(default = "day")]
+    expires_in: String,
+    #[serde(default = "default_group")]
+    device_group: String,
+}
+
+fn one() -> u32 {
+    1
+}
+fn day() -> String {
+    "24h".into()
+}
+fn default_group() -> String {
+    "default".into()
+}
+
+async fn create_enroll_token(State(ctl): Ctl, who: Principal, Body(b): Body<NewEnrollToken>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_global(&who, Permission::Admin)?;
+    let ttl = humantime::parse_duration(&b.expires_in)
+        .map_err(|e| ApiError::bad_request(format!("expires_in {:?}: {e}", b.expires_in)))?;
+    let actor = who.name.clone();
+    let token = ctl
+        .store
+        .write(move |c| store_auth::create_enroll_token(c, &actor, b.uses, ttl.as_millis() as i64, &b.device_group))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "ca_sha256": ctl.ca.fingerprint()}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    role: String,
+    #[serde(default)]
+    device_groups: Vec<String>,
+}
+
+async fn add_user(State(ctl): Ctl, who: Principal, Body(u): Body<NewUser>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_global(&who, Permission::Admin)?;
+    let role: Role = u.role.parse().map_err(ApiError::bad_request)?;
+    let actor = who.name.clone();
+    let name = u.name.clone();
+    let token = ctl
+        .store
+        .write(move |c| store_auth::add_user(c, &actor, &u.name, role, &u.device_groups))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"name": name, "role": role, "token": token}))))
+}
+
+async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    Ok(Json(json!({"users": ctl.store.read(store_auth::list_users).await?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyUpdate {
+    #[serde(default = "star")]
+    device_group: String,
+    #[serde(default)]
+    kind: Option<ActionKind>,
+    require_approval: bool,
+    distinct_approver: bool,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+async fn set_policy(State(ctl): Ctl, who: Principal, Body(p): Body<PolicyUpdate>) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let actor = who.name.clone();
+    let policy = store_auth::Policy { require_approval: p.require_approval, distinct_approver: p.distinct_approver };
+    ctl.store
+        .write(move |c| store_auth::set_policy(c, &actor, &p.device_group, p.kind, policy))
+        .await?;
+    Ok(Json(json!({"policies": ctl.store.read(store_auth::list_policies).await?})))
+}
+
+async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    Ok(Json(json!({"policies": ctl.store.read(store_auth::list_policies).await?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    action: Option<ActionId>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn list_audit(State(ctl): Ctl, who: Principal, Params(q): Params<AuditQuery>) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::View)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(Json(json!({"records": ctl.store.read(move |c| audit::list(c, q.action, limit)).await?})))
+}
+
+async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::Verification>> {
+    require_global(&who, Permission::View)?;
+    Ok(Json(ctl.store.read(audit::verify).await?))
+}

@@ -1,0 +1,587 @@
+//! The action queue: requests, approval, delivery hops, results, expiry — every transition
+//! checked against the lifecycle and written to the audit log in the same transaction.
+
+use palisade_common::action::{ActionReport, ActionSpec, ArtifactRef, Outcome, Progress};
+use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use serde::Serialize;
+
+use super::auth::{Policy, policy_for};
+use super::{Result, StoreError, audit, now_ms};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    pub id: ActionId,
+    pub parent_id: Option<ActionId>,
+    pub kind: ActionKind,
+    pub params: ActionParams,
+    pub device_id: Option<DeviceId>,
+    pub hostname: Option<String>,
+    pub device_group: Option<String>,
+    pub source: ActionSource,
+    pub status: ActionStatus,
+    pub requested_by: String,
+    pub comment: String,
+    pub external_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub decision_comment: Option<String>,
+    pub deadline_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub acknowledged_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub cancelled_by: Option<String>,
+    pub cancelled_at: Option<i64>,
+    pub cancel_comment: Option<String>,
+    pub progress: Option<String>,
+    pub result_summary: Option<String>,
+    pub result_detail: Option<serde_json::Value>,
+    pub undo_of: Option<ActionId>,
+    pub undone_by: Option<ActionId>,
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+impl ActionRecord {
+    pub fn spec(&self) -> ActionSpec {
+        ActionSpec {
+            id: self.id,
+            params: self.params.clone(),
+        }
+    }
+}
+
+/// A request as the service has validated it.
+pub struct NewAction {
+    pub params: ActionParams,
+    pub device: DeviceId,
+    pub device_group: String,
+    pub source: ActionSource,
+    pub requested_by: String,
+    pub comment: String,
+    pub external_id: Option<String>,
+    pub undo_of: Option<ActionId>,
+}
+
+/// Lifetimes from the controller's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub approval_ms: i64,
+    pub delivery_ms: i64,
+}
+
+const COLUMNS: &str = "a.id, a.parent_id, a.kind, a.params, a.device_id, d.hostname, d.device_group, a.source,
+    a.status, a.requested_by, a.comment, a.external_id, a.created_at, a.expires_at, a.decided_by,
+    a.decided_at, a.decision_comment, a.deadline_at, a.delivered_at, a.acknowledged_at, a.started_at,
+    a.finished_at, a.cancelled_by, a.cancelled_at, a.cancel_comment, a.progress, a.result_summary,
+    a.result_detail, a.undo_of, a.undone_by";
+
+fn conv<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<ActionRecord> {
+    let id = |i: usize| -> rusqlite::Result<Option<ActionId>> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| ActionId(v as u64)))
+    };
+    let kind: String = r.get(2)?;
+    let params: String = r.get(3)?;
+    let device: Option<String> = r.get(4)?;
+    let source: String = r.get(7)?;
+    let status: String = r.get(8)?;
+    let detail: Option<String> = r.get(27)?;
+    Ok(ActionRecord {
+        id: ActionId(r.get::<_, i64>(0)? as u64),
+        parent_id: id(1)?,
+        kind: kind.parse().map_err(|e| conv(2, e))?,
+        params: serde_json::from_str(&params).map_err(|e| conv(3, e))?,
+        device_id: device.map(|d| d.parse()).transpose().map_err(|e| conv(4, e))?,
+        hostname: r.get(5)?,
+        device_group: r.get(6)?,
+        source: source.parse().map_err(|e| conv(7, e))?,
+        status: status.parse().map_err(|e| conv(8, e))?,
+        requested_by: r.get(9)?,
+        comment: r.get(10)?,
+        external_id: r.get(11)?,
+        created_at: r.get(12)?,
+        expires_at: r.get(13)?,
+        decided_by: r.get(14)?,
+        decided_at: r.get(15)?,
+        decision_comment: r.get(16)?,
+        deadline_at: r.get(17)?,
+        delivered_at: r.get(18)?,
+        acknowledged_at: r.get(19)?,
+        started_at: r.get(20)?,
+        finished_at: r.get(21)?,
+        cancelled_by: r.get(22)?,
+        cancelled_at: r.get(23)?,
+        cancel_comment: r.get(24)?,
+        progress: r.get(25)?,
+        result_summary: r.get(26)?,
+        result_detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+        undo_of: id(28)?,
+        undone_by: id(29)?,
+        artifacts: vec![],
+    })
+}
+
+pub fn get(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
+    let mut rec = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM actions a LEFT JOIN devices d ON d.id = a.device_id WHERE a.id = ?1"),
+            [id.0 as i64],
+            from_row,
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no action {id}")))?;
+    rec.artifacts = artifacts(conn, id)?;
+    Ok(rec)
+}
+
+pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
+    let mut stmt =
+        conn.prepare("SELECT name, size, sha256 FROM artifacts WHERE action_id = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([id.0 as i64], |r| {
+        Ok(ArtifactRef {
+            name: r.get(0)?,
+            size: r.get::<_, i64>(1)? as u64,
+            sha256: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn set_status(conn: &Connection, id: ActionId, status: ActionStatus, column: &str, at: i64) -> Result<()> {
+    // `column` is one of our own constants, never input.
+    conn.execute(
+        &format!("UPDATE actions SET status = ?2, {column} = ?3 WHERE id = ?1"),
+        params![id.0 as i64, status.as_str(), at],
+    )?;
+    Ok(())
+}
+
+/// Creates an action. With no approval required by policy it is approved at once, by
+/// "policy", and the audit log says so.
+pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result<ActionRecord> {
+    let policy = policy_for(conn, &new.device_group, new.params.kind())?;
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, external_id,
+         created_at, expires_at, undo_of) VALUES (?1, ?2, ?3, ?4, 'pending_approval', ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            new.params.kind().as_str(),
+            serde_json::to_string(&new.params)?,
+            new.device.as_str(),
+            new.source.as_str(),
+            new.requested_by,
+            new.comment,
+            new.external_id,
+            now,
+            now + deadlines.approval_ms,
+            new.undo_of.map(|a| a.0 as i64),
+        ],
+    )?;
+    let id = ActionId(conn.last_insert_rowid() as u64);
+    audit::append(
+        conn,
+        &new.requested_by,
+        "requested",
+        Some(id),
+        Some(&new.device),
+        &serde_json::json!({"kind": new.params.kind(), "params": new.params, "source": new.source,
+            "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of}),
+    )?;
+    if !policy.require_approval {
+        conn.execute(
+            "UPDATE actions SET status = 'approved', decided_by = 'policy', decided_at = ?2,
+             decision_comment = 'approval not required by policy', deadline_at = ?3 WHERE id = ?1",
+            params![id.0 as i64, now, now + deadlines.delivery_ms],
+        )?;
+        audit::append(
+            conn,
+            "policy",
+            "approved",
+            Some(id),
+            Some(&new.device),
+            &serde_json::json!({"comment": "approval not required by policy"}),
+        )?;
+    }
+    get(conn, id)
+}
+
+/// Approves or rejects a set of pending actions, all or none: they must all exist, be pending,
+/// be of one kind, and — where policy asks for four eyes — not be the decider's own requests.
+pub fn decide(
+    conn: &Connection,
+    ids: &[ActionId],
+    actor: &str,
+    approve: bool,
+    comment: &str,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    if ids.is_empty() {
+        return Err(StoreError::Invalid("no action ids given".into()));
+    }
+    let records = ids.iter().map(|&id| get(conn, id)).collect::<Result<Vec<_>>>()?;
+    let kind = records[0].kind;
+    if let Some(other) = records.iter().find(|r| r.kind != kind) {
+        return Err(StoreError::Conflict(format!(
+            "actions of different kinds cannot be {} together: {} is {}, {} is {}",
+            if approve { "approved" } else { "rejected" },
+            records[0].id,
+            kind,
+            other.id,
+            other.kind
+        )));
+    }
+    for r in &records {
+        if r.status != ActionStatus::PendingApproval {
+            return Err(StoreError::Conflict(format!(
+                "action {} is {}, not pending approval",
+                r.id, r.status
+            )));
+        }
+        let group = r.device_group.as_deref().unwrap_or("default");
+        let policy: Policy = policy_for(conn, group, r.kind)?;
+        if approve && policy.distinct_approver && r.requested_by == actor {
+            return Err(StoreError::Conflict(format!(
+                "action {} was requested by {actor}; policy requires another person to approve it",
+                r.id
+            )));
+        }
+    }
+    let now = now_ms();
+    let (status, event) = if approve {
+        (ActionStatus::Approved, "approved")
+    } else {
+        (ActionStatus::Rejected, "rejected")
+    };
+    for r in &records {
+        conn.execute(
+            "UPDATE actions SET status = ?2, decided_by = ?3, decided_at = ?4, decision_comment = ?5,
+             deadline_at = CASE WHEN ?2 = 'approved' THEN ?6 ELSE NULL END WHERE id = ?1",
+            params![r.id.0 as i64, status.as_str(), actor, now, comment, now + deadlines.delivery_ms],
+        )?;
+        audit::append(
+            conn,
+            actor,
+            event,
+            Some(r.id),
+            r.device_id.as_ref(),
+            &serde_json::json!({"comment": comment}),
+        )?;
+    }
+    ids.iter().map(|&id| get(conn, id)).collect()
+}
+
+/// Cancels actions not yet delivered. `any_requester` is false for callers who may cancel only
+/// their own requests.
+pub fn cancel(
+    conn: &Connection,
+    ids: &[ActionId],
+    actor: &str,
+    comment: &str,
+    any_requester: bool,
+) -> Result<Vec<ActionRecord>> {
+    if ids.is_empty() {
+        return Err(StoreError::Invalid("no action ids given".into()));
+    }
+    let records = ids.iter().map(|&id| get(conn, id)).collect::<Result<Vec<_>>>()?;
+    for r in &records {
+        if !r.status.can_move_to(ActionStatus::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "action {} is {}; only actions not yet delivered can be cancelled",
+                r.id, r.status
+            )));
+        }
+        if !any_requester && r.requested_by != actor {
+            return Err(StoreError::Conflict(format!(
+                "action {} was requested by {}; cancelling others' actions needs the approve permission",
+                r.id, r.requested_by
+            )));
+        }
+    }
+    let now = now_ms();
+    for r in &records {
+        conn.execute(
+            "UPDATE actions SET status = 'cancelled', cancelled_by = ?2, cancelled_at = ?3, cancel_comment = ?4
+             WHERE id = ?1",
+            params![r.id.0 as i64, actor, now, comment],
+        )?;
+        audit::append(
+            conn,
+            actor,
+            "cancelled",
+            Some(r.id),
+            r.device_id.as_ref(),
+            &serde_json::json!({"comment": comment}),
+        )?;
+    }
+    ids.iter().map(|&id| get(conn, id)).collect()
+}
+
+/// Approved, unfinished actions of a device, oldest first: what a (re)connecting agent gets.
+pub fn outstanding(conn: &Connection, device: &DeviceId) -> Result<Vec<ActionSpec>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, params FROM actions WHERE device_id = ?1
+         AND status IN ('approved', 'delivered', 'acknowledged', 'in_progress') ORDER BY id",
+    )?;
+    let rows = stmt.query_map([device.as_str()], |r| {
+        let params: String = r.get(1)?;
+        Ok(ActionSpec {
+            id: ActionId(r.get::<_, i64>(0)? as u64),
+            params: serde_json::from_str(&params).map_err(|e| conv(1, e))?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Fetches an action that a device speaks about and checks that it is that device's.
+fn owned(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionRecord> {
+    let rec = get(conn, id)?;
+    if rec.device_id.as_ref() != Some(device) {
+        return Err(StoreError::Conflict(format!(
+            "device {device} reported on action {id}, which is not its own"
+        )));
+    }
+    Ok(rec)
+}
+
+/// Records that an action was handed to the device's connection. Repeated deliveries of an
+/// action already delivered change nothing.
+pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<bool> {
+    let rec = owned(conn, device, id)?;
+    if !rec.status.can_move_to(ActionStatus::Delivered) {
+        return Ok(rec.status.is_outstanding());
+    }
+    set_status(conn, id, ActionStatus::Delivered, "delivered_at", now_ms())?;
+    audit::append(conn, device.as_str(), "delivered", Some(id), Some(device), &serde_json::json!({}))?;
+    Ok(true)
+}
+
+pub fn acknowledged(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<()> {
+    let rec = owned(conn, device, id)?;
+    if rec.status.can_move_to(ActionStatus::Acknowledged) {
+        set_status(conn, id, ActionStatus::Acknowledged, "acknowledged_at", now_ms())?;
+        audit::append(conn, device.as_str(), "acknowledged", Some(id), Some(device), &serde_json::json!({}))?;
+    }
+    Ok(())
+}
+
+pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress) -> Result<()> {
+    let rec = owned(conn, device, id)?;
+    let text = serde_json::to_string(p)?;
+    if rec.status.can_move_to(ActionStatus::InProgress) {
+        conn.execute(
+            "UPDATE actions SET status = 'in_progress', started_at = ?2, progress = ?3 WHERE id = ?1",
+            params![id.0 as i64, now_ms(), text],
+        )?;
+        audit::append(conn, device.as_str(), "started", Some(id), Some(device), &serde_json::json!({"progress": p}))?;
+    } else if rec.status == ActionStatus::InProgress {
+        conn.execute("UPDATE actions SET progress = ?2 WHERE id = ?1", params![id.0 as i64, text])?;
+    }
+    Ok(())
+}
+
+/// Records a device's result. Returns the record and whether this call changed it (a repeated
+/// result, or one for an action that timed out meanwhile, changes nothing).
+pub fn result(conn: &Connection, device: &DeviceId, report: &ActionReport) -> Result<(ActionRecord, bool)> {
+    let rec = owned(conn, device, report.id)?;
+    let status = match report.outcome {
+        Outcome::Succeeded => ActionStatus::Succeeded,
+        Outcome::Failed => ActionStatus::Failed,
+    };
+    if !rec.status.can_move_to(status) {
+        return Ok((rec, false));
+    }
+    let detail: serde_json::Value =
+        serde_json::from_str(&report.detail).unwrap_or_else(|_| serde_json::json!({"text": report.detail}));
+    let now = now_ms();
+    conn.execute(
+        "UPDATE actions SET status = ?2, finished_at = ?3, result_summary = ?4, result_detail = ?5,
+         started_at = COALESCE(started_at, ?3) WHERE id = ?1",
+        params![report.id.0 as i64, status.as_str(), now, report.summary, detail.to_string()],
+    )?;
+    audit::append(
+        conn,
+        device.as_str(),
+        status.as_str(),
+        Some(report.id),
+        Some(device),
+        &serde_json::json!({"summary": report.summary, "artifacts": report.artifacts}),
+    )?;
+    if let Some(original) = rec.undo_of.filter(|_| status == ActionStatus::Succeeded) {
+        let orig = get(conn, original)?;
+        if orig.status.can_move_to(ActionStatus::Undone) {
+            conn.execute(
+                "UPDATE actions SET status = 'undone', undone_by = ?2 WHERE id = ?1",
+                params![original.0 as i64, report.id.0 as i64],
+            )?;
+            audit::append(conn, device.as_str(), "undone", Some(original), Some(device),
+                &serde_json::json!({"undone_by": report.id}))?;
+        }
+    }
+    Ok((get(conn, report.id)?, true))
+}
+
+pub fn add_artifact(conn: &Connection, id: ActionId, a: &ArtifactRef) -> Result<()> {
+    conn.execute(
+        "INSERT INTO artifacts (action_id, name, sha256, size, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (action_id, name) DO UPDATE SET sha256 = ?3, size = ?4, stored_at = ?5",
+        params![id.0 as i64, a.name, a.sha256, a.size as i64, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Moves overdue actions to their side exits: pending past approval expiry → `Expired`,
+/// approved but unfinished past the delivery deadline → `TimedOut`.
+pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, status FROM actions WHERE
+         (status = 'pending_approval' AND expires_at <= ?1) OR
+         (status IN ('approved','delivered','acknowledged','in_progress') AND deadline_at <= ?1)
+         ORDER BY id LIMIT 1000",
+    )?;
+    let due: Vec<(i64, String)> = stmt
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut changed = Vec::new();
+    for (id, status) in due {
+        let id = ActionId(id as u64);
+        let (to, reason) = if status == "pending_approval" {
+            (ActionStatus::Expired, "approval not given in time")
+        } else {
+            (ActionStatus::TimedOut, "not finished on the device in time")
+        };
+        set_status(conn, id, to, "finished_at", now)?;
+        let rec = get(conn, id)?;
+        audit::append(conn, "controller", to.as_str(), Some(id), rec.device_id.as_ref(),
+            &serde_json::json!({"reason": reason}))?;
+        changed.push(rec);
+    }
+    Ok(changed)
+}
+
+/// Which actions to list.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    /// `pending` (awaiting approval) or `history` (everything else).
+    pub view: Option<String>,
+    pub kind: Option<ActionKind>,
+    pub status: Option<ActionStatus>,
+    pub source: Option<ActionSource>,
+    pub device: Option<String>,
+    pub device_group: Option<String>,
+    pub requested_by: Option<String>,
+    /// Unix milliseconds: only actions created at or after.
+    pub since: Option<i64>,
+    pub sort: Option<String>,
+    pub order: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+const SORTABLE: [&str; 9] = [
+    "id", "kind", "status", "source", "requested_by", "created_at", "decided_at", "finished_at", "hostname",
+];
+
+/// Lists actions matching `filter`, restricted to `groups` when given, with the total count.
+pub fn list(conn: &Connection, filter: &Filter, groups: Option<&[String]>) -> Result<(Vec<ActionRecord>, u64)> {
+    let mut w = Where::default();
+    use rusqlite::types::Value::{Integer, Text};
+    match filter.view.as_deref() {
+        None | Some("all") => {}
+        Some("pending") => w.add("a.status = 'pending_approval'", vec![]),
+        Some("history") => w.add("a.status <> 'pending_approval'", vec![]),
+        Some(other) => return Err(StoreError::Invalid(format!("view {other:?} is not pending, history or all"))),
+    }
+    if let Some(k) = filter.kind {
+        w.add("a.kind = ?", vec![Text(k.as_str().into())]);
+    }
+    if let Some(s) = filter.status {
+        w.add("a.status = ?", vec![Text(s.as_str().into())]);
+    }
+    if let Some(s) = filter.source {
+        w.add("a.source = ?", vec![Text(s.as_str().into())]);
+    }
+    if let Some(d) = &filter.device {
+        w.add("(a.device_id = ? OR d.hostname = ?)", vec![Text(d.clone()), Text(d.clone())]);
+    }
+    if let Some(g) = &filter.device_group {
+        w.add("d.device_group = ?", vec![Text(g.clone())]);
+    }
+    if let Some(r) = &filter.requested_by {
+        w.add("a.requested_by = ?", vec![Text(r.clone())]);
+    }
+    if let Some(since) = filter.since {
+        w.add("a.created_at >= ?", vec![Integer(since)]);
+    }
+    if let Some(groups) = groups {
+        let marks = vec!["?"; groups.len()].join(",");
+        w.add(&format!("d.device_group IN ({marks})"), groups.iter().map(|g| Text(g.clone())).collect());
+    }
+    let sort = filter.sort.as_deref().unwrap_or("id");
+    if !SORTABLE.contains(&sort) {
+        return Err(StoreError::Invalid(format!(
+            "cannot sort by {sort:?}; sortable: {}",
+            SORTABLE.join(", ")
+        )));
+    }
+    let order = match filter.order.as_deref() {
+        None | Some("desc") => "DESC",
+        Some("asc") => "ASC",
+        Some(o) => return Err(StoreError::Invalid(format!("order {o:?} is not asc or desc"))),
+    };
+    let sort_col = if sort == "hostname" { "d.hostname".to_owned() } else { format!("a.{sort}") };
+    let where_ = w.sql();
+    let args = w.args;
+    let from = "FROM actions a LEFT JOIN devices d ON d.id = a.device_id";
+    let total: i64 = conn.query_row(
+        &format!("SELECT count(*) {from} {where_}"),
+        params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let limit = filter.limit.unwrap_or(100).min(10_000);
+    let offset = filter.offset.unwrap_or(0);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} {from} {where_} ORDER BY {sort_col} {order}, a.id {order} LIMIT {limit} OFFSET {offset}"
+    ))?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), from_row)?;
+    let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
+    for rec in &mut out {
+        rec.artifacts = artifacts(conn, rec.id)?;
+    }
+    Ok((out, total as u64))
+}
+
+/// A WHERE clause built from fragments whose `?`s are numbered as they are added.
+#[derive(Default)]
+struct Where {
+    clauses: Vec<String>,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl Where {
+    fn add(&mut self, fragment: &str, values: Vec<rusqlite::types::Value>) {
+        let mut sql = String::new();
+        for (i, part) in fragment.split('?').enumerate() {
+            if i > 0 {
+                sql.push_str(&format!("?{}", self.args.len() + i));
+            }
+            sql.push_str(part);
+        }
+        self.args.extend(values);
+        self.clauses.push(sql);
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Enrolled devices: identity (certificate serial), inventory, last contact, lasting state.
+
+use palisade_common::wire::{Inventory, ObservedState};
+use palisade_common::{ActionKind, DeviceId};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Result, StoreError, audit, now_ms};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub hostname: String,
+    pub device_group: String,
+    pub agent_version: String,
+    pub capabilities: Vec<ActionKind>,
+    pub addresses: Vec<String>,
+    pub os: String,
+    pub kernel: String,
+    pub enrolled_at: i64,
+    pub last_seen: Option<i64>,
+    pub status: String,
+    /// Filled in by the caller from the live connection registry.
+    pub online: bool,
+    /// Approved actions waiting for this device.
+    pub queued: i64,
+    pub observed: serde_json::Value,
+}
+
+/// Identity facts the transport needs on every connection.
+pub struct DeviceIdentity {
+    pub cert_serial: String,
+    pub active: bool,
+    pub device_group: String,
+}
+
+pub fn inventory_json(inv: &Inventory) -> serde_json::Value {
+    serde_json::json!({
+        "hostname": inv.hostname,
+        "os": inv.os,
+        "kernel": inv.kernel,
+        "arch": inv.arch,
+        "addresses": inv.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "cpus": inv.cpus,
+        "memory_bytes": inv.memory_bytes,
+        "boot_time_unix": inv.boot_time_unix,
+    })
+}
+
+pub fn observed_json(o: &ObservedState) -> serde_json::Value {
+    serde_json::json!({
+        "desired_revision": o.desired_revision,
+        "isolated": o.isolated,
+        "contained": o.contained.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "restrict_execution": o.restrict_execution,
+        "drift": o.drift,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn insert(
+    conn: &Connection,
+    id: &DeviceId,
+    group: &str,
+    agent_version: &str,
+    capabilities: &[ActionKind],
+    inventory: &Inventory,
+    cert_serial: &str,
+    token_id: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO devices (id, hostname, device_group, agent_version, capabilities, inventory, cert_serial, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            id.as_str(),
+            inventory.hostname,
+            group,
+            agent_version,
+            serde_json::to_string(capabilities)?,
+            inventory_json(inventory).to_string(),
+            cert_serial,
+            now_ms()
+        ],
+    )?;
+    audit::append(
+        conn,
+        "enrolment",
+        "device_enrolled",
+        None,
+        Some(id),
+        &serde_json::json!({"hostname": inventory.hostname, "device_group": group, "token_id": token_id, "cert_serial": cert_serial}),
+    )?;
+    Ok(())
+}
+
+pub fn identity(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceIdentity>> {
+    Ok(conn
+        .query_row(
+            "SELECT cert_serial, status, device_group FROM devices WHERE id = ?1",
+            [id.as_str()],
+            |r| {
+                Ok(DeviceIdentity {
+                    cert_serial: r.get(0)?,
+                    active: r.get::<_, String>(1)? == "active",
+                    device_group: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub fn is_revoked(conn: &Connection, serial: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM revoked_certs WHERE serial = ?1)",
+        [serial],
+        |r| r.get(0),
+    )?)
+}
+
+/// Records a session's hello: version, capabilities, inventory, observed state, contact.
+pub fn hello(
+    conn: &Connection,
+    id: &DeviceId,
+    agent_version: &str,
+    capabilities: &[ActionKind],
+    inventory: &Inventory,
+    observed: &ObservedState,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET hostname = ?2, agent_version = ?3, capabilities = ?4, inventory = ?5,
+         observed = ?6, last_seen = ?7 WHERE id = ?1",
+        params![
+            id.as_str(),
+            inventory.hostname,
+            agent_version,
+            serde_json::to_string(capabilities)?,
+            inventory_json(inventory).to_string(),
+            observed_json(observed).to_string(),
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn touch(conn: &Connection, id: &DeviceId) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET last_seen = ?2 WHERE id = ?1",
+        params![id.as_str(), now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn set_observed(conn: &Connection, id: &DeviceId, observed: &ObservedState) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET observed = ?2, last_seen = ?3 WHERE id = ?1",
+        params![id.as_str(), observed_json(observed).to_string(), now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn set_inventory(conn: &Connection, id: &DeviceId, inventory: &Inventory) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET hostname = ?2, inventory = ?3, last_seen = ?4 WHERE id = ?1",
+        params![
+            id.as_str(),
+            inventory.hostname,
+            inventory_json(inventory).to_string(),
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Ends a device: marks it offboarded and revokes its certificate, so that it can never
+/// connect with it again.
+pub fn offboard(conn: &Connection, id: &DeviceId, actor: &str, reason: &str) -> Result<()> {
+    let Some(ident) = identity(conn, id)? else {
+        return Err(StoreError::NotFound(format!("no device {id}")));
+    };
+    conn.execute(
+        "UPDATE devices SET status = 'offboarded', offboarded_at = ?2 WHERE id = ?1",
+        params![id.as_str(), now_ms()],
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO revoked_certs (serial, device_id, revoked_at, reason) VALUES (?1, ?2, ?3, ?4)",
+        params![ident.cert_serial, id.as_str(), now_ms(), reason],
+    )?;
+    audit::append(
+        conn,
+        actor,
+        "device_offboarded",
+        None,
+        Some(id),
+        &serde_json::json!({"cert_serial": ident.cert_serial, "reason": reason}),
+    )?;
+    Ok(())
+}
+
+const SELECT: &str = "SELECT d.id, d.hostname, d.device_group, d.agent_version, d.capabilities, d.inventory,
+    d.enrolled_at, d.last_seen, d.status, d.observed,
+    (SELECT count(*) FROM actions a WHERE a.device_id = d.id AND a.status IN ('approved','delivered','acknowledged','in_progress'))
+    FROM devices d";
+
+fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, String, String)> {
+    let id: String = r.get(0)?;
+    Ok((
+        Device {
+            id: id.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+            })?,
+            hostname: r.get(1)?,
+            device_group: r.get(2)?,
+            agent_version: r.get(3)?,
+            capabilities: vec![],
+            addresses: vec![],
+            os: String::new(),
+            kernel: String::new(),
+            enrolled_at: r.get(6)?,
+            last_seen: r.get(7)?,
+            status: r.get(8)?,
+            online: false,
+            queued: r.get(10)?,
+            observed: serde_json::Value::Null,
+        },
+        r.get(4)?,
+        r.get(5)?,
+        r.get(9)?,
+    ))
+}
+
+fn finish(row: (Device, String, String, String)) -> Result<Device> {
+    let (mut d, caps, inv, observed) = row;
+    d.capabilities = serde_json::from_str(&caps)?;
+    let inv: serde_json::Value = serde_json::from_str(&inv)?;
+    d.os = inv["os"].as_str().unwrap_or_default().to_owned();
+    d.kernel = inv["kernel"].as_str().unwrap_or_default().to_owned();
+    d.addresses = inv["addresses"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    d.observed = serde_json::from_str(&observed)?;
+    Ok(d)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<Device>> {
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY d.hostname, d.id"))?;
+    let rows = stmt.query_map([], row_to_device)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(finish(row?)?);
+    }
+    Ok(out)
+}
+
+pub fn get(conn: &Connection, id: &DeviceId) -> Result<Device> {
+    let row = conn
+        .query_row(&format!("{SELECT} WHERE d.id = ?1"), [id.as_str()], row_to_device)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+    finish(row)
+}
+
+/// Resolves an operator's device reference: an id, or a hostname that names exactly one
+/// device.
+pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
+    if let Ok(id) = reference.parse::<DeviceId>() {
+        if let Ok(d) = get(conn, &id) {
+            return Ok(d);
+        }
+    }
+    let mut stmt = conn.prepare("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
+    let ids: Vec<String> = stmt
+        .query_map([reference], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    match ids.as_slice() {
+        [one] => get(conn, &one.parse().map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?),
+        [] => Err(StoreError::NotFound(format!("no device with id or hostname {reference:?}"))),
+        _ => Err(StoreError::Invalid(format!(
+            "hostname {reference:?} names {} devices; use a device id",
+            ids.len()
+        ))),
+    }
+}

@@ -1,0 +1,131 @@
+//! Schema migrations, applied in order at open. Append new ones; never edit a released one.
+
+use rusqlite_migration::{M, Migrations};
+
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+const V1: &str = r#"
+CREATE TABLE devices (
+    id               TEXT PRIMARY KEY,
+    hostname         TEXT NOT NULL,
+    device_group     TEXT NOT NULL DEFAULT 'default',
+    agent_version    TEXT NOT NULL,
+    capabilities     TEXT NOT NULL,
+    inventory        TEXT NOT NULL,
+    observed         TEXT NOT NULL DEFAULT '{}',
+    desired_revision INTEGER NOT NULL DEFAULT 0,
+    cert_serial      TEXT NOT NULL,
+    enrolled_at      INTEGER NOT NULL,
+    last_seen        INTEGER,
+    status           TEXT NOT NULL DEFAULT 'active',
+    offboarded_at    INTEGER
+);
+
+CREATE TABLE revoked_certs (
+    serial     TEXT PRIMARY KEY,
+    device_id  TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    reason     TEXT NOT NULL
+);
+
+CREATE TABLE actions (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent_id        INTEGER REFERENCES actions(id),
+    kind             TEXT NOT NULL,
+    params           TEXT NOT NULL,
+    device_id        TEXT REFERENCES devices(id),
+    source           TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    requested_by     TEXT NOT NULL,
+    comment          TEXT NOT NULL,
+    external_id      TEXT,
+    created_at       INTEGER NOT NULL,
+    expires_at       INTEGER NOT NULL,
+    decided_by       TEXT,
+    decided_at       INTEGER,
+    decision_comment TEXT,
+    deadline_at      INTEGER,
+    delivered_at     INTEGER,
+    acknowledged_at  INTEGER,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    cancelled_by     TEXT,
+    cancelled_at     INTEGER,
+    cancel_comment   TEXT,
+    progress         TEXT,
+    result_summary   TEXT,
+    result_detail    TEXT,
+    undo_of          INTEGER REFERENCES actions(id),
+    undone_by        INTEGER REFERENCES actions(id)
+);
+CREATE INDEX actions_by_status  ON actions(status, device_id);
+CREATE INDEX actions_by_device  ON actions(device_id, id);
+CREATE INDEX actions_by_created ON actions(created_at);
+
+CREATE TABLE artifacts (
+    action_id INTEGER NOT NULL REFERENCES actions(id),
+    name      TEXT NOT NULL,
+    sha256    TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    PRIMARY KEY (action_id, name)
+);
+
+CREATE TABLE enroll_tokens (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash   TEXT NOT NULL UNIQUE,
+    uses_left    INTEGER NOT NULL,
+    expires_at   INTEGER NOT NULL,
+    device_group TEXT NOT NULL DEFAULT 'default',
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);
+
+CREATE TABLE users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    device_groups TEXT NOT NULL DEFAULT '[]',
+    created_by    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+
+CREATE TABLE api_tokens (
+    token_hash TEXT PRIMARY KEY,
+    user_name  TEXT NOT NULL REFERENCES users(name),
+    created_at INTEGER NOT NULL
+);
+
+CREATE TABLE policies (
+    device_group      TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    require_approval  INTEGER NOT NULL,
+    distinct_approver INTEGER NOT NULL,
+    PRIMARY KEY (device_group, kind)
+);
+
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    action_id INTEGER,
+    device_id TEXT,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        super::migrations().validate().unwrap();
+    }
+}

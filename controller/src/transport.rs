@@ -1,0 +1,423 @@
+//! The agents' QUIC endpoint: mutual TLS, enrolment for connections without a certificate,
+//! one session per device connection, and upload streams.
+//!
+//! Architecture invariant: this is the controller's only module that uses quinn. It turns
+//! streams into frames for the sans-IO `ControllerSession` and events into store writes; a
+//! result is acknowledged to the agent only after the store has committed it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use palisade_common::action::{ActionSpec, ArtifactRef};
+use palisade_common::codec::{Decode, Encode};
+use palisade_common::frame::{self, HEADER_LEN};
+use palisade_common::session::{ControllerEvent, ControllerSession};
+use palisade_common::wire::{close_code, 
+    AgentMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Opening,
+    UploadBegin, UploadReply, Welcome,
+};
+use palisade_common::{ActionKind, DeviceId};
+use quinn::{Connection, RecvStream, SendStream};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+use crate::service::{Controller, SessionCommand};
+use crate::store::{actions, devices, now_ms};
+
+pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+    transport.max_concurrent_bidi_streams(16u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).with_context(|| format!("cannot listen on udp {addr}"))
+}
+
+pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = connection(incoming, ctl).await {
+                tracing::debug!(%remote, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>) -> Result<()> {
+    let conn = incoming.await?;
+    let Some(cert) = peer_certificate(&conn) else {
+        return enrolment(conn, ctl).await;
+    };
+    let (device, serial) = crate::pki::client_identity(&cert)?;
+    let (dev, ser) = (device.clone(), serial.clone());
+    let verdict = ctl
+        .store
+        .read(move |c| {
+            let revoked = devices::is_revoked(c, &ser)?;
+            Ok((devices::identity(c, &dev)?, revoked))
+        })
+        .await?;
+    let refusal = match verdict {
+        (_, true) => Some("certificate revoked"),
+        (None, _) => Some("unknown device"),
+        (Some(id), _) if !id.active => Some("device offboarded"),
+        (Some(id), _) if id.cert_serial != serial => Some("certificate superseded"),
+        _ => None,
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%device, serial, reason, remote = %conn.remote_address(), "refused connection");
+        conn.close(close_code::REFUSED.into(), reason.as_bytes());
+        bail!("refused {device}: {reason}");
+    }
+    let mut session_started = false;
+    loop {
+        let (send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return Ok(()),
+        };
+        let opening: Opening = read_frame(&mut recv).await?.context("stream closed before its opening")?;
+        match opening {
+            Opening::Session(hello) if !session_started => {
+                session_started = true;
+                let (ctl, conn, device) = (ctl.clone(), conn.clone(), device.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = session(ctl, conn, device.clone(), hello, send, recv).await {
+                        tracing::info!(%device, error = %format!("{e:#}"), "session ended");
+                    }
+                });
+            }
+            Opening::Upload(begin) => {
+                let (ctl, device) = (ctl.clone(), device.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = upload(ctl, device.clone(), begin, send, recv).await {
+                        tracing::warn!(%device, error = %format!("{e:#}"), "upload failed");
+                    }
+                });
+            }
+            Opening::Session(_) => {
+                conn.close(close_code::PROTOCOL.into(), b"second session on one connection");
+                bail!("second session stream from {device}");
+            }
+            Opening::Enroll(_) => {
+                conn.close(close_code::PROTOCOL.into(), b"already enrolled");
+                bail!("enrolment attempt from enrolled device {device}");
+            }
+        }
+    }
+}
+
+fn peer_certificate(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+async fn enrolment(conn: Connection, ctl: Arc<Controller>) -> Result<()> {
+    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+        .context("no enrolment request in time")??;
+    let opening: Opening = read_frame(&mut recv).await?.context("stream closed")?;
+    let Opening::Enroll(req) = opening else {
+        conn.close(close_code::REFUSED.into(), b"a client certificate is required");
+        bail!("anonymous connection tried something other than enrolment");
+    };
+    let response = match enroll(&ctl, req).await {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::warn!(remote = %conn.remote_address(), %reason, "enrolment refused");
+            EnrollResponse::Refused { reason }
+        }
+    };
+    write_frame(&mut send, &response).await?;
+    send.finish()?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    Ok(())
+}
+
+async fn enroll(ctl: &Controller, req: EnrollRequest) -> Result<EnrollResponse, String> {
+    let device = DeviceId::from_random(crate::random_bytes());
+    let issued = ctl
+        .ca
+        .sign_device(&req.csr_der, &device)
+        .map_err(|e| format!("{e:#}"))?;
+    let serial = issued.serial.clone();
+    let dev = device.clone();
+    ctl.store
+        .write(move |c| {
+            let (token_id, group) = crate::store::auth::consume_enroll_token(c, &req.token)?;
+            devices::insert(
+                c,
+                &dev,
+                &group,
+                &req.agent_version,
+                &req.capabilities,
+                &req.inventory,
+                &serial,
+                token_id,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(%device, "device enrolled");
+    Ok(EnrollResponse::Enrolled {
+        device_id: device,
+        certificate_der: issued.der.to_vec(),
+        ca_der: ctl.ca.cert_der().to_vec(),
+    })
+}
+
+async fn session(
+    ctl: Arc<Controller>,
+    conn: Connection,
+    device: DeviceId,
+    hello: Hello,
+    mut send: SendStream,
+    recv: RecvStream,
+) -> Result<()> {
+    {
+        let (d, h) = (device.clone(), hello.clone());
+        ctl.store
+            .write(move |c| devices::hello(c, &d, &h.agent_version, &h.capabilities, &h.inventory, &h.observed))
+            .await?;
+    }
+    let (tx, mut commands) = mpsc::unbounded_channel();
+    let generation = ctl.registry.register(&device, tx);
+    tracing::info!(%device, hostname = %hello.inventory.hostname, version = %hello.agent_version, "agent connected");
+
+    // Frames are read by their own task: reading is not cancel-safe, a channel is.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<AgentMessage>>(64);
+    let reader = tokio::spawn(read_frames(recv, frames_tx));
+
+    let mut session = ControllerSession::accept(
+        Instant::now(),
+        Welcome {
+            device_id: device.clone(),
+            server_time_ms: now_ms(),
+            heartbeat_secs: ctl.config.heartbeat.as_secs().max(1) as u32,
+        },
+    );
+    session.desired(DesiredState::default());
+    let d = device.clone();
+    for spec in ctl.store.read(move |c| actions::outstanding(c, &d)).await? {
+        deliver(&ctl, &device, &mut session, spec).await?;
+    }
+    let mut close_after_flush: Option<(u32, String)> = None;
+    let outcome: Result<()> = async {
+        loop {
+            while let Some(msg) = session.poll_transmit() {
+                write_frame(&mut send, &msg).await?;
+            }
+            if let Some((code, reason)) = close_after_flush.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), send.finish_and_wait()).await;
+                conn.close(code.into(), reason.as_bytes());
+                return Ok(());
+            }
+            if session.is_closed() {
+                return Ok(());
+            }
+            let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(Ok(msg)) => session.handle_message(Instant::now(), msg),
+                    Some(Err(e)) => {
+                        conn.close(close_code::PROTOCOL.into(), b"malformed frame");
+                        return Err(e);
+                    }
+                    None => return Ok(()),
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(SessionCommand::Deliver(spec)) => deliver(&ctl, &device, &mut session, spec).await?,
+                    Some(SessionCommand::Close(reason)) => {
+                        conn.close(close_code::REPLACED.into(), reason.as_bytes());
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+            }
+            while let Some(event) = session.poll_event() {
+                if let Some(close) = handle_event(&ctl, &device, &mut session, event).await? {
+                    close_after_flush = Some(close);
+                }
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    ctl.registry.unregister(&device, generation);
+    let d = device.clone();
+    let _ = ctl.store.write(move |c| devices::touch(c, &d)).await;
+    tracing::info!(%device, "agent disconnected");
+    outcome
+}
+
+/// Records the hop, then sends: if the controller dies in between, the reconnect redelivers.
+async fn deliver(ctl: &Controller, device: &DeviceId, session: &mut ControllerSession, spec: ActionSpec) -> Result<()> {
+    let (d, id) = (device.clone(), spec.id);
+    if ctl.store.write(move |c| actions::delivered(c, &d, id)).await? {
+        session.deliver(spec);
+    }
+    Ok(())
+}
+
+/// Applies one session event; returns a close (code, reason) to perform after flushing.
+async fn handle_event(
+    ctl: &Controller,
+    device: &DeviceId,
+    session: &mut ControllerSession,
+    event: ControllerEvent,
+) -> Result<Option<(u32, String)>> {
+    let d = device.clone();
+    match event {
+        ControllerEvent::Receipt(id) => {
+            ctl.store.write(move |c| actions::acknowledged(c, &d, id)).await?;
+        }
+        ControllerEvent::Progress(id, p) => {
+            ctl.store.write(move |c| actions::progress(c, &d, id, &p)).await?;
+        }
+        ControllerEvent::Result(report) => {
+            let id = report.id;
+            let (rec, changed) = ctl.store.write(move |c| actions::result(c, &d, &report)).await?;
+            session.result_committed(id);
+            if rec.kind == ActionKind::Offboard && rec.status == palisade_common::ActionStatus::Succeeded {
+                if changed {
+                    let d = device.clone();
+                    ctl.store
+                        .write(move |c| devices::offboard(c, &d, "controller", "offboard action succeeded"))
+                        .await?;
+                    tracing::info!(%device, "device offboarded; certificate revoked");
+                }
+                return Ok(Some((close_code::OFFBOARDED, "device offboarded".into())));
+            }
+        }
+        ControllerEvent::Observed(o) => {
+            ctl.store.write(move |c| devices::set_observed(c, &d, &o)).await?;
+        }
+        ControllerEvent::Inventory(i) => {
+            ctl.store.write(move |c| devices::set_inventory(c, &d, &i)).await?;
+        }
+        ControllerEvent::Closed(reason) => {
+            tracing::info!(%device, %reason, "session closed");
+        }
+    }
+    Ok(None)
+}
+
+async fn upload(ctl: Arc<Controller>, device: DeviceId, begin: UploadBegin, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+    let refuse = |reason: String| UploadReply::Refused { reason };
+    let (d, id) = (device.clone(), begin.action);
+    let rec = ctl.store.read(move |c| actions::get(c, id)).await;
+    let problem = match &rec {
+        Err(e) => Some(e.to_string()),
+        Ok(r) if r.device_id.as_ref() != Some(&d) => Some(format!("action {id} is not this device's")),
+        Ok(r) if !r.status.is_outstanding() => Some(format!("action {id} is {}", r.status)),
+        Ok(_) if begin.size > ctl.artifacts.max_size => Some(format!(
+            "artifact of {} bytes exceeds the controller's limit of {}",
+            begin.size, ctl.artifacts.max_size
+        )),
+        Ok(_) if begin.name.is_empty() || begin.name.len() > 128 || begin.name.contains(['/', '\0']) => {
+            Some(format!("invalid artifact name {:?}", begin.name))
+        }
+        Ok(_) => None,
+    };
+    if let Some(reason) = problem {
+        write_frame(&mut send, &refuse(reason.clone())).await?;
+        send.finish()?;
+        bail!("upload refused: {reason}");
+    }
+    let hex = hex::encode(begin.sha256);
+    let already = ctl.artifacts.contains(&hex);
+    let (mut file, offset) = if already {
+        (None, begin.size)
+    } else {
+        let (f, have) = ctl.artifacts.resume(begin.action, &begin.sha256, begin.size)?;
+        (Some(f), have)
+    };
+    write_frame(&mut send, &UploadReply::Resume { offset }).await?;
+    let mut received = offset;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some(n) = recv.read(&mut buf).await? {
+        received += n as u64;
+        if received > begin.size {
+            write_frame(&mut send, &refuse("more bytes than announced".into())).await?;
+            send.finish()?;
+            bail!("upload overran its announced size");
+        }
+        if let Some(f) = file.as_mut() {
+            crate::artifacts::Artifacts::append(f, &buf[..n])?;
+        }
+    }
+    drop(file);
+    let stored = if already {
+        Ok(hex.clone())
+    } else {
+        ctl.artifacts.commit(begin.action, &begin.sha256, begin.size)
+    };
+    match stored {
+        Ok(sha256) => {
+            let artifact = ArtifactRef { name: begin.name.clone(), size: begin.size, sha256 };
+            let id = begin.action;
+            ctl.store.write(move |c| actions::add_artifact(c, id, &artifact)).await?;
+            write_frame(&mut send, &UploadReply::Stored).await?;
+            tracing::info!(%device, action = %id, name = %begin.name, size = begin.size, "artifact stored");
+        }
+        Err(e) => {
+            write_frame(&mut send, &refuse(format!("{e:#}"))).await?;
+        }
+    }
+    send.finish()?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    Ok(())
+}
+
+async fn read_frames(mut recv: RecvStream, out: mpsc::Sender<Result<AgentMessage>>) {
+    loop {
+        let frame = read_frame::<AgentMessage>(&mut recv).await;
+        let end = !matches!(frame, Ok(Some(_)));
+        let item = match frame {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if out.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<T: Decode<()>>(recv: &mut RecvStream) -> Result<Option<T>> {
+    let mut header = [0u8; HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame::body_len(header)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(frame::decode_body(&body)?))
+}
+
+pub async fn write_frame<T: Encode>(send: &mut SendStream, msg: &T) -> Result<()> {
+    send.write_all(&frame::encode(msg)?).await?;
+    Ok(())
+}
+
+trait FinishAndWait {
+    async fn finish_and_wait(&mut self) -> Result<()>;
+}
+
+impl FinishAndWait for SendStream {
+    async fn finish_and_wait(&mut self) -> Result<()> {
+        self.finish()?;
+        let _ = self.stopped().await;
+        Ok(())
+    }
+}
