@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use palisade_common::action::{ActionReport, ActionSpec, Outcome};
+use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
 use palisade_common::session::{AgentEvent, AgentSession};
 use palisade_common::wire::{Hello, ObservedState};
 use palisade_common::{ActionKind, ActionParams};
@@ -130,6 +130,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         journal.record(&spec)?;
                         session.receipt_persisted(spec.id);
                         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "action received");
+                        session.progress(spec.id, Progress { message: "started".into(), permille: None });
                         spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
                     }
                     AgentEvent::ResultAcked(id) => {

@@ -65,7 +65,7 @@ pub async fn run(config: Config) -> Result<()> {
     let ca = pki::Ca::load_or_create(&config.data_dir)?;
     let store = store::Store::open(&config.data_dir.join("controller.sqlite"))
         .context("cannot open the controller database")?;
-    bootstrap_admin(&store, &config)?;
+    bootstrap_admin(&store, &config).await?;
     let artifacts = artifacts::Artifacts::open(&config.data_dir, config.max_artifact_size)?;
     let tls = pki::server_tls(&ca, &config.server_names)?;
     let fingerprint = ca.fingerprint();
@@ -109,13 +109,13 @@ async fn shutdown_signal() {
 
 /// On first start, creates the `admin` user and writes its API token to
 /// `<data-dir>/admin.token` (0600).
-fn bootstrap_admin(store: &store::Store, config: &Config) -> Result<()> {
-    if store.read_blocking(store::auth::user_count)? > 0 {
+async fn bootstrap_admin(store: &store::Store, config: &Config) -> Result<()> {
+    if store.read(store::auth::user_count).await? > 0 {
         return Ok(());
     }
-    let token = store.write_blocking(|c| {
-        store::auth::add_user(c, "bootstrap", "admin", auth::Role::Admin, &[])
-    })?;
+    let token = store
+        .write(|c| store::auth::add_user(c, "bootstrap", "admin", auth::Role::Admin, &[]))
+        .await?;
     let path = config.data_dir.join("admin.token");
     fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
     tracing::warn!(path = %path.display(), "created user 'admin'; its API token is in this file (0600)");

@@ -1,1 +1,378 @@
+//! The test harness: spawns the real `palisade-controller`, `palisade-agent` and `palisadectl`
+//! binaries on loopback, each controller in its own temporary data directory, and cleans up
+//! every process it started when dropped.
+//!
+//! ```no_run
+//! let ctl = palisade_tests::Controller::start();
+//! let agent = ctl.enroll_agent().started();
+//! let device = agent.device_id();
+//! ```
 
+pub mod proxy;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The binaries under test, next to this test executable (`target/<profile>/`). They are built
+/// by the README's test command (`cargo build --workspace --bins` before `cargo test`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose stderr is captured to a file, killed on drop.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log clone"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait up to 10 s for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct ControllerOptions {
+    pub extra_args: Vec<String>,
+}
+
+/// A controller on loopback with its own data directory.
+pub struct Controller {
+    pub dir: Arc<TempDir>,
+    pub proc: Option<Proc>,
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+    pub ca_sha256: String,
+    pub admin_token: String,
+    args: Vec<String>,
+    restarts: Mutex<u32>,
+}
+
+impl Controller {
+    pub fn start() -> Controller {
+        Controller::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Controller {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, quic, api, ca) = Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
+        let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
+            .expect("admin token written on first start")
+            .trim()
+            .to_owned();
+        Controller { dir, proc: Some(proc), quic, api, ca_sha256: ca, admin_token, args, restarts: Mutex::new(0) }
+    }
+
+    fn launch(dir: &Path, quic: &str, api: &str, extra: &[String], n: u32) -> (Proc, SocketAddr, SocketAddr, String) {
+        let data = dir.join("data");
+        let listening = data.join("listening.json");
+        let _ = std::fs::remove_file(&listening);
+        let mut cmd = Command::new(bin("palisade-controller"));
+        cmd.arg("--data-dir").arg(&data).args(["--listen", quic, "--api", api, "--heartbeat", "2s"]).args(extra);
+        cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
+        let mut proc = Proc::spawn(&mut cmd, dir.join(format!("controller-{n}.log")));
+        let v: Value = eventually(Duration::from_secs(30), "the controller to listen", || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("controller exited with {status}:\n{}", proc.log());
+            }
+            std::fs::read(&listening).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        });
+        (
+            proc,
+            v["quic"].as_str().unwrap().parse().unwrap(),
+            v["api"].as_str().unwrap().parse().unwrap(),
+            v["ca_sha256"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.data_dir().join("controller.sqlite")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// Starts again on the same data directory and the same addresses.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let n = {
+            let mut r = self.restarts.lock().unwrap();
+            *r += 1;
+            *r
+        };
+        let (proc, quic, api, _) =
+            Controller::launch(self.dir.path(), &self.quic.to_string(), &self.api.to_string(), &self.args, n);
+        assert_eq!((quic, api), (self.quic, self.api));
+        self.proc = Some(proc);
+    }
+
+    /// Runs `palisadectl` with the admin token.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_as(&self.admin_token, args)
+    }
+
+    pub fn ctl_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("palisadectl"))
+            .args(args)
+            .env("PALISADE_URL", self.url())
+            .env("PALISADE_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run palisadectl")
+    }
+
+    /// Runs `palisadectl --json …`, asserts success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        self.json_as(&self.admin_token, args)
+    }
+
+    pub fn json_as(&self, token: &str, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.ctl_as(token, &all);
+        assert!(
+            out.status.success(),
+            "palisadectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("palisadectl --json prints JSON")
+    }
+
+    /// Runs `palisadectl`, asserts failure, returns stderr.
+    pub fn ctl_fails(&self, token: &str, args: &[&str]) -> String {
+        let out = self.ctl_as(token, args);
+        assert!(!out.status.success(), "palisadectl {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn enroll_token(&self, uses: u32, expires_in: &str) -> String {
+        let v = self.json(&["enroll-token", "create", "--uses", &uses.to_string(), "--expires-in", expires_in]);
+        v["token"]["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Makes a user and returns their token.
+    pub fn add_user(&self, name: &str, role: &str, groups: &[&str]) -> String {
+        let mut args = vec!["users", "add", name, "--role", role];
+        for g in groups {
+            args.extend_from_slice(&["--group", g]);
+        }
+        self.json(&args)["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Enrolls a new agent in a fresh state directory (not yet running).
+    pub fn enroll_agent(&self) -> Agent {
+        self.enroll_agent_via(&self.quic.to_string())
+    }
+
+    /// Enrolls an agent that will reach the controller at `address` (e.g. through a proxy).
+    pub fn enroll_agent_via(&self, address: &str) -> Agent {
+        let token = self.enroll_token(1, "1h");
+        let agent = Agent::new(self.dir.clone());
+        let out = agent.enroll(address, &token, &self.ca_sha256);
+        assert!(out.status.success(), "enrolment failed: {}", String::from_utf8_lossy(&out.stderr));
+        agent
+    }
+
+    pub fn action(&self, id: u64) -> Value {
+        self.json(&["actions", "show", &id.to_string()])
+    }
+
+    pub fn status(&self, id: u64) -> String {
+        self.action(id)["action"]["status"].as_str().unwrap().to_owned()
+    }
+
+    pub fn wait_status(&self, id: u64, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("action {id} to be {status}"), || {
+            let v = self.action(id);
+            (v["action"]["status"] == status).then_some(v)
+        })
+    }
+
+    /// Requests an action and returns its id.
+    pub fn request(&self, args: &[&str]) -> u64 {
+        let mut all = vec!["action"];
+        all.extend_from_slice(args);
+        let v = self.json(&all);
+        v["actions"][0]["id"].as_u64().expect("created action id")
+    }
+
+    pub fn device_online(&self, device: &str) -> bool {
+        self.json(&["devices", "show", device])["device"]["online"] == true
+    }
+}
+
+static AGENT_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// An agent with its own state directory, run as a real process.
+pub struct Agent {
+    _root: Arc<TempDir>,
+    pub state_dir: PathBuf,
+    pub proc: Option<Proc>,
+    name: String,
+    runs: u32,
+}
+
+impl Agent {
+    fn new(root: Arc<TempDir>) -> Agent {
+        let n = AGENT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("agent{n}");
+        let state_dir = root.path().join(&name);
+        Agent { _root: root, state_dir, proc: None, name, runs: 0 }
+    }
+
+    pub fn enroll(&self, controller: &str, token: &str, ca_sha256: &str) -> Output {
+        Command::new(bin("palisade-agent"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["enroll", "--controller", controller, "--token", token, "--ca-sha256", ca_sha256])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run palisade-agent enroll")
+    }
+
+    pub fn device_id(&self) -> String {
+        let info: Value =
+            serde_json::from_slice(&std::fs::read(self.state_dir.join("identity/agent.json")).expect("agent.json"))
+                .expect("agent.json is JSON");
+        info["device_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn start(&mut self) {
+        self.runs += 1;
+        let log = self.state_dir.parent().unwrap().join(format!("{}-{}.log", self.name, self.runs));
+        let mut cmd = Command::new(bin("palisade-agent"));
+        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
+        self.proc = Some(Proc::spawn(&mut cmd, log));
+    }
+
+    pub fn started(mut self) -> Agent {
+        self.start();
+        self
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.state_dir.join("journal.sqlite")
+    }
+}
+
+/// Runs the `sqlite3` shell on a database (installed by `.ci/run`).
+pub fn sqlite3(db: &Path, sql: &str) -> String {
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is needed (apt-get install sqlite3; .ci/run installs it)");
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sqlite3 {sql:?} failed: {err}");
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
