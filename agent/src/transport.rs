@@ -203,9 +203,9 @@ pub async fn connect(identity: &Identity, hello: &Hello) -> Result<Link> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
     let connecting = endpoint.connect_with(quic_config(tls)?, addr, CONTROLLER_SERVER_NAME)?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
-        .map_err(|_| anyhow!("no answer from {addr} within 10 s"))?
+        .map_err(|_| anyhow!("no answer from {addr} within 5 s"))?
         .with_context(|| format!("cannot connect to {addr}"))?;
     let (mut send, recv) = conn.open_bi().await?;
     write_frame(&mut send, &Opening::Session(hello.clone())).await?;

@@ -71,7 +71,8 @@ pub async fn run(config: Config) -> Result<()> {
     let fingerprint = ca.fingerprint();
     let controller = Arc::new(Controller::new(store, artifacts, ca, config.clone()));
 
-    let endpoint = transport::endpoint(tls, config.listen)?;
+    let reset_secret = secret(&config.data_dir.join("reset.key"))?;
+    let endpoint = transport::endpoint(tls, config.listen, &reset_secret)?;
     let quic_addr = endpoint.local_addr()?;
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
@@ -121,6 +122,20 @@ async fn bootstrap_admin(store: &store::Store, config: &Config) -> Result<()> {
     tracing::warn!(path = %path.display(), "created user 'admin'; its API token is in this file (0600)");
     eprintln!("palisade-controller: first start: the admin API token is in {}", path.display());
     Ok(())
+}
+
+/// A 32-byte secret kept in `path` (0600), made on first use.
+fn secret(path: &std::path::Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 32 => Ok(bytes),
+        Ok(_) => anyhow::bail!("{} is not a 32-byte secret; remove it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = random_bytes::<32>().to_vec();
+            fsutil::write_private(path, &bytes)?;
+            Ok(bytes)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// `N` random bytes from the system's secure generator.

@@ -26,7 +26,10 @@ use tokio::sync::mpsc;
 use crate::service::{Controller, SessionCommand};
 use crate::store::{actions, devices, now_ms};
 
-pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint> {
+/// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
+/// controller can answer an agent's packets for a connection it has lost with a stateless
+/// reset: agents notice a controller restart at once instead of after their silence limit.
+pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr, reset_secret: &[u8]) -> Result<quinn::Endpoint> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -34,7 +37,35 @@ pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr) -> Result<quinn::En
     transport.max_concurrent_bidi_streams(16u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, addr).with_context(|| format!("cannot listen on udp {addr}"))
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(|| Box::new(RandomCids));
+    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
+    Ok(quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// Random 8-byte connection ids that any controller instance accepts as plausible, so that a
+/// restarted one answers packets of connections it lost with a stateless reset (quinn's default
+/// generator signs ids with a per-process key and silently drops the others).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&crate::random_bytes::<8>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {

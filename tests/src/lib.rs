@@ -2,7 +2,7 @@
 //! binaries on loopback, each controller in its own temporary data directory, and cleans up
 //! every process it started when dropped.
 //!
-//! ```no_run
+//! ```text
 //! let ctl = palisade_tests::Controller::start();
 //! let agent = ctl.enroll_agent().started();
 //! let device = agent.device_id();
@@ -290,6 +290,25 @@ impl Controller {
     }
 }
 
+impl Drop for Controller {
+    /// A failing test shows every log of its lab, so the failure can be read from CI output.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            logs.sort();
+            for log in logs {
+                eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        }
+    }
+}
+
 static AGENT_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// An agent with its own state directory, run as a real process.
@@ -302,6 +321,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent with a fresh, not yet enrolled state directory under `root`.
+    pub fn in_dir(root: Arc<TempDir>) -> Agent {
+        Agent::new(root)
+    }
+
+    /// An agent that runs on an existing state directory.
+    pub fn at(root: Arc<TempDir>, state_dir: PathBuf) -> Agent {
+        let mut a = Agent::new(root);
+        a.state_dir = state_dir;
+        a
+    }
+
     fn new(root: Arc<TempDir>) -> Agent {
         let n = AGENT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("agent{n}");

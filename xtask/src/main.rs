@@ -279,6 +279,26 @@ fn build() -> Result<HashMap<String, PathBuf>> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // `cargo run` gave us the variables it sets for the xtask package. Build scripts (ring's,
+    // through cc) track some of them, so passing them on would rebuild ring and all that
+    // depends on it on every quickstart.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
     let mut child = cmd.spawn().with_context(|| {
         format!(
             "cannot run {} (set CARGO to the cargo binary to use)",
@@ -812,6 +832,8 @@ impl Proc {
         let err = open()?;
         let parent = nix::unistd::getpid();
         cmd.stdin(Stdio::null())
+            // The output goes to a file: no colour escapes in it.
+            .env("NO_COLOR", "1")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .process_group(0);
