@@ -18,7 +18,10 @@ impl Table {
     }
 
     pub fn print(&self) {
-        print!("{}", self.render());
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(self.render().as_bytes());
+        let _ = out.flush();
     }
 
     pub fn render(&self) -> String {

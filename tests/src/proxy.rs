@@ -40,10 +40,10 @@ impl UdpProxy {
                     thread::spawn(move || {
                         let mut buf = vec![0u8; 65536];
                         while !st2.load(Ordering::Relaxed) {
-                            if let Ok(n) = back2.recv(&mut buf) {
-                                if !down2.load(Ordering::Relaxed) {
-                                    let _ = front2.send_to(&buf[..n], from);
-                                }
+                            if let Ok(n) = back2.recv(&mut buf)
+                                && !down2.load(Ordering::Relaxed)
+                            {
+                                let _ = front2.send_to(&buf[..n], from);
                             }
                         }
                     });

@@ -244,16 +244,16 @@ fn quickstart(args: QuickstartArgs) -> Result<()> {
     // Foreground until a signal or until a child gives up.
     let outcome = supervise(&mut controller, &mut agent);
     eprintln!();
-    step("stopping the agent and the controller".to_string());
+    match &outcome {
+        Ok(()) => step("stopping the agent and the controller".to_string()),
+        Err(_) => step("one of them stopped on its own; stopping the other".to_string()),
+    }
     agent.stop();
     controller.stop();
-    match outcome {
-        Ok(()) => {
-            step("stopped".to_string());
-            Ok(())
-        }
-        Err(e) => Err(e),
+    if outcome.is_ok() {
+        step("stopped".to_string());
     }
+    outcome
 }
 
 fn step(message: String) {

@@ -187,14 +187,12 @@ impl AgentSession {
             self.close(format!("controller silent for {} s", limit.as_secs()));
             return;
         }
-        if let Some(at) = self.next_heartbeat {
-            if now >= at {
-                self.heartbeat_seq += 1;
-                self.transmit.push_back(AgentMessage::Heartbeat {
-                    seq: self.heartbeat_seq,
-                });
-                self.next_heartbeat = Some(now + self.heartbeat);
-            }
+        if self.next_heartbeat.is_some_and(|at| now >= at) {
+            self.heartbeat_seq += 1;
+            self.transmit.push_back(AgentMessage::Heartbeat {
+                seq: self.heartbeat_seq,
+            });
+            self.next_heartbeat = Some(now + self.heartbeat);
         }
     }
 

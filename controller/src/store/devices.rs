@@ -263,10 +263,10 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<Device> {
 /// Resolves an operator's device reference: an id, or a hostname that names exactly one
 /// device.
 pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
-    if let Ok(id) = reference.parse::<DeviceId>() {
-        if let Ok(d) = get(conn, &id) {
-            return Ok(d);
-        }
+    if let Ok(id) = reference.parse::<DeviceId>()
+        && let Ok(d) = get(conn, &id)
+    {
+        return Ok(d);
     }
     let mut stmt = conn.prepare("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
     let ids: Vec<String> = stmt

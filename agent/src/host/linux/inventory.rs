@@ -7,8 +7,8 @@ pub fn collect() -> Inventory {
     let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::everything()));
     let networks = Networks::new_with_refreshed_list();
     let mut addresses: Vec<std::net::IpAddr> = networks
-        .iter()
-        .flat_map(|(_, data)| data.ip_networks().iter().map(|n| n.addr))
+        .values()
+        .flat_map(|data| data.ip_networks().iter().map(|n| n.addr))
         .filter(|a| !a.is_loopback())
         .collect();
     addresses.sort();

@@ -1,0 +1,243 @@
+//! Approve → result latency with the real release binaries on loopback: one controller, one
+//! enrolled agent, `request_sample` actions of a small file approved one at a time. Each action
+//! is approved only after the previous one has succeeded, so the figures are latency, not
+//! queueing.
+//!
+//! The harness runs the binaries next to this executable's directory (`target/release/`), so
+//! build them first:
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p palisade-tests --bench approve_latency`
+//!
+//! Environment: `PALISADE_BENCH_N` (actions, default 1000), `PALISADE_BENCH_SAMPLE_BYTES`
+//! (default 4096).
+
+use std::time::{Duration, Instant};
+
+use palisade_tests::{Controller, eventually};
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// The operators' JSON API with the admin token, over one kept-alive connection.
+struct Api {
+    base: String,
+    auth: String,
+    http: ureq::Agent,
+}
+
+impl Api {
+    fn new(ctl: &Controller) -> Api {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .build()
+            .into();
+        Api {
+            base: ctl.url(),
+            auth: format!("Bearer {}", ctl.admin_token),
+            http,
+        }
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        Api::json(resp, "GET", path, 200)
+    }
+
+    fn post(&self, path: &str, body: &Value, expect: u16) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        Api::json(resp, "POST", path, expect)
+    }
+
+    fn json(mut resp: ureq::http::Response<ureq::Body>, method: &str, path: &str, expect: u16) -> Value {
+        let status = resp.status().as_u16();
+        let body: Value = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_json()
+            .unwrap_or_else(|e| panic!("{method} {path}: HTTP {status} without JSON: {e}"));
+        assert_eq!(status, expect, "{method} {path}: {body}");
+        body
+    }
+}
+
+/// One action's figures, in milliseconds.
+struct Sample {
+    /// Server hop timestamps (ms resolution): decided, delivered, acknowledged, started, finished.
+    hops: [i64; 5],
+    /// Approve request sent → approve response received.
+    approve_call: Duration,
+    /// Approve response received → `succeeded` first seen by polling.
+    seen_after_approve: Duration,
+}
+
+fn hop(action: &Value, name: &str) -> i64 {
+    action[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("action {} has no {name}: {action}", action["id"]))
+}
+
+fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: usize) -> Sample {
+    // A different file each time: the controller stores artifacts by content, and a repeated
+    // sample would skip the upload.
+    let mut bytes = vec![0u8; size];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let word = (((n as u64) << 32) | i as u64).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    std::fs::write(path, &bytes).expect("write sample file");
+
+    let created = api.post(
+        "/api/v1/actions",
+        &json!({
+            "devices": [device],
+            "params": {"kind": "request_sample", "path": path.to_str().expect("utf-8 path")},
+            "comment": "bench",
+        }),
+        201,
+    );
+    let id = created["actions"][0]["id"].as_u64().expect("created action id");
+    assert_eq!(created["actions"][0]["status"], "pending_approval", "{created}");
+
+    let sent = Instant::now();
+    api.post("/api/v1/actions/approve", &json!({"ids": [id], "comment": "ok"}), 200);
+    let approved = Instant::now();
+    let action = loop {
+        let v = api.get(&format!("/api/v1/actions/{id}"));
+        match v["action"]["status"].as_str().unwrap_or_default() {
+            "succeeded" => break v["action"].clone(),
+            "approved" | "delivered" | "acknowledged" | "in_progress" => {}
+            other => panic!("action {id} ended {other}: {v}"),
+        }
+        if approved.elapsed() > TIMEOUT {
+            panic!("action {id} not succeeded after {TIMEOUT:?}: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let seen = Instant::now();
+    assert_eq!(action["artifacts"][0]["size"].as_u64(), Some(size as u64), "{action}");
+    Sample {
+        hops: [
+            hop(&action, "decided_at"),
+            hop(&action, "delivered_at"),
+            hop(&action, "acknowledged_at"),
+            hop(&action, "started_at"),
+            hop(&action, "finished_at"),
+        ],
+        approve_call: approved - sent,
+        seen_after_approve: seen - approved,
+    }
+}
+
+/// p50, p99, max and mean of values in milliseconds.
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    assert!(!v.is_empty());
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[(((p / 100.0) * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    Stats {
+        p50: at(50.0),
+        p99: at(99.0),
+        max: v[v.len() - 1],
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it (and with
+    // debug binaries that are not what we measure), so say how to run it and stop.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "approve_latency: run with `cargo build --release --workspace --bins && \
+             cargo bench -p palisade-tests --bench approve_latency`"
+        );
+        return;
+    }
+    let n = env_usize("PALISADE_BENCH_N", 1000).max(1);
+    let size = env_usize("PALISADE_BENCH_SAMPLE_BYTES", 4096);
+
+    let ctl = Controller::start();
+    let agent = ctl.enroll_agent().started();
+    let device = agent.device_id();
+    let api = Api::new(&ctl);
+    eventually(TIMEOUT, "the agent to connect", || {
+        (api.get(&format!("/api/v1/devices/{device}"))["device"]["online"] == true).then_some(())
+    });
+    let path = ctl.dir.path().join("bench-sample.bin");
+    println!(
+        "approve_latency: {n} request_sample actions of {size} bytes, approved one at a time; lab in {}",
+        ctl.dir.path().display()
+    );
+
+    // Warm-up: connection pools, page cache, the agent's first upload stream.
+    for i in 0..10.min(n) {
+        one_action(&api, &device, &path, usize::MAX - i, size);
+    }
+
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        samples.push(one_action(&api, &device, &path, i, size));
+        if (i + 1) % 200 == 0 {
+            eprintln!("  {}/{n} done", i + 1);
+        }
+    }
+    let elapsed = started.elapsed();
+
+    let listed = api.get("/api/v1/actions?status=succeeded&limit=10000");
+    let warmup = 10.min(n) as u64;
+    assert_eq!(listed["total"].as_u64(), Some(n as u64 + warmup), "succeeded actions");
+
+    let span = |a: usize, b: usize| -> Vec<f64> { samples.iter().map(|s| (s.hops[b] - s.hops[a]) as f64).collect() };
+    let dur = |f: fn(&Sample) -> Duration| -> Vec<f64> {
+        samples.iter().map(|s| f(s).as_secs_f64() * 1e3).collect()
+    };
+    let rows = [
+        ("server: decided -> finished", stats(span(0, 4))),
+        ("  decided -> delivered", stats(span(0, 1))),
+        ("  delivered -> acknowledged", stats(span(1, 2))),
+        ("  acknowledged -> finished", stats(span(2, 4))),
+        ("    acknowledged -> started", stats(span(2, 3))),
+        ("    started -> finished", stats(span(3, 4))),
+        ("client: approve returned -> succeeded seen", stats(dur(|s| s.seen_after_approve))),
+        ("client: approve call (HTTP round trip)", stats(dur(|s| s.approve_call))),
+        ("client: approve sent -> succeeded seen", stats(dur(|s| s.approve_call + s.seen_after_approve))),
+    ];
+    println!();
+    println!("{:<44} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p99", "max", "mean");
+    for (name, s) in rows {
+        println!("{name:<44} {:>9.2} {:>9.2} {:>9.2} {:>9.2}", s.p50, s.p99, s.max, s.mean);
+    }
+    println!();
+    println!(
+        "{n} actions in {:.1} s ({:.1} actions/s sequentially, including request and polling)",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    println!("server spans come from ms-resolution timestamps; client figures include the 1 ms poll interval");
+    drop(agent);
+}

@@ -1,0 +1,142 @@
+//! Architecture invariants, checked by reading the source tree (see ARCHITECTURE.md). Each test
+//! names the rule it guards; a failure lists the offending files.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Files under `dirs` that mention any of `needles` outside the allowed files.
+fn offenders(dirs: &[&str], needles: &[&str], allowed: &[&str]) -> Vec<String> {
+    let root = root();
+    let mut bad = Vec::new();
+    for dir in dirs {
+        for file in rust_files(&root.join(dir)) {
+            let rel = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            if allowed.iter().any(|a| rel == *a || (a.ends_with('/') && rel.starts_with(a))) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for n in needles {
+                if mentions(&text, n) {
+                    bad.push(format!("{rel}: {n}"));
+                }
+            }
+        }
+    }
+    bad
+}
+
+/// Whether `needle` occurs in `text` at the start of a word (so `nix::` does not match
+/// `unix::`).
+fn mentions(text: &str, needle: &str) -> bool {
+    text.match_indices(needle).any(|(i, _)| {
+        text[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+    })
+}
+
+#[test]
+fn only_the_transport_modules_use_quinn() {
+    let bad = offenders(
+        &["agent/src", "controller/src", "common/src"],
+        &["quinn::", "use quinn"],
+        &["agent/src/transport.rs", "controller/src/transport.rs"],
+    );
+    assert!(bad.is_empty(), "quinn outside a transport module: {bad:#?}");
+}
+
+#[test]
+fn only_the_stores_speak_sql() {
+    let bad = offenders(
+        &["agent/src", "controller/src", "common/src", "cli/src"],
+        &["rusqlite", "SELECT ", "INSERT INTO", "UPDATE "],
+        &["controller/src/store/", "agent/src/journal.rs"],
+    );
+    assert!(bad.is_empty(), "SQL outside the store and the journal: {bad:#?}");
+}
+
+#[test]
+fn common_does_no_io_and_reads_no_clock() {
+    let bad = offenders(
+        &["common/src"],
+        &["std::fs", "std::net::Tcp", "std::net::Udp", "tokio", "SystemTime", "Instant::now", "std::process", "std::io::Read", "std::io::Write"],
+        &["common/src/session/tests.rs"],
+    );
+    assert!(bad.is_empty(), "IO or clock in common: {bad:#?}");
+}
+
+#[test]
+fn only_the_codec_module_names_the_payload_encoding_outside_common_wire_types() {
+    let bad = offenders(&["agent/src", "controller/src", "cli/src", "tests/src"], &["bincode"], &[]);
+    assert!(bad.is_empty(), "bincode named outside common (use common::codec): {bad:#?}");
+}
+
+#[test]
+fn only_host_linux_runs_processes_or_calls_the_kernel_directly_in_the_agent() {
+    let bad = offenders(&["agent/src"], &["std::process::Command", "nix::", "libc::"], &["agent/src/host/linux/"]);
+    assert!(bad.is_empty(), "host access outside agent/src/host/linux: {bad:#?}");
+}
+
+#[test]
+fn every_unsafe_block_says_why_it_is_sound() {
+    let root = root();
+    let mut bad = Vec::new();
+    for dir in ["agent/src", "controller/src", "common/src", "cli/src"] {
+        for file in rust_files(&root.join(dir)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.contains("unsafe {") || line.trim_start().starts_with("unsafe fn") {
+                    let before = &lines[i.saturating_sub(3)..i];
+                    if !before.iter().any(|l| l.contains("SAFETY:")) {
+                        bad.push(format!("{}:{}", file.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "unsafe without a SAFETY comment: {bad:#?}");
+}
+
+#[test]
+fn every_dependency_is_pinned_once_in_the_workspace() {
+    let root = root();
+    for member in ["agent", "controller", "common", "cli", "tests", "xtask"] {
+        let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml")).unwrap();
+        let mut in_deps = false;
+        for line in manifest.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_deps = t.contains("dependencies");
+                continue;
+            }
+            if in_deps && !t.is_empty() && !t.starts_with('#') {
+                assert!(
+                    t.contains("workspace = true") || t.contains(".workspace = true"),
+                    "{member}/Cargo.toml pins a dependency itself: {t}"
+                );
+            }
+        }
+    }
+}
