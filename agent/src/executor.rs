@@ -27,7 +27,11 @@ pub struct Executor<H> {
 
 impl<H: Host> Executor<H> {
     pub fn new(host: H, spool: PathBuf, max_sample: u64) -> Executor<H> {
-        Executor { host, spool, max_sample }
+        Executor {
+            host,
+            spool,
+            max_sample,
+        }
     }
 
     pub fn host(&self) -> &H {
@@ -63,7 +67,10 @@ impl<H: Host> Executor<H> {
         let dest = self.spool.join(format!("{}.sample", spec.id));
         // A previous attempt, interrupted by a restart, may have left its copy.
         let _ = std::fs::remove_file(&dest);
-        match self.host.snapshot_file(path.as_ref(), self.max_sample, &dest) {
+        match self
+            .host
+            .snapshot_file(path.as_ref(), self.max_sample, &dest)
+        {
             Ok(snap) => {
                 let sha = hex::encode(snap.sha256);
                 let mut r = report(
@@ -72,8 +79,18 @@ impl<H: Host> Executor<H> {
                     format!("sample of {path}: {} bytes, sha256 {sha}", snap.size),
                     json!({"path": path, "size": snap.size, "sha256": sha}),
                 );
-                r.artifacts.push(ArtifactRef { name: "sample".into(), size: snap.size, sha256: sha });
-                (r, vec![Upload { name: "sample".into(), snapshot: snap }])
+                r.artifacts.push(ArtifactRef {
+                    name: "sample".into(),
+                    size: snap.size,
+                    sha256: sha,
+                });
+                (
+                    r,
+                    vec![Upload {
+                        name: "sample".into(),
+                        snapshot: snap,
+                    }],
+                )
             }
             Err(e) => {
                 let what = match &e {
@@ -81,7 +98,12 @@ impl<H: Host> Executor<H> {
                     HostError::Io { .. } => "failed",
                 };
                 (
-                    report(spec, Outcome::Failed, format!("sample {what}: {e}"), json!({"path": path, "error": e.to_string()})),
+                    report(
+                        spec,
+                        Outcome::Failed,
+                        format!("sample {what}: {e}"),
+                        json!({"path": path, "error": e.to_string()}),
+                    ),
                     vec![],
                 )
             }
@@ -89,8 +111,19 @@ impl<H: Host> Executor<H> {
     }
 }
 
-pub fn report(spec: &ActionSpec, outcome: Outcome, summary: String, detail: serde_json::Value) -> ActionReport {
-    ActionReport { id: spec.id, outcome, summary, detail: detail.to_string(), artifacts: vec![] }
+pub fn report(
+    spec: &ActionSpec,
+    outcome: Outcome,
+    summary: String,
+    detail: serde_json::Value,
+) -> ActionReport {
+    ActionReport {
+        id: spec.id,
+        outcome,
+        summary,
+        detail: detail.to_string(),
+        artifacts: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -110,12 +143,22 @@ mod tests {
     #[test]
     fn a_sample_becomes_an_upload_and_a_report_naming_its_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let ex = Executor::new(FakeHost::default().with_file("/bin/evil", b"MZ evil"), dir.path().into(), 1 << 20);
+        let ex = Executor::new(
+            FakeHost::default().with_file("/bin/evil", b"MZ evil"),
+            dir.path().into(),
+            1 << 20,
+        );
         let (r, uploads) = ex.run(&sample(5, "/bin/evil"));
         assert_eq!(r.outcome, Outcome::Succeeded);
         assert_eq!(uploads.len(), 1);
-        assert_eq!(r.artifacts[0].sha256, hex::encode(uploads[0].snapshot.sha256));
-        assert_eq!(std::fs::read(&uploads[0].snapshot.path).unwrap(), b"MZ evil");
+        assert_eq!(
+            r.artifacts[0].sha256,
+            hex::encode(uploads[0].snapshot.sha256)
+        );
+        assert_eq!(
+            std::fs::read(&uploads[0].snapshot.path).unwrap(),
+            b"MZ evil"
+        );
         // Running it again (after a restart) replaces the old copy instead of failing.
         let (again, _) = ex.run(&sample(5, "/bin/evil"));
         assert_eq!(again, r);
@@ -135,7 +178,10 @@ mod tests {
     fn kinds_outside_the_capabilities_fail_rather_than_pretend() {
         let dir = tempfile::tempdir().unwrap();
         let ex = Executor::new(FakeHost::default(), dir.path().into(), 1 << 20);
-        let spec = ActionSpec { id: ActionId(1), params: ActionParams::RestrictExecution {} };
+        let spec = ActionSpec {
+            id: ActionId(1),
+            params: ActionParams::RestrictExecution {},
+        };
         let (r, _) = ex.run(&spec);
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(!CAPABILITIES.contains(&ActionKind::RestrictExecution));

@@ -44,7 +44,10 @@ impl Identity {
                 d.join("agent.json").display()
             );
         }
-        let read = |name: &str| fs::read(d.join(name)).with_context(|| format!("cannot read {}", d.join(name).display()));
+        let read = |name: &str| {
+            fs::read(d.join(name))
+                .with_context(|| format!("cannot read {}", d.join(name).display()))
+        };
         Ok(Identity {
             info: serde_json::from_slice(&read("agent.json")?).context("agent.json is invalid")?,
             key_der: read("key.der")?,
@@ -62,7 +65,10 @@ impl Identity {
         write_private(&d.join("key.der"), &self.key_der)?;
         write_private(&d.join("cert.der"), &self.cert_der)?;
         write_private(&d.join("ca.der"), &self.ca_der)?;
-        write_private(&d.join("agent.json"), &serde_json::to_vec_pretty(&self.info)?)?;
+        write_private(
+            &d.join("agent.json"),
+            &serde_json::to_vec_pretty(&self.info)?,
+        )?;
         fs::File::open(&d)?.sync_all()?;
         Ok(())
     }

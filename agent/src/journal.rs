@@ -54,7 +54,8 @@ fn now() -> i64 {
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
-        let mut conn = Connection::open(path).with_context(|| format!("cannot open journal {}", path.display()))?;
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("cannot open journal {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         Migrations::new(vec![M::up(V1)])
@@ -92,7 +93,10 @@ impl Journal {
     pub fn acknowledged(&mut self, id: ActionId) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0 as i64])?;
-        tx.execute("UPDATE actions SET stage = 'acknowledged' WHERE id = ?1", [id.0 as i64])?;
+        tx.execute(
+            "UPDATE actions SET stage = 'acknowledged' WHERE id = ?1",
+            [id.0 as i64],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -108,7 +112,9 @@ impl Journal {
 
     pub fn outbox(&self) -> Result<Vec<ActionReport>> {
         let mut stmt = self.conn.prepare("SELECT report FROM outbox ORDER BY id")?;
-        let blobs: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let blobs: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         blobs
             .iter()
             .map(|b| codec::decode(b).context("corrupt outbox entry"))
@@ -117,8 +123,12 @@ impl Journal {
 
     /// Actions received but not finished: interrupted by a restart, to be run again.
     pub fn unfinished(&self) -> Result<Vec<ActionSpec>> {
-        let mut stmt = self.conn.prepare("SELECT spec FROM actions WHERE stage = 'received' ORDER BY id")?;
-        let blobs: Vec<Vec<u8>> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT spec FROM actions WHERE stage = 'received' ORDER BY id")?;
+        let blobs: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         blobs
             .iter()
             .map(|b| codec::decode(b).context("corrupt journal entry"))
@@ -128,7 +138,11 @@ impl Journal {
     pub fn kind_of(&self, id: ActionId) -> Result<Option<ActionKind>> {
         let kind: Option<String> = self
             .conn
-            .query_row("SELECT kind FROM actions WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+            .query_row(
+                "SELECT kind FROM actions WHERE id = ?1",
+                [id.0 as i64],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(kind.and_then(|k| k.parse().ok()))
     }
@@ -136,7 +150,11 @@ impl Journal {
     pub fn stage(&self, id: ActionId) -> Result<Option<Stage>> {
         let stage: Option<String> = self
             .conn
-            .query_row("SELECT stage FROM actions WHERE id = ?1", [id.0 as i64], |r| r.get(0))
+            .query_row(
+                "SELECT stage FROM actions WHERE id = ?1",
+                [id.0 as i64],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(stage.map(|s| match s.as_str() {
             "received" => Stage::Received,
@@ -157,9 +175,12 @@ impl Journal {
     pub fn desired(&self) -> Result<Option<DesiredState>> {
         let blob: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'desired'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'desired'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
-        blob.map(|b| codec::decode(&b).context("corrupt desired state")).transpose()
+        blob.map(|b| codec::decode(&b).context("corrupt desired state"))
+            .transpose()
     }
 
     pub fn set_desired(&self, d: &DesiredState) -> Result<()> {
@@ -179,7 +200,9 @@ mod tests {
     fn spec(id: u64) -> ActionSpec {
         ActionSpec {
             id: ActionId(id),
-            params: ActionParams::RequestSample(RequestSampleParams { path: "/etc/hosts".into() }),
+            params: ActionParams::RequestSample(RequestSampleParams {
+                path: "/etc/hosts".into(),
+            }),
         }
     }
 
@@ -208,7 +231,10 @@ mod tests {
             j.acknowledged(ActionId(2)).unwrap();
         }
         let j = Journal::open(&path).unwrap();
-        assert_eq!(j.known_ids().unwrap(), vec![ActionId(1), ActionId(2), ActionId(3)]);
+        assert_eq!(
+            j.known_ids().unwrap(),
+            vec![ActionId(1), ActionId(2), ActionId(3)]
+        );
         assert_eq!(j.outbox().unwrap(), vec![report(1)]);
         assert_eq!(j.unfinished().unwrap(), vec![spec(3)]);
         assert_eq!(j.stage(ActionId(2)).unwrap(), Some(Stage::Acknowledged));

@@ -19,7 +19,13 @@ use crate::identity::Identity;
 
 /// Enrolls this device: makes a key, sends a certificate request with the token, checks the
 /// controller against the pinned CA fingerprint, and saves the identity.
-pub async fn enroll<H: Host>(state_dir: &Path, controller: &str, token: &str, ca_sha256: &str, host: &H) -> Result<Identity> {
+pub async fn enroll<H: Host>(
+    state_dir: &Path,
+    controller: &str,
+    token: &str,
+    ca_sha256: &str,
+    host: &H,
+) -> Result<Identity> {
     if Identity::exists(state_dir) {
         anyhow::bail!(
             "already enrolled (identity in {}); offboard the device, or remove the state directory to enroll again",
@@ -28,8 +34,12 @@ pub async fn enroll<H: Host>(state_dir: &Path, controller: &str, token: &str, ca
     }
     let key = KeyPair::generate().context("cannot make a key")?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "palisade-agent");
-    let csr = params.serialize_request(&key).context("cannot make a certificate request")?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "palisade-agent");
+    let csr = params
+        .serialize_request(&key)
+        .context("cannot make a certificate request")?;
     let request = EnrollRequest {
         token: token.to_owned(),
         csr_der: csr.der().to_vec(),

@@ -8,10 +8,19 @@ use palisade_agent::host::linux::LinuxHost;
 use palisade_agent::runtime::{self, Exit, Settings};
 
 #[derive(Parser)]
-#[command(name = "palisade-agent", version, about = "Palisade agent: carries out response actions on this device")]
+#[command(
+    name = "palisade-agent",
+    version,
+    about = "Palisade agent: carries out response actions on this device"
+)]
 struct Cli {
     /// Directory for the identity, journal and spool.
-    #[arg(long, global = true, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade-agent")]
+    #[arg(
+        long,
+        global = true,
+        env = "PALISADE_STATE_DIR",
+        default_value = "/var/lib/palisade-agent"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -49,7 +58,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("palisade-agent: cannot start the runtime: {e}");
@@ -58,8 +71,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Enroll { controller, token, ca_sha256 } => {
-                let id = palisade_agent::enroll(&cli.state_dir, &controller, &token, &ca_sha256, &LinuxHost).await?;
+            Command::Enroll {
+                controller,
+                token,
+                ca_sha256,
+            } => {
+                let id = palisade_agent::enroll(
+                    &cli.state_dir,
+                    &controller,
+                    &token,
+                    &ca_sha256,
+                    &LinuxHost,
+                )
+                .await?;
                 println!("enrolled as device {}", id.info.device_id);
                 Ok(())
             }
@@ -68,7 +92,9 @@ fn main() -> ExitCode {
                 settings.max_sample = max_sample;
                 match runtime::run(settings, LinuxHost).await? {
                     Exit::Stopped => eprintln!("palisade-agent: stopped"),
-                    Exit::Offboarded => eprintln!("palisade-agent: offboarded; identity and journal erased"),
+                    Exit::Offboarded => {
+                        eprintln!("palisade-agent: offboarded; identity and journal erased")
+                    }
                 }
                 Ok::<(), anyhow::Error>(())
             }

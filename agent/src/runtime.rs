@@ -95,12 +95,19 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                 }
             }
         };
-        let mut session = AgentSession::new(Instant::now(), hello, journal.known_ids()?, journal.outbox()?);
+        let mut session = AgentSession::new(
+            Instant::now(),
+            hello,
+            journal.known_ids()?,
+            journal.outbox()?,
+        );
         let _ = session.take_hello(); // sent by `connect` as the stream's opening
         uploader_tx.send_replace(Some(link.uploader()));
 
         let end = loop {
-            let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            let deadline = session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
                 msg = link.incoming.recv() => match msg {
                     Some(Ok(m)) => session.handle_message(Instant::now(), m),
@@ -130,8 +137,19 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         journal.record(&spec)?;
                         session.receipt_persisted(spec.id);
                         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "action received");
-                        session.progress(spec.id, Progress { message: "started".into(), permille: None });
-                        spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
+                        session.progress(
+                            spec.id,
+                            Progress {
+                                message: "started".into(),
+                                permille: None,
+                            },
+                        );
+                        spawn_execution(
+                            executor.clone(),
+                            spec,
+                            exec_tx.clone(),
+                            uploader_rx.clone(),
+                        );
                     }
                     AgentEvent::ResultAcked(id) => {
                         journal.acknowledged(id)?;
@@ -194,7 +212,10 @@ fn observed(journal: &Journal) -> Result<ObservedState> {
     // No lasting action is implemented yet, so nothing is enforced: the observed state is the
     // empty state, at the revision last received.
     let revision = journal.desired()?.map(|d| d.revision).unwrap_or(0);
-    Ok(ObservedState { desired_revision: revision, ..Default::default() })
+    Ok(ObservedState {
+        desired_revision: revision,
+        ..Default::default()
+    })
 }
 
 fn offboard(settings: &Settings) -> Result<Exit> {
@@ -215,7 +236,12 @@ fn spawn_execution<H: Host>(
         let (mut report, uploads) = match tokio::task::spawn_blocking(move || ex.run(&s)).await {
             Ok(r) => r,
             Err(e) => (
-                crate::executor::report(&spec, Outcome::Failed, format!("the action crashed: {e}"), serde_json::json!({})),
+                crate::executor::report(
+                    &spec,
+                    Outcome::Failed,
+                    format!("the action crashed: {e}"),
+                    serde_json::json!({}),
+                ),
                 vec![],
             ),
         };
@@ -235,7 +261,11 @@ fn spawn_execution<H: Host>(
 }
 
 /// Retries an upload over whatever connection is live until it is stored or refused for good.
-async fn upload_until_done(spec: &ActionSpec, upload: &Upload, mut uploader: watch::Receiver<Option<Uploader>>) -> Result<(), UploadError> {
+async fn upload_until_done(
+    spec: &ActionSpec,
+    upload: &Upload,
+    mut uploader: watch::Receiver<Option<Uploader>>,
+) -> Result<(), UploadError> {
     loop {
         let current = uploader.borrow_and_update().clone();
         let Some(up) = current else {
@@ -245,7 +275,10 @@ async fn upload_until_done(spec: &ActionSpec, upload: &Upload, mut uploader: wat
             continue;
         };
         let snap = &upload.snapshot;
-        match up.upload(spec.id, &upload.name, &snap.path, snap.size, snap.sha256).await {
+        match up
+            .upload(spec.id, &upload.name, &snap.path, snap.size, snap.sha256)
+            .await
+        {
             Ok(()) => return Ok(()),
             Err(UploadError::Refused(r)) => return Err(UploadError::Refused(r)),
             Err(e) => {
@@ -265,7 +298,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, current: min }
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
     }
 
     fn reset(&mut self) {

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use palisade_common::ActionId;
 use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::wire::{
-    ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, EnrollRequest, EnrollResponse, Hello, Opening,
-    UploadBegin, UploadReply, close_code,
+    ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, EnrollRequest, EnrollResponse,
+    Hello, Opening, UploadBegin, UploadReply, close_code,
 };
-use palisade_common::ActionId;
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -37,18 +37,26 @@ fn sha256_hex(bytes: &[u8]) -> String {
 async fn resolve(controller: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(controller)
         .await
-        .with_context(|| format!("cannot resolve controller address {controller:?} (expected HOST:PORT)"))?
+        .with_context(|| {
+            format!("cannot resolve controller address {controller:?} (expected HOST:PORT)")
+        })?
         .next()
         .ok_or_else(|| anyhow!("controller address {controller:?} resolves to nothing"))
 }
 
 fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
-    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
     Ok(quinn::Endpoint::client(bind)?)
 }
 
 fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
-    let mut config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    let mut config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
@@ -84,17 +92,30 @@ impl ServerCertVerifier for PinnedCa {
             return Err(refuse(format!(
                 "the controller's CA does not match --ca-sha256 {} (it presented CA {})",
                 self.sha256,
-                if presented.is_empty() { "none".to_owned() } else { presented.join(", ") }
+                if presented.is_empty() {
+                    "none".to_owned()
+                } else {
+                    presented.join(", ")
+                }
             )));
         };
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone().into_owned()).map_err(|e| refuse(format!("unusable CA certificate: {e}")))?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| refuse(format!("cannot verify against the CA: {e}")))?;
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| refuse(format!("unusable CA certificate: {e}")))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| refuse(format!("cannot verify against the CA: {e}")))?;
         inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            .map_err(|e| refuse(format!("the controller's certificate is not valid under the pinned CA: {e}")))
+            .map_err(|e| {
+                refuse(format!(
+                    "the controller's certificate is not valid under the pinned CA: {e}"
+                ))
+            })
     }
 
     fn verify_tls12_signature(
@@ -103,7 +124,12 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -112,24 +138,42 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// What enrolment yields: the agent's identity, ready to be saved.
-pub async fn enroll(controller: &str, ca_sha256: &str, request: EnrollRequest, key_der: Vec<u8>) -> Result<Identity> {
+pub async fn enroll(
+    controller: &str,
+    ca_sha256: &str,
+    request: EnrollRequest,
+    key_der: Vec<u8>,
+) -> Result<Identity> {
     let ca_sha256 = ca_sha256.trim().to_ascii_lowercase().replace(':', "");
     if ca_sha256.len() != 64 || !ca_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("--ca-sha256 must be 64 hex digits (the controller prints it at start and in listening.json)");
+        bail!(
+            "--ca-sha256 must be 64 hex digits (the controller prints it at start and in listening.json)"
+        );
     }
     let addr = resolve(controller).await?;
     let refusal = Arc::new(Mutex::new(None));
     let provider = provider();
-    let verifier = PinnedCa { sha256: ca_sha256.clone(), provider: provider.clone(), refusal: refusal.clone() };
+    let verifier = PinnedCa {
+        sha256: ca_sha256.clone(),
+        provider: provider.clone(),
+        refusal: refusal.clone(),
+    };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -149,20 +193,31 @@ pub async fn enroll(controller: &str, ca_sha256: &str, request: EnrollRequest, k
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, &Opening::Enroll(request)).await?;
     send.finish()?;
-    let response: EnrollResponse = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv))
-        .await
-        .context("the controller did not answer the enrolment in time")??
-        .context("the controller closed the enrolment stream without an answer")?;
+    let response: EnrollResponse =
+        tokio::time::timeout(Duration::from_secs(30), read_frame(&mut recv))
+            .await
+            .context("the controller did not answer the enrolment in time")??
+            .context("the controller closed the enrolment stream without an answer")?;
     conn.close(close_code::NORMAL.into(), b"enrolled");
     endpoint.wait_idle().await;
     match response {
-        EnrollResponse::Refused { reason } => bail!("enrolment refused by the controller: {reason}"),
-        EnrollResponse::Enrolled { device_id, certificate_der, ca_der } => {
+        EnrollResponse::Refused { reason } => {
+            bail!("enrolment refused by the controller: {reason}")
+        }
+        EnrollResponse::Enrolled {
+            device_id,
+            certificate_der,
+            ca_der,
+        } => {
             if sha256_hex(&ca_der) != ca_sha256 {
                 bail!("the controller returned a CA that does not match --ca-sha256");
             }
             Ok(Identity {
-                info: crate::identity::AgentInfo { device_id, controller: controller.to_owned(), ca_sha256 },
+                info: crate::identity::AgentInfo {
+                    device_id,
+                    controller: controller.to_owned(),
+                    ca_sha256,
+                },
                 key_der,
                 cert_der: certificate_der,
                 ca_der,
@@ -211,7 +266,12 @@ pub async fn connect(identity: &Identity, hello: &Hello) -> Result<Link> {
     write_frame(&mut send, &Opening::Session(hello.clone())).await?;
     let (tx, incoming) = mpsc::channel(64);
     tokio::spawn(read_messages(conn.clone(), recv, tx));
-    Ok(Link { conn, send, incoming, _endpoint: endpoint })
+    Ok(Link {
+        conn,
+        send,
+        incoming,
+        _endpoint: endpoint,
+    })
 }
 
 impl Link {
@@ -220,18 +280,22 @@ impl Link {
     }
 
     pub fn uploader(&self) -> Uploader {
-        Uploader { conn: self.conn.clone() }
+        Uploader {
+            conn: self.conn.clone(),
+        }
     }
 
     pub fn close(&self, reason: &str) {
-        self.conn.close(close_code::NORMAL.into(), reason.as_bytes());
+        self.conn
+            .close(close_code::NORMAL.into(), reason.as_bytes());
     }
 }
 
 fn link_end(e: &quinn::ConnectionError) -> LinkEnd {
     match e {
         quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == close_code::REFUSED.into() || close.error_code == close_code::OFFBOARDED.into() =>
+            if close.error_code == close_code::REFUSED.into()
+                || close.error_code == close_code::OFFBOARDED.into() =>
         {
             LinkEnd::Refused(String::from_utf8_lossy(&close.reason).into_owned())
         }
@@ -239,7 +303,11 @@ fn link_end(e: &quinn::ConnectionError) -> LinkEnd {
     }
 }
 
-async fn read_messages(conn: Connection, mut recv: RecvStream, tx: mpsc::Sender<Result<ControllerMessage, LinkEnd>>) {
+async fn read_messages(
+    conn: Connection,
+    mut recv: RecvStream,
+    tx: mpsc::Sender<Result<ControllerMessage, LinkEnd>>,
+) {
     loop {
         let item = match read_frame::<ControllerMessage>(&mut recv).await {
             Ok(Some(m)) => Ok(m),
@@ -277,40 +345,72 @@ pub struct Uploader {
 
 impl Uploader {
     /// Sends the file from wherever the controller says it already holds up to the end.
-    pub async fn upload(&self, action: ActionId, name: &str, path: &std::path::Path, size: u64, sha256: [u8; 32]) -> Result<(), UploadError> {
+    pub async fn upload(
+        &self,
+        action: ActionId,
+        name: &str,
+        path: &std::path::Path,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<(), UploadError> {
         let interrupted = UploadError::Interrupted;
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| interrupted(e.into()))?;
-        let begin = UploadBegin { action, name: name.to_owned(), size, sha256 };
-        write_frame(&mut send, &Opening::Upload(begin)).await.map_err(interrupted)?;
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| interrupted(e.into()))?;
+        let begin = UploadBegin {
+            action,
+            name: name.to_owned(),
+            size,
+            sha256,
+        };
+        write_frame(&mut send, &Opening::Upload(begin))
+            .await
+            .map_err(interrupted)?;
         let reply: UploadReply = read_frame(&mut recv)
             .await
             .map_err(interrupted)?
             .ok_or_else(|| interrupted(anyhow!("stream closed")))?;
         let offset = match reply {
             UploadReply::Resume { offset } if offset <= size => offset,
-            UploadReply::Resume { offset } => return Err(UploadError::Refused(format!("controller asked to resume at {offset} of {size}"))),
+            UploadReply::Resume { offset } => {
+                return Err(UploadError::Refused(format!(
+                    "controller asked to resume at {offset} of {size}"
+                )));
+            }
             UploadReply::Refused { reason } => return Err(UploadError::Refused(reason)),
             UploadReply::Stored => return Ok(()),
         };
         let mut file = std::fs::File::open(path).map_err(|e| interrupted(e.into()))?;
-        file.seek(SeekFrom::Start(offset)).map_err(|e| interrupted(e.into()))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| interrupted(e.into()))?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut remaining = size - offset;
         while remaining > 0 {
             let n = file.read(&mut buf).map_err(|e| interrupted(e.into()))?;
             if n == 0 {
-                return Err(UploadError::Refused("the spooled copy is shorter than announced".into()));
+                return Err(UploadError::Refused(
+                    "the spooled copy is shorter than announced".into(),
+                ));
             }
             let n = n.min(remaining as usize);
-            send.write_all(&buf[..n]).await.map_err(|e| interrupted(e.into()))?;
+            send.write_all(&buf[..n])
+                .await
+                .map_err(|e| interrupted(e.into()))?;
             remaining -= n as u64;
         }
         send.finish().map_err(|e| interrupted(e.into()))?;
-        match read_frame::<UploadReply>(&mut recv).await.map_err(interrupted)? {
+        match read_frame::<UploadReply>(&mut recv)
+            .await
+            .map_err(interrupted)?
+        {
             Some(UploadReply::Stored) => Ok(()),
             Some(UploadReply::Refused { reason }) => Err(UploadError::Refused(reason)),
             Some(other) => Err(interrupted(anyhow!("unexpected reply {other:?}"))),
-            None => Err(interrupted(anyhow!("stream closed before the controller confirmed"))),
+            None => Err(interrupted(anyhow!(
+                "stream closed before the controller confirmed"
+            ))),
         }
     }
 }

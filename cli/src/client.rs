@@ -30,7 +30,10 @@ fn query(pairs: &[(&str, String)]) -> String {
     if pairs.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", segment(v))).collect();
+    let parts: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", segment(v)))
+        .collect();
     format!("?{}", parts.join("&"))
 }
 
@@ -44,7 +47,11 @@ impl Client {
             .timeout_global(Some(std::time::Duration::from_secs(600)))
             .build()
             .into();
-        Ok(Client { base: base.trim_end_matches('/').to_owned(), token: token.map(str::to_owned), agent })
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+            agent,
+        })
     }
 
     fn auth(&self) -> Result<String> {
@@ -101,20 +108,37 @@ fn json_or_error(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value> {
     if status.is_success() {
         return Ok(body);
     }
-    let message = body["error"]["message"].as_str().unwrap_or("no reason given");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no reason given");
     bail!("{message} (HTTP {})", status.as_u16())
 }
 
 /// Downloads an action's artifact to `output`, verifying size and sha256; the file appears
 /// only once it is complete and checked.
-pub fn download(client: &Client, action: u64, name: Option<&str>, output: &Path, progress: bool) -> Result<()> {
+pub fn download(
+    client: &Client,
+    action: u64,
+    name: Option<&str>,
+    output: &Path,
+    progress: bool,
+) -> Result<()> {
     let v = client.get(&format!("/api/v1/actions/{action}"), &[])?;
-    let artifacts = v["action"]["artifacts"].as_array().cloned().unwrap_or_default();
+    let artifacts = v["action"]["artifacts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let artifact = match name {
-        Some(n) => artifacts.iter().find(|a| a["name"] == n).ok_or_else(|| anyhow!("action {action} has no artifact {n:?}"))?,
+        Some(n) => artifacts
+            .iter()
+            .find(|a| a["name"] == n)
+            .ok_or_else(|| anyhow!("action {action} has no artifact {n:?}"))?,
         None => match artifacts.as_slice() {
             [one] => one,
-            [] => bail!("action {action} has no artifacts (status: {})", v["action"]["status"].as_str().unwrap_or("?")),
+            [] => bail!(
+                "action {action} has no artifacts (status: {})",
+                v["action"]["status"].as_str().unwrap_or("?")
+            ),
             _ => bail!("action {action} has several artifacts; pick one with --name"),
         },
     };
@@ -123,7 +147,11 @@ pub fn download(client: &Client, action: u64, name: Option<&str>, output: &Path,
     let expected = artifact["sha256"].as_str().unwrap_or_default().to_owned();
     let mut resp = client
         .agent
-        .get(format!("{}/api/v1/actions/{action}/artifacts/{}", client.base, segment(&name)))
+        .get(format!(
+            "{}/api/v1/actions/{action}/artifacts/{}",
+            client.base,
+            segment(&name)
+        ))
         .header("Authorization", client.auth()?)
         .call()
         .map_err(|e| client.unreachable(e))?;
@@ -133,15 +161,18 @@ pub fn download(client: &Client, action: u64, name: Option<&str>, output: &Path,
     let bar = if progress {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("static template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template"),
         );
         bar
     } else {
         indicatif::ProgressBar::hidden()
     };
     let tmp = output.with_extension("part");
-    let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut file =
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
@@ -161,9 +192,14 @@ pub fn download(client: &Client, action: u64, name: Option<&str>, output: &Path,
     let actual = hex::encode(ctx.finish());
     if got != size || actual != expected {
         let _ = std::fs::remove_file(&tmp);
-        bail!("download corrupt: got {got} bytes with sha256 {actual}, expected {size} bytes with sha256 {expected}");
+        bail!(
+            "download corrupt: got {got} bytes with sha256 {actual}, expected {size} bytes with sha256 {expected}"
+        );
     }
     std::fs::rename(&tmp, output)?;
-    eprintln!("{} ({got} bytes, sha256 {actual} verified)", output.display());
+    eprintln!(
+        "{} ({got} bytes, sha256 {actual} verified)",
+        output.display()
+    );
     Ok(())
 }

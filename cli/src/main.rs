@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use palisade_common::action::{
-    ContainParams, IsolateParams, QuarantineParams, ReleaseQuarantineParams, RequestSampleParams, ScanParams,
+    ContainParams, IsolateParams, QuarantineParams, ReleaseQuarantineParams, RequestSampleParams,
+    ScanParams,
 };
 use palisade_common::{ActionKind, ActionParams, ActionSource, ActionStatus};
 use serde_json::{Value, json};
@@ -21,10 +22,19 @@ use crate::client::Client;
 use crate::table::{Table, ts};
 
 #[derive(Parser)]
-#[command(name = "palisadectl", version, about = "Palisade operator CLI: request, approve and follow response actions")]
+#[command(
+    name = "palisadectl",
+    version,
+    about = "Palisade operator CLI: request, approve and follow response actions"
+)]
 struct Cli {
     /// The controller's API, e.g. http://127.0.0.1:7480.
-    #[arg(long, global = true, env = "PALISADE_URL", default_value = "http://127.0.0.1:7480")]
+    #[arg(
+        long,
+        global = true,
+        env = "PALISADE_URL",
+        default_value = "http://127.0.0.1:7480"
+    )]
     url: String,
     /// Your API token.
     #[arg(long, global = true, env = "PALISADE_TOKEN", hide_env_values = true)]
@@ -83,7 +93,9 @@ enum Command {
 enum DevicesCmd {
     List,
     /// One device and its queue of approved, unfinished actions.
-    Show { device: String },
+    Show {
+        device: String,
+    },
 }
 
 #[derive(Args)]
@@ -219,7 +231,9 @@ struct ContainTarget {
 enum ActionsCmd {
     List(ListArgs),
     /// One action with its hop timeline and history.
-    Show { id: String },
+    Show {
+        id: String,
+    },
     Approve(DecideArgs),
     /// Reject pending actions (a comment is required).
     Reject(DecideArgs),
@@ -367,10 +381,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json_out {
                 print(&v)?;
             } else {
-                println!("{} ({})", v["name"].as_str().unwrap_or("?"), v["role"].as_str().unwrap_or("?"));
+                println!(
+                    "{} ({})",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["role"].as_str().unwrap_or("?")
+                );
             }
         }
-        Command::Devices { command: DevicesCmd::List } => {
+        Command::Devices {
+            command: DevicesCmd::List,
+        } => {
             let v = client.get("/api/v1/devices", &[])?;
             if json_out {
                 print(&v)?;
@@ -378,14 +398,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 devices_table(&v["devices"]).print();
             }
         }
-        Command::Devices { command: DevicesCmd::Show { device } } => {
-            let v = client.get(&format!("/api/v1/devices/{}", client::segment(&device)), &[])?;
+        Command::Devices {
+            command: DevicesCmd::Show { device },
+        } => {
+            let v = client.get(
+                &format!("/api/v1/devices/{}", client::segment(&device)),
+                &[],
+            )?;
             if json_out {
                 print(&v)?;
             } else {
                 let d = &v["device"];
                 let mut t = Table::new(&["field", "value"]);
-                for key in ["id", "hostname", "device_group", "status", "online", "agent_version", "os", "kernel"] {
+                for key in [
+                    "id",
+                    "hostname",
+                    "device_group",
+                    "status",
+                    "online",
+                    "agent_version",
+                    "os",
+                    "kernel",
+                ] {
                     t.row(vec![key.into(), text(&d[key])]);
                 }
                 t.row(vec!["addresses".into(), list(&d["addresses"])]);
@@ -414,10 +448,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Actions { command } => return actions(&client, command, json_out),
-        Command::Artifacts { command: ArtifactsCmd::Download { action, output, name } } => {
+        Command::Artifacts {
+            command:
+                ArtifactsCmd::Download {
+                    action,
+                    output,
+                    name,
+                },
+        } => {
             client::download(&client, action, name.as_deref(), &output, !json_out)?;
         }
-        Command::EnrollToken { command: EnrollTokenCmd::Create { uses, expires_in, device_group } } => {
+        Command::EnrollToken {
+            command:
+                EnrollTokenCmd::Create {
+                    uses,
+                    expires_in,
+                    device_group,
+                },
+        } => {
             let v = client.post(
                 "/api/v1/enroll-tokens",
                 &json!({"uses": uses, "expires_in": expires_in, "device_group": device_group}),
@@ -437,15 +485,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Users { command: UsersCmd::Add { name, role, groups } } => {
-            let v = client.post("/api/v1/users", &json!({"name": name, "role": role, "device_groups": groups}))?;
+        Command::Users {
+            command: UsersCmd::Add { name, role, groups },
+        } => {
+            let v = client.post(
+                "/api/v1/users",
+                &json!({"name": name, "role": role, "device_groups": groups}),
+            )?;
             if json_out {
                 print(&v)?;
             } else {
-                println!("user {} ({}) added; API token (shown once):\n{}", text(&v["name"]), text(&v["role"]), text(&v["token"]));
+                println!(
+                    "user {} ({}) added; API token (shown once):\n{}",
+                    text(&v["name"]),
+                    text(&v["role"]),
+                    text(&v["token"])
+                );
             }
         }
-        Command::Users { command: UsersCmd::List } => {
+        Command::Users {
+            command: UsersCmd::List,
+        } => {
             let v = client.get("/api/v1/users", &[])?;
             if json_out {
                 print(&v)?;
@@ -456,7 +516,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     t.row(vec![
                         text(&u["name"]),
                         text(&u["role"]),
-                        if groups.is_empty() { "all".into() } else { groups },
+                        if groups.is_empty() {
+                            "all".into()
+                        } else {
+                            groups
+                        },
                         text(&u["created_by"]),
                         ts(&u["created_at"]),
                     ]);
@@ -464,7 +528,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.print();
             }
         }
-        Command::Policy { command: PolicyCmd::Set { device_group, kind, require_approval, distinct_approver } } => {
+        Command::Policy {
+            command:
+                PolicyCmd::Set {
+                    device_group,
+                    kind,
+                    require_approval,
+                    distinct_approver,
+                },
+        } => {
             let v = client.put(
                 "/api/v1/policies",
                 &json!({"device_group": device_group, "kind": kind, "require_approval": require_approval, "distinct_approver": distinct_approver}),
@@ -475,7 +547,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 policy_table(&v["policies"]).print();
             }
         }
-        Command::Policy { command: PolicyCmd::List } => {
+        Command::Policy {
+            command: PolicyCmd::List,
+        } => {
             let v = client.get("/api/v1/policies", &[])?;
             if json_out {
                 print(&v)?;
@@ -483,7 +557,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 policy_table(&v["policies"]).print();
             }
         }
-        Command::Audit { command: AuditCmd::Verify } => {
+        Command::Audit {
+            command: AuditCmd::Verify,
+        } => {
             let v = client.get("/api/v1/audit/verify", &[])?;
             if json_out {
                 print(&v)?;
@@ -491,7 +567,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let broken = &v["first_broken"];
             if broken.is_null() {
                 if !json_out {
-                    println!("audit chain intact: {} records verified", text(&v["records"]));
+                    println!(
+                        "audit chain intact: {} records verified",
+                        text(&v["records"])
+                    );
                 }
             } else {
                 eprintln!(
@@ -502,7 +581,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Audit { command: AuditCmd::List { action, limit } } => {
+        Command::Audit {
+            command: AuditCmd::List { action, limit },
+        } => {
             let mut q = vec![("limit", limit.to_string())];
             if let Some(a) = action {
                 q.push(("action", a.to_string()));
@@ -511,7 +592,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json_out {
                 print(&v)?;
             } else {
-                let mut t = Table::new(&["seq", "at", "actor", "event", "action", "device", "detail"]);
+                let mut t =
+                    Table::new(&["seq", "at", "actor", "event", "action", "device", "detail"]);
                 for r in v["records"].as_array().into_iter().flatten() {
                     t.row(vec![
                         text(&r["seq"]),
@@ -551,7 +633,10 @@ fn actions(client: &Client, command: ActionsCmd, json_out: bool) -> Result<ExitC
             }
             if let Some(since) = a.since {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-                q.push(("since", (now.saturating_sub(since).as_millis() as i64).to_string()));
+                q.push((
+                    "since",
+                    (now.saturating_sub(since).as_millis() as i64).to_string(),
+                ));
             }
             let opt = [
                 ("kind", a.kind.map(|k| k.to_string())),
@@ -597,7 +682,10 @@ fn actions(client: &Client, command: ActionsCmd, json_out: bool) -> Result<ExitC
 }
 
 fn decide(client: &Client, verb: &str, d: DecideArgs, json_out: bool) -> Result<()> {
-    let v = client.post(&format!("/api/v1/actions/{verb}"), &json!({"ids": d.ids, "comment": d.comment}))?;
+    let v = client.post(
+        &format!("/api/v1/actions/{verb}"),
+        &json!({"ids": d.ids, "comment": d.comment}),
+    )?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -608,36 +696,87 @@ fn decide(client: &Client, verb: &str, d: DecideArgs, json_out: bool) -> Result<
 
 fn action_params(kind: KindCmd) -> Result<(Common, ActionParams)> {
     Ok(match kind {
-        KindCmd::Isolate { common, selective, exceptions, for_ } => (
+        KindCmd::Isolate {
             common,
-            ActionParams::Isolate(IsolateParams { selective, exceptions, for_secs: for_.map(|d| d.as_secs()) }),
+            selective,
+            exceptions,
+            for_,
+        } => (
+            common,
+            ActionParams::Isolate(IsolateParams {
+                selective,
+                exceptions,
+                for_secs: for_.map(|d| d.as_secs()),
+            }),
         ),
         KindCmd::ReleaseIsolation { common } => (common, ActionParams::ReleaseIsolation {}),
         KindCmd::Contain { common, target } => (common, ActionParams::Contain(contain(target)?)),
-        KindCmd::Uncontain { common, target } => (common, ActionParams::Uncontain(contain(target)?)),
-        KindCmd::Quarantine { common, path, sha256, roots } => {
-            (common, ActionParams::Quarantine(QuarantineParams { path, sha256, roots }))
+        KindCmd::Uncontain { common, target } => {
+            (common, ActionParams::Uncontain(contain(target)?))
         }
-        KindCmd::ReleaseQuarantine { common, entry, sha256, restore_path, overwrite } => (
+        KindCmd::Quarantine {
             common,
-            ActionParams::ReleaseQuarantine(ReleaseQuarantineParams { entry, sha256, restore_path, overwrite }),
+            path,
+            sha256,
+            roots,
+        } => (
+            common,
+            ActionParams::Quarantine(QuarantineParams {
+                path,
+                sha256,
+                roots,
+            }),
         ),
-        KindCmd::Scan { common, mode, paths, exclusions } => {
-            (common, ActionParams::Scan(ScanParams { mode, paths, exclusions }))
-        }
+        KindCmd::ReleaseQuarantine {
+            common,
+            entry,
+            sha256,
+            restore_path,
+            overwrite,
+        } => (
+            common,
+            ActionParams::ReleaseQuarantine(ReleaseQuarantineParams {
+                entry,
+                sha256,
+                restore_path,
+                overwrite,
+            }),
+        ),
+        KindCmd::Scan {
+            common,
+            mode,
+            paths,
+            exclusions,
+        } => (
+            common,
+            ActionParams::Scan(ScanParams {
+                mode,
+                paths,
+                exclusions,
+            }),
+        ),
         KindCmd::RestrictExecution { common } => (common, ActionParams::RestrictExecution {}),
         KindCmd::ReleaseExecution { common } => (common, ActionParams::ReleaseExecution {}),
         KindCmd::CollectPackage { common } => (common, ActionParams::CollectPackage {}),
-        KindCmd::RequestSample { common, path } => {
-            (common, ActionParams::RequestSample(RequestSampleParams { path }))
-        }
+        KindCmd::RequestSample { common, path } => (
+            common,
+            ActionParams::RequestSample(RequestSampleParams { path }),
+        ),
         KindCmd::Offboard { common } => (common, ActionParams::Offboard {}),
     })
 }
 
 fn contain(t: ContainTarget) -> Result<ContainParams> {
-    let device = t.device.map(|d| d.parse()).transpose().context("--target-device")?;
-    Ok(ContainParams { device, ip: t.ip, mac: t.mac })
+    let device = t
+        .device
+        .map(|d| d.parse())
+        .transpose()
+        .context("--target-device")?;
+    Ok(ContainParams {
+        device,
+        ip: t.ip,
+        mac: t.mac,
+    })
 }
 
 fn text(v: &Value) -> String {
@@ -655,13 +794,26 @@ fn list(v: &Value) -> String {
 }
 
 fn devices_table(devices: &Value) -> Table {
-    let mut t = Table::new(&["id", "hostname", "group", "online", "last seen", "agent", "queued", "status"]);
+    let mut t = Table::new(&[
+        "id",
+        "hostname",
+        "group",
+        "online",
+        "last seen",
+        "agent",
+        "queued",
+        "status",
+    ]);
     for d in devices.as_array().into_iter().flatten() {
         t.row(vec![
             text(&d["id"]),
             text(&d["hostname"]),
             text(&d["device_group"]),
-            if d["online"].as_bool() == Some(true) { "yes".into() } else { "no".into() },
+            if d["online"].as_bool() == Some(true) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
             ts(&d["last_seen"]),
             text(&d["agent_version"]),
             text(&d["queued"]),
@@ -672,12 +824,26 @@ fn devices_table(devices: &Value) -> Table {
 }
 
 fn actions_table(actions: &Value) -> Table {
-    let mut t = Table::new(&["id", "action", "device", "status", "source", "requested by", "requested at", "comment", "result"]);
+    let mut t = Table::new(&[
+        "id",
+        "action",
+        "device",
+        "status",
+        "source",
+        "requested by",
+        "requested at",
+        "comment",
+        "result",
+    ]);
     for a in actions.as_array().into_iter().flatten() {
         t.row(vec![
             text(&a["id"]),
             text(&a["kind"]),
-            if a["hostname"].is_null() { text(&a["device_id"]) } else { text(&a["hostname"]) },
+            if a["hostname"].is_null() {
+                text(&a["device_id"])
+            } else {
+                text(&a["hostname"])
+            },
             text(&a["status"]),
             text(&a["source"]),
             text(&a["requested_by"]),
@@ -706,9 +872,24 @@ fn show_action(v: &Value) {
     let a = &v["action"];
     let mut t = Table::new(&["field", "value"]);
     let fields = [
-        "id", "kind", "status", "device_id", "hostname", "device_group", "source", "requested_by", "comment",
-        "external_id", "decided_by", "decision_comment", "cancelled_by", "cancel_comment", "result_summary",
-        "undo_of", "undone_by", "parent_id",
+        "id",
+        "kind",
+        "status",
+        "device_id",
+        "hostname",
+        "device_group",
+        "source",
+        "requested_by",
+        "comment",
+        "external_id",
+        "decided_by",
+        "decision_comment",
+        "cancelled_by",
+        "cancel_comment",
+        "result_summary",
+        "undo_of",
+        "undone_by",
+        "parent_id",
     ];
     for f in fields {
         if !a[f].is_null() {

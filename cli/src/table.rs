@@ -9,12 +9,24 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { header: header.iter().map(|h| h.to_uppercase()).collect(), rows: Vec::new() }
+        Table {
+            header: header.iter().map(|h| h.to_uppercase()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
         // One line per row: control characters from agents must not break the layout.
-        self.rows.push(cells.into_iter().map(|c| c.chars().map(|ch| if ch.is_control() { ' ' } else { ch }).collect()).collect());
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| {
+                    c.chars()
+                        .map(|ch| if ch.is_control() { ' ' } else { ch })
+                        .collect()
+                })
+                .collect(),
+        );
     }
 
     pub fn print(&self) {

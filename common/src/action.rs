@@ -12,8 +12,9 @@ use crate::ids::{ActionId, DeviceId};
 
 /// What an action does. The string form (`request_sample`) is the one used by the API, the CLI
 /// and the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionKind {
     Isolate,
@@ -472,10 +473,27 @@ mod tests {
 
     #[test]
     fn lifecycle_only_moves_forward() {
-        let path = [PendingApproval, Approved, Delivered, Acknowledged, InProgress, Succeeded];
+        let path = [
+            PendingApproval,
+            Approved,
+            Delivered,
+            Acknowledged,
+            InProgress,
+            Succeeded,
+        ];
         for pair in path.windows(2) {
-            assert!(pair[0].can_move_to(pair[1]), "{:?} -> {:?}", pair[0], pair[1]);
-            assert!(!pair[1].can_move_to(pair[0]), "{:?} -> {:?}", pair[1], pair[0]);
+            assert!(
+                pair[0].can_move_to(pair[1]),
+                "{:?} -> {:?}",
+                pair[0],
+                pair[1]
+            );
+            assert!(
+                !pair[1].can_move_to(pair[0]),
+                "{:?} -> {:?}",
+                pair[1],
+                pair[0]
+            );
         }
         // A receipt that arrives after the result leaves the result in place.
         assert!(!Succeeded.can_move_to(Acknowledged));
@@ -513,7 +531,10 @@ mod tests {
         for s in ActionSource::ALL {
             assert_eq!(s.as_str().parse::<ActionSource>().unwrap(), s);
         }
-        assert_eq!("request-sample".parse::<ActionKind>().unwrap(), ActionKind::RequestSample);
+        assert_eq!(
+            "request-sample".parse::<ActionKind>().unwrap(),
+            ActionKind::RequestSample
+        );
         let err = "explode".parse::<ActionKind>().unwrap_err().to_string();
         assert!(err.contains("unknown action kind \"explode\""), "{err}");
     }

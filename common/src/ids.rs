@@ -8,8 +8,9 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 /// Identifies an action. Assigned by the controller, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct ActionId(pub u64);
 

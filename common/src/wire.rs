@@ -110,10 +110,17 @@ pub struct ObservedState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum AgentMessage {
-    Heartbeat { seq: u64 },
+    Heartbeat {
+        seq: u64,
+    },
     /// The action is in the agent's journal: it will not be lost nor run twice.
-    Receipt { id: ActionId },
-    Progress { id: ActionId, progress: Progress },
+    Receipt {
+        id: ActionId,
+    },
+    Progress {
+        id: ActionId,
+        progress: Progress,
+    },
     Result(ActionReport),
     Observed(ObservedState),
     Inventory(Inventory),
@@ -130,10 +137,14 @@ pub struct Welcome {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum ControllerMessage {
     Welcome(Welcome),
-    HeartbeatAck { seq: u64 },
+    HeartbeatAck {
+        seq: u64,
+    },
     Deliver(ActionSpec),
     /// The result is committed on the controller; the agent may forget it.
-    ResultAck { id: ActionId },
+    ResultAck {
+        id: ActionId,
+    },
     Desired(DesiredState),
 }
 
@@ -151,7 +162,11 @@ pub struct UploadBegin {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum UploadReply {
     /// Send from this offset: what the controller already holds of this upload.
-    Resume { offset: u64 },
+    Resume {
+        offset: u64,
+    },
     Stored,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }

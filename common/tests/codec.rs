@@ -714,7 +714,12 @@ type Decoder = fn(&[u8]) -> FrameError;
 
 #[test]
 fn huge_length_claims_are_refused_without_allocating() {
-    let claims = [1u64 << 60, 1 << 40, u64::from(MAX_FRAME_LEN) + 1, u64::MAX];
+    let claims = [
+        1u64 << 60,
+        1 << 40,
+        8 * u64::from(MAX_FRAME_LEN) + 1,
+        u64::MAX,
+    ];
     for claim in claims {
         // `Opening::Enroll` whose token (a byte string) claims `claim` bytes.
         let token = [&[0u8][..], &varint_u64_full(claim)].concat();
@@ -826,4 +831,25 @@ fn unknown_variants_and_invalid_values_are_refused() {
             heartbeat_secs: 10,
         })
     );
+}
+
+/// The decoder's memory budget counts decoded sizes, not wire bytes: a frame just under the
+/// wire limit made of the densest items must still decode.
+#[test]
+fn every_frame_that_fits_on_the_wire_decodes() {
+    let reason = "r".repeat(MAX_FRAME_LEN as usize - 16);
+    let big = UploadReply::Refused { reason };
+    let bytes = frame::encode(&big).unwrap();
+    let (back, _) = frame::decode::<UploadReply>(&bytes).unwrap().unwrap();
+    assert_eq!(back, big);
+
+    let hello = Hello {
+        agent_version: String::new(),
+        capabilities: vec![ActionKind::Offboard; MAX_FRAME_LEN as usize - 64],
+        inventory: Inventory::default(),
+        observed: ObservedState::default(),
+    };
+    let bytes = frame::encode(&Opening::Session(hello.clone())).unwrap();
+    let (back, _) = frame::decode::<Opening>(&bytes).unwrap().unwrap();
+    assert_eq!(back, Opening::Session(hello));
 }

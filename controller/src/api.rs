@@ -30,7 +30,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/actions/cancel", post(cancel))
         .route("/api/v1/actions/undo", post(undo))
         .route("/api/v1/actions/{id}", get(show_action))
-        .route("/api/v1/actions/{id}/artifacts/{name}", get(download_artifact))
+        .route(
+            "/api/v1/actions/{id}/artifacts/{name}",
+            get(download_artifact),
+        )
         .route("/api/v1/enroll-tokens", post(create_enroll_token))
         .route("/api/v1/users", get(list_users).post(add_user))
         .route("/api/v1/policies", get(list_policies).put(set_policy))
@@ -38,7 +41,11 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .with_state(ctl)
 }
@@ -53,7 +60,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -80,7 +91,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(m) => ApiError::bad_request(m),
             ServiceError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            ServiceError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            ServiceError::Internal(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+            }
         }
     }
 }
@@ -121,7 +134,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 
 impl FromRequestParts<Arc<Controller>> for Principal {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, ctl: &Arc<Controller>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctl: &Arc<Controller>,
+    ) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let header = parts
             .headers
@@ -147,7 +163,10 @@ fn require(who: &Principal, p: Permission) -> ApiResult<()> {
     if who.role.grants(p) {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!("{} ({}) lacks the {p} permission", who.name, who.role)))
+        Err(ApiError::forbidden(format!(
+            "{} ({}) lacks the {p} permission",
+            who.name, who.role
+        )))
     }
 }
 
@@ -181,7 +200,11 @@ async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_j
     Ok(Json(json!({"devices": list})))
 }
 
-async fn show_device(State(ctl): Ctl, who: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn show_device(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let (mut device, queue) = ctl
         .store
@@ -196,27 +219,45 @@ async fn show_device(State(ctl): Ctl, who: Principal, Path(id): Path<String>) ->
                 ..Default::default()
             };
             let (all, _) = actions::list(c, &filter, None)?;
-            let queue: Vec<_> = all.into_iter().filter(|a| a.status.is_outstanding()).collect();
+            let queue: Vec<_> = all
+                .into_iter()
+                .filter(|a| a.status.is_outstanding())
+                .collect();
             Ok((d, queue))
         })
         .await?;
     if !who.sees_group(&device.device_group) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no device {}", device.id)));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device {}", device.id),
+        ));
     }
     device.online = ctl.registry.is_online(&device.id);
     Ok(Json(json!({"device": device, "queue": queue})))
 }
 
-async fn request_actions(State(ctl): Ctl, who: Principal, Body(req): Body<ActionRequest>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn request_actions(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(req): Body<ActionRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require(&who, Permission::Respond)?;
     let records = ctl.request(&who, req).await?;
     Ok((StatusCode::CREATED, Json(json!({"actions": records}))))
 }
 
-async fn list_actions(State(ctl): Ctl, who: Principal, Params(filter): Params<actions::Filter>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_actions(
+    State(ctl): Ctl,
+    who: Principal,
+    Params(filter): Params<actions::Filter>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
-    let (list, total) = ctl.store.read(move |c| actions::list(c, &filter, groups.as_deref())).await?;
+    let (list, total) = ctl
+        .store
+        .read(move |c| actions::list(c, &filter, groups.as_deref()))
+        .await?;
     Ok(Json(json!({"total": total, "actions": list})))
 }
 
@@ -227,32 +268,68 @@ struct Hop {
     actor: Option<String>,
 }
 
-async fn show_action(State(ctl): Ctl, who: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn show_action(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    let id: ActionId = id.parse().map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
+    let id: ActionId = id
+        .parse()
+        .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
     let (rec, history) = ctl
         .store
         .read(move |c| Ok((actions::get(c, id)?, audit::list(c, Some(id), 1000)?)))
         .await?;
     if !who.sees_group(rec.device_group.as_deref().unwrap_or("default")) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {id}"),
+        ));
     }
     let device = rec.device_id.as_ref().map(|d| d.to_string());
     let timeline = vec![
-        Hop { hop: "created", at: Some(rec.created_at), actor: Some(rec.requested_by.clone()) },
         Hop {
-            hop: if rec.status == palisade_common::ActionStatus::Rejected { "rejected" } else { "approved" },
+            hop: "created",
+            at: Some(rec.created_at),
+            actor: Some(rec.requested_by.clone()),
+        },
+        Hop {
+            hop: if rec.status == palisade_common::ActionStatus::Rejected {
+                "rejected"
+            } else {
+                "approved"
+            },
             at: rec.decided_at,
             actor: rec.decided_by.clone(),
         },
-        Hop { hop: "delivered", at: rec.delivered_at, actor: device.clone() },
-        Hop { hop: "acknowledged", at: rec.acknowledged_at, actor: device.clone() },
-        Hop { hop: "started", at: rec.started_at, actor: device.clone() },
-        Hop { hop: "finished", at: rec.finished_at, actor: device.clone() },
+        Hop {
+            hop: "delivered",
+            at: rec.delivered_at,
+            actor: device.clone(),
+        },
+        Hop {
+            hop: "acknowledged",
+            at: rec.acknowledged_at,
+            actor: device.clone(),
+        },
+        Hop {
+            hop: "started",
+            at: rec.started_at,
+            actor: device.clone(),
+        },
+        Hop {
+            hop: "finished",
+            at: rec.finished_at,
+            actor: device.clone(),
+        },
     ];
     let mut history = history;
     history.reverse();
-    Ok(Json(json!({"action": rec, "timeline": timeline, "history": history})))
+    Ok(Json(
+        json!({"action": rec, "timeline": timeline, "history": history}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -263,52 +340,116 @@ struct Decision {
     comment: String,
 }
 
-async fn approve(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+async fn approve(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(d): Body<Decision>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::Approve)?;
-    Ok(Json(json!({"actions": ctl.decide(&who, d.ids, true, d.comment).await?})))
+    Ok(Json(
+        json!({"actions": ctl.decide(&who, d.ids, true, d.comment).await?}),
+    ))
 }
 
-async fn reject(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+async fn reject(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(d): Body<Decision>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::Approve)?;
-    Ok(Json(json!({"actions": ctl.decide(&who, d.ids, false, d.comment).await?})))
+    Ok(Json(
+        json!({"actions": ctl.decide(&who, d.ids, false, d.comment).await?}),
+    ))
 }
 
-async fn cancel(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<Json<serde_json::Value>> {
+async fn cancel(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(d): Body<Decision>,
+) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::Respond)?;
-    Ok(Json(json!({"actions": ctl.cancel(&who, d.ids, d.comment).await?})))
+    Ok(Json(
+        json!({"actions": ctl.cancel(&who, d.ids, d.comment).await?}),
+    ))
 }
 
-async fn undo(State(ctl): Ctl, who: Principal, Body(d): Body<Decision>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn undo(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(d): Body<Decision>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require(&who, Permission::Approve)?;
-    Ok((StatusCode::CREATED, Json(json!({"actions": ctl.undo(&who, d.ids, d.comment).await?}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"actions": ctl.undo(&who, d.ids, d.comment).await?})),
+    ))
 }
 
-async fn download_artifact(State(ctl): Ctl, who: Principal, Path((id, name)): Path<(String, String)>) -> ApiResult<Response> {
+async fn download_artifact(
+    State(ctl): Ctl,
+    who: Principal,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
     require(&who, Permission::Investigate)?;
-    let id: ActionId = id.parse().map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
+    let id: ActionId = id
+        .parse()
+        .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
     let rec = ctl.store.read(move |c| actions::get(c, id)).await?;
     let group = rec.device_group.as_deref().unwrap_or("default");
     if !who.sees_group(group) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {id}"),
+        ));
     }
     if !who.can(Permission::Investigate, Some(group)) {
-        return Err(ApiError::forbidden(format!("{} lacks the investigate permission for group {group}", who.name)));
+        return Err(ApiError::forbidden(format!(
+            "{} lacks the investigate permission for group {group}",
+            who.name
+        )));
     }
     let artifact = rec
         .artifacts
         .iter()
         .find(|a| a.name == name)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("action {id} has no artifact {name:?}")))?;
-    let path = ctl.artifacts.path_of(&artifact.sha256).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("artifact content missing: {e}")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("action {id} has no artifact {name:?}"),
+            )
+        })?;
+    let path = ctl
+        .artifacts
+        .path_of(&artifact.sha256)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("artifact content missing: {e}"),
+        )
+    })?;
     let stream = tokio_util::io::ReaderStream::new(file);
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("static header"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/octet-stream".parse().expect("static header"),
+    );
     headers.insert(header::CONTENT_LENGTH, artifact.size.into());
-    headers.insert("x-content-sha256", artifact.sha256.parse().map_err(|_| ApiError::bad_request("bad hash"))?);
-    let disposition = format!("attachment; filename=\"{}-{}\"", id, name.replace(['"', '\\'], "_"));
+    headers.insert(
+        "x-content-sha256",
+        artifact
+            .sha256
+            .parse()
+            .map_err(|_| ApiError::bad_request("bad hash"))?,
+    );
+    let disposition = format!(
+        "attachment; filename=\"{}-{}\"",
+        id,
+        name.replace(['"', '\\'], "_")
+    );
     if let Ok(v) = disposition.parse() {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
@@ -337,16 +478,31 @@ fn default_group() -> String {
     "default".into()
 }
 
-async fn create_enroll_token(State(ctl): Ctl, who: Principal, Body(b): Body<NewEnrollToken>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn create_enroll_token(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(b): Body<NewEnrollToken>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require_global(&who, Permission::Admin)?;
     let ttl = humantime::parse_duration(&b.expires_in)
         .map_err(|e| ApiError::bad_request(format!("expires_in {:?}: {e}", b.expires_in)))?;
     let actor = who.name.clone();
     let token = ctl
         .store
-        .write(move |c| store_auth::create_enroll_token(c, &actor, b.uses, ttl.as_millis() as i64, &b.device_group))
+        .write(move |c| {
+            store_auth::create_enroll_token(
+                c,
+                &actor,
+                b.uses,
+                ttl.as_millis() as i64,
+                &b.device_group,
+            )
+        })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"token": token, "ca_sha256": ctl.ca.fingerprint()}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "ca_sha256": ctl.ca.fingerprint()})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -358,7 +514,11 @@ struct NewUser {
     device_groups: Vec<String>,
 }
 
-async fn add_user(State(ctl): Ctl, who: Principal, Body(u): Body<NewUser>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn add_user(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(u): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require_global(&who, Permission::Admin)?;
     let role: Role = u.role.parse().map_err(ApiError::bad_request)?;
     let actor = who.name.clone();
@@ -367,12 +527,17 @@ async fn add_user(State(ctl): Ctl, who: Principal, Body(u): Body<NewUser>) -> Ap
         .store
         .write(move |c| store_auth::add_user(c, &actor, &u.name, role, &u.device_groups))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"name": name, "role": role, "token": token}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": name, "role": role, "token": token})),
+    ))
 }
 
 async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require_global(&who, Permission::Admin)?;
-    Ok(Json(json!({"users": ctl.store.read(store_auth::list_users).await?})))
+    Ok(Json(
+        json!({"users": ctl.store.read(store_auth::list_users).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -390,19 +555,30 @@ fn star() -> String {
     "*".into()
 }
 
-async fn set_policy(State(ctl): Ctl, who: Principal, Body(p): Body<PolicyUpdate>) -> ApiResult<Json<serde_json::Value>> {
+async fn set_policy(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(p): Body<PolicyUpdate>,
+) -> ApiResult<Json<serde_json::Value>> {
     require_global(&who, Permission::Admin)?;
     let actor = who.name.clone();
-    let policy = store_auth::Policy { require_approval: p.require_approval, distinct_approver: p.distinct_approver };
+    let policy = store_auth::Policy {
+        require_approval: p.require_approval,
+        distinct_approver: p.distinct_approver,
+    };
     ctl.store
         .write(move |c| store_auth::set_policy(c, &actor, &p.device_group, p.kind, policy))
         .await?;
-    Ok(Json(json!({"policies": ctl.store.read(store_auth::list_policies).await?})))
+    Ok(Json(
+        json!({"policies": ctl.store.read(store_auth::list_policies).await?}),
+    ))
 }
 
 async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    Ok(Json(json!({"policies": ctl.store.read(store_auth::list_policies).await?})))
+    Ok(Json(
+        json!({"policies": ctl.store.read(store_auth::list_policies).await?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -414,10 +590,16 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
-async fn list_audit(State(ctl): Ctl, who: Principal, Params(q): Params<AuditQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_audit(
+    State(ctl): Ctl,
+    who: Principal,
+    Params(q): Params<AuditQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     require_global(&who, Permission::View)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(Json(json!({"records": ctl.store.read(move |c| audit::list(c, q.action, limit)).await?})))
+    Ok(Json(
+        json!({"records": ctl.store.read(move |c| audit::list(c, q.action, limit)).await?}),
+    ))
 }
 
 async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::Verification>> {

@@ -24,11 +24,19 @@ impl Artifacts {
         let uploads = data_dir.join("uploads");
         private_dir(&root)?;
         private_dir(&uploads)?;
-        Ok(Artifacts { root, uploads, max_size })
+        Ok(Artifacts {
+            root,
+            uploads,
+            max_size,
+        })
     }
 
     pub fn path_of(&self, sha256: &str) -> Result<PathBuf> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             bail!("invalid sha256 {sha256:?}");
         }
         Ok(self.root.join(&sha256[..2]).join(sha256))
@@ -40,7 +48,8 @@ impl Artifacts {
 
     /// The partial file of an upload; its length is where a resumed upload continues.
     pub fn partial(&self, action: ActionId, sha256: &[u8; 32]) -> PathBuf {
-        self.uploads.join(format!("{}-{}.part", action.0, hex::encode(sha256)))
+        self.uploads
+            .join(format!("{}-{}.part", action.0, hex::encode(sha256)))
     }
 
     /// Opens the partial file for appending and says how much of it is already there.
@@ -76,7 +85,10 @@ impl Artifacts {
             }
             let got = hex::encode(ctx.finish());
             if got != hex::encode(sha256) {
-                bail!("sha256 mismatch: received {got}, announced {}", hex::encode(sha256));
+                bail!(
+                    "sha256 mismatch: received {got}, announced {}",
+                    hex::encode(sha256)
+                );
             }
             Ok(got)
         })();

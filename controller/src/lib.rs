@@ -120,7 +120,10 @@ async fn bootstrap_admin(store: &store::Store, config: &Config) -> Result<()> {
     let path = config.data_dir.join("admin.token");
     fsutil::write_private(&path, format!("{token}\n").as_bytes())?;
     tracing::warn!(path = %path.display(), "created user 'admin'; its API token is in this file (0600)");
-    eprintln!("palisade-controller: first start: the admin API token is in {}", path.display());
+    eprintln!(
+        "palisade-controller: first start: the admin API token is in {}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -128,7 +131,10 @@ async fn bootstrap_admin(store: &store::Store, config: &Config) -> Result<()> {
 fn secret(path: &std::path::Path) -> Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) if bytes.len() == 32 => Ok(bytes),
-        Ok(_) => anyhow::bail!("{} is not a 32-byte secret; remove it to make a new one", path.display()),
+        Ok(_) => anyhow::bail!(
+            "{} is not a 32-byte secret; remove it to make a new one",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = random_bytes::<32>().to_vec();
             fsutil::write_private(path, &bytes)?;

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use palisade_controller::Config;
 
 #[derive(Parser)]
-#[command(name = "palisade-controller", version, about = "Palisade controller: action queue, approval, history and the agents' QUIC endpoint")]
+#[command(
+    name = "palisade-controller",
+    version,
+    about = "Palisade controller: action queue, approval, history and the agents' QUIC endpoint"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -26,7 +30,11 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// Directory for the database, CA, artifacts and the bootstrap admin token.
-    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "/var/lib/palisade-controller")]
+    #[arg(
+        long,
+        env = "PALISADE_DATA_DIR",
+        default_value = "/var/lib/palisade-controller"
+    )]
     data_dir: PathBuf,
     /// UDP address for agents (QUIC).
     #[arg(long, default_value = "0.0.0.0:7443")]

@@ -14,7 +14,9 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::digest;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 use time::{Duration, OffsetDateTime};
 
 use crate::fsutil::write_private;
@@ -117,10 +119,9 @@ impl Ca {
     /// Signs a device's certificate signing request. Whatever the request asks for, the
     /// certificate names `device` and is good for client authentication only.
     pub fn sign_device(&self, csr_der: &[u8], device: &DeviceId) -> Result<Issued> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            csr_der,
-        ))
-        .context("invalid certificate signing request")?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .context("invalid certificate signing request")?;
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -178,10 +179,12 @@ pub fn server_tls(ca: &Ca, extra_names: &[String]) -> Result<rustls::ServerConfi
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().clone())?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let (chain, key) = ca.server_identity(extra_names)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -200,19 +203,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::load_or_create(dir.path()).unwrap();
         let again = Ca::load_or_create(dir.path()).unwrap();
-        assert_eq!(ca.fingerprint(), again.fingerprint(), "CA replaced on restart");
+        assert_eq!(
+            ca.fingerprint(),
+            again.fingerprint(),
+            "CA replaced on restart"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         let device_key = KeyPair::generate().unwrap();
         let mut req = CertificateParams::default();
-        req.distinguished_name.push(DnType::CommonName, "someone-else");
+        req.distinguished_name
+            .push(DnType::CommonName, "someone-else");
         let csr = req.serialize_request(&device_key).unwrap();
         let device = DeviceId::from_random([7; 16]);
         let issued = ca.sign_device(csr.der(), &device).unwrap();
         let (named, serial) = client_identity(&issued.der).unwrap();
-        assert_eq!(named, device, "certificate must name the device, not what the CSR asked");
+        assert_eq!(
+            named, device,
+            "certificate must name the device, not what the CSR asked"
+        );
         assert_eq!(serial, issued.serial);
         assert!(ca.sign_device(b"garbage", &device).is_err());
     }

@@ -2,9 +2,9 @@
 //! cancel and undo actions, and hand approved actions to connected devices.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_common::action::ActionSpec;
@@ -44,7 +44,9 @@ impl Registry {
             .expect("registry lock")
             .insert(device.clone(), (generation, tx));
         if let Some((_, old)) = old {
-            let _ = old.send(SessionCommand::Close("replaced by a newer connection".into()));
+            let _ = old.send(SessionCommand::Close(
+                "replaced by a newer connection".into(),
+            ));
         }
         generation
     }
@@ -57,7 +59,10 @@ impl Registry {
     }
 
     pub fn is_online(&self, device: &DeviceId) -> bool {
-        self.sessions.lock().expect("registry lock").contains_key(device)
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .contains_key(device)
     }
 
     pub fn online_count(&self) -> usize {
@@ -67,7 +72,9 @@ impl Registry {
     /// Sends to the device's connection, if it has one.
     pub fn send(&self, device: &DeviceId, cmd: SessionCommand) -> bool {
         let sessions = self.sessions.lock().expect("registry lock");
-        sessions.get(device).is_some_and(|(_, tx)| tx.send(cmd).is_ok())
+        sessions
+            .get(device)
+            .is_some_and(|(_, tx)| tx.send(cmd).is_ok())
     }
 }
 
@@ -149,7 +156,8 @@ impl Controller {
         let source = req.source.unwrap_or(ActionSource::ManualDeviceAction);
         if source == ActionSource::AutomatedDeviceAction {
             return Err(ServiceError::Invalid(
-                "source automated_device_action is reserved for the controller's own detections".into(),
+                "source automated_device_action is reserved for the controller's own detections"
+                    .into(),
             ));
         }
         req.params.validate().map_err(ServiceError::Invalid)?;
@@ -157,7 +165,11 @@ impl Controller {
         let refs = req.devices.clone();
         let resolved = self
             .store
-            .read(move |c| refs.iter().map(|r| devices::resolve(c, r)).collect::<store::Result<Vec<_>>>())
+            .read(move |c| {
+                refs.iter()
+                    .map(|r| devices::resolve(c, r))
+                    .collect::<store::Result<Vec<_>>>()
+            })
             .await?;
         for d in &resolved {
             if !who.can(Permission::Respond, Some(&d.device_group)) {
@@ -167,7 +179,10 @@ impl Controller {
                 )));
             }
             if d.status != "active" {
-                return Err(ServiceError::Conflict(format!("device {} is {}", d.id, d.status)));
+                return Err(ServiceError::Conflict(format!(
+                    "device {} is {}",
+                    d.id, d.status
+                )));
             }
             if !d.capabilities.contains(&kind) {
                 return Err(ServiceError::Invalid(format!(
@@ -176,7 +191,11 @@ impl Controller {
                     d.id,
                     d.hostname,
                     d.agent_version,
-                    d.capabilities.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    d.capabilities
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -211,14 +230,24 @@ impl Controller {
     }
 
     /// Fetches actions and checks that `who` holds `perm` on every one's device group.
-    async fn guarded(&self, who: &Principal, ids: &[ActionId], perm: Permission) -> Result<Vec<ActionRecord>> {
+    async fn guarded(
+        &self,
+        who: &Principal,
+        ids: &[ActionId],
+        perm: Permission,
+    ) -> Result<Vec<ActionRecord>> {
         if ids.is_empty() {
             return Err(ServiceError::Invalid("no action ids given".into()));
         }
         let ids_owned = ids.to_vec();
         let records = self
             .store
-            .read(move |c| ids_owned.iter().map(|&id| actions::get(c, id)).collect::<store::Result<Vec<_>>>())
+            .read(move |c| {
+                ids_owned
+                    .iter()
+                    .map(|&id| actions::get(c, id))
+                    .collect::<store::Result<Vec<_>>>()
+            })
             .await?;
         for r in &records {
             let group = r.device_group.as_deref().unwrap_or("default");
@@ -235,10 +264,18 @@ impl Controller {
         Ok(records)
     }
 
-    pub async fn decide(&self, who: &Principal, ids: Vec<ActionId>, approve: bool, comment: String) -> Result<Vec<ActionRecord>> {
+    pub async fn decide(
+        &self,
+        who: &Principal,
+        ids: Vec<ActionId>,
+        approve: bool,
+        comment: String,
+    ) -> Result<Vec<ActionRecord>> {
         self.guarded(who, &ids, Permission::Approve).await?;
         if !approve && comment.trim().is_empty() {
-            return Err(ServiceError::Invalid("a comment is required to reject".into()));
+            return Err(ServiceError::Invalid(
+                "a comment is required to reject".into(),
+            ));
         }
         let deadlines = self.deadlines();
         let actor = who.name.clone();
@@ -250,29 +287,52 @@ impl Controller {
         Ok(records)
     }
 
-    pub async fn cancel(&self, who: &Principal, ids: Vec<ActionId>, comment: String) -> Result<Vec<ActionRecord>> {
+    pub async fn cancel(
+        &self,
+        who: &Principal,
+        ids: Vec<ActionId>,
+        comment: String,
+    ) -> Result<Vec<ActionRecord>> {
         let records = self.guarded(who, &ids, Permission::Respond).await?;
         if comment.trim().is_empty() {
-            return Err(ServiceError::Invalid("a comment is required to cancel".into()));
+            return Err(ServiceError::Invalid(
+                "a comment is required to cancel".into(),
+            ));
         }
-        let any = records
-            .iter()
-            .all(|r| who.can(Permission::Approve, Some(r.device_group.as_deref().unwrap_or("default"))));
+        let any = records.iter().all(|r| {
+            who.can(
+                Permission::Approve,
+                Some(r.device_group.as_deref().unwrap_or("default")),
+            )
+        });
         let actor = who.name.clone();
-        Ok(self.store.write(move |c| actions::cancel(c, &ids, &actor, &comment, any)).await?)
+        Ok(self
+            .store
+            .write(move |c| actions::cancel(c, &ids, &actor, &comment, any))
+            .await?)
     }
 
     /// Requests the undo of succeeded lasting actions: one new linked action each, all of one
     /// kind, subject to approval like any other request.
-    pub async fn undo(&self, who: &Principal, ids: Vec<ActionId>, comment: String) -> Result<Vec<ActionRecord>> {
+    pub async fn undo(
+        &self,
+        who: &Principal,
+        ids: Vec<ActionId>,
+        comment: String,
+    ) -> Result<Vec<ActionRecord>> {
         let records = self.guarded(who, &ids, Permission::Approve).await?;
         if comment.trim().is_empty() {
-            return Err(ServiceError::Invalid("a comment is required to undo".into()));
+            return Err(ServiceError::Invalid(
+                "a comment is required to undo".into(),
+            ));
         }
         let mut new = Vec::new();
         for r in &records {
             let Some(undo_kind) = r.kind.undo() else {
-                return Err(ServiceError::Invalid(format!("{} actions cannot be undone", r.kind)));
+                return Err(ServiceError::Invalid(format!(
+                    "{} actions cannot be undone",
+                    r.kind
+                )));
             };
             if r.status != ActionStatus::Succeeded {
                 return Err(ServiceError::Conflict(format!(
@@ -282,24 +342,44 @@ impl Controller {
             }
             let params = match (&r.params, undo_kind) {
                 (ActionParams::Contain(p), _) => ActionParams::Uncontain(p.clone()),
-                (_, palisade_common::ActionKind::ReleaseIsolation) => ActionParams::ReleaseIsolation {},
-                (_, palisade_common::ActionKind::ReleaseExecution) => ActionParams::ReleaseExecution {},
-                (ActionParams::Quarantine(_), _) => {
-                    ActionParams::ReleaseQuarantine(palisade_common::action::ReleaseQuarantineParams {
-                        entry: r.result_detail.as_ref().and_then(|d| d["vault_entry"].as_str()).map(str::to_owned),
+                (_, palisade_common::ActionKind::ReleaseIsolation) => {
+                    ActionParams::ReleaseIsolation {}
+                }
+                (_, palisade_common::ActionKind::ReleaseExecution) => {
+                    ActionParams::ReleaseExecution {}
+                }
+                (ActionParams::Quarantine(_), _) => ActionParams::ReleaseQuarantine(
+                    palisade_common::action::ReleaseQuarantineParams {
+                        entry: r
+                            .result_detail
+                            .as_ref()
+                            .and_then(|d| d["vault_entry"].as_str())
+                            .map(str::to_owned),
                         sha256: None,
                         restore_path: None,
                         overwrite: false,
-                    })
+                    },
+                ),
+                _ => {
+                    return Err(ServiceError::Invalid(format!(
+                        "{} actions cannot be undone",
+                        r.kind
+                    )));
                 }
-                _ => return Err(ServiceError::Invalid(format!("{} actions cannot be undone", r.kind))),
             };
             new.push((r.clone(), params));
         }
-        let refs: Vec<String> = records.iter().filter_map(|r| r.device_id.as_ref().map(|d| d.to_string())).collect();
+        let refs: Vec<String> = records
+            .iter()
+            .filter_map(|r| r.device_id.as_ref().map(|d| d.to_string()))
+            .collect();
         let devs = self
             .store
-            .read(move |c| refs.iter().map(|r| devices::resolve(c, r)).collect::<store::Result<Vec<_>>>())
+            .read(move |c| {
+                refs.iter()
+                    .map(|r| devices::resolve(c, r))
+                    .collect::<store::Result<Vec<_>>>()
+            })
             .await?;
         for (d, (_, params)) in devs.iter().zip(&new) {
             if !d.capabilities.contains(&params.kind()) {
@@ -343,9 +423,13 @@ impl Controller {
     /// Hands approved actions to their devices' live connections; offline devices get them
     /// when they connect.
     pub fn dispatch(&self, records: &[ActionRecord]) {
-        for r in records.iter().filter(|r| r.status == ActionStatus::Approved) {
+        for r in records
+            .iter()
+            .filter(|r| r.status == ActionStatus::Approved)
+        {
             if let Some(device) = &r.device_id {
-                self.registry.send(device, SessionCommand::Deliver(r.spec()));
+                self.registry
+                    .send(device, SessionCommand::Deliver(r.spec()));
             }
         }
     }

@@ -14,9 +14,9 @@ use palisade_common::action::{ActionSpec, ArtifactRef};
 use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::session::{ControllerEvent, ControllerSession};
-use palisade_common::wire::{close_code, 
-    AgentMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Opening,
-    UploadBegin, UploadReply, Welcome,
+use palisade_common::wire::{
+    AgentMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Opening, UploadBegin,
+    UploadReply, Welcome, close_code,
 };
 use palisade_common::{ActionKind, DeviceId};
 use quinn::{Connection, RecvStream, SendStream};
@@ -29,7 +29,11 @@ use crate::store::{actions, devices, now_ms};
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
 /// reset: agents notice a controller restart at once instead of after their silence limit.
-pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr, reset_secret: &[u8]) -> Result<quinn::Endpoint> {
+pub fn endpoint(
+    tls: rustls::ServerConfig,
+    addr: SocketAddr,
+    reset_secret: &[u8],
+) -> Result<quinn::Endpoint> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -40,7 +44,8 @@ pub fn endpoint(tls: rustls::ServerConfig, addr: SocketAddr, reset_secret: &[u8]
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.cid_generator(|| Box::new(RandomCids));
-    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
+    let socket =
+        std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
     Ok(quinn::Endpoint::new(
         endpoint_config,
         Some(server),
@@ -112,7 +117,9 @@ async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>) -> Result<(
             Ok(s) => s,
             Err(_) => return Ok(()),
         };
-        let opening: Opening = read_frame(&mut recv).await?.context("stream closed before its opening")?;
+        let opening: Opening = read_frame(&mut recv)
+            .await?
+            .context("stream closed before its opening")?;
         match opening {
             Opening::Session(hello) if !session_started => {
                 session_started = true;
@@ -132,7 +139,10 @@ async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>) -> Result<(
                 });
             }
             Opening::Session(_) => {
-                conn.close(close_code::PROTOCOL.into(), b"second session on one connection");
+                conn.close(
+                    close_code::PROTOCOL.into(),
+                    b"second session on one connection",
+                );
                 bail!("second session stream from {device}");
             }
             Opening::Enroll(_) => {
@@ -155,7 +165,10 @@ async fn enrolment(conn: Connection, ctl: Arc<Controller>) -> Result<()> {
         .context("no enrolment request in time")??;
     let opening: Opening = read_frame(&mut recv).await?.context("stream closed")?;
     let Opening::Enroll(req) = opening else {
-        conn.close(close_code::REFUSED.into(), b"a client certificate is required");
+        conn.close(
+            close_code::REFUSED.into(),
+            b"a client certificate is required",
+        );
         bail!("anonymous connection tried something other than enrolment");
     };
     let response = match enroll(&ctl, req).await {
@@ -214,7 +227,16 @@ async fn session(
     {
         let (d, h) = (device.clone(), hello.clone());
         ctl.store
-            .write(move |c| devices::hello(c, &d, &h.agent_version, &h.capabilities, &h.inventory, &h.observed))
+            .write(move |c| {
+                devices::hello(
+                    c,
+                    &d,
+                    &h.agent_version,
+                    &h.capabilities,
+                    &h.inventory,
+                    &h.observed,
+                )
+            })
             .await?;
     }
     let (tx, mut commands) = mpsc::unbounded_channel();
@@ -289,9 +311,18 @@ async fn session(
 }
 
 /// Records the hop, then sends: if the controller dies in between, the reconnect redelivers.
-async fn deliver(ctl: &Controller, device: &DeviceId, session: &mut ControllerSession, spec: ActionSpec) -> Result<()> {
+async fn deliver(
+    ctl: &Controller,
+    device: &DeviceId,
+    session: &mut ControllerSession,
+    spec: ActionSpec,
+) -> Result<()> {
     let (d, id) = (device.clone(), spec.id);
-    if ctl.store.write(move |c| actions::delivered(c, &d, id)).await? {
+    if ctl
+        .store
+        .write(move |c| actions::delivered(c, &d, id))
+        .await?
+    {
         session.deliver(spec);
     }
     Ok(())
@@ -307,20 +338,31 @@ async fn handle_event(
     let d = device.clone();
     match event {
         ControllerEvent::Receipt(id) => {
-            ctl.store.write(move |c| actions::acknowledged(c, &d, id)).await?;
+            ctl.store
+                .write(move |c| actions::acknowledged(c, &d, id))
+                .await?;
         }
         ControllerEvent::Progress(id, p) => {
-            ctl.store.write(move |c| actions::progress(c, &d, id, &p)).await?;
+            ctl.store
+                .write(move |c| actions::progress(c, &d, id, &p))
+                .await?;
         }
         ControllerEvent::Result(report) => {
             let id = report.id;
-            let (rec, changed) = ctl.store.write(move |c| actions::result(c, &d, &report)).await?;
+            let (rec, changed) = ctl
+                .store
+                .write(move |c| actions::result(c, &d, &report))
+                .await?;
             session.result_committed(id);
-            if rec.kind == ActionKind::Offboard && rec.status == palisade_common::ActionStatus::Succeeded {
+            if rec.kind == ActionKind::Offboard
+                && rec.status == palisade_common::ActionStatus::Succeeded
+            {
                 if changed {
                     let d = device.clone();
                     ctl.store
-                        .write(move |c| devices::offboard(c, &d, "controller", "offboard action succeeded"))
+                        .write(move |c| {
+                            devices::offboard(c, &d, "controller", "offboard action succeeded")
+                        })
                         .await?;
                     tracing::info!(%device, "device offboarded; certificate revoked");
                 }
@@ -328,10 +370,14 @@ async fn handle_event(
             }
         }
         ControllerEvent::Observed(o) => {
-            ctl.store.write(move |c| devices::set_observed(c, &d, &o)).await?;
+            ctl.store
+                .write(move |c| devices::set_observed(c, &d, &o))
+                .await?;
         }
         ControllerEvent::Inventory(i) => {
-            ctl.store.write(move |c| devices::set_inventory(c, &d, &i)).await?;
+            ctl.store
+                .write(move |c| devices::set_inventory(c, &d, &i))
+                .await?;
         }
         ControllerEvent::Closed(reason) => {
             tracing::info!(%device, %reason, "session closed");
@@ -340,19 +386,31 @@ async fn handle_event(
     Ok(None)
 }
 
-async fn upload(ctl: Arc<Controller>, device: DeviceId, begin: UploadBegin, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+async fn upload(
+    ctl: Arc<Controller>,
+    device: DeviceId,
+    begin: UploadBegin,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<()> {
     let refuse = |reason: String| UploadReply::Refused { reason };
     let (d, id) = (device.clone(), begin.action);
     let rec = ctl.store.read(move |c| actions::get(c, id)).await;
     let problem = match &rec {
         Err(e) => Some(e.to_string()),
-        Ok(r) if r.device_id.as_ref() != Some(&d) => Some(format!("action {id} is not this device's")),
+        Ok(r) if r.device_id.as_ref() != Some(&d) => {
+            Some(format!("action {id} is not this device's"))
+        }
         Ok(r) if !r.status.is_outstanding() => Some(format!("action {id} is {}", r.status)),
         Ok(_) if begin.size > ctl.artifacts.max_size => Some(format!(
             "artifact of {} bytes exceeds the controller's limit of {}",
             begin.size, ctl.artifacts.max_size
         )),
-        Ok(_) if begin.name.is_empty() || begin.name.len() > 128 || begin.name.contains(['/', '\0']) => {
+        Ok(_)
+            if begin.name.is_empty()
+                || begin.name.len() > 128
+                || begin.name.contains(['/', '\0']) =>
+        {
             Some(format!("invalid artifact name {:?}", begin.name))
         }
         Ok(_) => None,
@@ -367,7 +425,9 @@ async fn upload(ctl: Arc<Controller>, device: DeviceId, begin: UploadBegin, mut 
     let (mut file, offset) = if already {
         (None, begin.size)
     } else {
-        let (f, have) = ctl.artifacts.resume(begin.action, &begin.sha256, begin.size)?;
+        let (f, have) = ctl
+            .artifacts
+            .resume(begin.action, &begin.sha256, begin.size)?;
         (Some(f), have)
     };
     write_frame(&mut send, &UploadReply::Resume { offset }).await?;
@@ -388,13 +448,20 @@ async fn upload(ctl: Arc<Controller>, device: DeviceId, begin: UploadBegin, mut 
     let stored = if already {
         Ok(hex.clone())
     } else {
-        ctl.artifacts.commit(begin.action, &begin.sha256, begin.size)
+        ctl.artifacts
+            .commit(begin.action, &begin.sha256, begin.size)
     };
     match stored {
         Ok(sha256) => {
-            let artifact = ArtifactRef { name: begin.name.clone(), size: begin.size, sha256 };
+            let artifact = ArtifactRef {
+                name: begin.name.clone(),
+                size: begin.size,
+                sha256,
+            };
             let id = begin.action;
-            ctl.store.write(move |c| actions::add_artifact(c, id, &artifact)).await?;
+            ctl.store
+                .write(move |c| actions::add_artifact(c, id, &artifact))
+                .await?;
             write_frame(&mut send, &UploadReply::Stored).await?;
             tracing::info!(%device, action = %id, name = %begin.name, size = begin.size, "artifact stored");
         }

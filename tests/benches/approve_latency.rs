@@ -20,7 +20,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
@@ -66,7 +68,12 @@ impl Api {
         Api::json(resp, "POST", path, expect)
     }
 
-    fn json(mut resp: ureq::http::Response<ureq::Body>, method: &str, path: &str, expect: u16) -> Value {
+    fn json(
+        mut resp: ureq::http::Response<ureq::Body>,
+        method: &str,
+        path: &str,
+        expect: u16,
+    ) -> Value {
         let status = resp.status().as_u16();
         let body: Value = resp
             .body_mut()
@@ -114,11 +121,20 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         }),
         201,
     );
-    let id = created["actions"][0]["id"].as_u64().expect("created action id");
-    assert_eq!(created["actions"][0]["status"], "pending_approval", "{created}");
+    let id = created["actions"][0]["id"]
+        .as_u64()
+        .expect("created action id");
+    assert_eq!(
+        created["actions"][0]["status"], "pending_approval",
+        "{created}"
+    );
 
     let sent = Instant::now();
-    api.post("/api/v1/actions/approve", &json!({"ids": [id], "comment": "ok"}), 200);
+    api.post(
+        "/api/v1/actions/approve",
+        &json!({"ids": [id], "comment": "ok"}),
+        200,
+    );
     let approved = Instant::now();
     let action = loop {
         let v = api.get(&format!("/api/v1/actions/{id}"));
@@ -133,7 +149,11 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         std::thread::sleep(Duration::from_millis(1));
     };
     let seen = Instant::now();
-    assert_eq!(action["artifacts"][0]["size"].as_u64(), Some(size as u64), "{action}");
+    assert_eq!(
+        action["artifacts"][0]["size"].as_u64(),
+        Some(size as u64),
+        "{action}"
+    );
     Sample {
         hops: [
             hop(&action, "decided_at"),
@@ -210,9 +230,18 @@ fn main() {
 
     let listed = api.get("/api/v1/actions?status=succeeded&limit=10000");
     let warmup = 10.min(n) as u64;
-    assert_eq!(listed["total"].as_u64(), Some(n as u64 + warmup), "succeeded actions");
+    assert_eq!(
+        listed["total"].as_u64(),
+        Some(n as u64 + warmup),
+        "succeeded actions"
+    );
 
-    let span = |a: usize, b: usize| -> Vec<f64> { samples.iter().map(|s| (s.hops[b] - s.hops[a]) as f64).collect() };
+    let span = |a: usize, b: usize| -> Vec<f64> {
+        samples
+            .iter()
+            .map(|s| (s.hops[b] - s.hops[a]) as f64)
+            .collect()
+    };
     let dur = |f: fn(&Sample) -> Duration| -> Vec<f64> {
         samples.iter().map(|s| f(s).as_secs_f64() * 1e3).collect()
     };
@@ -223,14 +252,29 @@ fn main() {
         ("  acknowledged -> finished", stats(span(2, 4))),
         ("    acknowledged -> started", stats(span(2, 3))),
         ("    started -> finished", stats(span(3, 4))),
-        ("client: approve returned -> succeeded seen", stats(dur(|s| s.seen_after_approve))),
-        ("client: approve call (HTTP round trip)", stats(dur(|s| s.approve_call))),
-        ("client: approve sent -> succeeded seen", stats(dur(|s| s.approve_call + s.seen_after_approve))),
+        (
+            "client: approve returned -> succeeded seen",
+            stats(dur(|s| s.seen_after_approve)),
+        ),
+        (
+            "client: approve call (HTTP round trip)",
+            stats(dur(|s| s.approve_call)),
+        ),
+        (
+            "client: approve sent -> succeeded seen",
+            stats(dur(|s| s.approve_call + s.seen_after_approve)),
+        ),
     ];
     println!();
-    println!("{:<44} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "p50", "p99", "max", "mean");
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>9}",
+        "latency (ms)", "p50", "p99", "max", "mean"
+    );
     for (name, s) in rows {
-        println!("{name:<44} {:>9.2} {:>9.2} {:>9.2} {:>9.2}", s.p50, s.p99, s.max, s.mean);
+        println!(
+            "{name:<44} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            s.p50, s.p99, s.max, s.mean
+        );
     }
     println!();
     println!(
@@ -238,6 +282,8 @@ fn main() {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
-    println!("server spans come from ms-resolution timestamps; client figures include the 1 ms poll interval");
+    println!(
+        "server spans come from ms-resolution timestamps; client figures include the 1 ms poll interval"
+    );
     drop(agent);
 }

@@ -24,7 +24,10 @@ use tempfile::TempDir;
 /// by the README's test command (`cargo build --workspace --bins` before `cargo test`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -82,7 +85,10 @@ impl Proc {
 
     /// SIGTERM, and wait up to 10 s for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         self.wait_exit(Duration::from_secs(10))
     }
 
@@ -128,27 +134,48 @@ impl Controller {
     pub fn start_with(extra: &[&str]) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, quic, api, ca) = Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
+        let (proc, quic, api, ca) =
+            Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token written on first start")
             .trim()
             .to_owned();
-        Controller { dir, proc: Some(proc), quic, api, ca_sha256: ca, admin_token, args, restarts: Mutex::new(0) }
+        Controller {
+            dir,
+            proc: Some(proc),
+            quic,
+            api,
+            ca_sha256: ca,
+            admin_token,
+            args,
+            restarts: Mutex::new(0),
+        }
     }
 
-    fn launch(dir: &Path, quic: &str, api: &str, extra: &[String], n: u32) -> (Proc, SocketAddr, SocketAddr, String) {
+    fn launch(
+        dir: &Path,
+        quic: &str,
+        api: &str,
+        extra: &[String],
+        n: u32,
+    ) -> (Proc, SocketAddr, SocketAddr, String) {
         let data = dir.join("data");
         let listening = data.join("listening.json");
         let _ = std::fs::remove_file(&listening);
         let mut cmd = Command::new(bin("palisade-controller"));
-        cmd.arg("--data-dir").arg(&data).args(["--listen", quic, "--api", api, "--heartbeat", "2s"]).args(extra);
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", quic, "--api", api, "--heartbeat", "2s"])
+            .args(extra);
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         let mut proc = Proc::spawn(&mut cmd, dir.join(format!("controller-{n}.log")));
         let v: Value = eventually(Duration::from_secs(30), "the controller to listen", || {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 panic!("controller exited with {status}:\n{}", proc.log());
             }
-            std::fs::read(&listening).ok().and_then(|b| serde_json::from_slice(&b).ok())
+            std::fs::read(&listening)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
         });
         (
             proc,
@@ -188,8 +215,13 @@ impl Controller {
             *r += 1;
             *r
         };
-        let (proc, quic, api, _) =
-            Controller::launch(self.dir.path(), &self.quic.to_string(), &self.api.to_string(), &self.args, n);
+        let (proc, quic, api, _) = Controller::launch(
+            self.dir.path(),
+            &self.quic.to_string(),
+            &self.api.to_string(),
+            &self.args,
+            n,
+        );
         assert_eq!((quic, api), (self.quic, self.api));
         self.proc = Some(proc);
     }
@@ -230,12 +262,23 @@ impl Controller {
     /// Runs `palisadectl`, asserts failure, returns stderr.
     pub fn ctl_fails(&self, token: &str, args: &[&str]) -> String {
         let out = self.ctl_as(token, args);
-        assert!(!out.status.success(), "palisadectl {args:?} should have failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "palisadectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     pub fn enroll_token(&self, uses: u32, expires_in: &str) -> String {
-        let v = self.json(&["enroll-token", "create", "--uses", &uses.to_string(), "--expires-in", expires_in]);
+        let v = self.json(&[
+            "enroll-token",
+            "create",
+            "--uses",
+            &uses.to_string(),
+            "--expires-in",
+            expires_in,
+        ]);
         v["token"]["token"].as_str().unwrap().to_owned()
     }
 
@@ -258,7 +301,11 @@ impl Controller {
         let token = self.enroll_token(1, "1h");
         let agent = Agent::new(self.dir.clone());
         let out = agent.enroll(address, &token, &self.ca_sha256);
-        assert!(out.status.success(), "enrolment failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "enrolment failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         agent
     }
 
@@ -267,7 +314,10 @@ impl Controller {
     }
 
     pub fn status(&self, id: u64) -> String {
-        self.action(id)["action"]["status"].as_str().unwrap().to_owned()
+        self.action(id)["action"]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn wait_status(&self, id: u64, status: &str, timeout: Duration) -> Value {
@@ -303,7 +353,11 @@ impl Drop for Controller {
                 .collect();
             logs.sort();
             for log in logs {
-                eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+                eprintln!(
+                    "===== {} =====\n{}",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
         }
     }
@@ -337,29 +391,48 @@ impl Agent {
         let n = AGENT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("agent{n}");
         let state_dir = root.path().join(&name);
-        Agent { _root: root, state_dir, proc: None, name, runs: 0 }
+        Agent {
+            _root: root,
+            state_dir,
+            proc: None,
+            name,
+            runs: 0,
+        }
     }
 
     pub fn enroll(&self, controller: &str, token: &str, ca_sha256: &str) -> Output {
         Command::new(bin("palisade-agent"))
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["enroll", "--controller", controller, "--token", token, "--ca-sha256", ca_sha256])
+            .args([
+                "enroll",
+                "--controller",
+                controller,
+                "--token",
+                token,
+                "--ca-sha256",
+                ca_sha256,
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("run palisade-agent enroll")
     }
 
     pub fn device_id(&self) -> String {
-        let info: Value =
-            serde_json::from_slice(&std::fs::read(self.state_dir.join("identity/agent.json")).expect("agent.json"))
-                .expect("agent.json is JSON");
+        let info: Value = serde_json::from_slice(
+            &std::fs::read(self.state_dir.join("identity/agent.json")).expect("agent.json"),
+        )
+        .expect("agent.json is JSON");
         info["device_id"].as_str().unwrap().to_owned()
     }
 
     pub fn start(&mut self) {
         self.runs += 1;
-        let log = self.state_dir.parent().unwrap().join(format!("{}-{}.log", self.name, self.runs));
+        let log = self
+            .state_dir
+            .parent()
+            .unwrap()
+            .join(format!("{}-{}.log", self.name, self.runs));
         let mut cmd = Command::new(bin("palisade-agent"));
         cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
@@ -396,9 +469,19 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
         .spawn()
         .expect("the sqlite3 shell is needed (apt-get install sqlite3; .ci/run installs it)");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "sqlite3 {sql:?} failed: {err}");
     out

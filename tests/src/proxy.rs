@@ -20,7 +20,9 @@ pub struct UdpProxy {
 impl UdpProxy {
     pub fn start(upstream: SocketAddr) -> UdpProxy {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind proxy");
-        front.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        front
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let addr = front.local_addr().unwrap();
         let block_up = Arc::new(AtomicBool::new(false));
         let block_down = Arc::new(AtomicBool::new(false));
@@ -31,12 +33,16 @@ impl UdpProxy {
             let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut buf = vec![0u8; 65536];
             while !st.load(Ordering::Relaxed) {
-                let Ok((n, from)) = front.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = front.recv_from(&mut buf) else {
+                    continue;
+                };
                 let back = backs.entry(from).or_insert_with(|| {
                     let back = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind back"));
                     back.connect(upstream).expect("connect upstream");
-                    back.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                    let (back2, front2, down2, st2) = (back.clone(), front.clone(), down.clone(), st.clone());
+                    back.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                    let (back2, front2, down2, st2) =
+                        (back.clone(), front.clone(), down.clone(), st.clone());
                     thread::spawn(move || {
                         let mut buf = vec![0u8; 65536];
                         while !st2.load(Ordering::Relaxed) {
@@ -54,7 +60,12 @@ impl UdpProxy {
                 }
             }
         });
-        UdpProxy { addr, block_up, block_down, stop }
+        UdpProxy {
+            addr,
+            block_up,
+            block_down,
+            stop,
+        }
     }
 }
 

@@ -33,7 +33,14 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
     let bytes: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
     let path = sample_file(&ctl, "evidence.bin", &bytes);
 
-    let id = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "suspicious file"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "suspicious file",
+    ]);
     assert_eq!(ctl.status(id), "pending_approval");
     let pending = ctl.json(&["actions", "list", "--pending"]);
     assert_eq!(pending["total"], 1);
@@ -46,8 +53,18 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
     assert_eq!(v["action"]["decided_by"], "admin");
 
     let out = ctl.dir.path().join("downloaded.bin");
-    let dl = ctl.ctl(&["artifacts", "download", &id.to_string(), "-o", out.to_str().unwrap()]);
-    assert!(dl.status.success(), "{}", String::from_utf8_lossy(&dl.stderr));
+    let dl = ctl.ctl(&[
+        "artifacts",
+        "download",
+        &id.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        dl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dl.stderr)
+    );
     let got = std::fs::read(&out).unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&bytes));
     assert_eq!(v["action"]["artifacts"][0]["sha256"], sha256_hex(&bytes));
@@ -56,13 +73,33 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
 #[test]
 fn a_sample_of_something_that_is_not_a_regular_file_fails_with_the_reason() {
     let ctl = Controller::start_with(&[]);
-    ctl.json(&["policy", "set", "--require-approval", "false", "--distinct-approver", "false"]);
+    ctl.json(&[
+        "policy",
+        "set",
+        "--require-approval",
+        "false",
+        "--distinct-approver",
+        "false",
+    ]);
     let agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let dir = ctl.dir.path().to_str().unwrap().to_owned();
-    let id = ctl.request(&["request-sample", &device, "--path", &dir, "--comment", "a directory"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &dir,
+        "--comment",
+        "a directory",
+    ]);
     let v = ctl.wait_status(id, "failed", T);
-    assert!(v["action"]["result_summary"].as_str().unwrap().contains("is a directory"), "{v}");
+    assert!(
+        v["action"]["result_summary"]
+            .as_str()
+            .unwrap()
+            .contains("is a directory"),
+        "{v}"
+    );
     assert_eq!(v["action"]["decided_by"], "policy");
 }
 
@@ -71,16 +108,42 @@ fn reject_needs_a_comment_and_cancel_stops_a_pending_action() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    let a = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "one"]);
-    let b = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "two"]);
+    let a = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "one",
+    ]);
+    let b = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "two",
+    ]);
 
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "reject", &a.to_string()]);
     assert!(err.contains("comment is required"), "{err}");
-    ctl.json(&["actions", "reject", &a.to_string(), "--comment", "not needed"]);
+    ctl.json(&[
+        "actions",
+        "reject",
+        &a.to_string(),
+        "--comment",
+        "not needed",
+    ]);
     assert_eq!(ctl.status(a), "rejected");
     assert_eq!(ctl.action(a)["action"]["decision_comment"], "not needed");
 
-    ctl.json(&["actions", "cancel", &b.to_string(), "--comment", "changed my mind"]);
+    ctl.json(&[
+        "actions",
+        "cancel",
+        &b.to_string(),
+        "--comment",
+        "changed my mind",
+    ]);
     assert_eq!(ctl.status(b), "cancelled");
     // A rejected action cannot be approved afterwards.
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "approve", &a.to_string()]);
@@ -92,14 +155,39 @@ fn four_eyes_policy_refuses_self_approval() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    ctl.json(&["policy", "set", "--kind", "request_sample", "--require-approval", "true", "--distinct-approver", "true"]);
+    ctl.json(&[
+        "policy",
+        "set",
+        "--kind",
+        "request_sample",
+        "--require-approval",
+        "true",
+        "--distinct-approver",
+        "true",
+    ]);
     let alice = ctl.add_user("alice", "approver", &[]);
-    let id = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "check"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "check",
+    ]);
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "approve", &id.to_string()]);
     assert!(err.contains("requires another person"), "{err}");
     assert!(err.contains("HTTP 409"), "{err}");
     assert_eq!(ctl.status(id), "pending_approval");
-    ctl.json_as(&alice, &["actions", "approve", &id.to_string(), "--comment", "second pair of eyes"]);
+    ctl.json_as(
+        &alice,
+        &[
+            "actions",
+            "approve",
+            &id.to_string(),
+            "--comment",
+            "second pair of eyes",
+        ],
+    );
     assert_eq!(ctl.action(id)["action"]["decided_by"], "alice");
 }
 
@@ -108,16 +196,46 @@ fn bulk_approval_of_mixed_kinds_is_refused_whole() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    let a = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "x"]);
+    let a = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
     let b = ctl.request(&["offboard", &device, "--comment", "y"]);
-    let c = ctl.request(&["request-sample", &device, "--path", "/etc/hosts", "--comment", "z"]);
-    let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "approve", &a.to_string(), &b.to_string(), &c.to_string()]);
+    let c = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hosts",
+        "--comment",
+        "z",
+    ]);
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "actions",
+            "approve",
+            &a.to_string(),
+            &b.to_string(),
+            &c.to_string(),
+        ],
+    );
     assert!(err.contains("different kinds"), "{err}");
     for id in [a, b, c] {
         assert_eq!(ctl.status(id), "pending_approval", "action {id} moved");
     }
     // The same kind together is fine.
-    let v = ctl.json(&["actions", "approve", &a.to_string(), &c.to_string(), "--comment", "both"]);
+    let v = ctl.json(&[
+        "actions",
+        "approve",
+        &a.to_string(),
+        &c.to_string(),
+        "--comment",
+        "both",
+    ]);
     assert_eq!(v["actions"].as_array().unwrap().len(), 2);
     assert_eq!(ctl.status(a), "approved");
     assert_eq!(ctl.status(c), "approved");
@@ -128,7 +246,14 @@ fn pending_approval_expires() {
     let ctl = Controller::start_with(&["--approval-expiry", "2s"]);
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    let id = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "x"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
     ctl.wait_status(id, "expired", Duration::from_secs(15));
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "approve", &id.to_string()]);
     assert!(err.contains("expired"), "{err}");
@@ -140,12 +265,22 @@ fn an_offline_device_gets_its_approved_action_when_it_reconnects() {
     let mut agent = ctl.enroll_agent();
     let device = agent.device_id();
     let path = sample_file(&ctl, "later.txt", b"later");
-    let id = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "offline"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "offline",
+    ]);
     ctl.json(&["actions", "approve", &id.to_string(), "--comment", "ok"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(ctl.status(id), "approved");
     let shown = ctl.json(&["devices", "show", &device]);
-    assert_eq!(shown["queue"][0]["id"], id, "queue should show the waiting action: {shown}");
+    assert_eq!(
+        shown["queue"][0]["id"], id,
+        "queue should show the waiting action: {shown}"
+    );
     assert_eq!(shown["device"]["online"], false);
 
     agent.start();
@@ -159,9 +294,29 @@ fn controller_kill9_and_restart_mid_flow_loses_nothing() {
     let mut agent = ctl.enroll_agent();
     let device = agent.device_id();
     let path = sample_file(&ctl, "f.txt", b"content");
-    let pending = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "stays pending"]);
-    let approved = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "approved offline"]);
-    ctl.json(&["actions", "approve", &approved.to_string(), "--comment", "ok"]);
+    let pending = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "stays pending",
+    ]);
+    let approved = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "approved offline",
+    ]);
+    ctl.json(&[
+        "actions",
+        "approve",
+        &approved.to_string(),
+        "--comment",
+        "ok",
+    ]);
 
     ctl.kill9();
     ctl.restart();
@@ -171,17 +326,31 @@ fn controller_kill9_and_restart_mid_flow_loses_nothing() {
     agent.start();
     ctl.wait_status(approved, "succeeded", T);
     // Kill again while connected, with a new action approved right before.
-    let third = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "third"]);
+    let third = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "third",
+    ]);
     ctl.json(&["actions", "approve", &third.to_string(), "--comment", "ok"]);
     ctl.kill9();
     ctl.restart();
     ctl.wait_status(third, "succeeded", T);
     assert_eq!(ctl.status(pending), "pending_approval");
     let audit = ctl.ctl(&["audit", "verify"]);
-    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
     // Exactly one result per action in the audit log: nothing happened twice.
     for id in [approved, third] {
-        let n = sqlite3(&ctl.db(), &format!("SELECT count(*) FROM audit WHERE action_id = {id} AND event = 'succeeded'"));
+        let n = sqlite3(
+            &ctl.db(),
+            &format!("SELECT count(*) FROM audit WHERE action_id = {id} AND event = 'succeeded'"),
+        );
         assert_eq!(n.trim(), "1", "action {id} finished {n} times");
     }
 }
@@ -192,7 +361,9 @@ fn agent_kill9_with_a_result_in_its_outbox_delivers_it_once_after_restart() {
     let proxy = UdpProxy::start(ctl.quic);
     let mut agent = ctl.enroll_agent_via(&proxy.addr.to_string()).started();
     let device = agent.device_id();
-    eventually(T, "agent online", || ctl.device_online(&device).then_some(()));
+    eventually(T, "agent online", || {
+        ctl.device_online(&device).then_some(())
+    });
 
     // Cut agent → controller: the delivery still arrives, but nothing the agent says does.
     // A sample of a directory fails at once, without an upload, so its result goes straight
@@ -203,7 +374,10 @@ fn agent_kill9_with_a_result_in_its_outbox_delivers_it_once_after_restart() {
     ctl.json(&["actions", "approve", &id.to_string(), "--comment", "ok"]);
     let journal = agent.journal();
     eventually(T, "a result in the agent's outbox", || {
-        let n = sqlite3(&journal, &format!("SELECT count(*) FROM outbox WHERE id = {id}"));
+        let n = sqlite3(
+            &journal,
+            &format!("SELECT count(*) FROM outbox WHERE id = {id}"),
+        );
         (n.trim() == "1").then_some(())
     });
     assert_eq!(ctl.status(id), "delivered");
@@ -212,13 +386,25 @@ fn agent_kill9_with_a_result_in_its_outbox_delivers_it_once_after_restart() {
     proxy.block_up.store(false, Ordering::Relaxed);
     agent.start();
     let v = ctl.wait_status(id, "failed", T);
-    assert!(v["action"]["result_summary"].as_str().unwrap().contains("is a directory"), "{v}");
+    assert!(
+        v["action"]["result_summary"]
+            .as_str()
+            .unwrap()
+            .contains("is a directory"),
+        "{v}"
+    );
     eventually(T, "the outbox to empty", || {
         (sqlite3(&journal, "SELECT count(*) FROM outbox").trim() == "0").then_some(())
     });
-    let n = sqlite3(&ctl.db(), &format!("SELECT count(*) FROM audit WHERE action_id = {id} AND event = 'failed'"));
+    let n = sqlite3(
+        &ctl.db(),
+        &format!("SELECT count(*) FROM audit WHERE action_id = {id} AND event = 'failed'"),
+    );
     assert_eq!(n.trim(), "1");
-    let received = sqlite3(&journal, &format!("SELECT count(*) FROM actions WHERE id = {id}"));
+    let received = sqlite3(
+        &journal,
+        &format!("SELECT count(*) FROM actions WHERE id = {id}"),
+    );
     assert_eq!(received.trim(), "1");
 }
 
@@ -230,16 +416,28 @@ fn enrolment_refuses_reused_and_expired_tokens_and_a_wrong_fingerprint() {
     drop(first);
     let a = palisade_tests_agent(&ctl);
     let out = a.enroll(&ctl.quic.to_string(), &token, &ctl.ca_sha256);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b = palisade_tests_agent(&ctl);
     let out = b.enroll(&ctl.quic.to_string(), &token, &ctl.ca_sha256);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("enrolment token is used up"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("enrolment token is used up"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let short = ctl.enroll_token(5, "1s");
     std::thread::sleep(Duration::from_millis(1500));
     let out = b.enroll(&ctl.quic.to_string(), &short, &ctl.ca_sha256);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let good = ctl.enroll_token(1, "1h");
     let wrong = "ab".repeat(32);
@@ -248,7 +446,11 @@ fn enrolment_refuses_reused_and_expired_tokens_and_a_wrong_fingerprint() {
     assert!(err.contains("does not match --ca-sha256"), "{err}");
     // The refused attempt did not use the token up.
     let out = b.enroll(&ctl.quic.to_string(), &good, &ctl.ca_sha256);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nor is a garbage fingerprint accepted.
     let c = palisade_tests_agent(&ctl);
     let out = c.enroll(&ctl.quic.to_string(), &good, "nothex");
@@ -271,9 +473,18 @@ fn a_certificate_from_another_controller_is_refused() {
     std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
     let agent = agent.started();
     eventually(T, "the agent to log the failed connection", || {
-        agent.log().contains("cannot reach the controller").then_some(())
+        agent
+            .log()
+            .contains("cannot reach the controller")
+            .then_some(())
     });
-    assert_eq!(ctl.json(&["devices", "list"])["devices"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        ctl.json(&["devices", "list"])["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -281,7 +492,9 @@ fn offboard_erases_the_agent_and_its_revoked_certificate_is_refused() {
     let ctl = Controller::start();
     let mut agent = ctl.enroll_agent().started();
     let device = agent.device_id();
-    eventually(T, "agent online", || ctl.device_online(&device).then_some(()));
+    eventually(T, "agent online", || {
+        ctl.device_online(&device).then_some(())
+    });
     // Keep a copy of the identity, as a thief would.
     let stolen = ctl.dir.path().join("stolen");
     copy_dir(&agent.state_dir.join("identity"), &stolen.join("identity"));
@@ -289,9 +502,18 @@ fn offboard_erases_the_agent_and_its_revoked_certificate_is_refused() {
     let id = ctl.request(&["offboard", &device, "--comment", "decommissioned"]);
     ctl.json(&["actions", "approve", &id.to_string(), "--comment", "ok"]);
     ctl.wait_status(id, "succeeded", T);
-    let status = agent.proc.as_mut().unwrap().wait_exit(T).expect("agent exits after offboarding");
+    let status = agent
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_exit(T)
+        .expect("agent exits after offboarding");
     assert!(status.success(), "{status}");
-    assert_eq!(std::fs::read_dir(&agent.state_dir).unwrap().count(), 0, "state left behind");
+    assert_eq!(
+        std::fs::read_dir(&agent.state_dir).unwrap().count(),
+        0,
+        "state left behind"
+    );
     let d = ctl.json(&["devices", "show", &device]);
     assert_eq!(d["device"]["status"], "offboarded");
 
@@ -318,23 +540,53 @@ fn the_api_refuses_the_unauthenticated_and_the_underprivileged_with_json() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    let id = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "x"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
 
     let err = ctl.ctl_fails("", &["devices", "list"]);
-    assert!(err.contains("no API token") || err.contains("HTTP 401"), "{err}");
+    assert!(
+        err.contains("no API token") || err.contains("HTTP 401"),
+        "{err}"
+    );
     let err = ctl.ctl_fails("pal_not_a_token", &["devices", "list"]);
-    assert!(err.contains("unknown API token") && err.contains("HTTP 401"), "{err}");
+    assert!(
+        err.contains("unknown API token") && err.contains("HTTP 401"),
+        "{err}"
+    );
 
     let viewer = ctl.add_user("victor", "viewer", &[]);
     assert_eq!(ctl.json_as(&viewer, &["actions", "list"])["total"], 1);
     let err = ctl.ctl_fails(&viewer, &["actions", "approve", &id.to_string()]);
-    assert!(err.contains("lacks the approve permission") && err.contains("HTTP 403"), "{err}");
-    let err = ctl.ctl_fails(&viewer, &["action", "request-sample", &device, "--path", "/etc/hosts", "--comment", "x"]);
+    assert!(
+        err.contains("lacks the approve permission") && err.contains("HTTP 403"),
+        "{err}"
+    );
+    let err = ctl.ctl_fails(
+        &viewer,
+        &[
+            "action",
+            "request-sample",
+            &device,
+            "--path",
+            "/etc/hosts",
+            "--comment",
+            "x",
+        ],
+    );
     assert!(err.contains("HTTP 403"), "{err}");
     assert_eq!(ctl.status(id), "pending_approval");
 
     let responder = ctl.add_user("rita", "responder", &[]);
-    let err = ctl.ctl_fails(&responder, &["artifacts", "download", &id.to_string(), "-o", "/dev/null"]);
+    let err = ctl.ctl_fails(
+        &responder,
+        &["artifacts", "download", &id.to_string(), "-o", "/dev/null"],
+    );
     assert!(err.contains("no artifacts"), "{err}");
     let err = ctl.ctl_fails(&responder, &["users", "add", "x", "--role", "admin"]);
     assert!(err.contains("HTTP 403"), "{err}");
@@ -345,12 +597,20 @@ fn kinds_the_agent_does_not_implement_are_refused_at_request_time() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    for kind in [vec!["isolate"], vec!["scan", "--mode", "quick"], vec!["collect-package"], vec!["restrict-execution"]] {
+    for kind in [
+        vec!["isolate"],
+        vec!["scan", "--mode", "quick"],
+        vec!["collect-package"],
+        vec!["restrict-execution"],
+    ] {
         let mut args = vec!["action"];
         args.extend(kind.iter().copied());
         args.extend([device.as_str(), "--comment", "x"]);
         let err = ctl.ctl_fails(&ctl.admin_token, &args);
-        assert!(err.contains("is not implemented by the agent"), "{kind:?}: {err}");
+        assert!(
+            err.contains("is not implemented by the agent"),
+            "{kind:?}: {err}"
+        );
         assert!(err.contains("HTTP 400"), "{err}");
     }
     assert_eq!(ctl.json(&["actions", "list"])["total"], 0);
@@ -361,7 +621,14 @@ fn audit_verify_finds_a_row_edited_with_the_sqlite3_shell() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    let id = ctl.request(&["request-sample", &device, "--path", "/etc/hostname", "--comment", "x"]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
     ctl.json(&["actions", "reject", &id.to_string(), "--comment", "no"]);
     let ok = ctl.ctl(&["audit", "verify"]);
     assert!(ok.status.success());
@@ -370,12 +637,18 @@ fn audit_verify_finds_a_row_edited_with_the_sqlite3_shell() {
     let seq = sqlite3(&ctl.db(), "SELECT seq FROM audit WHERE event = 'rejected'");
     sqlite3(
         &ctl.db(),
-        &format!("DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'someone-else' WHERE seq = {}", seq.trim()),
+        &format!(
+            "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'someone-else' WHERE seq = {}",
+            seq.trim()
+        ),
     );
     let out = ctl.ctl(&["audit", "verify"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("broken at record {}", seq.trim())), "{err}");
+    assert!(
+        err.contains(&format!("broken at record {}", seq.trim())),
+        "{err}"
+    );
     assert!(err.contains("edited"), "{err}");
 }
 
@@ -385,18 +658,106 @@ fn cli_errors_are_one_line_and_non_zero() {
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "show", "abc"]);
     assert!(err.contains("invalid action id"), "{err}");
     let err = ctl.ctl_fails(&ctl.admin_token, &["actions", "show", "999"]);
-    assert!(err.contains("no action 999") && err.contains("HTTP 404"), "{err}");
+    assert!(
+        err.contains("no action 999") && err.contains("HTTP 404"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let err = ctl.ctl_fails(&ctl.admin_token, &["action", "request-sample", "nosuchhost", "--path", "/x", "--comment", "c"]);
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "action",
+            "request-sample",
+            "nosuchhost",
+            "--path",
+            "/x",
+            "--comment",
+            "c",
+        ],
+    );
     assert!(err.contains("no device with id or hostname"), "{err}");
-    let err = ctl.ctl_fails(&ctl.admin_token, &["action", "request-sample", "nosuchhost", "--path", "relative", "--comment", "c"]);
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "action",
+            "request-sample",
+            "nosuchhost",
+            "--path",
+            "relative",
+            "--comment",
+            "c",
+        ],
+    );
     assert!(err.contains("not absolute"), "{err}");
-    let err = ctl.ctl_fails(&ctl.admin_token, &["action", "request-sample", "x", "--path", "/x", "--comment", " "]);
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "action",
+            "request-sample",
+            "x",
+            "--path",
+            "/x",
+            "--comment",
+            " ",
+        ],
+    );
     assert!(err.contains("comment is required"), "{err}");
     let out = std::process::Command::new(palisade_tests::bin("palisadectl"))
-        .args(["--url", "http://127.0.0.1:1", "--token", "t", "devices", "list"])
+        .args([
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+            "devices",
+            "list",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the controller"));
+}
+
+#[test]
+fn approved_actions_a_device_never_collects_time_out() {
+    let ctl = Controller::start_with(&["--delivery-timeout", "2s"]);
+    let agent = ctl.enroll_agent();
+    let device = agent.device_id();
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
+    ctl.json(&["actions", "approve", &id.to_string(), "--comment", "ok"]);
+    let v = ctl.wait_status(id, "timed_out", Duration::from_secs(15));
+    assert!(!v["action"]["finished_at"].is_null());
+    // A device that comes back later does not get it.
+    let queue = ctl.json(&["devices", "show", &device])["queue"].clone();
+    assert_eq!(queue.as_array().unwrap().len(), 0, "{queue}");
+}
+
+#[test]
+fn an_artifact_over_the_controllers_size_limit_fails_the_action() {
+    let ctl = Controller::start_with(&["--max-artifact-size", "1000"]);
+    let agent = ctl.enroll_agent().started();
+    let device = agent.device_id();
+    let path = sample_file(&ctl, "big.bin", &[7u8; 5000]);
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        &path,
+        "--comment",
+        "too big",
+    ]);
+    ctl.json(&["actions", "approve", &id.to_string(), "--comment", "ok"]);
+    let v = ctl.wait_status(id, "failed", T);
+    let summary = v["action"]["result_summary"].as_str().unwrap();
+    assert!(
+        summary.contains("exceeds the controller's limit of 1000"),
+        "{summary}"
+    );
+    assert_eq!(v["action"]["artifacts"].as_array().unwrap().len(), 0);
 }

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
@@ -30,8 +33,15 @@ fn offenders(dirs: &[&str], needles: &[&str], allowed: &[&str]) -> Vec<String> {
     let mut bad = Vec::new();
     for dir in dirs {
         for file in rust_files(&root.join(dir)) {
-            let rel = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-            if allowed.iter().any(|a| rel == *a || (a.ends_with('/') && rel.starts_with(a))) {
+            let rel = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if allowed
+                .iter()
+                .any(|a| rel == *a || (a.ends_with('/') && rel.starts_with(a)))
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&file).unwrap();
@@ -73,14 +83,27 @@ fn only_the_stores_speak_sql() {
         &["rusqlite", "SELECT ", "INSERT INTO", "UPDATE "],
         &["controller/src/store/", "agent/src/journal.rs"],
     );
-    assert!(bad.is_empty(), "SQL outside the store and the journal: {bad:#?}");
+    assert!(
+        bad.is_empty(),
+        "SQL outside the store and the journal: {bad:#?}"
+    );
 }
 
 #[test]
 fn common_does_no_io_and_reads_no_clock() {
     let bad = offenders(
         &["common/src"],
-        &["std::fs", "std::net::Tcp", "std::net::Udp", "tokio", "SystemTime", "Instant::now", "std::process", "std::io::Read", "std::io::Write"],
+        &[
+            "std::fs",
+            "std::net::Tcp",
+            "std::net::Udp",
+            "tokio",
+            "SystemTime",
+            "Instant::now",
+            "std::process",
+            "std::io::Read",
+            "std::io::Write",
+        ],
         &["common/src/session/tests.rs"],
     );
     assert!(bad.is_empty(), "IO or clock in common: {bad:#?}");
@@ -88,14 +111,28 @@ fn common_does_no_io_and_reads_no_clock() {
 
 #[test]
 fn only_the_codec_module_names_the_payload_encoding_outside_common_wire_types() {
-    let bad = offenders(&["agent/src", "controller/src", "cli/src", "tests/src"], &["bincode"], &[]);
-    assert!(bad.is_empty(), "bincode named outside common (use common::codec): {bad:#?}");
+    let bad = offenders(
+        &["agent/src", "controller/src", "cli/src", "tests/src"],
+        &["bincode"],
+        &[],
+    );
+    assert!(
+        bad.is_empty(),
+        "bincode named outside common (use common::codec): {bad:#?}"
+    );
 }
 
 #[test]
 fn only_host_linux_runs_processes_or_calls_the_kernel_directly_in_the_agent() {
-    let bad = offenders(&["agent/src"], &["std::process::Command", "nix::", "libc::"], &["agent/src/host/linux/"]);
-    assert!(bad.is_empty(), "host access outside agent/src/host/linux: {bad:#?}");
+    let bad = offenders(
+        &["agent/src"],
+        &["std::process::Command", "nix::", "libc::"],
+        &["agent/src/host/linux/"],
+    );
+    assert!(
+        bad.is_empty(),
+        "host access outside agent/src/host/linux: {bad:#?}"
+    );
 }
 
 #[test]

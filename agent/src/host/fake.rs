@@ -17,7 +17,10 @@ pub struct FakeHost {
 
 impl FakeHost {
     pub fn with_file(self, path: &str, bytes: &[u8]) -> FakeHost {
-        self.files.lock().unwrap().insert(path.into(), bytes.to_vec());
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.into(), bytes.to_vec());
         self
     }
 }
@@ -32,17 +35,27 @@ impl Host for FakeHost {
     }
 
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
-        self.calls.lock().unwrap().push(format!("snapshot {}", path.display()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("snapshot {}", path.display()));
         let files = self.files.lock().unwrap();
         let bytes = files
             .get(path)
             .ok_or_else(|| HostError::Refused(format!("{} does not exist", path.display())))?;
         if bytes.len() as u64 > max {
-            return Err(HostError::Refused(format!("{} is larger than {max} bytes", path.display())));
+            return Err(HostError::Refused(format!(
+                "{} is larger than {max} bytes",
+                path.display()
+            )));
         }
         std::fs::write(dest, bytes).map_err(|e| HostError::io("write snapshot", e))?;
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(digest::digest(&digest::SHA256, bytes).as_ref());
-        Ok(Snapshot { path: dest.to_owned(), size: bytes.len() as u64, sha256 })
+        Ok(Snapshot {
+            path: dest.to_owned(),
+            size: bytes.len() as u64,
+            sha256,
+        })
     }
 }

@@ -35,7 +35,10 @@ pub enum HostError {
 
 impl HostError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> HostError {
-        HostError::Io { context: context.into(), source }
+        HostError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

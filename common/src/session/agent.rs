@@ -103,12 +103,16 @@ impl AgentSession {
                 self.next_heartbeat = Some(now + self.heartbeat);
                 // Outbox replay: everything not acknowledged goes again, oldest first.
                 for report in self.outbox.values() {
-                    self.transmit.push_back(AgentMessage::Result(report.clone()));
+                    self.transmit
+                        .push_back(AgentMessage::Result(report.clone()));
                 }
                 self.events.push_back(AgentEvent::Welcomed(w));
             }
             (State::AwaitingWelcome, other) => {
-                self.close(format!("protocol violation: {} before welcome", name(&other)));
+                self.close(format!(
+                    "protocol violation: {} before welcome",
+                    name(&other)
+                ));
             }
             (State::Ready, ControllerMessage::Welcome(_)) => {
                 self.close("protocol violation: second welcome".into());
@@ -138,7 +142,8 @@ impl AgentSession {
             // A repeated delivery: confirm again, resend a result we still hold, run nothing.
             self.transmit.push_back(AgentMessage::Receipt { id });
             if let Some(report) = self.outbox.get(&id) {
-                self.transmit.push_back(AgentMessage::Result(report.clone()));
+                self.transmit
+                    .push_back(AgentMessage::Result(report.clone()));
             }
             return;
         }
@@ -158,7 +163,8 @@ impl AgentSession {
 
     pub fn progress(&mut self, id: ActionId, progress: Progress) {
         if self.state == State::Ready {
-            self.transmit.push_back(AgentMessage::Progress { id, progress });
+            self.transmit
+                .push_back(AgentMessage::Progress { id, progress });
         }
     }
 
@@ -167,7 +173,8 @@ impl AgentSession {
     pub fn submit_result(&mut self, report: ActionReport) {
         self.known.insert(report.id);
         if self.state == State::Ready {
-            self.transmit.push_back(AgentMessage::Result(report.clone()));
+            self.transmit
+                .push_back(AgentMessage::Result(report.clone()));
         }
         self.outbox.insert(report.id, report);
     }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
-use crate::wire::{AgentMessage, ControllerMessage, DesiredState, Inventory, ObservedState, Welcome};
+use crate::wire::{
+    AgentMessage, ControllerMessage, DesiredState, Inventory, ObservedState, Welcome,
+};
 
 use super::SILENCE_LIMIT;
 
@@ -57,11 +59,13 @@ impl ControllerSession {
         self.last_heard = now;
         match msg {
             AgentMessage::Heartbeat { seq } => {
-                self.transmit.push_back(ControllerMessage::HeartbeatAck { seq });
+                self.transmit
+                    .push_back(ControllerMessage::HeartbeatAck { seq });
             }
             AgentMessage::Receipt { id } => self.events.push_back(ControllerEvent::Receipt(id)),
             AgentMessage::Progress { id, progress } => {
-                self.events.push_back(ControllerEvent::Progress(id, progress));
+                self.events
+                    .push_back(ControllerEvent::Progress(id, progress));
             }
             AgentMessage::Result(report) => self.events.push_back(ControllerEvent::Result(report)),
             AgentMessage::Observed(o) => self.events.push_back(ControllerEvent::Observed(o)),

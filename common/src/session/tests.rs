@@ -210,7 +210,10 @@ fn outbox_is_replayed_after_reconnect_and_not_run_again() {
     p.controller.deliver(spec(3));
     p.run();
     assert_eq!(p.durable.executions, vec![ActionId(3)], "ran twice");
-    assert!(p.durable.committed.contains_key(&ActionId(3)), "result lost");
+    assert!(
+        p.durable.committed.contains_key(&ActionId(3)),
+        "result lost"
+    );
     assert!(p.durable.outbox.is_empty());
 }
 

@@ -97,7 +97,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ActionRecord> {
         parent_id: id(1)?,
         kind: kind.parse().map_err(|e| conv(2, e))?,
         params: serde_json::from_str(&params).map_err(|e| conv(3, e))?,
-        device_id: device.map(|d| d.parse()).transpose().map_err(|e| conv(4, e))?,
+        device_id: device
+            .map(|d| d.parse())
+            .transpose()
+            .map_err(|e| conv(4, e))?,
         hostname: r.get(5)?,
         device_group: r.get(6)?,
         source: source.parse().map_err(|e| conv(7, e))?,
@@ -141,8 +144,8 @@ pub fn get(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
 }
 
 pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
-    let mut stmt =
-        conn.prepare("SELECT name, size, sha256 FROM artifacts WHERE action_id = ?1 ORDER BY name")?;
+    let mut stmt = conn
+        .prepare("SELECT name, size, sha256 FROM artifacts WHERE action_id = ?1 ORDER BY name")?;
     let rows = stmt.query_map([id.0 as i64], |r| {
         Ok(ArtifactRef {
             name: r.get(0)?,
@@ -153,7 +156,13 @@ pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn set_status(conn: &Connection, id: ActionId, status: ActionStatus, column: &str, at: i64) -> Result<()> {
+fn set_status(
+    conn: &Connection,
+    id: ActionId,
+    status: ActionStatus,
+    column: &str,
+    at: i64,
+) -> Result<()> {
     // `column` is one of our own constants, never input.
     conn.execute(
         &format!("UPDATE actions SET status = ?2, {column} = ?3 WHERE id = ?1"),
@@ -224,7 +233,10 @@ pub fn decide(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids.iter().map(|&id| get(conn, id)).collect::<Result<Vec<_>>>()?;
+    let records = ids
+        .iter()
+        .map(|&id| get(conn, id))
+        .collect::<Result<Vec<_>>>()?;
     let kind = records[0].kind;
     if let Some(other) = records.iter().find(|r| r.kind != kind) {
         return Err(StoreError::Conflict(format!(
@@ -288,7 +300,10 @@ pub fn cancel(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids.iter().map(|&id| get(conn, id)).collect::<Result<Vec<_>>>()?;
+    let records = ids
+        .iter()
+        .map(|&id| get(conn, id))
+        .collect::<Result<Vec<_>>>()?;
     for r in &records {
         if !r.status.can_move_to(ActionStatus::Cancelled) {
             return Err(StoreError::Conflict(format!(
@@ -357,15 +372,35 @@ pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<b
         return Ok(rec.status.is_outstanding());
     }
     set_status(conn, id, ActionStatus::Delivered, "delivered_at", now_ms())?;
-    audit::append(conn, device.as_str(), "delivered", Some(id), Some(device), &serde_json::json!({}))?;
+    audit::append(
+        conn,
+        device.as_str(),
+        "delivered",
+        Some(id),
+        Some(device),
+        &serde_json::json!({}),
+    )?;
     Ok(true)
 }
 
 pub fn acknowledged(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<()> {
     let rec = owned(conn, device, id)?;
     if rec.status.can_move_to(ActionStatus::Acknowledged) {
-        set_status(conn, id, ActionStatus::Acknowledged, "acknowledged_at", now_ms())?;
-        audit::append(conn, device.as_str(), "acknowledged", Some(id), Some(device), &serde_json::json!({}))?;
+        set_status(
+            conn,
+            id,
+            ActionStatus::Acknowledged,
+            "acknowledged_at",
+            now_ms(),
+        )?;
+        audit::append(
+            conn,
+            device.as_str(),
+            "acknowledged",
+            Some(id),
+            Some(device),
+            &serde_json::json!({}),
+        )?;
     }
     Ok(())
 }
@@ -378,16 +413,30 @@ pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress
             "UPDATE actions SET status = 'in_progress', started_at = ?2, progress = ?3 WHERE id = ?1",
             params![id.0 as i64, now_ms(), text],
         )?;
-        audit::append(conn, device.as_str(), "started", Some(id), Some(device), &serde_json::json!({"progress": p}))?;
+        audit::append(
+            conn,
+            device.as_str(),
+            "started",
+            Some(id),
+            Some(device),
+            &serde_json::json!({"progress": p}),
+        )?;
     } else if rec.status == ActionStatus::InProgress {
-        conn.execute("UPDATE actions SET progress = ?2 WHERE id = ?1", params![id.0 as i64, text])?;
+        conn.execute(
+            "UPDATE actions SET progress = ?2 WHERE id = ?1",
+            params![id.0 as i64, text],
+        )?;
     }
     Ok(())
 }
 
 /// Records a device's result. Returns the record and whether this call changed it (a repeated
 /// result, or one for an action that timed out meanwhile, changes nothing).
-pub fn result(conn: &Connection, device: &DeviceId, report: &ActionReport) -> Result<(ActionRecord, bool)> {
+pub fn result(
+    conn: &Connection,
+    device: &DeviceId,
+    report: &ActionReport,
+) -> Result<(ActionRecord, bool)> {
     let rec = owned(conn, device, report.id)?;
     let status = match report.outcome {
         Outcome::Succeeded => ActionStatus::Succeeded,
@@ -396,13 +445,19 @@ pub fn result(conn: &Connection, device: &DeviceId, report: &ActionReport) -> Re
     if !rec.status.can_move_to(status) {
         return Ok((rec, false));
     }
-    let detail: serde_json::Value =
-        serde_json::from_str(&report.detail).unwrap_or_else(|_| serde_json::json!({"text": report.detail}));
+    let detail: serde_json::Value = serde_json::from_str(&report.detail)
+        .unwrap_or_else(|_| serde_json::json!({"text": report.detail}));
     let now = now_ms();
     conn.execute(
         "UPDATE actions SET status = ?2, finished_at = ?3, result_summary = ?4, result_detail = ?5,
          started_at = COALESCE(started_at, ?3) WHERE id = ?1",
-        params![report.id.0 as i64, status.as_str(), now, report.summary, detail.to_string()],
+        params![
+            report.id.0 as i64,
+            status.as_str(),
+            now,
+            report.summary,
+            detail.to_string()
+        ],
     )?;
     audit::append(
         conn,
@@ -419,8 +474,14 @@ pub fn result(conn: &Connection, device: &DeviceId, report: &ActionReport) -> Re
                 "UPDATE actions SET status = 'undone', undone_by = ?2 WHERE id = ?1",
                 params![original.0 as i64, report.id.0 as i64],
             )?;
-            audit::append(conn, device.as_str(), "undone", Some(original), Some(device),
-                &serde_json::json!({"undone_by": report.id}))?;
+            audit::append(
+                conn,
+                device.as_str(),
+                "undone",
+                Some(original),
+                Some(device),
+                &serde_json::json!({"undone_by": report.id}),
+            )?;
         }
     }
     Ok((get(conn, report.id)?, true))
@@ -457,8 +518,14 @@ pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
         };
         set_status(conn, id, to, "finished_at", now)?;
         let rec = get(conn, id)?;
-        audit::append(conn, "controller", to.as_str(), Some(id), rec.device_id.as_ref(),
-            &serde_json::json!({"reason": reason}))?;
+        audit::append(
+            conn,
+            "controller",
+            to.as_str(),
+            Some(id),
+            rec.device_id.as_ref(),
+            &serde_json::json!({"reason": reason}),
+        )?;
         changed.push(rec);
     }
     Ok(changed)
@@ -485,18 +552,34 @@ pub struct Filter {
 }
 
 const SORTABLE: [&str; 9] = [
-    "id", "kind", "status", "source", "requested_by", "created_at", "decided_at", "finished_at", "hostname",
+    "id",
+    "kind",
+    "status",
+    "source",
+    "requested_by",
+    "created_at",
+    "decided_at",
+    "finished_at",
+    "hostname",
 ];
 
 /// Lists actions matching `filter`, restricted to `groups` when given, with the total count.
-pub fn list(conn: &Connection, filter: &Filter, groups: Option<&[String]>) -> Result<(Vec<ActionRecord>, u64)> {
+pub fn list(
+    conn: &Connection,
+    filter: &Filter,
+    groups: Option<&[String]>,
+) -> Result<(Vec<ActionRecord>, u64)> {
     let mut w = Where::default();
     use rusqlite::types::Value::{Integer, Text};
     match filter.view.as_deref() {
         None | Some("all") => {}
         Some("pending") => w.add("a.status = 'pending_approval'", vec![]),
         Some("history") => w.add("a.status <> 'pending_approval'", vec![]),
-        Some(other) => return Err(StoreError::Invalid(format!("view {other:?} is not pending, history or all"))),
+        Some(other) => {
+            return Err(StoreError::Invalid(format!(
+                "view {other:?} is not pending, history or all"
+            )));
+        }
     }
     if let Some(k) = filter.kind {
         w.add("a.kind = ?", vec![Text(k.as_str().into())]);
@@ -508,7 +591,10 @@ pub fn list(conn: &Connection, filter: &Filter, groups: Option<&[String]>) -> Re
         w.add("a.source = ?", vec![Text(s.as_str().into())]);
     }
     if let Some(d) = &filter.device {
-        w.add("(a.device_id = ? OR d.hostname = ?)", vec![Text(d.clone()), Text(d.clone())]);
+        w.add(
+            "(a.device_id = ? OR d.hostname = ?)",
+            vec![Text(d.clone()), Text(d.clone())],
+        );
     }
     if let Some(g) = &filter.device_group {
         w.add("d.device_group = ?", vec![Text(g.clone())]);
@@ -521,7 +607,10 @@ pub fn list(conn: &Connection, filter: &Filter, groups: Option<&[String]>) -> Re
     }
     if let Some(groups) = groups {
         let marks = vec!["?"; groups.len()].join(",");
-        w.add(&format!("d.device_group IN ({marks})"), groups.iter().map(|g| Text(g.clone())).collect());
+        w.add(
+            &format!("d.device_group IN ({marks})"),
+            groups.iter().map(|g| Text(g.clone())).collect(),
+        );
     }
     let sort = filter.sort.as_deref().unwrap_or("id");
     if !SORTABLE.contains(&sort) {
@@ -533,9 +622,17 @@ pub fn list(conn: &Connection, filter: &Filter, groups: Option<&[String]>) -> Re
     let order = match filter.order.as_deref() {
         None | Some("desc") => "DESC",
         Some("asc") => "ASC",
-        Some(o) => return Err(StoreError::Invalid(format!("order {o:?} is not asc or desc"))),
+        Some(o) => {
+            return Err(StoreError::Invalid(format!(
+                "order {o:?} is not asc or desc"
+            )));
+        }
     };
-    let sort_col = if sort == "hostname" { "d.hostname".to_owned() } else { format!("a.{sort}") };
+    let sort_col = if sort == "hostname" {
+        "d.hostname".to_owned()
+    } else {
+        format!("a.{sort}")
+    };
     let where_ = w.sql();
     let args = w.args;
     let from = "FROM actions a LEFT JOIN devices d ON d.id = a.device_id";

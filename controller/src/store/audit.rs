@@ -86,7 +86,10 @@ fn hash(r: &AuditRecord) -> String {
         r.device_id,
         r.detail
     ]);
-    hex::encode(digest::digest(&digest::SHA256, content.to_string().as_bytes()))
+    hex::encode(digest::digest(
+        &digest::SHA256,
+        content.to_string().as_bytes(),
+    ))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,10 +185,19 @@ mod tests {
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();
-        super::super::schema::migrations().to_latest(&mut c).unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
         for i in 0..5 {
-            append(&c, "alice", "requested", Some(ActionId(i)), None, &serde_json::json!({"i": i}))
-                .unwrap();
+            append(
+                &c,
+                "alice",
+                "requested",
+                Some(ActionId(i)),
+                None,
+                &serde_json::json!({"i": i}),
+            )
+            .unwrap();
         }
         c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
             .unwrap();
@@ -202,7 +214,8 @@ mod tests {
     #[test]
     fn edited_deleted_and_reordered_rows_are_found() {
         let c = db();
-        c.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3", []).unwrap();
+        c.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3", [])
+            .unwrap();
         assert_eq!(verify(&c).unwrap().first_broken.unwrap().seq, 3);
 
         let c = db();
@@ -211,14 +224,17 @@ mod tests {
 
         let c = db();
         c.execute("DELETE FROM audit WHERE seq = 5", []).unwrap();
-        c.execute("UPDATE audit SET seq = 5 WHERE seq = 4", []).unwrap();
+        c.execute("UPDATE audit SET seq = 5 WHERE seq = 4", [])
+            .unwrap();
         assert_eq!(verify(&c).unwrap().first_broken.unwrap().seq, 5);
     }
 
     #[test]
     fn the_database_refuses_updates_while_the_triggers_stand() {
         let mut c = Connection::open_in_memory().unwrap();
-        super::super::schema::migrations().to_latest(&mut c).unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
         append(&c, "a", "e", None, None, &serde_json::json!({})).unwrap();
         let err = c.execute("UPDATE audit SET actor = 'x'", []).unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");

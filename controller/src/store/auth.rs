@@ -53,7 +53,9 @@ pub fn add_user(
         |r| r.get(0),
     )?;
     if exists {
-        return Err(StoreError::Conflict(format!("user {name:?} already exists")));
+        return Err(StoreError::Conflict(format!(
+            "user {name:?} already exists"
+        )));
     }
     conn.execute(
         "INSERT INTO users (name, role, device_groups, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -142,7 +144,9 @@ pub fn create_enroll_token(
         return Err(StoreError::Invalid("a token needs at least one use".into()));
     }
     if ttl_ms <= 0 {
-        return Err(StoreError::Invalid("a token needs a positive lifetime".into()));
+        return Err(StoreError::Invalid(
+            "a token needs a positive lifetime".into(),
+        ));
     }
     let token = new_secret("pal_enr_");
     let expires_at = now_ms() + ttl_ms;
@@ -180,7 +184,9 @@ pub fn consume_enroll_token(conn: &Connection, token: &str) -> Result<(i64, Stri
         )
         .optional()?;
     let Some((id, uses_left, expires_at, group)) = row else {
-        return Err(StoreError::Invalid("enrolment token is not known to this controller".into()));
+        return Err(StoreError::Invalid(
+            "enrolment token is not known to this controller".into(),
+        ));
     };
     if expires_at <= now_ms() {
         return Err(StoreError::Invalid("enrolment token has expired".into()));

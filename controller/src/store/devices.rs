@@ -206,7 +206,11 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, Str
     Ok((
         Device {
             id: id.parse().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
             })?,
             hostname: r.get(1)?,
             device_group: r.get(2)?,
@@ -236,7 +240,11 @@ fn finish(row: (Device, String, String, String)) -> Result<Device> {
     d.kernel = inv["kernel"].as_str().unwrap_or_default().to_owned();
     d.addresses = inv["addresses"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     d.observed = serde_json::from_str(&observed)?;
     Ok(d)
@@ -254,7 +262,11 @@ pub fn list(conn: &Connection) -> Result<Vec<Device>> {
 
 pub fn get(conn: &Connection, id: &DeviceId) -> Result<Device> {
     let row = conn
-        .query_row(&format!("{SELECT} WHERE d.id = ?1"), [id.as_str()], row_to_device)
+        .query_row(
+            &format!("{SELECT} WHERE d.id = ?1"),
+            [id.as_str()],
+            row_to_device,
+        )
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
     finish(row)
@@ -268,13 +280,20 @@ pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
     {
         return Ok(d);
     }
-    let mut stmt = conn.prepare("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
+    let mut stmt =
+        conn.prepare("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
     let ids: Vec<String> = stmt
         .query_map([reference], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     match ids.as_slice() {
-        [one] => get(conn, &one.parse().map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?),
-        [] => Err(StoreError::NotFound(format!("no device with id or hostname {reference:?}"))),
+        [one] => get(
+            conn,
+            &one.parse()
+                .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?,
+        ),
+        [] => Err(StoreError::NotFound(format!(
+            "no device with id or hostname {reference:?}"
+        ))),
         _ => Err(StoreError::Invalid(format!(
             "hostname {reference:?} names {} devices; use a device id",
             ids.len()

@@ -210,3 +210,69 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn a_failing_job_rolls_back_alone_and_the_others_commit() {
+        let (_dir, s) = store();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Submit from many threads at once so the writer groups them.
+        std::thread::scope(|scope| {
+            for i in 0..40 {
+                let s = s.clone();
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let r = s.write_blocking(move |c| {
+                        c.execute(
+                            "INSERT INTO users (name, role, created_by, created_at) VALUES (?1, 'viewer', 't', 0)",
+                            [format!("u{i}")],
+                        )?;
+                        if i % 10 == 0 {
+                            return Err(StoreError::Invalid("refused".into()));
+                        }
+                        Ok(i)
+                    });
+                    tx.send(r.is_ok()).unwrap();
+                });
+            }
+        });
+        drop(tx);
+        let ok = rx.iter().filter(|ok| *ok).count();
+        assert_eq!(ok, 36);
+        let n: i64 = s
+            .read_blocking(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(
+            n, 36,
+            "a failed job's insert survived, or a good one was lost"
+        );
+    }
+
+    #[test]
+    fn a_write_is_visible_to_readers_once_it_returns() {
+        let (_dir, s) = store();
+        for i in 0..20 {
+            s.write_blocking(move |c| {
+                c.execute(
+                    "INSERT INTO users (name, role, created_by, created_at) VALUES (?1, 'viewer', 't', 0)",
+                    [format!("v{i}")],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+            let n: i64 = s
+                .read_blocking(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(n, i + 1);
+        }
+    }
+}

@@ -48,10 +48,16 @@ pub fn snapshot(path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostErro
     let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| HostError::io("resolve opened file", e))?;
     if real != path {
-        return Err(refuse(&format!("resolves through a symbolic link to {}", real.display())));
+        return Err(refuse(&format!(
+            "resolves through a symbolic link to {}",
+            real.display()
+        )));
     }
     if meta.len() > max {
-        return Err(refuse(&format!("is {} bytes, more than the limit of {max}", meta.len())));
+        return Err(refuse(&format!(
+            "is {} bytes, more than the limit of {max}",
+            meta.len()
+        )));
     }
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -72,15 +78,23 @@ pub fn snapshot(path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostErro
         if size > max {
             drop(out);
             let _ = std::fs::remove_file(dest);
-            return Err(refuse(&format!("grew past the limit of {max} bytes while being read")));
+            return Err(refuse(&format!(
+                "grew past the limit of {max} bytes while being read"
+            )));
         }
         ctx.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| HostError::io("write snapshot", e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| HostError::io("write snapshot", e))?;
     }
-    out.sync_all().map_err(|e| HostError::io("sync snapshot", e))?;
+    out.sync_all()
+        .map_err(|e| HostError::io("sync snapshot", e))?;
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(ctx.finish().as_ref());
-    Ok(Snapshot { path: dest.to_owned(), size, sha256 })
+    Ok(Snapshot {
+        path: dest.to_owned(),
+        size,
+        sha256,
+    })
 }
 
 fn libc_flags() -> i32 {
@@ -127,7 +141,9 @@ mod tests {
         ];
         for (name, why) in cases {
             let out = dir.path().join(format!("out-{}", name.replace('/', "_")));
-            let err = snapshot(&dir.path().join(name), 1024, &out).unwrap_err().to_string();
+            let err = snapshot(&dir.path().join(name), 1024, &out)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{name}: {err}");
             assert!(!out.exists(), "{name}: left a snapshot behind");
         }
