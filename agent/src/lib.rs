@@ -7,6 +7,7 @@ pub mod identity;
 pub mod journal;
 pub mod runtime;
 pub mod transport;
+pub mod vault;
 
 use std::path::Path;
 

@@ -124,6 +124,24 @@ pub enum AgentMessage {
     Result(ActionReport),
     Observed(ObservedState),
     Inventory(Inventory),
+    /// Everything in the agent's quarantine vault now: sent after every (re)connect and after
+    /// every quarantine or release.
+    Vault(Vec<VaultEntry>),
+}
+
+/// One file held in an agent's quarantine vault.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VaultEntry {
+    pub id: String,
+    /// Where the file was taken from.
+    pub path: String,
+    /// Lowercase hex of the original bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// Unix milliseconds.
+    pub quarantined_at: i64,
+    /// The quarantine action that put it there.
+    pub action: ActionId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

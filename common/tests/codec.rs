@@ -18,7 +18,7 @@ use palisade_common::frame::{self, FrameError, HEADER_LEN, MAX_FRAME_LEN, WIRE_V
 use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
     AgentMessage, ControllerMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Inventory,
-    ObservedState, Opening, UploadBegin, UploadReply, Welcome,
+    ObservedState, Opening, UploadBegin, UploadReply, VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -311,7 +311,21 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         report().prop_map(AgentMessage::Result),
         observed().prop_map(AgentMessage::Observed),
         inventory().prop_map(AgentMessage::Inventory),
+        short_vec(vault_entry()).prop_map(AgentMessage::Vault),
     ]
+}
+
+fn vault_entry() -> impl Strategy<Value = VaultEntry> {
+    ((text(), text(), text()), any::<u64>(), any::<i64>(), action_id()).prop_map(
+        |((id, path, sha256), size, quarantined_at, action)| VaultEntry {
+            id,
+            path,
+            sha256,
+            size,
+            quarantined_at,
+            action,
+        },
+    )
 }
 
 fn controller_message() -> impl Strategy<Value = ControllerMessage> {
@@ -788,11 +802,11 @@ fn a_frame_cut_short_inside_its_declared_length_is_malformed() {
 
 #[test]
 fn unknown_variants_and_invalid_values_are_refused() {
-    // Variant 6 of AgentMessage does not exist (Heartbeat..Inventory are 0..=5).
+    // Variant 7 of AgentMessage does not exist (Heartbeat..Vault are 0..=6).
     assert!(matches!(
-        decode_err::<AgentMessage>(&framed(&[6, 0])),
+        decode_err::<AgentMessage>(&framed(&[7, 0])),
         FrameError::Codec(CodecError::Decode(DecodeError::UnexpectedVariant {
-            found: 6,
+            found: 7,
             ..
         }))
     ));

@@ -379,6 +379,11 @@ async fn handle_event(
                 .write(move |c| devices::set_inventory(c, &d, &i))
                 .await?;
         }
+        ControllerEvent::Vault(entries) => {
+            ctl.store
+                .write(move |c| devices::set_vault(c, &d, &entries))
+                .await?;
+        }
         ControllerEvent::Closed(reason) => {
             tracing::info!(%device, %reason, "session closed");
         }

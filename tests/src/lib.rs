@@ -77,6 +77,11 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// Starts `cmd` with its output in `log`.
+    pub fn start(cmd: &mut Command, log: PathBuf) -> Proc {
+        Proc::spawn(cmd, log)
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -427,14 +432,55 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts `palisade-agent run` with extra arguments (e.g. `--protect DIR`).
+    pub fn start_with(&mut self, extra: &[&str]) {
+        let mut cmd = Command::new(bin("palisade-agent"));
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .args(extra);
+        self.spawn(cmd);
+    }
+
+    /// Starts the agent in its own mount namespace, with a private tmpfs mounted on `dir`:
+    /// agents on one machine then see different files there, as on different machines. Look
+    /// at that directory through [`Agent::private_path`].
+    pub fn start_with_private_dir(&mut self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs -o mode=0755 palisade-lab \"$0\" && exec \"$@\"")
+            .arg(dir)
+            .arg(bin("palisade-agent"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run");
+        self.spawn(cmd);
+        let pid = self.proc.as_ref().map(Proc::pid).unwrap_or(0);
+        let me = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
+        eventually(Duration::from_secs(10), "the agent's mount namespace", || {
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (ns != me && exe.ends_with("palisade-agent")).then_some(())
+        });
+    }
+
+    /// `path` as the running agent sees it (through its mount namespace).
+    pub fn private_path(&self, path: &Path) -> PathBuf {
+        let pid = self.proc.as_ref().map(Proc::pid).expect("agent running");
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    fn spawn(&mut self, mut cmd: Command) {
         self.runs += 1;
         let log = self
             .state_dir
             .parent()
             .unwrap()
             .join(format!("{}-{}.log", self.name, self.runs));
-        let mut cmd = Command::new(bin("palisade-agent"));
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         self.proc = Some(Proc::spawn(&mut cmd, log));
     }

@@ -42,6 +42,21 @@ pub struct ActionRecord {
     pub undo_of: Option<ActionId>,
     pub undone_by: Option<ActionId>,
     pub artifacts: Vec<ArtifactRef>,
+    /// For a fleet-wide action (no device of its own): how its per-device children stand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children: Option<ChildCounts>,
+}
+
+/// The aggregate of a fleet-wide action's children.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChildCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Not finished yet: awaiting approval, delivery or the device's result.
+    pub pending: u64,
+    /// Ended without running: rejected, cancelled, expired.
+    pub not_run: u64,
 }
 
 impl ActionRecord {
@@ -63,6 +78,20 @@ pub struct NewAction {
     pub comment: String,
     pub external_id: Option<String>,
     pub undo_of: Option<ActionId>,
+    /// The fleet-wide action this one is a per-device child of. Children wait for their
+    /// parent's approval whatever their own group's policy says.
+    pub parent: Option<ActionId>,
+}
+
+/// A fleet-wide request, before its children.
+pub struct NewFleetAction {
+    pub params: ActionParams,
+    pub source: ActionSource,
+    pub requested_by: String,
+    pub comment: String,
+    pub external_id: Option<String>,
+    /// (device, group) of every child.
+    pub devices: Vec<(DeviceId, String)>,
 }
 
 /// Lifetimes from the controller's configuration.
@@ -127,6 +156,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ActionRecord> {
         undo_of: id(28)?,
         undone_by: id(29)?,
         artifacts: vec![],
+        children: None,
     })
 }
 
@@ -140,7 +170,76 @@ pub fn get(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no action {id}")))?;
     rec.artifacts = artifacts(conn, id)?;
+    if rec.device_id.is_none() {
+        rec.children = Some(child_counts(conn, id)?);
+    }
     Ok(rec)
+}
+
+/// How the children of a fleet-wide action stand.
+pub fn child_counts(conn: &Connection, parent: ActionId) -> Result<ChildCounts> {
+    let mut stmt =
+        conn.prepare("SELECT status, count(*) FROM actions WHERE parent_id = ?1 GROUP BY status")?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([parent.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut c = ChildCounts::default();
+    for (status, n) in rows {
+        let n = n as u64;
+        c.total += n;
+        match status.parse::<ActionStatus>() {
+            Ok(ActionStatus::Succeeded | ActionStatus::Undone) => c.succeeded += n,
+            Ok(ActionStatus::Failed | ActionStatus::TimedOut) => c.failed += n,
+            Ok(s) if s.is_final() => c.not_run += n,
+            _ => c.pending += n,
+        }
+    }
+    Ok(c)
+}
+
+/// The children of a fleet-wide action, by id.
+pub fn children(conn: &Connection, parent: ActionId) -> Result<Vec<ActionRecord>> {
+    let mut stmt = conn.prepare("SELECT id FROM actions WHERE parent_id = ?1 ORDER BY id")?;
+    let ids: Vec<i64> = stmt
+        .query_map([parent.0 as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.into_iter().map(|i| get(conn, ActionId(i as u64))).collect()
+}
+
+/// A fleet-wide action ends when its last child does: succeeded if every child succeeded,
+/// failed otherwise. Called after any child changes.
+pub fn settle_parent(conn: &Connection, parent: ActionId) -> Result<()> {
+    let rec = get(conn, parent)?;
+    let Some(c) = rec.children.clone() else {
+        return Ok(());
+    };
+    if c.pending > 0 || !rec.status.is_outstanding() {
+        return Ok(());
+    }
+    let status = if c.succeeded == c.total {
+        ActionStatus::Succeeded
+    } else {
+        ActionStatus::Failed
+    };
+    let summary = format!(
+        "{} devices: {} succeeded, {} failed, {} not run",
+        c.total, c.succeeded, c.failed, c.not_run
+    );
+    let now = now_ms();
+    conn.execute(
+        "UPDATE actions SET status = ?2, finished_at = ?3, result_summary = ?4,
+         started_at = COALESCE(started_at, ?3) WHERE id = ?1",
+        params![parent.0 as i64, status.as_str(), now, summary],
+    )?;
+    audit::append(
+        conn,
+        "controller",
+        status.as_str(),
+        Some(parent),
+        None,
+        &serde_json::json!({"summary": summary}),
+    )?;
+    Ok(())
 }
 
 pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
@@ -178,7 +277,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
     let now = now_ms();
     conn.execute(
         "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, external_id,
-         created_at, expires_at, undo_of) VALUES (?1, ?2, ?3, ?4, 'pending_approval', ?5, ?6, ?7, ?8, ?9, ?10)",
+         created_at, expires_at, undo_of, parent_id) VALUES (?1, ?2, ?3, ?4, 'pending_approval', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             new.params.kind().as_str(),
             serde_json::to_string(&new.params)?,
@@ -190,6 +289,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
             now,
             now + deadlines.approval_ms,
             new.undo_of.map(|a| a.0 as i64),
+            new.parent.map(|a| a.0 as i64),
         ],
     )?;
     let id = ActionId(conn.last_insert_rowid() as u64);
@@ -200,9 +300,10 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
         Some(id),
         Some(&new.device),
         &serde_json::json!({"kind": new.params.kind(), "params": new.params, "source": new.source,
-            "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of}),
+            "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of,
+            "parent": new.parent}),
     )?;
-    if !policy.require_approval {
+    if !policy.require_approval && new.parent.is_none() {
         conn.execute(
             "UPDATE actions SET status = 'approved', decided_by = 'policy', decided_at = ?2,
              decision_comment = 'approval not required by policy', deadline_at = ?3 WHERE id = ?1",
@@ -220,6 +321,81 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
     get(conn, id)
 }
 
+/// Creates a fleet-wide action: a parent without a device, which never goes to an agent, and
+/// one child per device. The parent needs approval unless no child's group policy asks for
+/// it; deciding the parent decides its pending children. Returns the parent, then the
+/// children.
+pub fn create_fleet(
+    conn: &Connection,
+    new: NewFleetAction,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    if new.devices.is_empty() {
+        return Err(StoreError::Invalid("a fleet-wide action needs at least one device".into()));
+    }
+    let kind = new.params.kind();
+    let mut require_approval = false;
+    for (_, group) in &new.devices {
+        require_approval |= policy_for(conn, group, kind)?.require_approval;
+    }
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, external_id,
+         created_at, expires_at) VALUES (?1, ?2, NULL, ?3, 'pending_approval', ?4, ?5, ?6, ?7, ?8)",
+        params![
+            kind.as_str(),
+            serde_json::to_string(&new.params)?,
+            new.source.as_str(),
+            new.requested_by,
+            new.comment,
+            new.external_id,
+            now,
+            now + deadlines.approval_ms,
+        ],
+    )?;
+    let parent = ActionId(conn.last_insert_rowid() as u64);
+    audit::append(
+        conn,
+        &new.requested_by,
+        "requested",
+        Some(parent),
+        None,
+        &serde_json::json!({"kind": kind, "params": new.params, "source": new.source,
+            "comment": new.comment, "external_id": new.external_id, "fleet": true,
+            "devices": new.devices.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>()}),
+    )?;
+    let mut ids = vec![parent];
+    for (device, group) in new.devices {
+        let child = create(
+            conn,
+            NewAction {
+                params: new.params.clone(),
+                device,
+                device_group: group,
+                source: new.source,
+                requested_by: new.requested_by.clone(),
+                comment: new.comment.clone(),
+                external_id: new.external_id.clone(),
+                undo_of: None,
+                parent: Some(parent),
+            },
+            deadlines,
+        )?;
+        ids.push(child.id);
+    }
+    if !require_approval {
+        return decide_unchecked(
+            conn,
+            &[parent],
+            "policy",
+            true,
+            "approval not required by policy",
+            deadlines,
+        );
+    }
+    ids.iter().map(|&id| get(conn, id)).collect()
+}
+
 /// Approves or rejects a set of pending actions, all or none: they must all exist, be pending,
 /// be of one kind, and — where policy asks for four eyes — not be the decider's own requests.
 pub fn decide(
@@ -233,10 +409,7 @@ pub fn decide(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids
-        .iter()
-        .map(|&id| get(conn, id))
-        .collect::<Result<Vec<_>>>()?;
+    let records = with_children(conn, ids)?;
     let kind = records[0].kind;
     if let Some(other) = records.iter().find(|r| r.kind != kind) {
         return Err(StoreError::Conflict(format!(
@@ -255,6 +428,9 @@ pub fn decide(
                 r.id, r.status
             )));
         }
+        if r.device_id.is_none() {
+            continue; // a fleet-wide parent: its children carry the groups
+        }
         let group = r.device_group.as_deref().unwrap_or("default");
         let policy: Policy = policy_for(conn, group, r.kind)?;
         if approve && policy.distinct_approver && r.requested_by == actor {
@@ -264,6 +440,38 @@ pub fn decide(
             )));
         }
     }
+    let ids: Vec<ActionId> = records.iter().map(|r| r.id).collect();
+    decide_unchecked(conn, &ids, actor, approve, comment, deadlines)
+}
+
+/// The actions named, and for a fleet-wide parent its children still pending approval.
+fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord>> {
+    let mut records = Vec::new();
+    for &id in ids {
+        let r = get(conn, id)?;
+        let parent = r.device_id.is_none();
+        records.push(r);
+        if parent {
+            for c in children(conn, id)? {
+                if c.status == ActionStatus::PendingApproval && !ids.contains(&c.id) {
+                    records.push(c);
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Moves checked, pending actions to approved or rejected (a parent's children included).
+fn decide_unchecked(
+    conn: &Connection,
+    ids: &[ActionId],
+    actor: &str,
+    approve: bool,
+    comment: &str,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    let records = with_children(conn, ids)?;
     let now = now_ms();
     let (status, event) = if approve {
         (ActionStatus::Approved, "approved")
@@ -276,6 +484,13 @@ pub fn decide(
              deadline_at = CASE WHEN ?2 = 'approved' THEN ?6 ELSE NULL END WHERE id = ?1",
             params![r.id.0 as i64, status.as_str(), actor, now, comment, now + deadlines.delivery_ms],
         )?;
+        if r.device_id.is_none() {
+            // A parent never goes to a device: it ends with its children, not by a deadline.
+            conn.execute(
+                "UPDATE actions SET deadline_at = NULL WHERE id = ?1",
+                [r.id.0 as i64],
+            )?;
+        }
         audit::append(
             conn,
             actor,
@@ -285,7 +500,7 @@ pub fn decide(
             &serde_json::json!({"comment": comment}),
         )?;
     }
-    ids.iter().map(|&id| get(conn, id)).collect()
+    records.iter().map(|r| get(conn, r.id)).collect()
 }
 
 /// Cancels actions not yet delivered. `any_requester` is false for callers who may cancel only
@@ -300,10 +515,20 @@ pub fn cancel(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids
+    let mut records = ids
         .iter()
         .map(|&id| get(conn, id))
         .collect::<Result<Vec<_>>>()?;
+    // A fleet-wide parent takes its children not yet delivered with it.
+    for &id in ids {
+        if records.iter().any(|r| r.id == id && r.device_id.is_none()) {
+            for c in children(conn, id)? {
+                if c.status.can_move_to(ActionStatus::Cancelled) && !ids.contains(&c.id) {
+                    records.push(c);
+                }
+            }
+        }
+    }
     for r in &records {
         if !r.status.can_move_to(ActionStatus::Cancelled) {
             return Err(StoreError::Conflict(format!(
@@ -334,7 +559,7 @@ pub fn cancel(
             &serde_json::json!({"comment": comment}),
         )?;
     }
-    ids.iter().map(|&id| get(conn, id)).collect()
+    records.iter().map(|r| get(conn, r.id)).collect()
 }
 
 /// Approved, unfinished actions of a device, oldest first: what a (re)connecting agent gets.
@@ -484,6 +709,9 @@ pub fn result(
             )?;
         }
     }
+    if let Some(parent) = rec.parent_id {
+        settle_parent(conn, parent)?;
+    }
     Ok((get(conn, report.id)?, true))
 }
 
@@ -526,6 +754,9 @@ pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
             rec.device_id.as_ref(),
             &serde_json::json!({"reason": reason}),
         )?;
+        if let Some(parent) = rec.parent_id {
+            settle_parent(conn, parent)?;
+        }
         changed.push(rec);
     }
     Ok(changed)
@@ -650,6 +881,9 @@ pub fn list(
     let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
     for rec in &mut out {
         rec.artifacts = artifacts(conn, rec.id)?;
+        if rec.device_id.is_none() {
+            rec.children = Some(child_counts(conn, rec.id)?);
+        }
     }
     Ok((out, total as u64))
 }

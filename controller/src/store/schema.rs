@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 const V1: &str = r#"
@@ -120,6 +120,13 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// Issue 4: each device's quarantine vault as its agent last reported it.
+const V2: &str = r#"
+ALTER TABLE devices ADD COLUMN vault TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE devices ADD COLUMN vault_reported_at INTEGER;
+CREATE INDEX actions_by_parent ON actions(parent_id);
 "#;
 
 #[cfg(test)]
