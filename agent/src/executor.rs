@@ -452,7 +452,13 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
         assert_eq!(detail["files"].as_array().unwrap().len(), 2);
-        assert!(ex.host().files.lock().unwrap().contains_key(Path::new("/opt/b/good")));
+        assert!(
+            ex.host()
+                .files
+                .lock()
+                .unwrap()
+                .contains_key(Path::new("/opt/b/good"))
+        );
         // After a restart the search finds nothing, the vault still has both.
         let (again, _) = ex.run(&q);
         let d2: serde_json::Value = serde_json::from_str(&again.detail).unwrap();
@@ -506,7 +512,10 @@ mod tests {
         };
         let (r, _) = ex.run(&rel(4));
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
-        assert_eq!(ex.host().files.lock().unwrap()[Path::new("/bin/evil")], b"MZ");
+        assert_eq!(
+            ex.host().files.lock().unwrap()[Path::new("/bin/evil")],
+            b"MZ"
+        );
         // Re-run after a restart: the tombstone answers.
         let (again, _) = ex.run(&rel(4));
         assert_eq!(again.outcome, Outcome::Succeeded, "{}", again.summary);

@@ -166,7 +166,11 @@ fn vault(state_dir: &std::path::Path, command: VaultCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drill(state_dir: &std::path::Path, path: &std::path::Path, moves: Option<u64>) -> anyhow::Result<()> {
+fn drill(
+    state_dir: &std::path::Path,
+    path: &std::path::Path,
+    moves: Option<u64>,
+) -> anyhow::Result<()> {
     use palisade_agent::host::Host;
     let host = LinuxHost::new(state_dir.to_owned(), vec![]);
     host.vault_recover()?;

@@ -457,7 +457,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json_out {
                 print(&v)?;
             } else {
-                let mut t = Table::new(&["entry", "path", "sha256", "size", "quarantined", "action"]);
+                let mut t =
+                    Table::new(&["entry", "path", "sha256", "size", "quarantined", "action"]);
                 for e in v["entries"].as_array().into_iter().flatten() {
                     t.row(vec![
                         text(&e["id"]),

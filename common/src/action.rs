@@ -625,7 +625,11 @@ mod tests {
         };
         assert!(q(Some("/tmp/x"), None, &[]).is_ok());
         assert!(q(None, Some(&sha), &["/opt"]).is_ok());
-        assert!(q(None, Some(&sha), &[]).unwrap_err().contains("search root"));
+        assert!(
+            q(None, Some(&sha), &[])
+                .unwrap_err()
+                .contains("search root")
+        );
         assert!(q(None, None, &[]).is_err());
         assert!(q(None, Some("ABC"), &["/"]).unwrap_err().contains("hex"));
         assert!(q(Some("rel/x"), None, &[]).is_err());

@@ -316,16 +316,22 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
 }
 
 fn vault_entry() -> impl Strategy<Value = VaultEntry> {
-    ((text(), text(), text()), any::<u64>(), any::<i64>(), action_id()).prop_map(
-        |((id, path, sha256), size, quarantined_at, action)| VaultEntry {
-            id,
-            path,
-            sha256,
-            size,
-            quarantined_at,
-            action,
-        },
+    (
+        (text(), text(), text()),
+        any::<u64>(),
+        any::<i64>(),
+        action_id(),
     )
+        .prop_map(
+            |((id, path, sha256), size, quarantined_at, action)| VaultEntry {
+                id,
+                path,
+                sha256,
+                size,
+                quarantined_at,
+                action,
+            },
+        )
 }
 
 fn controller_message() -> impl Strategy<Value = ControllerMessage> {

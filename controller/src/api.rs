@@ -319,7 +319,15 @@ async fn show_action(
             Ok((rec, audit::list(c, Some(id), 1000)?, children))
         })
         .await?;
-    if !who.sees_group(rec.device_group.as_deref().unwrap_or("default")) {
+    // A fleet-wide parent is visible to whoever sees one of its children.
+    let visible = if rec.device_id.is_none() {
+        children
+            .iter()
+            .any(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
+    } else {
+        who.sees_group(rec.device_group.as_deref().unwrap_or("default"))
+    };
+    if !visible {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

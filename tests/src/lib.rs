@@ -461,11 +461,15 @@ impl Agent {
         self.spawn(cmd);
         let pid = self.proc.as_ref().map(Proc::pid).unwrap_or(0);
         let me = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
-        eventually(Duration::from_secs(10), "the agent's mount namespace", || {
-            let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-            (ns != me && exe.ends_with("palisade-agent")).then_some(())
-        });
+        eventually(
+            Duration::from_secs(10),
+            "the agent's mount namespace",
+            || {
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                (ns != me && exe.ends_with("palisade-agent")).then_some(())
+            },
+        );
     }
 
     /// `path` as the running agent sees it (through its mount namespace).

@@ -91,7 +91,10 @@ impl Host for FakeHost {
             .ok_or_else(|| HostError::Refused(format!("{}: does not exist", path.display())))?;
         let hash = sha(bytes);
         if expect_sha256.is_some_and(|w| w != hash) {
-            return Err(HostError::Refused(format!("{}: other hash", path.display())));
+            return Err(HostError::Refused(format!(
+                "{}: other hash",
+                path.display()
+            )));
         }
         let meta = EntryMeta {
             id: entry.into(),
@@ -175,7 +178,13 @@ impl Host for FakeHost {
     }
 
     fn vault_entries(&self) -> Result<Vec<EntryMeta>, HostError> {
-        Ok(self.vault.lock().unwrap().iter().map(|(m, _)| m.clone()).collect())
+        Ok(self
+            .vault
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect())
     }
 
     fn vault_released(&self) -> Result<Vec<Released>, HostError> {

@@ -203,7 +203,9 @@ pub fn children(conn: &Connection, parent: ActionId) -> Result<Vec<ActionRecord>
     let ids: Vec<i64> = stmt
         .query_map([parent.0 as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    ids.into_iter().map(|i| get(conn, ActionId(i as u64))).collect()
+    ids.into_iter()
+        .map(|i| get(conn, ActionId(i as u64)))
+        .collect()
 }
 
 /// A fleet-wide action ends when its last child does: succeeded if every child succeeded,
@@ -331,7 +333,9 @@ pub fn create_fleet(
     deadlines: Deadlines,
 ) -> Result<Vec<ActionRecord>> {
     if new.devices.is_empty() {
-        return Err(StoreError::Invalid("a fleet-wide action needs at least one device".into()));
+        return Err(StoreError::Invalid(
+            "a fleet-wide action needs at least one device".into(),
+        ));
     }
     let kind = new.params.kind();
     let mut require_approval = false;
@@ -914,5 +918,173 @@ impl Where {
         } else {
             format!("WHERE {}", self.clauses.join(" AND "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, devices};
+    use palisade_common::action::QuarantineParams;
+    use palisade_common::wire::{Inventory, VaultEntry};
+
+    const D: Deadlines = Deadlines {
+        approval_ms: 60_000,
+        delivery_ms: 60_000,
+    };
+
+    fn report(id: ActionId, outcome: Outcome) -> ActionReport {
+        ActionReport {
+            id,
+            outcome,
+            summary: "done".into(),
+            detail: "{}".into(),
+            artifacts: vec![],
+        }
+    }
+
+    #[test]
+    fn approving_a_fleet_parent_approves_its_children_and_it_ends_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let devs: Vec<DeviceId> =
+                    (1..=2u8).map(|n| DeviceId::from_random([n; 16])).collect();
+                for (i, d) in devs.iter().enumerate() {
+                    let inv = Inventory {
+                        hostname: format!("h{i}"),
+                        ..Default::default()
+                    };
+                    devices::insert(
+                        c,
+                        d,
+                        "default",
+                        "1",
+                        &[ActionKind::Quarantine],
+                        &inv,
+                        "s",
+                        1,
+                    )?;
+                }
+                let params = ActionParams::Quarantine(QuarantineParams {
+                    path: None,
+                    sha256: Some("ab".repeat(32)),
+                    roots: vec!["/opt".into()],
+                });
+                let created = create_fleet(
+                    c,
+                    NewFleetAction {
+                        params,
+                        source: ActionSource::ManualDeviceAction,
+                        requested_by: "alice".into(),
+                        comment: "outbreak".into(),
+                        external_id: None,
+                        devices: devs.iter().map(|d| (d.clone(), "default".into())).collect(),
+                    },
+                    D,
+                )?;
+                let (parent, kids) = (created[0].id, [created[1].id, created[2].id]);
+                assert!(created[0].device_id.is_none());
+                assert_eq!(created[0].status, ActionStatus::PendingApproval);
+                assert_eq!(created[0].children.as_ref().unwrap().pending, 2);
+                assert!(
+                    created[1..].iter().all(|c| c.parent_id == Some(parent)
+                        && c.status == ActionStatus::PendingApproval)
+                );
+                // Children wait for their parent: nothing is delivered yet.
+                assert!(outstanding(c, &devs[0])?.is_empty());
+
+                let decided = decide(c, &[parent], "bob", true, "go", D)?;
+                assert_eq!(decided.len(), 3);
+                assert!(decided.iter().all(|r| r.status == ActionStatus::Approved));
+                assert_eq!(
+                    get(c, parent)?.deadline_at,
+                    None,
+                    "a parent never times out"
+                );
+                assert_eq!(outstanding(c, &devs[0])?.len(), 1);
+                assert_eq!(outstanding(c, &devs[0])?[0].id, kids[0]);
+
+                result(c, &devs[0], &report(kids[0], Outcome::Succeeded))?;
+                let p = get(c, parent)?;
+                assert_eq!(p.status, ActionStatus::Approved);
+                let counts = p.children.unwrap();
+                assert_eq!((counts.succeeded, counts.pending), (1, 1));
+
+                result(c, &devs[1], &report(kids[1], Outcome::Failed))?;
+                let p = get(c, parent)?;
+                assert_eq!(p.status, ActionStatus::Failed);
+                assert_eq!(
+                    p.result_summary.as_deref(),
+                    Some("2 devices: 1 succeeded, 1 failed, 0 not run")
+                );
+                // A late sweep changes nothing.
+                assert!(sweep(c, i64::MAX)?.is_empty());
+
+                // The devices' vault listings decide who holds a hash.
+                let entry = |sha: &str| VaultEntry {
+                    id: "q1-abc".into(),
+                    path: "/opt/x".into(),
+                    sha256: sha.into(),
+                    size: 1,
+                    quarantined_at: 1,
+                    action: kids[0],
+                };
+                devices::set_vault(c, &devs[0], &[entry(&"ab".repeat(32))])?;
+                devices::set_vault(c, &devs[1], &[entry(&"cd".repeat(32))])?;
+                assert_eq!(
+                    devices::holding(c, &"ab".repeat(32))?,
+                    vec![devs[0].clone()]
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn rejecting_or_cancelling_a_parent_takes_its_pending_children_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let d = DeviceId::from_random([7; 16]);
+                devices::insert(
+                    c,
+                    &d,
+                    "default",
+                    "1",
+                    &[ActionKind::Quarantine],
+                    &Inventory::default(),
+                    "s",
+                    1,
+                )?;
+                let new = || NewFleetAction {
+                    params: ActionParams::Quarantine(QuarantineParams {
+                        path: Some("/tmp/x".into()),
+                        sha256: None,
+                        roots: vec![],
+                    }),
+                    source: ActionSource::ManualDeviceAction,
+                    requested_by: "alice".into(),
+                    comment: "c".into(),
+                    external_id: None,
+                    devices: vec![(d.clone(), "default".into())],
+                };
+                let a = create_fleet(c, new(), D)?;
+                let rejected = decide(c, &[a[0].id], "bob", false, "no", D)?;
+                assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
+                assert_eq!(rejected.len(), 2);
+                let b = create_fleet(c, new(), D)?;
+                let cancelled = cancel(c, &[b[0].id], "alice", "oops", false)?;
+                assert_eq!(cancelled.len(), 2);
+                assert!(
+                    cancelled
+                        .iter()
+                        .all(|r| r.status == ActionStatus::Cancelled)
+                );
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -26,7 +26,10 @@ impl LinuxHost {
     /// A host whose vault is in `state_dir`, refusing to quarantine the default protected
     /// paths and `extra_protected`.
     pub fn new(state_dir: PathBuf, extra_protected: Vec<PathBuf>) -> LinuxHost {
-        let mut paths: Vec<PathBuf> = target::DEFAULT_PROTECTED.iter().map(PathBuf::from).collect();
+        let mut paths: Vec<PathBuf> = target::DEFAULT_PROTECTED
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         paths.extend(extra_protected);
         LinuxHost {
             protection: Protection { state_dir, paths },

@@ -17,7 +17,8 @@ use nix::sys::statfs::{PROC_SUPER_MAGIC, SYSFS_MAGIC, fstatfs};
 use crate::host::HostError;
 
 /// The paths refused besides the agent's own: the boot chain, the account databases, the
-/// service manager.
+/// service manager, kernel modules. (`/dev` and `/run` are not on it: device nodes and sockets
+/// are refused by type, and `/dev/shm` and `/run/user` are where droppers hide.)
 pub const DEFAULT_PROTECTED: &[&str] = &[
     "/boot",
     "/etc/passwd",
@@ -33,8 +34,6 @@ pub const DEFAULT_PROTECTED: &[&str] = &[
     "/usr/bin/systemctl",
     "/lib/modules",
     "/usr/lib/modules",
-    "/dev",
-    "/run",
 ];
 
 /// What may never be quarantined, beyond `/proc` and `/sys`.
@@ -86,7 +85,10 @@ pub fn open(path: &Path, protection: &Protection) -> Result<Target, HostError> {
     };
     for special in ["/proc", "/sys"] {
         if path.starts_with(special) {
-            return Err(refuse(path, format!("is under {special}, which is refused")));
+            return Err(refuse(
+                path,
+                format!("is under {special}, which is refused"),
+            ));
         }
     }
     if !protection.state_dir.as_os_str().is_empty() {
@@ -197,7 +199,11 @@ fn inode_flags(fd: i32) -> i64 {
     let mut flags: nix::libc::c_long = 0;
     // SAFETY: FS_IOC_GETFLAGS writes at most a long into `flags`, which lives for the call.
     let rc = unsafe { nix::libc::ioctl(fd, nix::libc::FS_IOC_GETFLAGS, &mut flags) };
-    if rc == 0 { flags as i64 & 0xffff_ffff } else { 0 }
+    if rc == 0 {
+        flags as i64 & 0xffff_ffff
+    } else {
+        0
+    }
 }
 
 /// Syncs a directory given as an `O_PATH` descriptor (fsync needs a real one).

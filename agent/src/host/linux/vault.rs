@@ -215,7 +215,18 @@ impl Vault {
         // Commit: from here on the vault copy is the file.
         std::fs::rename(&tmp, self.file(id, "bin")).map_err(io("commit vault entry"))?;
         self.sync()?;
-        unlink_original(t, &meta)?;
+        if let Err(e) = unlink_original(t, &meta) {
+            // The file stays where it is: drop the copy, or a later recovery would finish a
+            // move this action reported as failed.
+            if target::stat_at(&t.dir, &t.name)
+                .is_some_and(|st| (st.st_dev, st.st_ino) == (meta.dev, meta.ino))
+            {
+                self.remove(id, "bin")?;
+                self.remove(id, "meta")?;
+                self.sync()?;
+            }
+            return Err(e);
+        }
         Ok(meta)
     }
 
@@ -329,15 +340,15 @@ impl Vault {
             temp: temp.to_string_lossy().into_owned(),
             overwrite,
         };
-        if !overwrite && let Some(existing) = target::stat_at(&dir, &name) {
-            if !(target::is_regular(&existing)
+        if !overwrite
+            && let Some(existing) = target::stat_at(&dir, &name)
+            && !(target::is_regular(&existing)
                 && hash_at(&dir, &name).is_some_and(|h| h == meta.sha256))
-            {
-                return Err(HostError::Refused(format!(
-                    "{}: a different file is there; release with overwrite, or to another path",
-                    dest.display()
-                )));
-            }
+        {
+            return Err(HostError::Refused(format!(
+                "{}: a different file is there; release with overwrite, or to another path",
+                dest.display()
+            )));
         }
         self.write_json(id, "release", &intent)?;
         match self.restore(&meta, &dir, &name, &temp, overwrite, &dest) {
@@ -376,7 +387,10 @@ impl Vault {
                 .mode(target::mode(0o600))
                 .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH),
         )
-        .map_err(errno(format!("cannot create a file next to {}", dest.display())))?;
+        .map_err(errno(format!(
+            "cannot create a file next to {}",
+            dest.display()
+        )))?;
         let mut out = File::from(fd);
         let (size, sha) = decode_hash(&self.file(&meta.id, "bin"), Some(&mut out))?;
         if size != meta.size || sha != meta.sha256 {
@@ -707,12 +721,7 @@ fn read_xattrs(fd: i32) -> Vec<(String, String)> {
         let mut value = vec![0u8; 64 * 1024];
         // SAFETY: as above, the buffer outlives the call and its length is passed.
         let len = unsafe {
-            nix::libc::fgetxattr(
-                fd,
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
+            nix::libc::fgetxattr(fd, cname.as_ptr(), value.as_mut_ptr().cast(), value.len())
         };
         if len >= 0 {
             value.truncate(len as usize);
@@ -728,9 +737,8 @@ fn read_xattrs(fd: i32) -> Vec<(String, String)> {
 fn set_xattr(fd: i32, name: &str, value: &[u8]) -> std::io::Result<()> {
     let cname = CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: name is NUL-terminated and value's pointer and length describe a live slice.
-    let rc = unsafe {
-        nix::libc::fsetxattr(fd, cname.as_ptr(), value.as_ptr().cast(), value.len(), 0)
-    };
+    let rc =
+        unsafe { nix::libc::fsetxattr(fd, cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if rc == 0 {
         Ok(())
     } else {
