@@ -241,7 +241,10 @@ mod tests {
         transform(&mut one, 77);
         for (i, (o, e)) in original.iter().zip(&one).enumerate() {
             let pos = 77 + i as u64;
-            assert_eq!(*o ^ KEY[(pos % 64) as usize] ^ ((pos / 64) as u8).wrapping_mul(0x9d), *e);
+            assert_eq!(
+                *o ^ KEY[(pos % 64) as usize] ^ ((pos / 64) as u8).wrapping_mul(0x9d),
+                *e
+            );
         }
     }
 
