@@ -148,7 +148,11 @@ impl Vault {
         let mut out = Vec::new();
         for (id, files) in self.scan()? {
             if files.bin && files.meta && !files.done {
-                out.push(self.meta(&id)?);
+                match self.meta(&id) {
+                    Ok(m) => out.push(m),
+                    // Listed by recovery for an operator; never hides the other entries.
+                    Err(e) => tracing::warn!(entry = %id, error = %e, "unreadable vault entry"),
+                }
             }
         }
         out.sort_by(|a, b| (a.quarantined_at, &a.id).cmp(&(b.quarantined_at, &b.id)));
