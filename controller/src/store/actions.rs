@@ -438,8 +438,22 @@ pub fn result(
     report: &ActionReport,
 ) -> Result<(ActionRecord, bool)> {
     let rec = owned(conn, device, report.id)?;
+    // A success that names an artifact the controller does not hold (same name and hash) is
+    // not a success: the operator would find nothing to download.
+    let stored = artifacts(conn, report.id)?;
+    let missing: Vec<&str> = report
+        .artifacts
+        .iter()
+        .filter(|a| !stored.iter().any(|s| s.name == a.name && s.sha256 == a.sha256))
+        .map(|a| a.name.as_str())
+        .collect();
+    let mut summary = report.summary.clone();
     let status = match report.outcome {
-        Outcome::Succeeded => ActionStatus::Succeeded,
+        Outcome::Succeeded if missing.is_empty() => ActionStatus::Succeeded,
+        Outcome::Succeeded => {
+            summary = format!("{summary}; artifact {} was not received", missing.join(", "));
+            ActionStatus::Failed
+        }
         Outcome::Failed => ActionStatus::Failed,
     };
     if !rec.status.can_move_to(status) {
@@ -455,7 +469,7 @@ pub fn result(
             report.id.0 as i64,
             status.as_str(),
             now,
-            report.summary,
+            summary,
             detail.to_string()
         ],
     )?;
@@ -465,7 +479,7 @@ pub fn result(
         status.as_str(),
         Some(report.id),
         Some(device),
-        &serde_json::json!({"summary": report.summary, "artifacts": report.artifacts}),
+        &serde_json::json!({"summary": summary, "artifacts": report.artifacts}),
     )?;
     if let Some(original) = rec.undo_of.filter(|_| status == ActionStatus::Succeeded) {
         let orig = get(conn, original)?;
