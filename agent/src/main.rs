@@ -1,27 +1,22 @@
-//! `palisade-agent`: enroll this device, then run.
+//! `palisade-agent`: enroll this device, run, or validate the configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use palisade_agent::config::FileConfig;
 use palisade_agent::host::linux::LinuxHost;
-use palisade_agent::runtime::{self, Exit, Settings};
+use palisade_agent::runtime::{self, Exit};
 
 #[derive(Parser)]
-#[command(
-    name = "palisade-agent",
-    version,
-    about = "Palisade agent: carries out response actions on this device"
-)]
+#[command(name = "palisade-agent", version, about = "Palisade agent: carries out response actions on this device")]
 struct Cli {
-    /// Directory for the identity, journal and spool.
-    #[arg(
-        long,
-        global = true,
-        env = "PALISADE_STATE_DIR",
-        default_value = "/var/lib/palisade-agent"
-    )]
-    state_dir: PathBuf,
+    /// TOML configuration file; flags override it.
+    #[arg(long, global = true, env = "PALISADE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the identity, journal and spool [default: /var/lib/palisade-agent].
+    #[arg(long, global = true, env = "PALISADE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +29,7 @@ enum Command {
         #[arg(long)]
         controller: String,
         /// An enrolment token from `palisadectl enroll-token create`.
-        #[arg(long, env = "PALISADE_ENROLL_TOKEN")]
+        #[arg(long, env = "PALISADE_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
         /// SHA-256 of the controller's CA certificate, as the controller prints it.
         #[arg(long)]
@@ -42,10 +37,12 @@ enum Command {
     },
     /// Run: keep a session with the controller and carry out actions.
     Run {
-        /// Largest file a sample request may upload, in bytes.
-        #[arg(long, default_value_t = 256 << 20)]
-        max_sample: u64,
+        /// Largest file a sample request may upload, in bytes [default: 256 MiB].
+        #[arg(long)]
+        max_sample: Option<u64>,
     },
+    /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
+    Validate,
 }
 
 fn main() -> ExitCode {
@@ -58,53 +55,48 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("palisade-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Enroll {
-                controller,
-                token,
-                ca_sha256,
-            } => {
-                let id = palisade_agent::enroll(
-                    &cli.state_dir,
-                    &controller,
-                    &token,
-                    &ca_sha256,
-                    &LinuxHost,
-                )
-                .await?;
-                println!("enrolled as device {}", id.info.device_id);
-                Ok(())
-            }
-            Command::Run { max_sample } => {
-                let mut settings = Settings::new(cli.state_dir.clone());
-                settings.max_sample = max_sample;
-                match runtime::run(settings, LinuxHost).await? {
-                    Exit::Stopped => eprintln!("palisade-agent: stopped"),
-                    Exit::Offboarded => {
-                        eprintln!("palisade-agent: offboarded; identity and journal erased")
-                    }
-                }
-                Ok::<(), anyhow::Error>(())
-            }
-        }
-    });
-    match result {
+    match main_result(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn main_result(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let max_sample = match &cli.command {
+        Command::Run { max_sample } => *max_sample,
+        _ => None,
+    };
+    let settings = file.resolve(FileConfig { state_dir: cli.state_dir, max_sample })?;
+    if let Command::Validate = cli.command {
+        let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
+        println!(
+            "configuration valid: state_dir {}, enrolled as device {} with controller {}",
+            settings.state_dir.display(),
+            identity.info.device_id,
+            identity.info.controller
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Enroll { controller, token, ca_sha256 } => {
+                let id = palisade_agent::enroll(&settings.state_dir, &controller, &token, &ca_sha256, &LinuxHost).await?;
+                println!("enrolled as device {}", id.info.device_id);
+            }
+            Command::Run { .. } => match runtime::run(settings, LinuxHost).await? {
+                Exit::Stopped => eprintln!("palisade-agent: stopped"),
+                Exit::Offboarded => eprintln!("palisade-agent: offboarded; identity and journal erased"),
+            },
+            Command::Validate => unreachable!("handled above"),
+        }
+        Ok(())
+    })
 }
