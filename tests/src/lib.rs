@@ -8,6 +8,7 @@
 //! let device = agent.device_id();
 //! ```
 
+pub mod deb;
 pub mod proxy;
 
 use std::io::Read;
