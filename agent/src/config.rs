@@ -22,14 +22,19 @@ impl FileConfig {
     }
 
     pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        FileConfig::parse(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        FileConfig::parse(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
     }
 
     /// Applies `overrides` (from flags) on top of the file, then defaults, and checks the
     /// result.
     pub fn resolve(self, overrides: FileConfig) -> Result<Settings> {
-        let state_dir = overrides.state_dir.or(self.state_dir).unwrap_or_else(|| "/var/lib/palisade-agent".into());
+        let state_dir = overrides
+            .state_dir
+            .or(self.state_dir)
+            .unwrap_or_else(|| "/var/lib/palisade-agent".into());
         let mut settings = Settings::new(std::path::absolute(&state_dir)?);
         if let Some(v) = overrides.max_sample.or(self.max_sample) {
             if v == 0 {
@@ -48,7 +53,10 @@ mod tests {
     #[test]
     fn the_packaged_default_config_parses_and_resolves() {
         let text = include_str!("../../packaging/etc/agent.toml");
-        let s = FileConfig::parse(text).unwrap().resolve(FileConfig::default()).unwrap();
+        let s = FileConfig::parse(text)
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/palisade-agent"));
         assert_eq!(s.max_sample, 256 << 20);
     }
@@ -56,10 +64,20 @@ mod tests {
     #[test]
     fn flags_override_the_file_and_mistakes_are_named() {
         let file = FileConfig::parse("max_sample = 10\nstate_dir = \"/srv/a\"").unwrap();
-        let s = file.resolve(FileConfig { max_sample: Some(20), ..Default::default() }).unwrap();
+        let s = file
+            .resolve(FileConfig {
+                max_sample: Some(20),
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!((s.max_sample, s.state_dir), (20, PathBuf::from("/srv/a")));
         let err = FileConfig::parse("state = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `state`"), "{err}");
-        assert!(FileConfig::parse("max_sample = 0").unwrap().resolve(FileConfig::default()).is_err());
+        assert!(
+            FileConfig::parse("max_sample = 0")
+                .unwrap()
+                .resolve(FileConfig::default())
+                .is_err()
+        );
     }
 }

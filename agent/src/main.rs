@@ -9,7 +9,11 @@ use palisade_agent::host::linux::LinuxHost;
 use palisade_agent::runtime::{self, Exit};
 
 #[derive(Parser)]
-#[command(name = "palisade-agent", version, about = "Palisade agent: carries out response actions on this device")]
+#[command(
+    name = "palisade-agent",
+    version,
+    about = "Palisade agent: carries out response actions on this device"
+)]
 struct Cli {
     /// TOML configuration file; flags override it.
     #[arg(long, global = true, env = "PALISADE_AGENT_CONFIG")]
@@ -73,7 +77,10 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         Command::Run { max_sample } => *max_sample,
         _ => None,
     };
-    let settings = file.resolve(FileConfig { state_dir: cli.state_dir, max_sample })?;
+    let settings = file.resolve(FileConfig {
+        state_dir: cli.state_dir,
+        max_sample,
+    })?;
     if let Command::Validate = cli.command {
         let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
         println!(
@@ -84,16 +91,32 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Enroll { controller, token, ca_sha256 } => {
-                let id = palisade_agent::enroll(&settings.state_dir, &controller, &token, &ca_sha256, &LinuxHost).await?;
+            Command::Enroll {
+                controller,
+                token,
+                ca_sha256,
+            } => {
+                let id = palisade_agent::enroll(
+                    &settings.state_dir,
+                    &controller,
+                    &token,
+                    &ca_sha256,
+                    &LinuxHost,
+                )
+                .await?;
                 println!("enrolled as device {}", id.info.device_id);
             }
             Command::Run { .. } => match runtime::run(settings, LinuxHost).await? {
                 Exit::Stopped => eprintln!("palisade-agent: stopped"),
-                Exit::Offboarded => eprintln!("palisade-agent: offboarded; identity and journal erased"),
+                Exit::Offboarded => {
+                    eprintln!("palisade-agent: offboarded; identity and journal erased")
+                }
             },
             Command::Validate => unreachable!("handled above"),
         }

@@ -31,15 +31,20 @@ impl FileConfig {
     }
 
     pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        FileConfig::parse(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        FileConfig::parse(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
     }
 
     /// Applies `overrides` (from flags) on top of the file, then defaults, and checks the
     /// result.
     pub fn resolve(self, overrides: FileConfig) -> Result<Config> {
         let mut c = Config::with_data_dir(
-            overrides.data_dir.or(self.data_dir).unwrap_or_else(|| "/var/lib/palisade-controller".into()),
+            overrides
+                .data_dir
+                .or(self.data_dir)
+                .unwrap_or_else(|| "/var/lib/palisade-controller".into()),
         );
         if let Some(v) = overrides.listen.or(self.listen) {
             c.listen = v;
@@ -52,16 +57,28 @@ impl FileConfig {
         }
         let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
             let Some(text) = v else { return Ok(default) };
-            let d = humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
+            let d =
+                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
             if d.is_zero() {
                 bail!("{name} must be longer than zero");
             }
             Ok(d)
         };
-        c.approval_expiry = duration("approval_expiry", overrides.approval_expiry.or(self.approval_expiry), c.approval_expiry)?;
-        c.delivery_timeout =
-            duration("delivery_timeout", overrides.delivery_timeout.or(self.delivery_timeout), c.delivery_timeout)?;
-        c.heartbeat = duration("heartbeat", overrides.heartbeat.or(self.heartbeat), c.heartbeat)?;
+        c.approval_expiry = duration(
+            "approval_expiry",
+            overrides.approval_expiry.or(self.approval_expiry),
+            c.approval_expiry,
+        )?;
+        c.delivery_timeout = duration(
+            "delivery_timeout",
+            overrides.delivery_timeout.or(self.delivery_timeout),
+            c.delivery_timeout,
+        )?;
+        c.heartbeat = duration(
+            "heartbeat",
+            overrides.heartbeat.or(self.heartbeat),
+            c.heartbeat,
+        )?;
         if c.heartbeat < Duration::from_secs(1) {
             bail!("heartbeat must be at least 1s");
         }
@@ -83,24 +100,41 @@ mod tests {
     #[test]
     fn the_packaged_default_config_parses_and_resolves() {
         let text = include_str!("../../packaging/etc/controller.toml");
-        let config = FileConfig::parse(text).unwrap().resolve(FileConfig::default()).unwrap();
-        assert_eq!(config.data_dir, PathBuf::from("/var/lib/palisade-controller"));
+        let config = FileConfig::parse(text)
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap();
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/var/lib/palisade-controller")
+        );
         assert_eq!(config.approval_expiry, Duration::from_secs(7 * 86400));
     }
 
     #[test]
     fn flags_override_the_file_and_mistakes_are_named() {
         let file = FileConfig::parse("heartbeat = \"5s\"\napi = \"127.0.0.1:9000\"").unwrap();
-        let flags = FileConfig { heartbeat: Some("3s".into()), ..Default::default() };
+        let flags = FileConfig {
+            heartbeat: Some("3s".into()),
+            ..Default::default()
+        };
         let c = file.resolve(flags).unwrap();
         assert_eq!(c.heartbeat, Duration::from_secs(3));
         assert_eq!(c.api, "127.0.0.1:9000".parse().unwrap());
 
-        let err = FileConfig::parse("hearbeat = \"5s\"").unwrap_err().to_string();
+        let err = FileConfig::parse("hearbeat = \"5s\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `hearbeat`"), "{err}");
-        let err = FileConfig::parse("approval_expiry = \"soon\"").unwrap().resolve(FileConfig::default()).unwrap_err();
+        let err = FileConfig::parse("approval_expiry = \"soon\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
         assert!(format!("{err:#}").contains("approval_expiry"), "{err:#}");
-        let err = FileConfig::parse("heartbeat = \"0s\"").unwrap().resolve(FileConfig::default()).unwrap_err();
+        let err = FileConfig::parse("heartbeat = \"0s\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
         assert!(err.to_string().contains("heartbeat"), "{err}");
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use palisade_controller::config::FileConfig;
 
 #[derive(Parser)]
-#[command(name = "palisade-controller", version, about = "Palisade controller: action queue, approval, history and the agents' QUIC endpoint")]
+#[command(
+    name = "palisade-controller",
+    version,
+    about = "Palisade controller: action queue, approval, history and the agents' QUIC endpoint"
+)]
 struct Cli {
     /// TOML configuration file; flags override it.
     #[arg(long, global = true, env = "PALISADE_CONTROLLER_CONFIG")]

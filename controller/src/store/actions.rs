@@ -444,14 +444,21 @@ pub fn result(
     let missing: Vec<&str> = report
         .artifacts
         .iter()
-        .filter(|a| !stored.iter().any(|s| s.name == a.name && s.sha256 == a.sha256))
+        .filter(|a| {
+            !stored
+                .iter()
+                .any(|s| s.name == a.name && s.sha256 == a.sha256)
+        })
         .map(|a| a.name.as_str())
         .collect();
     let mut summary = report.summary.clone();
     let status = match report.outcome {
         Outcome::Succeeded if missing.is_empty() => ActionStatus::Succeeded,
         Outcome::Succeeded => {
-            summary = format!("{summary}; artifact {} was not received", missing.join(", "));
+            summary = format!(
+                "{summary}; artifact {} was not received",
+                missing.join(", ")
+            );
             ActionStatus::Failed
         }
         Outcome::Failed => ActionStatus::Failed,
