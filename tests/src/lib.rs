@@ -9,6 +9,7 @@
 //! ```
 
 pub mod deb;
+pub mod lab;
 pub mod proxy;
 
 use std::io::Read;
@@ -133,10 +134,14 @@ impl Controller {
     }
 
     pub fn start_with(extra: &[&str]) -> Controller {
+        Controller::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A controller whose QUIC endpoint listens on `quic` (e.g. a lab's bridge address).
+    pub fn start_on(quic: &str, extra: &[&str]) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, quic, api, ca) =
-            Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
+        let (proc, quic, api, ca) = Controller::launch(dir.path(), quic, "127.0.0.1:0", &args, 0);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token written on first start")
             .trim()
@@ -443,6 +448,16 @@ impl Agent {
     pub fn started(mut self) -> Agent {
         self.start();
         self
+    }
+
+    /// Runs the agent inside a lab host's network namespace.
+    pub fn start_in(&mut self, host: &lab::LabHost) {
+        self.runs += 1;
+        let log = self.state_dir.parent().unwrap().join(format!("{}-{}.log", self.name, self.runs));
+        let mut cmd = host.command(bin("palisade-agent"));
+        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
+        self.proc = Some(Proc::spawn(&mut cmd, log));
     }
 
     pub fn kill9(&mut self) {

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod lab;
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -58,6 +60,11 @@ enum Task {
     Quickstart(QuickstartArgs),
     /// Build the .deb packages (release binaries) into target/debian/.
     Deb(DebArgs),
+    /// A controller and agents in network namespaces on this host (root).
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCmd,
+    },
 }
 
 #[derive(Args)]
@@ -86,6 +93,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Quickstart(args) => quickstart(args),
         Task::Deb(args) => deb(args),
+        Task::Lab { command } => {
+            return match lab::run(command) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("lab: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
