@@ -31,7 +31,11 @@ fn ip(args: &[&str]) -> Result<Output> {
         .output()
         .context("cannot run ip (install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out)
 }
@@ -78,15 +82,25 @@ pub struct Lab {
 /// Which /27 of the documentation ranges a lab uses: 8 in 198.51.100.0/24, then 8 in
 /// 192.0.2.0/24.
 fn block(slot: u32) -> (Ipv4Addr, u16) {
-    let base = if slot < 8 { [198, 51, 100] } else { [192, 0, 2] };
-    (Ipv4Addr::new(base[0], base[1], base[2], ((slot % 8) * 32) as u8), 0x100 + slot as u16)
+    let base = if slot < 8 {
+        [198, 51, 100]
+    } else {
+        [192, 0, 2]
+    };
+    (
+        Ipv4Addr::new(base[0], base[1], base[2], ((slot % 8) * 32) as u8),
+        0x100 + slot as u16,
+    )
 }
 
 impl Lab {
     /// Brings up a lab with the named hosts (e.g. `["a", "b", "outsider"]`).
     pub fn up(hosts: &[&str]) -> Result<Lab> {
         require_root("the lab")?;
-        anyhow::ensure!(!hosts.is_empty() && hosts.len() <= 28, "a lab has 1 to 28 hosts");
+        anyhow::ensure!(
+            !hosts.is_empty() && hosts.len() <= 28,
+            "a lab has 1 to 28 hosts"
+        );
         std::fs::create_dir_all(STATE_DIR)?;
         // Claim a slot by creating its state file exclusively: concurrent tests get their own.
         let (slot, state) = (0..16)
@@ -96,7 +110,12 @@ impl Lab {
                 if stale {
                     let _ = Lab::down_from_state(&path);
                 }
-                std::fs::OpenOptions::new().write(true).create_new(true).open(&path).ok().map(|_| (slot, path))
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .ok()
+                    .map(|_| (slot, path))
             })
             .context("all 16 lab slots are in use; `cargo xtask lab down` removes old labs")?;
         let (net, v6block) = block(slot);
@@ -115,8 +134,22 @@ impl Lab {
             lab.save(&state)?;
             ip(&["link", "add", &lab.bridge, "type", "bridge"])?;
             lab.save(&state)?;
-            ip(&["addr", "add", &format!("{}/27", lab.gateway_v4), "dev", &lab.bridge])?;
-            ip(&["-6", "addr", "add", &format!("{}/64", lab.gateway_v6), "dev", &lab.bridge, "nodad"])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/27", lab.gateway_v4),
+                "dev",
+                &lab.bridge,
+            ])?;
+            ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", lab.gateway_v6),
+                "dev",
+                &lab.bridge,
+                "nodad",
+            ])?;
             ip(&["link", "set", &lab.bridge, "up"])?;
             for (i, name) in hosts.iter().enumerate() {
                 let n = i as u8 + 10;
@@ -131,7 +164,9 @@ impl Lab {
                 ip(&["netns", "add", &host.netns])?;
                 lab.hosts.push(host.clone());
                 lab.save(&state)?;
-                ip(&["link", "add", &host.veth, "type", "veth", "peer", "name", &peer])?;
+                ip(&[
+                    "link", "add", &host.veth, "type", "veth", "peer", "name", &peer,
+                ])?;
                 ip(&["link", "set", &peer, "netns", &host.netns])?;
                 ip(&["link", "set", &host.veth, "master", &lab.bridge, "up"])?;
                 let ns = |args: &[&str]| {
@@ -142,10 +177,31 @@ impl Lab {
                 ns(&["link", "set", "lo", "up"])?;
                 ns(&["link", "set", &peer, "name", "eth0"])?;
                 ns(&["addr", "add", &format!("{}/27", host.v4), "dev", "eth0"])?;
-                ns(&["-6", "addr", "add", &format!("{}/64", host.v6), "dev", "eth0", "nodad"])?;
+                ns(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{}/64", host.v6),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
                 ns(&["link", "set", "eth0", "up"])?;
-                ns(&["route", "add", "default", "via", &lab.gateway_v4.to_string()])?;
-                ns(&["-6", "route", "add", "default", "via", &lab.gateway_v6.to_string()])?;
+                ns(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &lab.gateway_v4.to_string(),
+                ])?;
+                ns(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &lab.gateway_v6.to_string(),
+                ])?;
             }
             Ok(())
         })();
@@ -157,7 +213,10 @@ impl Lab {
     }
 
     pub fn host(&self, name: &str) -> &LabHost {
-        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no lab host {name}"))
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no lab host {name}"))
     }
 
     fn state_path(&self) -> PathBuf {
@@ -197,7 +256,9 @@ impl Lab {
 
     /// A lab is alive while its owner runs, or when it was kept on purpose.
     fn state_alive(path: &Path) -> bool {
-        let Ok(v) = std::fs::read(path).map(|b| serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)) else {
+        let Ok(v) =
+            std::fs::read(path).map(|b| serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null))
+        else {
             return false;
         };
         if v["keep"] == true {
@@ -214,15 +275,29 @@ impl Lab {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
-        for pid in v["pids"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        for pid in v["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         for host in v["hosts"].as_array().into_iter().flatten() {
             if let Some(ns) = host["netns"].as_str() {
                 // Whatever still runs in the namespace goes with it.
                 if let Ok(out) = ip(&["netns", "pids", ns]) {
-                    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    for pid in String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
                 let _ = ip(&["netns", "del", ns]);

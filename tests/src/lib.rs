@@ -453,7 +453,11 @@ impl Agent {
     /// Runs the agent inside a lab host's network namespace.
     pub fn start_in(&mut self, host: &lab::LabHost) {
         self.runs += 1;
-        let log = self.state_dir.parent().unwrap().join(format!("{}-{}.log", self.name, self.runs));
+        let log = self
+            .state_dir
+            .parent()
+            .unwrap()
+            .join(format!("{}-{}.log", self.name, self.runs));
         let mut cmd = host.command(bin("palisade-agent"));
         cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");

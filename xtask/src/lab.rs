@@ -47,7 +47,11 @@ pub struct DataDir {
 
 pub fn run(cmd: LabCmd) -> Result<ExitCode> {
     match cmd {
-        LabCmd::Up { agents, data_dir, api } => up(agents, &data_dir, api).map(|_| ExitCode::SUCCESS),
+        LabCmd::Up {
+            agents,
+            data_dir,
+            api,
+        } => up(agents, &data_dir, api).map(|_| ExitCode::SUCCESS),
         LabCmd::Status(d) => status(&d.data_dir).map(|_| ExitCode::SUCCESS),
         LabCmd::Exec { host, command } => exec(&host, &command),
         LabCmd::Down => {
@@ -59,7 +63,8 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
 }
 
 fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<u32> {
-    let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = cmd
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -77,10 +82,16 @@ fn up(agents: u8, data_dir: &Path, api_addr: std::net::SocketAddr) -> Result<()>
     }
     palisade_tests::lab::require_root("cargo xtask lab up")?;
     let bins = build(false)?;
-    let bin = |name: &str| bins.get(name).cloned().with_context(|| format!("cargo did not report {name}"));
-    let (controller_bin, agent_bin, ctl_bin) = (bin(CONTROLLER_BIN)?, bin(AGENT_BIN)?, bin(CTL_BIN)?);
+    let bin = |name: &str| {
+        bins.get(name)
+            .cloned()
+            .with_context(|| format!("cargo did not report {name}"))
+    };
+    let (controller_bin, agent_bin, ctl_bin) =
+        (bin(CONTROLLER_BIN)?, bin(AGENT_BIN)?, bin(CTL_BIN)?);
     if data_dir.exists() {
-        std::fs::remove_dir_all(data_dir).with_context(|| format!("cannot clear {}", data_dir.display()))?;
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("cannot clear {}", data_dir.display()))?;
     }
     let data_dir = std::path::absolute(data_dir)?;
     let logs = data_dir.join("logs");
@@ -108,20 +119,33 @@ fn up(agents: u8, data_dir: &Path, api_addr: std::net::SocketAddr) -> Result<()>
             break v;
         }
         if started.elapsed() > Duration::from_secs(30) {
-            bail!("the controller did not start; see {}", logs.join("controller.log").display());
+            bail!(
+                "the controller did not start; see {}",
+                logs.join("controller.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let ca = listening["ca_sha256"].as_str().context("listening.json has no ca_sha256")?.to_owned();
-    let token = std::fs::read_to_string(ctl_dir.join("admin.token"))?.trim().to_owned();
+    let ca = listening["ca_sha256"]
+        .as_str()
+        .context("listening.json has no ca_sha256")?
+        .to_owned();
+    let token = std::fs::read_to_string(ctl_dir.join("admin.token"))?
+        .trim()
+        .to_owned();
     let api = Api::new(format!("http://{api_addr}"), token.clone());
     for host in lab.hosts.clone().iter().filter(|h| h.name != "outsider") {
-        let (status, body) = api.post("/api/v1/enroll-tokens", &json!({"uses": 1, "expires_in": "1h"}))?;
+        let (status, body) = api.post(
+            "/api/v1/enroll-tokens",
+            &json!({"uses": 1, "expires_in": "1h"}),
+        )?;
         if status != 201 {
             bail!("cannot create an enrolment token: HTTP {status}: {body}");
         }
         let v: Value = serde_json::from_str(&body)?;
-        let enroll_token = v["token"]["token"].as_str().context("no token in the answer")?;
+        let enroll_token = v["token"]["token"]
+            .as_str()
+            .context("no token in the answer")?;
         let state = data_dir.join(&host.name);
         let out = host
             .command(&agent_bin)
@@ -131,10 +155,17 @@ fn up(agents: u8, data_dir: &Path, api_addr: std::net::SocketAddr) -> Result<()>
             .env("PALISADE_ENROLL_TOKEN", enroll_token)
             .output()?;
         if !out.status.success() {
-            bail!("enrolling {} failed: {}", host.name, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "enrolling {} failed: {}",
+                host.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let pid = spawn_detached(
-            host.command(&agent_bin).arg("--state-dir").arg(&state).arg("run"),
+            host.command(&agent_bin)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("run"),
             &logs.join(format!("{}.log", host.name)),
         )?;
         lab.track(pid)?;
@@ -144,12 +175,18 @@ fn up(agents: u8, data_dir: &Path, api_addr: std::net::SocketAddr) -> Result<()>
     lab.keep()?;
 
     println!("lab up: controller on {quic} ([{gw6}]:7443), API http://{api_addr}");
-    println!("{:<10} {:<16} {:<16} ADDRESS (v6)", "HOST", "NETNS", "ADDRESS");
+    println!(
+        "{:<10} {:<16} {:<16} ADDRESS (v6)",
+        "HOST", "NETNS", "ADDRESS"
+    );
     for h in &hosts {
         println!("{:<10} {:<16} {:<16} {}", h.name, h.netns, h.v4, h.v6);
     }
     println!("\nexport PALISADE_URL=http://{api_addr}");
-    println!("export PALISADE_TOKEN=$(cat {})", ctl_dir.join("admin.token").display());
+    println!(
+        "export PALISADE_TOKEN=$(cat {})",
+        ctl_dir.join("admin.token").display()
+    );
     println!("{} devices list", ctl_bin.display());
     println!("cargo xtask lab exec agent1 -- ip addr      # a shell command on a lab host");
     println!("cargo xtask lab status                      # what runs");
@@ -166,26 +203,57 @@ fn status(data_dir: &Path) -> Result<()> {
         return Ok(());
     }
     for s in &states {
-        println!("lab {} on bridge {} ({} / {})", s["id"], s["bridge"].as_str().unwrap_or("?"), s["gateway_v4"].as_str().unwrap_or("?"), s["gateway_v6"].as_str().unwrap_or("?"));
+        println!(
+            "lab {} on bridge {} ({} / {})",
+            s["id"],
+            s["bridge"].as_str().unwrap_or("?"),
+            s["gateway_v4"].as_str().unwrap_or("?"),
+            s["gateway_v6"].as_str().unwrap_or("?")
+        );
         for h in s["hosts"].as_array().into_iter().flatten() {
-            println!("  {:<10} {:<16} {:<16} {}", h["name"].as_str().unwrap_or("?"), h["netns"].as_str().unwrap_or("?"), h["v4"].as_str().unwrap_or("?"), h["v6"].as_str().unwrap_or("?"));
+            println!(
+                "  {:<10} {:<16} {:<16} {}",
+                h["name"].as_str().unwrap_or("?"),
+                h["netns"].as_str().unwrap_or("?"),
+                h["v4"].as_str().unwrap_or("?"),
+                h["v6"].as_str().unwrap_or("?")
+            );
         }
-        for pid in s["pids"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
+        for pid in s["pids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+        {
             let alive = Path::new(&format!("/proc/{pid}")).exists();
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
-            println!("  pid {pid:<8} {} {}", if alive { "running" } else { "exited " }, cmd.trim());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default();
+            println!(
+                "  pid {pid:<8} {} {}",
+                if alive { "running" } else { "exited " },
+                cmd.trim()
+            );
         }
     }
     let token = data_dir.join("controller/admin.token");
     let listening = data_dir.join("controller/listening.json");
     if let (Ok(token), Ok(l)) = (std::fs::read_to_string(&token), std::fs::read(&listening)) {
         let l: Value = serde_json::from_slice(&l)?;
-        let api = Api::new(format!("http://{}", l["api"].as_str().unwrap_or("127.0.0.1:7480")), token.trim().to_owned());
+        let api = Api::new(
+            format!("http://{}", l["api"].as_str().unwrap_or("127.0.0.1:7480")),
+            token.trim().to_owned(),
+        );
         match api.get("/api/v1/devices") {
             Ok((200, body)) => {
                 let v: Value = serde_json::from_str(&body)?;
                 for d in v["devices"].as_array().into_iter().flatten() {
-                    println!("  device {} {} online={}", d["id"].as_str().unwrap_or("?"), d["hostname"].as_str().unwrap_or("?"), d["online"]);
+                    println!(
+                        "  device {} {} online={}",
+                        d["id"].as_str().unwrap_or("?"),
+                        d["hostname"].as_str().unwrap_or("?"),
+                        d["online"]
+                    );
                 }
             }
             Ok((code, body)) => println!("  controller API answered {code}: {body}"),
@@ -202,6 +270,9 @@ fn exec(host: &str, command: &[String]) -> Result<ExitCode> {
         .find(|h| h["name"] == host)
         .and_then(|h| h["netns"].as_str().map(str::to_owned))
         .with_context(|| format!("no lab host {host:?} (see `cargo xtask lab status`)"))?;
-    let status = Command::new("ip").args(["netns", "exec", &netns]).args(command).status()?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(command)
+        .status()?;
     Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }
