@@ -9,6 +9,7 @@
 //! ```
 
 pub mod deb;
+pub mod fleet;
 pub mod lab;
 pub mod proxy;
 
