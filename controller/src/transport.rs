@@ -44,6 +44,10 @@ pub fn endpoint(
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.cid_generator(|| Box::new(RandomCids));
+    // quinn sends at most one stateless reset per 20 ms by default; after a restart a whole
+    // fleet needs one each, at once. A reset is always smaller than the packet that caused it,
+    // so it amplifies nothing.
+    endpoint_config.min_reset_interval(Duration::ZERO);
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
     Ok(quinn::Endpoint::new(

@@ -172,8 +172,12 @@ impl Controller {
         let mut cmd = Command::new(bin("palisade-controller"));
         cmd.arg("--data-dir")
             .arg(&data)
-            .args(["--listen", quic, "--api", api, "--heartbeat", "2s"])
+            .args(["--listen", quic, "--api", api])
             .args(extra);
+        // Tests want fast failure detection; a caller may choose its own interval.
+        if !extra.iter().any(|a| a == "--heartbeat") {
+            cmd.args(["--heartbeat", "2s"]);
+        }
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         let mut proc = Proc::spawn(&mut cmd, dir.join(format!("controller-{n}.log")));
         let v: Value = eventually(Duration::from_secs(30), "the controller to listen", || {
