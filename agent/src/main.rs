@@ -45,6 +45,18 @@ enum Command {
         /// Largest file a sample request may upload, in bytes.
         #[arg(long, default_value_t = 256 << 20)]
         max_sample: u64,
+        /// Largest investigation package this agent uploads, in bytes.
+        #[arg(long, default_value_t = 512 << 20)]
+        max_package: u64,
+        /// Time budget of each collector of an investigation package (e.g. 30s).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        collector_timeout: std::time::Duration,
+        /// Output budget of each collector of an investigation package, in bytes.
+        #[arg(long, default_value_t = 32 << 20)]
+        collector_max_bytes: u64,
+        /// Silence after which the link to the controller counts as lost and is re-made.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        link_timeout: std::time::Duration,
     },
 }
 
@@ -87,9 +99,21 @@ fn main() -> ExitCode {
                 println!("enrolled as device {}", id.info.device_id);
                 Ok(())
             }
-            Command::Run { max_sample } => {
+            Command::Run {
+                max_sample,
+                max_package,
+                collector_timeout,
+                collector_max_bytes,
+                link_timeout,
+            } => {
                 let mut settings = Settings::new(cli.state_dir.clone());
                 settings.max_sample = max_sample;
+                settings.max_package = max_package;
+                settings.collect = palisade_agent::host::CollectLimits {
+                    timeout: collector_timeout,
+                    max_bytes: collector_max_bytes,
+                };
+                settings.link_timeout = link_timeout;
                 match runtime::run(settings, LinuxHost).await? {
                     Exit::Stopped => eprintln!("palisade-agent: stopped"),
                     Exit::Offboarded => {

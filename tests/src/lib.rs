@@ -8,6 +8,7 @@
 //! let device = agent.device_id();
 //! ```
 
+pub mod netns;
 pub mod proxy;
 
 use std::io::Read;
@@ -132,10 +133,15 @@ impl Controller {
     }
 
     pub fn start_with(extra: &[&str]) -> Controller {
+        Controller::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A controller whose QUIC endpoint listens on `quic` (e.g. the host's end of a
+    /// [`netns::NetNs`]: `198.51.100.1:0`); the API stays on loopback.
+    pub fn start_on(quic: &str, extra: &[&str]) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, quic, api, ca) =
-            Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
+        let (proc, quic, api, ca) = Controller::launch(dir.path(), quic, "127.0.0.1:0", &args, 0);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token written on first start")
             .trim()
@@ -372,6 +378,10 @@ pub struct Agent {
     pub proc: Option<Proc>,
     name: String,
     runs: u32,
+    /// What the agent is started through (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
+    /// Extra arguments of `palisade-agent run`.
+    run_args: Vec<String>,
 }
 
 impl Agent {
@@ -397,6 +407,8 @@ impl Agent {
             proc: None,
             name,
             runs: 0,
+            wrapper: vec![],
+            run_args: vec![],
         }
     }
 
@@ -433,10 +445,32 @@ impl Agent {
             .parent()
             .unwrap()
             .join(format!("{}-{}.log", self.name, self.runs));
-        let mut cmd = Command::new(bin("palisade-agent"));
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("palisade-agent"));
+                c
+            }
+            None => Command::new(bin("palisade-agent")),
+        };
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .args(&self.run_args);
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         self.proc = Some(Proc::spawn(&mut cmd, log));
+    }
+
+    /// Runs the agent (from its next start) inside a network namespace.
+    pub fn in_netns(mut self, ns: &netns::NetNs) -> Agent {
+        self.wrapper = ns.prefix();
+        self
+    }
+
+    /// Extra arguments for `palisade-agent run`.
+    pub fn with_run_args(mut self, args: &[&str]) -> Agent {
+        self.run_args = args.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn started(mut self) -> Agent {
