@@ -2,6 +2,7 @@
 //! overridden by command-line flags.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -14,6 +15,10 @@ use crate::runtime::Settings;
 pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub max_sample: Option<u64>,
+    pub max_package: Option<u64>,
+    pub collector_timeout: Option<String>,
+    pub collector_max_bytes: Option<u64>,
+    pub link_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -36,12 +41,47 @@ impl FileConfig {
             .or(self.state_dir)
             .unwrap_or_else(|| "/var/lib/palisade-agent".into());
         let mut settings = Settings::new(std::path::absolute(&state_dir)?);
-        if let Some(v) = overrides.max_sample.or(self.max_sample) {
-            if v == 0 {
-                bail!("max_sample must be more than zero");
+        let positive = |name: &str, v: Option<u64>, default: u64| -> Result<u64> {
+            match v {
+                Some(0) => bail!("{name} must be more than zero"),
+                Some(v) => Ok(v),
+                None => Ok(default),
             }
-            settings.max_sample = v;
-        }
+        };
+        let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+            let Some(text) = v else { return Ok(default) };
+            let d =
+                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
+            if d.is_zero() {
+                bail!("{name} must be longer than zero");
+            }
+            Ok(d)
+        };
+        settings.max_sample = positive(
+            "max_sample",
+            overrides.max_sample.or(self.max_sample),
+            settings.max_sample,
+        )?;
+        settings.max_package = positive(
+            "max_package",
+            overrides.max_package.or(self.max_package),
+            settings.max_package,
+        )?;
+        settings.collect.max_bytes = positive(
+            "collector_max_bytes",
+            overrides.collector_max_bytes.or(self.collector_max_bytes),
+            settings.collect.max_bytes,
+        )?;
+        settings.collect.timeout = duration(
+            "collector_timeout",
+            overrides.collector_timeout.or(self.collector_timeout),
+            settings.collect.timeout,
+        )?;
+        settings.link_timeout = duration(
+            "link_timeout",
+            overrides.link_timeout.or(self.link_timeout),
+            settings.link_timeout,
+        )?;
         Ok(settings)
     }
 }

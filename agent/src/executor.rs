@@ -7,22 +7,33 @@ use palisade_common::action::{ActionReport, ActionSpec, ArtifactRef, Outcome};
 use palisade_common::{ActionKind, ActionParams};
 use serde_json::json;
 
-use crate::host::{Host, HostError, Snapshot};
+use crate::host::{CollectLimits, Host, HostError, Snapshot};
+use crate::package;
 
 /// The action kinds this agent carries out. The controller refuses the others for it.
-pub const CAPABILITIES: [ActionKind; 2] = [ActionKind::RequestSample, ActionKind::Offboard];
+pub const CAPABILITIES: [ActionKind; 3] = [
+    ActionKind::RequestSample,
+    ActionKind::CollectPackage,
+    ActionKind::Offboard,
+];
 
 /// An artifact that must reach the controller before the report may be sent.
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub name: String,
     pub snapshot: Snapshot,
+    /// Spool files to delete, with the snapshot, once the result is journaled.
+    pub cleanup: Vec<PathBuf>,
 }
 
 pub struct Executor<H> {
     host: H,
     spool: PathBuf,
     pub max_sample: u64,
+    /// Largest investigation package uploaded.
+    pub max_package: u64,
+    /// The budget of each collector of a package.
+    pub collect: CollectLimits,
 }
 
 impl<H: Host> Executor<H> {
@@ -31,6 +42,8 @@ impl<H: Host> Executor<H> {
             host,
             spool,
             max_sample,
+            max_package: 512 << 20,
+            collect: CollectLimits::default(),
         }
     }
 
@@ -42,6 +55,7 @@ impl<H: Host> Executor<H> {
     pub fn run(&self, spec: &ActionSpec) -> (ActionReport, Vec<Upload>) {
         match &spec.params {
             ActionParams::RequestSample(p) => self.sample(spec, &p.path),
+            ActionParams::CollectPackage {} => self.package(spec),
             ActionParams::Offboard {} => (
                 report(
                     spec,
@@ -89,6 +103,7 @@ impl<H: Host> Executor<H> {
                     vec![Upload {
                         name: "sample".into(),
                         snapshot: snap,
+                        cleanup: vec![],
                     }],
                 )
             }
@@ -108,6 +123,75 @@ impl<H: Host> Executor<H> {
                 )
             }
         }
+    }
+
+    /// Collects an investigation package, or takes the one an interrupted earlier run of the
+    /// same action built, so that its upload resumes instead of starting over with new bytes.
+    fn package(&self, spec: &ActionSpec) -> (ActionReport, Vec<Upload>) {
+        let fail = |why: String| {
+            (
+                report(spec, Outcome::Failed, why.clone(), json!({"error": why})),
+                vec![],
+            )
+        };
+        let built = match package::reuse(&self.spool, spec.id) {
+            Some(built) => {
+                tracing::info!(action = %spec.id, size = built.size, "reusing the package built before the restart");
+                built
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let collected = self.host.collect_package(&self.collect);
+                let inventory = self.host.inventory();
+                let origin = package::Origin {
+                    action: spec.id,
+                    hostname: &inventory.hostname,
+                    agent_version: env!("CARGO_PKG_VERSION"),
+                    created_unix: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                };
+                match package::build(&self.spool, &origin, &collected) {
+                    Ok(b) => {
+                        tracing::info!(action = %spec.id, size = b.size, elapsed_ms = started.elapsed().as_millis() as u64, "package built");
+                        b
+                    }
+                    Err(e) => return fail(format!("cannot build the package: {e}")),
+                }
+            }
+        };
+        let (archive, desc) = package::spool_paths(&self.spool, spec.id);
+        if built.size > self.max_package {
+            let _ = std::fs::remove_file(&archive);
+            let _ = std::fs::remove_file(&desc);
+            return fail(format!(
+                "package of {} bytes exceeds the agent's limit of {} (--max-package)",
+                built.size, self.max_package
+            ));
+        }
+        let Some(snapshot) = built.snapshot() else {
+            return fail("the package description is damaged".into());
+        };
+        let mut r = report(
+            spec,
+            Outcome::Succeeded,
+            built.summary.clone(),
+            built.detail.clone(),
+        );
+        r.artifacts.push(ArtifactRef {
+            name: package::ARTIFACT_NAME.into(),
+            size: built.size,
+            sha256: built.sha256.clone(),
+        });
+        (
+            r,
+            vec![Upload {
+                name: package::ARTIFACT_NAME.into(),
+                snapshot,
+                cleanup: vec![desc],
+            }],
+        )
     }
 }
 
@@ -172,6 +256,56 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("/nope does not exist"), "{}", r.summary);
         assert!(uploads.is_empty());
+    }
+
+    #[test]
+    fn a_package_is_built_once_and_reused_by_a_rerun_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::new(FakeHost::default(), dir.path().into(), 1 << 20);
+        let spec = ActionSpec {
+            id: ActionId(9),
+            params: ActionParams::CollectPackage {},
+        };
+        let (r, uploads) = ex.run(&spec);
+        assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
+        assert_eq!(uploads.len(), 1);
+        assert_eq!(r.artifacts[0].name, "package.tar.gz");
+        assert_eq!(
+            r.artifacts[0].sha256,
+            hex::encode(uploads[0].snapshot.sha256)
+        );
+        let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+        assert_eq!(detail["counts"]["failed"], 1);
+        assert_eq!(detail["collectors"][1]["error"], "nft is not installed");
+        // The re-run after a restart takes the spooled package: same bytes, no new collection.
+        let (again, _) = ex.run(&spec);
+        assert_eq!(again, r);
+        let calls = ex.host().calls.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| *c == "collect_package").count(), 1);
+    }
+
+    #[test]
+    fn a_package_over_the_agents_limit_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ex = Executor::new(FakeHost::default(), dir.path().into(), 1 << 20);
+        ex.max_package = 10;
+        let spec = ActionSpec {
+            id: ActionId(3),
+            params: ActionParams::CollectPackage {},
+        };
+        let (r, uploads) = ex.run(&spec);
+        assert_eq!(r.outcome, Outcome::Failed);
+        assert!(
+            r.summary.contains("exceeds the agent's limit of 10"),
+            "{}",
+            r.summary
+        );
+        assert!(uploads.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spool left behind"
+        );
     }
 
     #[test]

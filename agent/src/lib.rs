@@ -6,6 +6,7 @@ pub mod executor;
 pub mod host;
 pub mod identity;
 pub mod journal;
+pub mod package;
 pub mod runtime;
 pub mod transport;
 

@@ -44,6 +44,18 @@ enum Command {
         /// Largest file a sample request may upload, in bytes [default: 256 MiB].
         #[arg(long)]
         max_sample: Option<u64>,
+        /// Largest investigation package this agent uploads, in bytes [default: 512 MiB].
+        #[arg(long)]
+        max_package: Option<u64>,
+        /// Time budget of each collector of an investigation package [default: 30s].
+        #[arg(long)]
+        collector_timeout: Option<String>,
+        /// Output budget of each collector of an investigation package, in bytes [default: 32 MiB].
+        #[arg(long)]
+        collector_max_bytes: Option<u64>,
+        /// Silence after which the link to the controller counts as lost and is re-made [default: 30s].
+        #[arg(long)]
+        link_timeout: Option<String>,
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
@@ -73,14 +85,25 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let max_sample = match &cli.command {
-        Command::Run { max_sample } => *max_sample,
-        _ => None,
+    let mut overrides = FileConfig {
+        state_dir: cli.state_dir.clone(),
+        ..Default::default()
     };
-    let settings = file.resolve(FileConfig {
-        state_dir: cli.state_dir,
+    if let Command::Run {
         max_sample,
-    })?;
+        max_package,
+        collector_timeout,
+        collector_max_bytes,
+        link_timeout,
+    } = &cli.command
+    {
+        overrides.max_sample = *max_sample;
+        overrides.max_package = *max_package;
+        overrides.collector_timeout = collector_timeout.clone();
+        overrides.collector_max_bytes = *collector_max_bytes;
+        overrides.link_timeout = link_timeout.clone();
+    }
+    let settings = file.resolve(overrides)?;
     if let Command::Validate = cli.command {
         let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
         println!(

@@ -14,7 +14,7 @@ use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
 use crate::executor::{CAPABILITIES, Executor, Upload};
-use crate::host::Host;
+use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
 use crate::journal::Journal;
 use crate::transport::{self, LinkEnd, UploadError, Uploader};
@@ -24,6 +24,12 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Largest file `request sample` uploads.
     pub max_sample: u64,
+    /// Largest investigation package uploaded.
+    pub max_package: u64,
+    /// The budget of each collector of an investigation package.
+    pub collect: CollectLimits,
+    /// How long a silent link may stay up before it counts as lost.
+    pub link_timeout: Duration,
     /// First reconnect delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -34,6 +40,9 @@ impl Settings {
         Settings {
             state_dir,
             max_sample: 256 << 20,
+            max_package: 512 << 20,
+            collect: CollectLimits::default(),
+            link_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
@@ -50,7 +59,8 @@ pub enum Exit {
 }
 
 enum ExecEvent {
-    Finished(ActionReport),
+    /// The report, and the spool files to delete once it is journaled.
+    Finished(ActionReport, Vec<PathBuf>),
 }
 
 pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
@@ -58,13 +68,19 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let spool = settings.state_dir.join("spool");
     identity::private_dir(&spool)?;
     let mut journal = Journal::open(&settings.state_dir.join("journal.sqlite"))?;
-    let executor = Arc::new(Executor::new(host, spool, settings.max_sample));
+    let mut executor = Executor::new(host, spool.clone(), settings.max_sample);
+    executor.max_package = settings.max_package;
+    executor.collect = settings.collect;
+    let executor = Arc::new(executor);
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
 
-    // Work a restart interrupted is run again: every current kind is safe to repeat.
-    for spec in journal.unfinished()? {
+    // Work a restart interrupted is run again: every current kind is safe to repeat. Spool
+    // files of other actions are leftovers of results journaled before the restart.
+    let unfinished = journal.unfinished()?;
+    clean_spool(&spool, &unfinished);
+    for spec in unfinished {
         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "resuming interrupted action");
         spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
     }
@@ -79,7 +95,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
             observed: observed(&journal)?,
         };
         let connected = tokio::select! {
-            c = transport::connect(&identity, &hello) => c,
+            c = transport::connect(&identity, &hello, settings.link_timeout) => c,
             _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
             _ = term.recv() => return Ok(Exit::Stopped),
         };
@@ -115,8 +131,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("connection reader stopped".into()),
                 },
                 ev = exec_rx.recv() => match ev {
-                    Some(ExecEvent::Finished(report)) => {
+                    Some(ExecEvent::Finished(report, cleanup)) => {
                         journal.finish(&report)?;
+                        for path in cleanup {
+                            let _ = std::fs::remove_file(path);
+                        }
                         tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
                         session.submit_result(report);
                     }
@@ -245,19 +264,34 @@ fn spawn_execution<H: Host>(
                 vec![],
             ),
         };
+        let mut cleanup = Vec::new();
         for upload in uploads {
             if let Err(e) = upload_until_done(&spec, &upload, uploader.clone()).await {
                 report.outcome = Outcome::Failed;
                 report.summary = format!("{}; {e}", report.summary);
                 report.artifacts.retain(|a| a.name != upload.name);
             }
-            let _ = std::fs::remove_file(&upload.snapshot.path);
+            cleanup.push(upload.snapshot.path.clone());
+            cleanup.extend(upload.cleanup.iter().cloned());
         }
         if matches!(spec.params, ActionParams::Offboard {}) {
             tracing::warn!("offboard requested: waiting for the controller to confirm");
         }
-        let _ = done.send(ExecEvent::Finished(report));
+        let _ = done.send(ExecEvent::Finished(report, cleanup));
     });
+}
+
+/// Deletes spool files (named `<action id>.…`) of actions that are not to be run again.
+fn clean_spool(spool: &std::path::Path, unfinished: &[ActionSpec]) {
+    let keep: std::collections::HashSet<String> =
+        unfinished.iter().map(|s| s.id.0.to_string()).collect();
+    for entry in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.split('.').next().unwrap_or("");
+        if !keep.contains(id) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Retries an upload over whatever connection is live until it is stored or refused for good.

@@ -915,8 +915,30 @@ fn show_action(v: &Value) {
         }
         t.print();
     }
-    if !a["result_detail"].is_null() {
-        println!("\nresult detail: {}", a["result_detail"]);
+    let detail = &a["result_detail"];
+    if let Some(collectors) = detail["collectors"].as_array() {
+        // An investigation package: what each collector did.
+        println!("\ncollectors:");
+        let mut t = Table::new(&["collector", "status", "ms", "files", "bytes", "error"]);
+        for c in collectors {
+            t.row(vec![
+                text(&c["name"]),
+                text(&c["status"]),
+                text(&c["duration_ms"]),
+                text(&c["files"]),
+                text(&c["bytes"]),
+                text(&c["error"]),
+            ]);
+        }
+        t.print();
+        if detail["package"]["name"].is_string() {
+            println!(
+                "\ndownload: palisadectl artifacts download {} -o FILE",
+                text(&a["id"])
+            );
+        }
+    } else if !detail.is_null() {
+        println!("\nresult detail: {detail}");
     }
     let _ = std::io::stdout().flush();
 }

@@ -434,6 +434,9 @@ async fn upload(
             .resume(begin.action, &begin.sha256, begin.size)?;
         (Some(f), have)
     };
+    if offset > 0 && !already {
+        tracing::info!(%device, action = %begin.action, name = %begin.name, offset, size = begin.size, "upload resumes where it stopped");
+    }
     write_frame(&mut send, &UploadReply::Resume { offset }).await?;
     let mut received = offset;
     let mut buf = vec![0u8; 64 * 1024];
@@ -445,7 +448,7 @@ async fn upload(
             bail!("upload overran its announced size");
         }
         if let Some(f) = file.as_mut() {
-            crate::artifacts::Artifacts::append(f, &buf[..n])?;
+            f.append(&buf[..n])?;
         }
     }
     drop(file);

@@ -68,7 +68,7 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
             inventory: inventory(n),
             observed: ObservedState::default(),
         };
-        let mut link = match transport::connect(&identity, &hello).await {
+        let mut link = match transport::connect(&identity, &hello, Duration::from_secs(30)).await {
             Ok(l) => l,
             Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);

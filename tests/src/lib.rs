@@ -11,6 +11,7 @@
 pub mod deb;
 pub mod fleet;
 pub mod lab;
+pub mod netns;
 pub mod proxy;
 
 use std::io::Read;
@@ -138,7 +139,8 @@ impl Controller {
         Controller::start_on("127.0.0.1:0", extra)
     }
 
-    /// A controller whose QUIC endpoint listens on `quic` (e.g. a lab's bridge address).
+    /// A controller whose QUIC endpoint listens on `quic` (e.g. a lab's bridge address); the
+    /// API stays on loopback.
     pub fn start_on(quic: &str, extra: &[&str]) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -383,6 +385,10 @@ pub struct Agent {
     pub proc: Option<Proc>,
     name: String,
     runs: u32,
+    /// What the agent is started through (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
+    /// Extra arguments of `palisade-agent run`.
+    run_args: Vec<String>,
 }
 
 impl Agent {
@@ -408,6 +414,8 @@ impl Agent {
             proc: None,
             name,
             runs: 0,
+            wrapper: vec![],
+            run_args: vec![],
         }
     }
 
@@ -444,10 +452,32 @@ impl Agent {
             .parent()
             .unwrap()
             .join(format!("{}-{}.log", self.name, self.runs));
-        let mut cmd = Command::new(bin("palisade-agent"));
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("palisade-agent"));
+                c
+            }
+            None => Command::new(bin("palisade-agent")),
+        };
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .args(&self.run_args);
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         self.proc = Some(Proc::spawn(&mut cmd, log));
+    }
+
+    /// Runs the agent (from its next start) inside a network namespace.
+    pub fn in_netns(mut self, ns: &netns::NetNs) -> Agent {
+        self.wrapper = ns.prefix();
+        self
+    }
+
+    /// Extra arguments for `palisade-agent run`.
+    pub fn with_run_args(mut self, args: &[&str]) -> Agent {
+        self.run_args = args.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn started(mut self) -> Agent {

@@ -600,7 +600,6 @@ fn kinds_the_agent_does_not_implement_are_refused_at_request_time() {
     for kind in [
         vec!["isolate"],
         vec!["scan", "--mode", "quick"],
-        vec!["collect-package"],
         vec!["restrict-execution"],
     ] {
         let mut args = vec!["action"];

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use palisade_common::wire::Inventory;
 use ring::digest;
 
-use super::{Host, HostError, Snapshot};
+use super::{CollectLimits, CollectStatus, Collected, CollectedFile, Host, HostError, Snapshot};
 
 #[derive(Default)]
 pub struct FakeHost {
@@ -57,5 +57,38 @@ impl Host for FakeHost {
             size: bytes.len() as u64,
             sha256,
         })
+    }
+
+    fn collect_package(&self, _limits: &CollectLimits) -> Vec<Collected> {
+        self.calls.lock().unwrap().push("collect_package".into());
+        vec![
+            Collected {
+                collector: "system".into(),
+                status: CollectStatus::Ok,
+                error: None,
+                duration_ms: 3,
+                files: vec![CollectedFile {
+                    name: "system.json".into(),
+                    bytes: br#"{"hostname": "fake-host"}"#.to_vec(),
+                }],
+            },
+            Collected {
+                collector: "firewall".into(),
+                status: CollectStatus::Unavailable,
+                error: Some("nft is not installed".into()),
+                duration_ms: 0,
+                files: vec![],
+            },
+            Collected {
+                collector: "autoruns".into(),
+                status: CollectStatus::Failed,
+                error: Some("cannot read /etc/cron.d".into()),
+                duration_ms: 1,
+                files: vec![CollectedFile {
+                    name: "raw/etc/cron.d/odd name\n".into(),
+                    bytes: b"* * * * * root /tmp/x\n".to_vec(),
+                }],
+            },
+        ]
     }
 }

@@ -9,8 +9,10 @@ pub mod fake;
 pub mod linux;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use palisade_common::wire::Inventory;
+use serde::Serialize;
 
 /// A file copied out of its place for upload: the copy is ours, so its bytes cannot change
 /// between hashing and sending.
@@ -42,6 +44,57 @@ impl HostError {
     }
 }
 
+/// The budget of one collector of an investigation package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectLimits {
+    /// Wall-clock time a collector may take before it is given up on.
+    pub timeout: Duration,
+    /// Bytes of output a collector may produce; more is cut.
+    pub max_bytes: u64,
+}
+
+impl Default for CollectLimits {
+    fn default() -> CollectLimits {
+        CollectLimits {
+            timeout: Duration::from_secs(30),
+            max_bytes: 32 << 20,
+        }
+    }
+}
+
+/// How one collector ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectStatus {
+    /// Everything it looks at was collected.
+    Ok,
+    /// It stopped early (budget) or skipped some items; what it has is in the package.
+    Partial,
+    /// What it reads does not exist on this host (e.g. no nft); nothing to collect.
+    Unavailable,
+    /// It failed; the error says why.
+    Failed,
+    /// It overran its time budget and was abandoned.
+    TimedOut,
+}
+
+/// A file a collector puts in the package, named relative to the package root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What one collector produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub collector: String,
+    pub status: CollectStatus,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub files: Vec<CollectedFile>,
+}
+
 pub trait Host: Send + Sync + 'static {
     /// What the device is now: names, addresses, size.
     fn inventory(&self) -> Inventory;
@@ -50,4 +103,8 @@ pub trait Host: Send + Sync + 'static {
     /// hashes the copy. Refuses anything that is not a regular file, and any path that goes
     /// through a symbolic link.
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError>;
+
+    /// Runs every collector of an investigation package, each within `limits`; one that fails
+    /// or overruns is recorded as such and the others still run.
+    fn collect_package(&self, limits: &CollectLimits) -> Vec<Collected>;
 }

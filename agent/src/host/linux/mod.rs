@@ -1,5 +1,6 @@
 //! The real Linux host.
 
+mod collect;
 mod files;
 mod inventory;
 
@@ -7,7 +8,7 @@ use std::path::Path;
 
 use palisade_common::wire::Inventory;
 
-use super::{Host, HostError, Snapshot};
+use super::{CollectLimits, Collected, Host, HostError, Snapshot};
 
 #[derive(Debug, Default)]
 pub struct LinuxHost;
@@ -19,5 +20,9 @@ impl Host for LinuxHost {
 
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
         files::snapshot(path, max, dest)
+    }
+
+    fn collect_package(&self, limits: &CollectLimits) -> Vec<Collected> {
+        collect::run_all(limits)
     }
 }
