@@ -172,6 +172,17 @@ impl Journal {
         )?)
     }
 
+    /// A restrict or release of execution whose result the controller has not acknowledged:
+    /// until it has, the controller's desired state predates it.
+    pub fn exec_action_pending(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM actions WHERE kind IN ('restrict_execution', 'release_execution')
+             AND stage IN ('received', 'finished'))",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn desired(&self) -> Result<Option<DesiredState>> {
         let blob: Option<Vec<u8>> = self
             .conn

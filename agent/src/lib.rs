@@ -1,6 +1,7 @@
 //! The Palisade agent: one QUIC session to the controller, a journal that makes every action
 //! happen once, and a host-capability layer that does the work.
 
+pub mod events;
 pub mod executor;
 pub mod host;
 pub mod identity;

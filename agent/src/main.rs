@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use palisade_agent::host::linux::LinuxHost;
+use palisade_agent::host::linux::exec::ExecConfig;
 use palisade_agent::runtime::{self, Exit, Settings};
 
 #[derive(Parser)]
@@ -45,6 +46,15 @@ enum Command {
         /// Largest file a sample request may upload, in bytes.
         #[arg(long, default_value_t = 256 << 20)]
         max_sample: u64,
+        /// A mount point whose mount, and every mount below it (now and later), is marked for
+        /// exec-permission events while execution is restricted. Repeatable. Default: `/`,
+        /// i.e. every local filesystem.
+        #[arg(long = "exec-mark", value_name = "MOUNT_POINT")]
+        exec_mark: Vec<PathBuf>,
+        /// A directory whose root-owned, root-only-writable contents may run while execution
+        /// is restricted. Repeatable. Default: /usr /bin /sbin /lib /lib32 /lib64 /libx32.
+        #[arg(long = "exec-system-path", value_name = "DIR")]
+        exec_system_path: Vec<PathBuf>,
     },
 }
 
@@ -81,16 +91,27 @@ fn main() -> ExitCode {
                     &controller,
                     &token,
                     &ca_sha256,
-                    &LinuxHost,
+                    &LinuxHost::default(),
                 )
                 .await?;
                 println!("enrolled as device {}", id.info.device_id);
                 Ok(())
             }
-            Command::Run { max_sample } => {
+            Command::Run {
+                max_sample,
+                exec_mark,
+                exec_system_path,
+            } => {
                 let mut settings = Settings::new(cli.state_dir.clone());
                 settings.max_sample = max_sample;
-                match runtime::run(settings, LinuxHost).await? {
+                let mut exec = ExecConfig::default();
+                if !exec_mark.is_empty() {
+                    exec.mark_roots = exec_mark;
+                }
+                if !exec_system_path.is_empty() {
+                    exec.system_paths = exec_system_path;
+                }
+                match runtime::run(settings, LinuxHost::new(exec)).await? {
                     Exit::Stopped => eprintln!("palisade-agent: stopped"),
                     Exit::Offboarded => {
                         eprintln!("palisade-agent: offboarded; identity and journal erased")

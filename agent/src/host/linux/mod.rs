@@ -1,16 +1,33 @@
 //! The real Linux host.
 
+pub mod exec;
 mod files;
 mod inventory;
 
 use std::path::Path;
 
-use palisade_common::wire::Inventory;
+use palisade_common::wire::{ExecDenial, Inventory};
 
-use super::{Host, HostError, Snapshot};
+use super::{ExecPolicy, ExecStatus, Host, HostError, Snapshot};
+use exec::{ExecConfig, ExecGuard};
 
-#[derive(Debug, Default)]
-pub struct LinuxHost;
+pub struct LinuxHost {
+    exec: ExecGuard,
+}
+
+impl LinuxHost {
+    pub fn new(exec: ExecConfig) -> LinuxHost {
+        LinuxHost {
+            exec: ExecGuard::new(exec),
+        }
+    }
+}
+
+impl Default for LinuxHost {
+    fn default() -> LinuxHost {
+        LinuxHost::new(ExecConfig::default())
+    }
+}
 
 impl Host for LinuxHost {
     fn inventory(&self) -> Inventory {
@@ -19,5 +36,17 @@ impl Host for LinuxHost {
 
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
         files::snapshot(path, max, dest)
+    }
+
+    fn set_exec_policy(&self, policy: &ExecPolicy) -> Result<ExecStatus, HostError> {
+        self.exec.apply(policy)
+    }
+
+    fn exec_status(&self) -> ExecStatus {
+        self.exec.status()
+    }
+
+    fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
+        self.exec.take_denials()
     }
 }
