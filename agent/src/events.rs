@@ -142,7 +142,9 @@ mod tests {
     fn repeated_denials_become_one_event_with_a_count() {
         let mut a = Aggregator::new(10, 100);
         a.add(
-            (0..50).map(|i| denial("/tmp/x", 1000, 100 + i, i as i64)).collect(),
+            (0..50)
+                .map(|i| denial("/tmp/x", 1000, 100 + i, i as i64))
+                .collect(),
             0,
             0,
         );
@@ -152,7 +154,10 @@ mod tests {
         let DeviceEvent::ExecDenied(x) = &out[0] else {
             panic!("{out:?}")
         };
-        assert_eq!((x.count, x.first_at_ms, x.last_at_ms, x.pid), (50, 0, 49, 149));
+        assert_eq!(
+            (x.count, x.first_at_ms, x.last_at_ms, x.pid),
+            (50, 0, 49, 149)
+        );
         assert!(a.flush().is_empty(), "a flush empties the aggregator");
     }
 
@@ -160,7 +165,9 @@ mod tests {
     fn beyond_the_limit_denials_are_counted_not_listed() {
         let mut a = Aggregator::new(3, 100);
         a.add(
-            (0..10).map(|i| denial(&format!("/tmp/{i}"), 0, i, 5)).collect(),
+            (0..10)
+                .map(|i| denial(&format!("/tmp/{i}"), 0, i, 5))
+                .collect(),
             4,
             9,
         );
@@ -180,7 +187,11 @@ mod tests {
     #[test]
     fn unsent_events_go_first_next_time_within_a_bound() {
         let mut a = Aggregator::new(5, 2);
-        a.add((0..3).map(|i| denial(&format!("/x{i}"), 0, i, 1)).collect(), 0, 1);
+        a.add(
+            (0..3).map(|i| denial(&format!("/x{i}"), 0, i, 1)).collect(),
+            0,
+            1,
+        );
         let out = a.flush();
         a.requeue(out);
         a.add(vec![denial("/late", 0, 9, 2)], 0, 2);
@@ -193,6 +204,9 @@ mod tests {
             })
             .collect();
         assert_eq!(paths, ["/x0", "/x1", "/late"]);
-        assert!(matches!(out.last(), Some(DeviceEvent::Suppressed { count: 1, .. })));
+        assert!(matches!(
+            out.last(),
+            Some(DeviceEvent::Suppressed { count: 1, .. })
+        ));
     }
 }

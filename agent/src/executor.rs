@@ -168,7 +168,10 @@ impl<H: Host> Executor<H> {
                 let why = match result {
                     Err(e) => e.to_string(),
                     Ok(s) if on && s.marked.is_empty() => "no mount is marked".into(),
-                    Ok(s) if on => format!("the exec listener is not answering ({} mounts marked)", s.marked.len()),
+                    Ok(s) if on => format!(
+                        "the exec listener is not answering ({} mounts marked)",
+                        s.marked.len()
+                    ),
                     Ok(s) => format!("{} mounts are still marked", s.marked.len()),
                 };
                 return report(

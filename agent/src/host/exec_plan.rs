@@ -231,8 +231,17 @@ mod tests {
         }
     }
 
-    fn verdict(path: &str, file: (u32, u32), odd: &[(&str, (u32, u32))], sha: Option<[u8; 32]>) -> Verdict {
-        decide(&rules(), &facts(path, file, (0, DIR | 0o755), odd), sha.as_ref())
+    fn verdict(
+        path: &str,
+        file: (u32, u32),
+        odd: &[(&str, (u32, u32))],
+        sha: Option<[u8; 32]>,
+    ) -> Verdict {
+        decide(
+            &rules(),
+            &facts(path, file, (0, DIR | 0o755), odd),
+            sha.as_ref(),
+        )
     }
 
     #[test]
@@ -280,13 +289,22 @@ mod tests {
             ("/usr/bin/x", ok, vec![("/usr/bin", (0, DIR | 0o777))], Some([7; 32]), Verdict::Allow(AllowlistedHash)),
         ];
         for (path, file, odd, sha, want) in cases {
-            assert_eq!(verdict(path, file, &odd, sha), want, "{path} {file:?} {odd:?} {sha:?}");
+            assert_eq!(
+                verdict(path, file, &odd, sha),
+                want,
+                "{path} {file:?} {odd:?} {sha:?}"
+            );
         }
     }
 
     #[test]
     fn the_agent_itself_always_runs() {
-        let mut f = facts("/tmp/palisade-agent", (1000, REG | 0o777), (0, DIR | 0o755), &[]);
+        let mut f = facts(
+            "/tmp/palisade-agent",
+            (1000, REG | 0o777),
+            (0, DIR | 0o755),
+            &[],
+        );
         f.id = FileId { dev: 9, ino: 99 };
         assert_eq!(decide(&rules(), &f, None), Verdict::Allow(Why::OwnBinary));
     }

@@ -201,8 +201,7 @@ pub fn set_allowlist(
     }
     let mut clean_paths: Vec<String> = Vec::new();
     for p in paths {
-        if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == ".." || c == ".")
-        {
+        if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == ".." || c == ".") {
             return Err(StoreError::Invalid(format!(
                 "allowlisted path {p:?} must be absolute, without . or .. components"
             )));

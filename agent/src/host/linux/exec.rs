@@ -55,10 +55,35 @@ impl Default for ExecConfig {
 
 /// Pseudo and network filesystems: never marked.
 const UNMARKED_FSTYPES: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs",
-    "securityfs", "pstore", "bpf", "configfs", "fusectl", "autofs", "binfmt_misc", "efivarfs",
-    "nsfs", "rpc_pipefs", "nfsd", "selinuxfs", "hugetlbfs", "nfs", "nfs4", "cifs", "smb3",
-    "9p", "ceph", "fuse.sshfs", "overlay_lower",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "autofs",
+    "binfmt_misc",
+    "efivarfs",
+    "nsfs",
+    "rpc_pipefs",
+    "nfsd",
+    "selinuxfs",
+    "hugetlbfs",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "9p",
+    "ceph",
+    "fuse.sshfs",
+    "overlay_lower",
 ];
 
 /// Verdicts older than this are recomputed: directory permission changes do not touch the
@@ -362,7 +387,11 @@ fn mark_new_mounts(shared: &Shared) -> Result<(), HostError> {
     let mut first_error = None;
     for m in mounts {
         if UNMARKED_FSTYPES.contains(&m.fstype.as_str())
-            || !shared.config.mark_roots.iter().any(|r| m.point.starts_with(r))
+            || !shared
+                .config
+                .mark_roots
+                .iter()
+                .any(|r| m.point.starts_with(r))
         {
             continue;
         }
@@ -392,7 +421,9 @@ fn mark_new_mounts(shared: &Shared) -> Result<(), HostError> {
     drop(marked);
     match first_error {
         Some(e) => Err(e),
-        None if none => Err(HostError::Refused("no mount to mark under the exec mark roots".into())),
+        None if none => Err(HostError::Refused(
+            "no mount to mark under the exec mark roots".into(),
+        )),
         None => Ok(()),
     }
 }
@@ -407,7 +438,10 @@ fn listen(shared: &Shared) {
             if let Some(m) = &mountinfo {
                 fds.push(PollFd::new(m.as_fd(), PollFlags::POLLPRI));
             }
-            match poll(&mut fds, PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE)) {
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE),
+            ) {
                 Ok(0) | Err(nix::Error::EINTR) => (false, false),
                 Ok(_) => {
                     let ready = |i: usize| {
