@@ -501,6 +501,7 @@ pub enum Exec {
 }
 
 impl ExecLab {
+    #[allow(clippy::new_without_default)] // it mounts things: not a default value
     pub fn new() -> ExecLab {
         assert!(
             nix::unistd::Uid::effective().is_root(),

@@ -244,12 +244,21 @@ mod tests {
         )
     }
 
+    /// (path, file (uid, mode), directories with other (uid, mode), sha256, expected).
+    type Case = (
+        &'static str,
+        (u32, u32),
+        Vec<(&'static str, (u32, u32))>,
+        Option<[u8; 32]>,
+        Verdict,
+    );
+
     #[test]
     fn the_owner_mode_path_hash_table() {
         use Why::*;
         let ok = (0, REG | 0o755);
         #[rustfmt::skip]
-        let cases: Vec<(&str, (u32, u32), Vec<(&str, (u32, u32))>, Option<[u8; 32]>, Verdict)> = vec![
+        let cases: Vec<Case> = vec![
             // Trusted system binaries.
             ("/usr/bin/true", ok, vec![], None, Verdict::Allow(Trusted("/usr".into()))),
             ("/usr/lib/x/y/z/tool", ok, vec![], None, Verdict::Allow(Trusted("/usr".into()))),
