@@ -61,13 +61,13 @@ fn main() {
     let trusted = bin.join("true");
     std::fs::copy("/bin/true", &trusted).unwrap();
     for p in [root.join("usr"), bin.clone(), trusted.clone()] {
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        mountinfo.lines().any(|l| l.split(' ').nth(4) == root.to_str()
-            && l.contains(" - tmpfs ")),
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == root.to_str() && l.contains(" - tmpfs ")),
         "the mark target must be our tmpfs"
     );
 
@@ -115,7 +115,10 @@ fn main() {
     );
     println!("{:<24} {:>10} {:>10}", "", "p50 µs", "p99 µs");
     println!("{:<24} {:>10.1} {:>10.1}", "unrestricted", p50a, p99a);
-    println!("{:<24} {:>10.1} {:>10.1}", "restricted (fanotify)", p50b, p99b);
+    println!(
+        "{:<24} {:>10.1} {:>10.1}",
+        "restricted (fanotify)", p50b, p99b
+    );
     println!(
         "{:<24} {:>10.1} {:>10.1}",
         "added per exec",
