@@ -123,6 +123,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         let _ = session.take_hello(); // sent by `connect` as the stream's opening
         uploader_tx.send_replace(Some(link.uploader()));
         let mut flush = tokio::time::interval(EVENTS_FLUSH);
+        let mut last_heal: Option<Instant> = None;
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let end = loop {
@@ -150,9 +151,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     if let Err(unsent) = session.events(events.flush()) {
                         events.requeue(unsent);
                     }
-                    // Self-healing: a restriction whose listener died is put back.
+                    // Self-healing: a restriction whose listener died is put back (retried at
+                    // most every HEAL_EVERY, so a lasting failure does not flood the log).
                     let now = executor.observed(&journal)?;
-                    if now.drift.is_some() {
+                    if now.drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
+                        last_heal = Some(Instant::now());
                         let healed = executor.reconcile(&journal, None)?;
                         tracing::warn!(drift = ?now.drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
                         session.observed(healed);
@@ -249,6 +252,8 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
 const EVENTS_FLUSH: Duration = Duration::from_secs(1);
 /// At most this many events per flush: the rate limit of what the agent reports on its own.
 const EVENTS_PER_FLUSH: usize = 20;
+/// Least time between two attempts to repair drift.
+const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events kept while the controller is unreachable.
 const MAX_UNSENT_EVENTS: usize = 200;
 

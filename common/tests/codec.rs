@@ -609,6 +609,26 @@ fn golden_deliver() -> ControllerMessage {
 }
 const GOLDEN_DELIVER: &str = "0000000f01022a0a0a2f6574632f686f737473";
 
+fn golden_desired() -> ControllerMessage {
+    ControllerMessage::Desired(DesiredState {
+        revision: 3,
+        isolation: None,
+        contained: vec![],
+        restrict_execution: true,
+        exec_allowlist: ExecAllowlist {
+            sha256: vec![[0xab; 32]],
+            paths: vec!["/opt/x".into()],
+        },
+    })
+}
+/// tag 4, revision 3, no isolation, no peers, restricted, one sha256 (32 raw bytes), one path.
+const GOLDEN_DESIRED: &str = concat!(
+    "0000002f01",
+    "0403000001",
+    "01abababababababababababababababababababababababababababababababab",
+    "01062f6f70742f78",
+);
+
 fn golden_result_ack() -> ControllerMessage {
     ControllerMessage::ResultAck { id: ActionId(42) }
 }
@@ -653,6 +673,11 @@ fn golden_agent_result() {
 #[test]
 fn golden_controller_deliver() {
     assert_golden(&golden_deliver(), GOLDEN_DELIVER);
+}
+
+#[test]
+fn golden_controller_desired() {
+    assert_golden(&golden_desired(), GOLDEN_DESIRED);
 }
 
 #[test]

@@ -251,3 +251,78 @@ pub fn set_allowlist(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::wire::Inventory;
+
+    fn store_with(devices: &[(&str, &str)]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("t.sqlite")).unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
+        for (id, group) in devices {
+            super::super::devices::insert(
+                &c,
+                &id.parse().unwrap(),
+                group,
+                "1",
+                &[],
+                &Inventory::default(),
+                &format!("serial-{id}"),
+                0,
+            )
+            .unwrap();
+        }
+        (dir, c)
+    }
+
+    #[test]
+    fn lasting_actions_change_the_desired_state_and_bump_the_revision() {
+        let (_d, c) = store_with(&[("dev-a", "default")]);
+        let id: DeviceId = "dev-a".parse().unwrap();
+        assert_eq!(get(&c, &id).unwrap(), DesiredState::default());
+        let d = apply_action(&c, &id, ActionKind::RestrictExecution)
+            .unwrap()
+            .unwrap();
+        assert!(d.restrict_execution);
+        assert_eq!(d.revision, 1);
+        assert_eq!(
+            apply_action(&c, &id, ActionKind::RequestSample).unwrap(),
+            None
+        );
+        let d = apply_action(&c, &id, ActionKind::ReleaseExecution)
+            .unwrap()
+            .unwrap();
+        assert!(!d.restrict_execution);
+        assert_eq!(d.revision, 2);
+        assert_eq!(get(&c, &id).unwrap(), d);
+    }
+
+    #[test]
+    fn an_allowlist_change_reaches_its_group_only() {
+        let (_d, c) = store_with(&[("dev-a", "web"), ("dev-b", "web"), ("dev-c", "db")]);
+        let changed = set_allowlist(
+            &c,
+            "admin",
+            "web",
+            &["AB".repeat(32), "ab".repeat(32)],
+            &["/opt/x".into()],
+        )
+        .unwrap();
+        let ids: Vec<String> = changed.iter().map(|(i, _)| i.to_string()).collect();
+        assert_eq!(ids, ["dev-a", "dev-b"]);
+        let (_, d) = &changed[0];
+        assert_eq!(d.revision, 1);
+        assert_eq!(d.exec_allowlist.sha256, vec![[0xab; 32]], "deduplicated");
+        assert_eq!(d.exec_allowlist.paths, ["/opt/x"]);
+        let other = get(&c, &"dev-c".parse().unwrap()).unwrap();
+        assert_eq!(other.revision, 0);
+        assert!(other.exec_allowlist.sha256.is_empty());
+        assert!(set_allowlist(&c, "admin", "web", &["xyz".into()], &[]).is_err());
+        assert!(set_allowlist(&c, "admin", "web", &[], &["/a/../b".into()]).is_err());
+        assert!(set_allowlist(&c, "admin", "*", &[], &[]).is_err());
+    }
+}
