@@ -58,6 +58,8 @@ impl Journal {
             .with_context(|| format!("cannot open journal {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The runtime and the executor (lasting actions) each hold a connection.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Migrations::new(vec![M::up(V1)])
             .to_latest(&mut conn)
             .context("cannot migrate the journal")?;
