@@ -193,12 +193,26 @@ fn the_restriction_survives_restarts_and_fails_open_when_the_agent_dies() {
     let pid = agent.proc.as_ref().unwrap().pid();
     let stop = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
     stop(nix::sys::signal::Signal::SIGSTOP);
+    // kill(2) returns before every thread has stopped: wait until they all have.
+    eventually(T, "every agent thread to stop", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(false)
+            })
+            .then_some(())
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| tx.send(lab.exec("tmp/true")).unwrap());
+        let early = rx.recv_timeout(Duration::from_millis(700));
         assert!(
-            rx.recv_timeout(Duration::from_millis(700)).is_err(),
-            "an exec went through while the agent was stopped"
+            early.is_err(),
+            "an exec finished while the agent was stopped: {early:?}"
         );
         // ... and when it dies (kill -9), the kernel allows them: fail-open.
         agent.kill9();
