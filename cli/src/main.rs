@@ -454,6 +454,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.row(vec!["capabilities".into(), list(&d["capabilities"])]);
                 t.row(vec!["enrolled_at".into(), ts(&d["enrolled_at"])]);
                 t.row(vec!["last_seen".into(), ts(&d["last_seen"])]);
+                let want = &v["desired"];
+                let seen = &d["observed"];
+                t.row(vec![
+                    "restrict_execution".into(),
+                    format!(
+                        "desired {} (revision {}), observed {} (revision {}){}",
+                        text(&want["restrict_execution"]),
+                        text(&want["revision"]),
+                        text(&seen["restrict_execution"]),
+                        text(&seen["desired_revision"]),
+                        seen["drift"]
+                            .as_str()
+                            .map(|d| format!(", drift: {d}"))
+                            .unwrap_or_default()
+                    ),
+                ]);
                 t.print();
                 println!("\nqueue (approved, not finished):");
                 actions_table(&v["queue"]).print();

@@ -411,9 +411,14 @@ fn mark_new_mounts(shared: &Shared) -> Result<(), HostError> {
             }
             // A mount that went away between reading mountinfo and marking it.
             Err(nix::Error::ENOENT) => {}
-            Err(e) => {
-                tracing::warn!(mount = %point, error = %e, "exec restriction: cannot mark mount");
+            // A root that cannot be marked fails the restriction; an odd mount below one
+            // (a filesystem that refuses marks) is logged and left out.
+            Err(e) if shared.config.mark_roots.contains(&m.point) => {
+                tracing::error!(mount = %point, error = %e, "exec restriction: cannot mark a root");
                 first_error.get_or_insert(io(format!("cannot mark mount {point}"), e));
+            }
+            Err(e) => {
+                tracing::warn!(mount = %point, fstype = %m.fstype, error = %e, "exec restriction: cannot mark mount; left out");
             }
         }
     }
