@@ -47,7 +47,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let host = LinuxHost;
+    let host = LinuxHost::default();
     let limits = CollectLimits::default();
     let spool = tempfile::tempdir().expect("temp dir");
     let mut ours = Vec::new();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::host::linux::exec::ExecConfig;
 use crate::runtime::Settings;
 
 /// The file's contents. Every key is optional; unknown keys are an error.
@@ -19,6 +20,10 @@ pub struct FileConfig {
     pub collector_timeout: Option<String>,
     pub collector_max_bytes: Option<u64>,
     pub link_timeout: Option<String>,
+    /// Mount points marked for exec-permission events while execution is restricted.
+    pub exec_mark: Option<Vec<PathBuf>>,
+    /// Directories whose root-owned, root-only-writable contents may run while restricted.
+    pub exec_system_paths: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -31,6 +36,28 @@ impl FileConfig {
             .with_context(|| format!("cannot read {}", path.display()))?;
         FileConfig::parse(&text)
             .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// [`FileConfig::resolve`], plus the exec-restriction configuration.
+    pub fn resolve_with_exec(self, overrides: FileConfig) -> Result<(Settings, ExecConfig)> {
+        let mut exec = ExecConfig::default();
+        if let Some(marks) = overrides.exec_mark.clone().or(self.exec_mark.clone()) {
+            if marks.is_empty() || marks.iter().any(|m| !m.is_absolute()) {
+                bail!("exec_mark must list absolute mount points");
+            }
+            exec.mark_roots = marks;
+        }
+        if let Some(paths) = overrides
+            .exec_system_paths
+            .clone()
+            .or(self.exec_system_paths.clone())
+        {
+            if paths.iter().any(|p| !p.is_absolute()) {
+                bail!("exec_system_paths must be absolute directories");
+            }
+            exec.system_paths = paths;
+        }
+        Ok((self.resolve(overrides)?, exec))
     }
 
     /// Applies `overrides` (from flags) on top of the file, then defaults, and checks the

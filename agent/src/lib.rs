@@ -2,6 +2,7 @@
 //! happen once, and a host-capability layer that does the work.
 
 pub mod config;
+pub mod events;
 pub mod executor;
 pub mod host;
 pub mod identity;

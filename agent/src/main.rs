@@ -56,6 +56,15 @@ enum Command {
         /// Silence after which the link to the controller counts as lost and is re-made [default: 30s].
         #[arg(long)]
         link_timeout: Option<String>,
+        /// A mount point whose mount, and every mount below it (now and later), is marked for
+        /// exec-permission events while execution is restricted. Repeatable [default: /, i.e.
+        /// every local filesystem].
+        #[arg(long = "exec-mark", value_name = "MOUNT_POINT")]
+        exec_mark: Vec<PathBuf>,
+        /// A directory whose root-owned, root-only-writable contents may run while execution
+        /// is restricted. Repeatable [default: /usr /bin /sbin /lib /lib32 /lib64 /libx32].
+        #[arg(long = "exec-system-path", value_name = "DIR")]
+        exec_system_path: Vec<PathBuf>,
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
@@ -95,6 +104,8 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         collector_timeout,
         collector_max_bytes,
         link_timeout,
+        exec_mark,
+        exec_system_path,
     } = &cli.command
     {
         overrides.max_sample = *max_sample;
@@ -102,8 +113,11 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         overrides.collector_timeout = collector_timeout.clone();
         overrides.collector_max_bytes = *collector_max_bytes;
         overrides.link_timeout = link_timeout.clone();
+        overrides.exec_mark = (!exec_mark.is_empty()).then(|| exec_mark.clone());
+        overrides.exec_system_paths =
+            (!exec_system_path.is_empty()).then(|| exec_system_path.clone());
     }
-    let settings = file.resolve(overrides)?;
+    let (settings, exec) = file.resolve_with_exec(overrides)?;
     if let Command::Validate = cli.command {
         let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
         println!(
@@ -130,12 +144,12 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
                     &controller,
                     &token,
                     &ca_sha256,
-                    &LinuxHost,
+                    &LinuxHost::default(),
                 )
                 .await?;
                 println!("enrolled as device {}", id.info.device_id);
             }
-            Command::Run { .. } => match runtime::run(settings, LinuxHost).await? {
+            Command::Run { .. } => match runtime::run(settings, LinuxHost::new(exec)).await? {
                 Exit::Stopped => eprintln!("palisade-agent: stopped"),
                 Exit::Offboarded => {
                     eprintln!("palisade-agent: offboarded; identity and journal erased")

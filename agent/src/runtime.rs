@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
 use palisade_common::session::{AgentEvent, AgentSession};
-use palisade_common::wire::{Hello, ObservedState};
+use palisade_common::wire::Hello;
 use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
+use crate::events::Aggregator;
 use crate::executor::{CAPABILITIES, Executor, Upload};
 use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
@@ -67,14 +68,27 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let identity = Identity::load(&settings.state_dir)?;
     let spool = settings.state_dir.join("spool");
     identity::private_dir(&spool)?;
-    let mut journal = Journal::open(&settings.state_dir.join("journal.sqlite"))?;
-    let mut executor = Executor::new(host, spool.clone(), settings.max_sample);
+    let journal_path = settings.state_dir.join("journal.sqlite");
+    let mut journal = Journal::open(&journal_path)?;
+    let mut executor = Executor::new(host, spool.clone(), settings.max_sample, journal_path);
     executor.max_package = settings.max_package;
     executor.collect = settings.collect;
     let executor = Arc::new(executor);
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
+
+    // Lasting state first, before any connection: a restriction survives restarts.
+    let observed = executor.reconcile(&journal, None)?;
+    match &observed.drift {
+        Some(drift) => tracing::error!(%drift, "cannot enforce the desired state"),
+        None => tracing::info!(
+            revision = observed.desired_revision,
+            restrict_execution = observed.restrict_execution,
+            "desired state enforced"
+        ),
+    }
+    let mut events = Aggregator::new(EVENTS_PER_FLUSH, MAX_UNSENT_EVENTS);
 
     // Work a restart interrupted is run again: every current kind is safe to repeat. Spool
     // files of other actions are leftovers of results journaled before the restart.
@@ -92,7 +106,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             capabilities: CAPABILITIES.to_vec(),
             inventory: executor.host().inventory(),
-            observed: observed(&journal)?,
+            observed: executor.observed(&journal)?,
         };
         let connected = tokio::select! {
             c = transport::connect(&identity, &hello, settings.link_timeout) => c,
@@ -119,6 +133,9 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         );
         let _ = session.take_hello(); // sent by `connect` as the stream's opening
         uploader_tx.send_replace(Some(link.uploader()));
+        let mut flush = tokio::time::interval(EVENTS_FLUSH);
+        let mut last_heal: Option<Instant> = None;
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let end = loop {
             let deadline = session
@@ -142,6 +159,22 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                _ = flush.tick() => {
+                    let (denials, dropped) = executor.host().take_exec_denials();
+                    events.add(denials, dropped, now_ms());
+                    if let Err(unsent) = session.events(events.flush()) {
+                        events.requeue(unsent);
+                    }
+                    // Self-healing: a restriction whose listener died is put back (retried at
+                    // most every HEAL_EVERY, so a lasting failure does not flood the log).
+                    let now = executor.observed(&journal)?;
+                    if now.drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
+                        last_heal = Some(Instant::now());
+                        let healed = executor.reconcile(&journal, None)?;
+                        tracing::warn!(drift = ?now.drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
+                        session.observed(healed);
+                    }
+                }
                 _ = tokio::signal::ctrl_c() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
                 _ = term.recv() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
             }
@@ -177,8 +210,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         }
                     }
                     AgentEvent::Desired(desired) => {
-                        journal.set_desired(&desired)?;
-                        session.observed(observed(&journal)?);
+                        let revision = desired.revision;
+                        let observed = executor.reconcile(&journal, Some(desired))?;
+                        tracing::info!(revision, restrict_execution = observed.restrict_execution, drift = ?observed.drift, "desired state applied");
+                        session.observed(observed);
                     }
                     AgentEvent::Closed(reason) => tracing::warn!(%reason, "session closed"),
                 }
@@ -227,14 +262,20 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     }
 }
 
-fn observed(journal: &Journal) -> Result<ObservedState> {
-    // No lasting action is implemented yet, so nothing is enforced: the observed state is the
-    // empty state, at the revision last received.
-    let revision = journal.desired()?.map(|d| d.revision).unwrap_or(0);
-    Ok(ObservedState {
-        desired_revision: revision,
-        ..Default::default()
-    })
+/// How often denials are drained, aggregated and sent, and the desired state re-checked.
+const EVENTS_FLUSH: Duration = Duration::from_secs(1);
+/// At most this many events per flush: the rate limit of what the agent reports on its own.
+const EVENTS_PER_FLUSH: usize = 20;
+/// Least time between two attempts to repair drift.
+const HEAL_EVERY: Duration = Duration::from_secs(30);
+/// Events kept while the controller is unreachable.
+const MAX_UNSENT_EVENTS: usize = 200;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn offboard(settings: &Settings) -> Result<Exit> {

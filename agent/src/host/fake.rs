@@ -4,15 +4,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use palisade_common::wire::Inventory;
+use palisade_common::wire::{ExecDenial, Inventory};
 use ring::digest;
 
-use super::{CollectLimits, CollectStatus, Collected, CollectedFile, Host, HostError, Snapshot};
+use super::{
+    CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, Host,
+    HostError, Snapshot,
+};
 
 #[derive(Default)]
 pub struct FakeHost {
     pub files: Mutex<HashMap<PathBuf, Vec<u8>>>,
     pub calls: Mutex<Vec<String>>,
+    pub exec: Mutex<ExecPolicy>,
+    /// Make `set_exec_policy` fail with this message.
+    pub exec_fails: Mutex<Option<String>>,
+    pub denials: Mutex<Vec<ExecDenial>>,
 }
 
 impl FakeHost {
@@ -90,5 +97,33 @@ impl Host for FakeHost {
                 }],
             },
         ]
+    }
+
+    fn set_exec_policy(&self, policy: &ExecPolicy) -> Result<ExecStatus, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("exec restrict={}", policy.restrict));
+        if let Some(why) = self.exec_fails.lock().unwrap().clone() {
+            return Err(HostError::Refused(why));
+        }
+        *self.exec.lock().unwrap() = policy.clone();
+        Ok(self.exec_status())
+    }
+
+    fn exec_status(&self) -> ExecStatus {
+        let p = self.exec.lock().unwrap();
+        ExecStatus {
+            restricted: p.restrict,
+            marked: if p.restrict { vec!["/".into()] } else { vec![] },
+            listener_alive: p.restrict,
+            allowlist_sha256: p.allow_sha256.len(),
+            allowlist_paths: p.allow_paths.len(),
+            ..Default::default()
+        }
+    }
+
+    fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
+        (std::mem::take(&mut *self.denials.lock().unwrap()), 0)
     }
 }

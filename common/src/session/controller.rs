@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
-    AgentMessage, ControllerMessage, DesiredState, Inventory, ObservedState, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Inventory, ObservedState, Welcome,
 };
 
 use super::SILENCE_LIMIT;
@@ -22,6 +22,8 @@ pub enum ControllerEvent {
     Result(ActionReport),
     Observed(ObservedState),
     Inventory(Inventory),
+    /// Record these in the device's history.
+    Events(Vec<DeviceEvent>),
     /// Drop the connection.
     Closed(String),
 }
@@ -70,6 +72,7 @@ impl ControllerSession {
             AgentMessage::Result(report) => self.events.push_back(ControllerEvent::Result(report)),
             AgentMessage::Observed(o) => self.events.push_back(ControllerEvent::Observed(o)),
             AgentMessage::Inventory(i) => self.events.push_back(ControllerEvent::Inventory(i)),
+            AgentMessage::Events(e) => self.events.push_back(ControllerEvent::Events(e)),
         }
     }
 

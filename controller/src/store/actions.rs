@@ -488,6 +488,10 @@ pub fn result(
         Some(device),
         &serde_json::json!({"summary": summary, "artifacts": report.artifacts}),
     )?;
+    if status == ActionStatus::Succeeded {
+        // A lasting action changes the desired state in the same transaction as its result.
+        super::desired::apply_action(conn, device, rec.kind)?;
+    }
     if let Some(original) = rec.undo_of.filter(|_| status == ActionStatus::Succeeded) {
         let orig = get(conn, original)?;
         if orig.status.can_move_to(ActionStatus::Undone) {
