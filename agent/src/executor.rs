@@ -173,7 +173,12 @@ impl<H: Host> Executor<H> {
         let Some(snapshot) = built.snapshot() else {
             return fail("the package description is damaged".into());
         };
-        let mut r = report(spec, Outcome::Succeeded, built.summary.clone(), built.detail.clone());
+        let mut r = report(
+            spec,
+            Outcome::Succeeded,
+            built.summary.clone(),
+            built.detail.clone(),
+        );
         r.artifacts.push(ArtifactRef {
             name: package::ARTIFACT_NAME.into(),
             size: built.size,
@@ -265,7 +270,10 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert_eq!(uploads.len(), 1);
         assert_eq!(r.artifacts[0].name, "package.tar.gz");
-        assert_eq!(r.artifacts[0].sha256, hex::encode(uploads[0].snapshot.sha256));
+        assert_eq!(
+            r.artifacts[0].sha256,
+            hex::encode(uploads[0].snapshot.sha256)
+        );
         let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
         assert_eq!(detail["counts"]["failed"], 1);
         assert_eq!(detail["collectors"][1]["error"], "nft is not installed");
@@ -287,9 +295,17 @@ mod tests {
         };
         let (r, uploads) = ex.run(&spec);
         assert_eq!(r.outcome, Outcome::Failed);
-        assert!(r.summary.contains("exceeds the agent's limit of 10"), "{}", r.summary);
+        assert!(
+            r.summary.contains("exceeds the agent's limit of 10"),
+            "{}",
+            r.summary
+        );
         assert!(uploads.is_empty());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spool left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spool left behind"
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ pub fn build(spool: &Path, origin: &Origin, collected: &[Collected]) -> std::io:
     for c in collected {
         let mut files = Vec::new();
         for f in &c.files {
-            let name = unique(&mut names, &format!("{}/{}", c.collector, safe_name(&f.name)));
+            let name = unique(
+                &mut names,
+                &format!("{}/{}", c.collector, safe_name(&f.name)),
+            );
             files.push(ManifestFile {
                 path: name.clone(),
                 size: f.bytes.len() as u64,
@@ -114,7 +117,10 @@ pub fn build(spool: &Path, origin: &Origin, collected: &[Collected]) -> std::io:
     let counts = counts(collected);
     let created = time::OffsetDateTime::from_unix_timestamp(origin.created_unix as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     let manifest = serde_json::to_vec_pretty(&json!({
         "format": FORMAT,
@@ -151,7 +157,13 @@ pub fn build(spool: &Path, origin: &Origin, collected: &[Collected]) -> std::io:
         for (name, bytes) in &all {
             // Directory entries first, so that extracting gives sane modes.
             let path = Path::new(name);
-            for dir in path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            for dir in path
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 if dir.as_os_str().is_empty() || !dirs.insert(dir.to_owned()) {
                     continue;
                 }
@@ -391,7 +403,10 @@ mod tests {
         let sums = String::from_utf8(files.last().unwrap().1.clone()).unwrap();
         for (name, bytes) in &files[..files.len() - 1] {
             let rel = name.strip_prefix("collect-42/").unwrap();
-            assert!(sums.contains(&format!("{}  {rel}\n", sha256_hex(bytes))), "{rel} in {sums}");
+            assert!(
+                sums.contains(&format!("{}  {rel}\n", sha256_hex(bytes))),
+                "{rel} in {sums}"
+            );
         }
         let manifest: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
         assert_eq!(manifest["collectors"][1]["status"], "failed");

@@ -185,8 +185,11 @@ pub async fn enroll(
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
-    let connecting =
-        endpoint.connect_with(quic_config(tls, LINK_TIMEOUT)?, addr, CONTROLLER_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(
+        quic_config(tls, LINK_TIMEOUT)?,
+        addr,
+        CONTROLLER_SERVER_NAME,
+    )?;
     let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
         Err(_) => bail!("no answer from the controller at {controller} ({addr}) within 15 s"),
         Ok(Err(e)) => match refusal.lock().expect("refusal lock").take() {
@@ -262,8 +265,11 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
         )?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
-    let connecting =
-        endpoint.connect_with(quic_config(tls, link_timeout)?, addr, CONTROLLER_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(
+        quic_config(tls, link_timeout)?,
+        addr,
+        CONTROLLER_SERVER_NAME,
+    )?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| anyhow!("no answer from {addr} within 5 s"))?

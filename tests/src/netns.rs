@@ -66,8 +66,8 @@ impl NetNs {
         let ns_if = format!("pv{tag}n");
         assert!(host_if.len() <= 15, "interface name {host_if} too long");
         // A /30 whose addresses no interface on the host holds yet.
-        let used = String::from_utf8_lossy(&run("ip", &["-o", "-4", "addr", "show"]).stdout)
-            .into_owned();
+        let used =
+            String::from_utf8_lossy(&run("ip", &["-o", "-4", "addr", "show"]).stdout).into_owned();
         let start = (pid as usize + n as usize * 7) % 62;
         let block = (0..62)
             .map(|i| 1 + (start + i) % 62)
@@ -90,12 +90,37 @@ impl NetNs {
         // From here on, Drop cleans up whatever was made.
         run(
             "ip",
-            &["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns.ns_if],
+            &[
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns.ns_if,
+            ],
         );
         run("ip", &["link", "set", &ns.ns_if, "netns", &ns.name]);
-        run("ip", &["addr", "add", &format!("{}/30", ns.host_addr), "dev", &ns.host_if]);
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", ns.host_addr),
+                "dev",
+                &ns.host_if,
+            ],
+        );
         run("ip", &["link", "set", &ns.host_if, "up"]);
-        ns.exec_ok(&["ip", "addr", "add", &format!("{}/30", ns.ns_addr), "dev", &ns.ns_if]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_addr),
+            "dev",
+            &ns.ns_if,
+        ]);
         ns.exec_ok(&["ip", "link", "set", &ns.ns_if, "up"]);
         ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -103,7 +128,12 @@ impl NetNs {
 
     /// The command prefix that runs a program inside the namespace.
     pub fn prefix(&self) -> Vec<String> {
-        vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone()]
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
     }
 
     /// Runs a command inside the namespace and asserts it succeeds.
@@ -124,8 +154,19 @@ impl NetNs {
     /// Limits what leaves the namespace to `rate` (a tc rate such as `400kbit`).
     pub fn throttle_out(&self, rate: &str) {
         self.exec_ok(&[
-            "tc", "qdisc", "replace", "dev", &self.ns_if, "root", "tbf", "rate", rate, "burst",
-            "32kb", "latency", "1s",
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.ns_if,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "32kb",
+            "latency",
+            "1s",
         ]);
     }
 

@@ -106,7 +106,8 @@ fn resumed_at(ctl: &Controller, action: u64) -> Option<u64> {
     ctl.log()
         .lines()
         .filter(|l| {
-            l.contains("upload resumes where it stopped") && l.contains(&format!("action={action} "))
+            l.contains("upload resumes where it stopped")
+                && l.contains(&format!("action={action} "))
         })
         .find_map(|l| {
             l.split_whitespace()
@@ -126,7 +127,13 @@ fn download_and_check(ctl: &Controller, token: &str, id: u64, dir: &Path) -> Pat
     let file = dir.join(format!("package-{id}.tar.gz"));
     let out = ctl.ctl_as(
         token,
-        &["artifacts", "download", &id.to_string(), "-o", file.to_str().unwrap()],
+        &[
+            "artifacts",
+            "download",
+            &id.to_string(),
+            "-o",
+            file.to_str().unwrap(),
+        ],
     );
     assert!(
         out.status.success(),
@@ -146,7 +153,11 @@ fn download_and_check(ctl: &Controller, token: &str, id: u64, dir: &Path) -> Pat
         .arg(dir)
         .output()
         .expect("run tar");
-    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let root = dir.join(format!("collect-{id}"));
     let out = Command::new("sha256sum")
         .args(["--strict", "-c", "SHA256SUMS"])
@@ -198,9 +209,8 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
     ns.unthrottle();
     ns.set_link(true);
     let v = ctl.wait_status(id, "succeeded", T);
-    let offset = resumed_at(&ctl, id).unwrap_or_else(|| {
-        panic!("the controller logged no resumed upload for action {id}")
-    });
+    let offset = resumed_at(&ctl, id)
+        .unwrap_or_else(|| panic!("the controller logged no resumed upload for action {id}"));
     assert!(offset > 0, "resumed at {offset}");
     let detail = &v["action"]["result_detail"];
     assert!(
@@ -218,15 +228,34 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     for want in [
-        "system", "disks", "processes", "open_files", "sockets", "interfaces", "routes",
-        "neighbours", "dns", "proxy", "firewall", "users", "sudoers", "logins", "autoruns",
-        "kernel_modules", "packages", "suid_sgid", "temp_files", "logs",
+        "system",
+        "disks",
+        "processes",
+        "open_files",
+        "sockets",
+        "interfaces",
+        "routes",
+        "neighbours",
+        "dns",
+        "proxy",
+        "firewall",
+        "users",
+        "sudoers",
+        "logins",
+        "autoruns",
+        "kernel_modules",
+        "packages",
+        "suid_sgid",
+        "temp_files",
+        "logs",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    assert!(std::fs::read_to_string(root.join("summary.txt"))
-        .unwrap()
-        .contains("sha256sum -c SHA256SUMS"));
+    assert!(
+        std::fs::read_to_string(root.join("summary.txt"))
+            .unwrap()
+            .contains("sha256sum -c SHA256SUMS")
+    );
 
     // The planted process, with its marker command line and the hash of what it runs.
     let procs = json_file(&root, "processes/processes.json");
@@ -259,7 +288,10 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
         "host sockets leaked into the namespace's view"
     );
     let ifaces = json_file(&root, "interfaces/interfaces.json");
-    assert!(ifaces.to_string().contains(&ns.ns_addr.to_string()), "{ifaces}");
+    assert!(
+        ifaces.to_string().contains(&ns.ns_addr.to_string()),
+        "{ifaces}"
+    );
     // The cron entry, listed and copied.
     let cron_name = planted.cron.display().to_string();
     let autoruns = json_file(&root, "autoruns/autoruns.json");
@@ -296,7 +328,9 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
     agent.start();
     let v2 = ctl.wait_status(id2, "succeeded", T);
     assert!(
-        agent.log().contains("reusing the package built before the restart"),
+        agent
+            .log()
+            .contains("reusing the package built before the restart"),
         "{}",
         agent.log()
     );
@@ -306,15 +340,29 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
     assert_eq!(v2["action"]["artifacts"].as_array().unwrap().len(), 1);
     download_and_check(&ctl, &ctl.admin_token, id2, work.path());
     // The spool is emptied once the result is journaled.
-    eventually(Duration::from_secs(10), "the agent's spool to be emptied", || {
-        (std::fs::read_dir(agent.state_dir.join("spool")).unwrap().count() == 0).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "the agent's spool to be emptied",
+        || {
+            (std::fs::read_dir(agent.state_dir.join("spool"))
+                .unwrap()
+                .count()
+                == 0)
+                .then_some(())
+        },
+    );
 
     // 3. Only users with the investigate permission download packages.
     let approver = ctl.add_user("ann", "approver", &[]);
     let err = ctl.ctl_fails(
         &approver,
-        &["artifacts", "download", &id.to_string(), "-o", work.path().join("x").to_str().unwrap()],
+        &[
+            "artifacts",
+            "download",
+            &id.to_string(),
+            "-o",
+            work.path().join("x").to_str().unwrap(),
+        ],
     );
     assert!(err.contains("HTTP 403"), "{err}");
     assert!(err.contains("investigate"), "{err}");

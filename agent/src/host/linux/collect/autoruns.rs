@@ -48,8 +48,14 @@ pub fn autoruns(ctx: &Ctx) -> anyhow::Result<Out> {
         "/lib/systemd/system",
     ] {
         for dir in sorted_entries(Path::new(root)) {
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let Some(target) = name.strip_suffix(".wants").or_else(|| name.strip_suffix(".requires")) else {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(target) = name
+                .strip_suffix(".wants")
+                .or_else(|| name.strip_suffix(".requires"))
+            else {
                 if root == "/etc/systemd/system" && dir.is_file() && !dir.is_symlink() {
                     // A unit file an admin (or intruder) put in /etc: copy it.
                     item(&mut out, "systemd_unit_file", &dir, json!({}));
@@ -68,7 +74,12 @@ pub fn autoruns(ctx: &Ctx) -> anyhow::Result<Out> {
             }
             for link in sorted_entries(&dir) {
                 let unit = link.file_name().map(|n| n.to_string_lossy().into_owned());
-                item(&mut out, "systemd_enabled_unit", &link, json!({"unit": unit, "wanted_by": target}));
+                item(
+                    &mut out,
+                    "systemd_enabled_unit",
+                    &link,
+                    json!({"unit": unit, "wanted_by": target}),
+                );
             }
         }
     }
@@ -85,13 +96,24 @@ pub fn autoruns(ctx: &Ctx) -> anyhow::Result<Out> {
             }
         }
     }
-    for dir in ["/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly"] {
+    for dir in [
+        "/etc/cron.hourly",
+        "/etc/cron.daily",
+        "/etc/cron.weekly",
+        "/etc/cron.monthly",
+    ] {
         for f in sorted_entries(Path::new(dir)) {
             item(&mut out, "cron_script", &f, json!({}));
         }
     }
     // boot and login scripts, preloaded libraries
-    for f in ["/etc/rc.local", "/etc/profile", "/etc/bash.bashrc", "/etc/environment", "/etc/ld.so.preload"] {
+    for f in [
+        "/etc/rc.local",
+        "/etc/profile",
+        "/etc/bash.bashrc",
+        "/etc/environment",
+        "/etc/ld.so.preload",
+    ] {
         if Path::new(f).exists() {
             let kind = match f {
                 "/etc/rc.local" => "rc_local",

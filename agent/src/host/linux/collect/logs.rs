@@ -40,10 +40,17 @@ pub fn logs(ctx: &Ctx) -> anyhow::Result<Out> {
     if !system_log {
         // Hosts that keep their logs only in the journal.
         if let Some(journalctl) = find_program("journalctl") {
-            match run_program(&journalctl, &["--no-pager", "-o", "short-iso", "-n", "20000"], ctx) {
+            match run_program(
+                &journalctl,
+                &["--no-pager", "-o", "short-iso", "-n", "20000"],
+                ctx,
+            ) {
                 Ok(bytes) => {
                     taken.push(json!({"path": "journalctl -n 20000", "kept_bytes": bytes.len()}));
-                    out.files.push(CollectedFile { name: "logs/journal.txt".into(), bytes });
+                    out.files.push(CollectedFile {
+                        name: "logs/journal.txt".into(),
+                        bytes,
+                    });
                 }
                 Err(e) => out.partly(format!("{e:#}")),
             }

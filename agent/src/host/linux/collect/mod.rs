@@ -49,9 +49,8 @@ pub struct Out {
 
 impl Out {
     pub fn json(&mut self, name: &str, value: &impl Serialize) {
-        let bytes = serde_json::to_vec_pretty(value).unwrap_or_else(|e| {
-            format!("{{\"error\": \"cannot encode: {e}\"}}").into_bytes()
-        });
+        let bytes = serde_json::to_vec_pretty(value)
+            .unwrap_or_else(|e| format!("{{\"error\": \"cannot encode: {e}\"}}").into_bytes());
         self.files.push(CollectedFile {
             name: name.to_owned(),
             bytes,
@@ -139,10 +138,7 @@ pub fn run(collectors: &[(&str, Collector)], limits: &CollectLimits) -> Vec<Coll
         // The collector checks its deadline itself; the grace lets it return what it has.
         let grace = Duration::from_millis(500).min(limits.timeout / 2);
         let outcome = match spawned {
-            Err(e) => Err((
-                CollectStatus::Failed,
-                format!("cannot start a thread: {e}"),
-            )),
+            Err(e) => Err((CollectStatus::Failed, format!("cannot start a thread: {e}"))),
             Ok(_) => match rx.recv_timeout(limits.timeout + grace) {
                 Ok(Ok(Ok(out))) => Ok(out),
                 Ok(Ok(Err(e))) => Err((CollectStatus::Failed, format!("{e:#}"))),
@@ -266,10 +262,17 @@ pub fn hash_open(file: std::fs::File, max: u64) -> Option<String> {
 
 /// Finds a program in the usual system directories.
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(name))
+    .find(|p| p.is_file())
 }
 
 /// Runs a program to completion or until the deadline (then kills it); returns its stdout.
@@ -383,14 +386,28 @@ mod tests {
         ];
         let started = Instant::now();
         let r = run(list, &limits);
-        assert!(started.elapsed() < Duration::from_secs(4), "waited for the hung one");
-        let by: BTreeMap<&str, &Collected> =
-            r.iter().map(|c| (c.collector.as_str(), c)).collect();
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "waited for the hung one"
+        );
+        let by: BTreeMap<&str, &Collected> = r.iter().map(|c| (c.collector.as_str(), c)).collect();
         assert_eq!(r.len(), 6);
         assert_eq!(by["broken"].status, CollectStatus::Failed);
-        assert!(by["broken"].error.as_deref().unwrap().contains("/nonexistent"));
+        assert!(
+            by["broken"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("/nonexistent")
+        );
         assert_eq!(by["panics"].status, CollectStatus::Failed);
-        assert!(by["panics"].error.as_deref().unwrap().contains("collector bug"));
+        assert!(
+            by["panics"]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("collector bug")
+        );
         assert_eq!(by["hangs"].status, CollectStatus::TimedOut);
         assert!(by["hangs"].duration_ms >= 1000);
         assert_eq!(by["big"].status, CollectStatus::Partial);

@@ -74,10 +74,7 @@ pub fn sockets(ctx: &Ctx) -> anyhow::Result<Out> {
         .iter()
         .filter(|s| s.state == "LISTEN" || (s.proto.starts_with("udp") && s.remote_port == 0))
         .collect();
-    out.json(
-        "sockets.json",
-        &json!({"listening": listening, "all": all}),
-    );
+    out.json("sockets.json", &json!({"listening": listening, "all": all}));
     Ok(out)
 }
 
@@ -97,7 +94,11 @@ pub fn parse_sockets(proto: &'static str, text: &str) -> Vec<Socket> {
                 remote_addr,
                 remote_port,
                 state: if proto.starts_with("udp") {
-                    if st == 1 { "ESTABLISHED" } else { "UNCONNECTED" }
+                    if st == 1 {
+                        "ESTABLISHED"
+                    } else {
+                        "UNCONNECTED"
+                    }
                 } else {
                     tcp_state(st)
                 },
@@ -134,7 +135,11 @@ fn parse_endpoint(s: &str) -> Option<(IpAddr, u16)> {
     let (addr, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
     };
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -183,7 +188,11 @@ pub fn routes(ctx: &Ctx) -> anyhow::Result<Out> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let ip = |s: &str| Some(Ipv4Addr::from(u32::from_str_radix(s, 16).ok()?.to_ne_bytes()));
+            let ip = |s: &str| {
+                Some(Ipv4Addr::from(
+                    u32::from_str_radix(s, 16).ok()?.to_ne_bytes(),
+                ))
+            };
             let mask = ip(f.get(7)?)?;
             Some(json!({
                 "interface": f.first()?,
@@ -235,6 +244,16 @@ pub fn neighbours(ctx: &Ctx) -> anyhow::Result<Out> {
     let mut out = Out::default();
     out.json("neighbours.json", &json!({"arp": list}));
     out.raw(Path::new("/proc/net/arp"), ctx.max_bytes / 2);
+    // IPv6 neighbours are not in /proc: ask iproute2 when it is there.
+    if let Some(ip) = find_program("ip") {
+        match run_program(&ip, &["neigh", "show"], ctx) {
+            Ok(text) => out.files.push(crate::host::CollectedFile {
+                name: "ip-neigh.txt".into(),
+                bytes: text,
+            }),
+            Err(e) => out.partly(format!("{e:#}")),
+        }
+    }
     Ok(out)
 }
 
@@ -267,7 +286,12 @@ pub fn dns(ctx: &Ctx) -> anyhow::Result<Out> {
             "hosts": hosts,
         }),
     );
-    for f in ["/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf"] {
+    for f in [
+        "/etc/resolv.conf",
+        "/etc/hosts",
+        "/etc/nsswitch.conf",
+        "/etc/host.conf",
+    ] {
         out.raw(Path::new(f), ctx.max_bytes / 8);
     }
     Ok(out)

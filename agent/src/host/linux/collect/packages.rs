@@ -12,13 +12,20 @@ pub fn packages(ctx: &Ctx) -> anyhow::Result<Out> {
     if dpkg.exists() {
         let text = std::fs::read_to_string(dpkg)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dpkg.display()))?;
-        out.json("packages.json", &json!({"manager": "dpkg", "packages": parse_dpkg_status(&text)}));
+        out.json(
+            "packages.json",
+            &json!({"manager": "dpkg", "packages": parse_dpkg_status(&text)}),
+        );
         return Ok(out);
     }
     if let Some(rpm) = find_program("rpm") {
         let list = run_program(
             &rpm,
-            &["-qa", "--qf", "%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\t%{INSTALLTIME}\\n"],
+            &[
+                "-qa",
+                "--qf",
+                "%{NAME}\\t%{VERSION}-%{RELEASE}\\t%{ARCH}\\t%{INSTALLTIME}\\n",
+            ],
             ctx,
         )?;
         let mut packages: Vec<_> = String::from_utf8_lossy(&list)
@@ -29,7 +36,10 @@ pub fn packages(ctx: &Ctx) -> anyhow::Result<Out> {
             })
             .collect();
         packages.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        out.json("packages.json", &json!({"manager": "rpm", "packages": packages}));
+        out.json(
+            "packages.json",
+            &json!({"manager": "rpm", "packages": packages}),
+        );
         return Ok(out);
     }
     out.unavailable = Some("neither a dpkg database nor rpm on this host".into());

@@ -95,10 +95,7 @@ pub fn logins(ctx: &Ctx) -> anyhow::Result<Out> {
         if key == "sessions" {
             records.retain(|r| r.kind == "user_process");
         }
-        doc.insert(
-            key.into(),
-            json!({"source": path, "records": records}),
-        );
+        doc.insert(key.into(), json!({"source": path, "records": records}));
     }
     out.json("logins.json", &doc);
     Ok(out)
