@@ -33,13 +33,14 @@ last -f /var/log/wtmp > last.txt 2>/dev/null; who > who.txt 2>/dev/null
 ls -l /etc/systemd/system/*.wants > systemd-wants.txt 2>/dev/null
 mkdir cron; cp -r /etc/crontab /etc/cron.* /var/spool/cron cron/ 2>/dev/null
 cp /etc/rc.local /etc/ld.so.preload . 2>/dev/null; cp -r /etc/profile /etc/profile.d . 2>/dev/null
-cat /proc/modules > modules.txt
+cat /proc/modules > modules.txt 2>/dev/null
 dpkg -l > dpkg.txt 2>/dev/null || rpm -qa > rpm.txt 2>/dev/null
 find / \( -fstype proc -o -fstype sysfs -o -fstype devtmpfs -o -fstype devpts -o -fstype cgroup -o -fstype cgroup2 -o -fstype nfs -o -fstype nfs4 -o -fstype cifs \) -prune -o -type f -perm /6000 -exec sha256sum {} + > suid-sgid.txt 2>/dev/null
 find /tmp /var/tmp /dev/shm -maxdepth 6 -type f -size -64M -exec sha256sum {} + > tmp-sha256.txt 2>/dev/null
 for f in /var/log/syslog /var/log/messages /var/log/auth.log /var/log/secure /var/log/kern.log; do
   [ -f "$f" ] && tail -c 4194304 "$f" > "log-$(basename "$f")"
 done
+exit 0
 "#;
 
 fn main() {
@@ -107,11 +108,12 @@ fn main() {
     println!("\nper collector (last run):");
     for c in last.unwrap_or_default() {
         println!(
-            "  {:<16} {:<12} {:>7} ms {:>10} bytes",
+            "  {:<16} {:<12} {:>7} ms {:>10} bytes  {}",
             c.collector,
             format!("{:?}", c.status),
             c.duration_ms,
-            c.files.iter().map(|f| f.bytes.len()).sum::<usize>()
+            c.files.iter().map(|f| f.bytes.len()).sum::<usize>(),
+            c.error.as_deref().unwrap_or("")
         );
     }
 }

@@ -164,7 +164,7 @@ impl NetNs {
             "rate",
             rate,
             "burst",
-            "32kb",
+            "10kb",
             "latency",
             "1s",
         ]);

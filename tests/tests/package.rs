@@ -197,7 +197,7 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
     let work = tempfile::tempdir().unwrap();
 
     // 1. A link cut mid-upload: the upload resumes on the next connection.
-    ns.throttle_out("400kbit");
+    ns.throttle_out("200kbit");
     let id = request_package(&ctl, &device);
     eventually(T, "the upload to start", || {
         (part_len(&ctl, id) > 0).then_some(())
@@ -318,7 +318,7 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
 
     // 2. The agent killed mid-upload: after its restart it reuses the package it had built
     //    and the upload resumes instead of starting over.
-    ns.throttle_out("400kbit");
+    ns.throttle_out("200kbit");
     let id2 = request_package(&ctl, &device);
     eventually(T, "the second upload to start", || {
         (part_len(&ctl, id2) > 0).then_some(())

@@ -244,6 +244,16 @@ pub fn neighbours(ctx: &Ctx) -> anyhow::Result<Out> {
     let mut out = Out::default();
     out.json("neighbours.json", &json!({"arp": list}));
     out.raw(Path::new("/proc/net/arp"), ctx.max_bytes / 2);
+    // IPv6 neighbours are not in /proc: ask iproute2 when it is there.
+    if let Some(ip) = find_program("ip") {
+        match run_program(&ip, &["neigh", "show"], ctx) {
+            Ok(text) => out.files.push(crate::host::CollectedFile {
+                name: "ip-neigh.txt".into(),
+                bytes: text,
+            }),
+            Err(e) => out.partly(format!("{e:#}")),
+        }
+    }
     Ok(out)
 }
 

@@ -79,8 +79,17 @@ pub fn disks(ctx: &Ctx) -> anyhow::Result<Out> {
 }
 
 pub fn kernel_modules(ctx: &Ctx) -> anyhow::Result<Out> {
-    let text = std::fs::read_to_string("/proc/modules")
-        .map_err(|e| anyhow::anyhow!("cannot read /proc/modules: {e}"))?;
+    let text = match std::fs::read_to_string("/proc/modules") {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A kernel without loadable modules, or a container that hides them.
+            return Ok(Out {
+                unavailable: Some("no /proc/modules on this host".into()),
+                ..Out::default()
+            });
+        }
+        Err(e) => anyhow::bail!("cannot read /proc/modules: {e}"),
+    };
     let modules: Vec<_> = text
         .lines()
         .filter_map(|l| {
