@@ -79,8 +79,8 @@ pub struct Lab {
     keep: bool,
 }
 
-/// Which /27 of the documentation ranges a lab uses: 8 in 198.51.100.0/24, then 8 in
-/// 192.0.2.0/24.
+/// Which /27 of the documentation ranges a lab uses: 8 in 198.51.100.0/24, then 4 in
+/// 192.0.2.0/25 (192.0.2.128/25 is `netns::NetNs`'s).
 fn block(slot: u32) -> (Ipv4Addr, u16) {
     let base = if slot < 8 {
         [198, 51, 100]
@@ -103,7 +103,7 @@ impl Lab {
         );
         std::fs::create_dir_all(STATE_DIR)?;
         // Claim a slot by creating its state file exclusively: concurrent tests get their own.
-        let (slot, state) = (0..16)
+        let (slot, state) = (0..12)
             .find_map(|slot| {
                 let path = PathBuf::from(format!("{STATE_DIR}/{slot}.json"));
                 let stale = path.exists() && !Lab::state_alive(&path);
@@ -117,7 +117,7 @@ impl Lab {
                     .ok()
                     .map(|_| (slot, path))
             })
-            .context("all 16 lab slots are in use; `cargo xtask lab down` removes old labs")?;
+            .context("all 12 lab slots are in use; `cargo xtask lab down` removes old labs")?;
         let (net, v6block) = block(slot);
         let o = net.octets();
         let id = format!("{slot}");

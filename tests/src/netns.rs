@@ -1,4 +1,4 @@
-//! A network namespace joined to the host by a veth pair with addresses from 198.51.100.0/24
+//! A network namespace joined to the host by a veth pair with addresses from 192.0.2.128/25
 //! (TEST-NET-2), for lab tests that need a device with its own network. Needs root; a test
 //! that is not root fails with a clear message rather than skipping. The namespace and its
 //! links are removed on drop, also when the test panics; namespaces left by a test process
@@ -68,17 +68,19 @@ impl NetNs {
         // A /30 whose addresses no interface on the host holds yet.
         let used =
             String::from_utf8_lossy(&run("ip", &["-o", "-4", "addr", "show"]).stdout).into_owned();
-        let start = (pid as usize + n as usize * 7) % 62;
-        let block = (0..62)
-            .map(|i| 1 + (start + i) % 62)
+        // 192.0.2.128/25 is this helper's; the lab (`lab.rs`) uses 198.51.100.0/24 and
+        // 192.0.2.0/25, so the two never route over each other.
+        let start = (pid as usize + n as usize * 7) % 32;
+        let block = (0..32)
+            .map(|i| 32 + (start + i) % 32)
             .find(|b| {
-                let net = format!("198.51.100.{}/", b * 4 + 1);
-                let peer = format!("198.51.100.{}/", b * 4 + 2);
+                let net = format!("192.0.2.{}/", b * 4 + 1);
+                let peer = format!("192.0.2.{}/", b * 4 + 2);
                 !used.contains(&net) && !used.contains(&peer)
             })
-            .expect("a free /30 in 198.51.100.0/24");
-        let host_addr = Ipv4Addr::new(198, 51, 100, (block * 4 + 1) as u8);
-        let ns_addr = Ipv4Addr::new(198, 51, 100, (block * 4 + 2) as u8);
+            .expect("a free /30 in 192.0.2.128/25");
+        let host_addr = Ipv4Addr::new(192, 0, 2, (block * 4 + 1) as u8);
+        let ns_addr = Ipv4Addr::new(192, 0, 2, (block * 4 + 2) as u8);
         run("ip", &["netns", "add", &name]);
         let ns = NetNs {
             name,
