@@ -76,7 +76,7 @@ fn main() {
     std::fs::create_dir_all(root.join("work")).unwrap();
     let state = root.join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let host = LinuxHost::new(state.clone(), vec![]);
+    let host = LinuxHost::default().with_vault(state.clone(), vec![]);
     let sizes: Vec<u64> = std::env::var("PALISADE_BENCH_SIZES")
         .unwrap_or_else(|_| "1K,100M,1G".into())
         .split(',')

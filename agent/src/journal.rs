@@ -58,6 +58,8 @@ impl Journal {
             .with_context(|| format!("cannot open journal {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The runtime and the executor (lasting actions) each hold a connection.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Migrations::new(vec![M::up(V1)])
             .to_latest(&mut conn)
             .context("cannot migrate the journal")?;
@@ -167,6 +169,17 @@ impl Journal {
     pub fn offboard_finished(&self) -> Result<bool> {
         Ok(self.conn.query_row(
             "SELECT EXISTS(SELECT 1 FROM actions WHERE kind = 'offboard' AND stage IN ('finished', 'acknowledged'))",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// A restrict or release of execution whose result the controller has not acknowledged:
+    /// until it has, the controller's desired state predates it.
+    pub fn exec_action_pending(&self) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM actions WHERE kind IN ('restrict_execution', 'release_execution')
+             AND stage IN ('received', 'finished'))",
             [],
             |r| r.get(0),
         )?)

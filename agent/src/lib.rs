@@ -1,10 +1,13 @@
 //! The Palisade agent: one QUIC session to the controller, a journal that makes every action
 //! happen once, and a host-capability layer that does the work.
 
+pub mod config;
+pub mod events;
 pub mod executor;
 pub mod host;
 pub mod identity;
 pub mod journal;
+pub mod package;
 pub mod runtime;
 pub mod transport;
 pub mod vault;

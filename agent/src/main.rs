@@ -1,11 +1,12 @@
-//! `palisade-agent`: enroll this device, then run.
+//! `palisade-agent`: enroll this device, run, or validate the configuration.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use palisade_agent::config::FileConfig;
 use palisade_agent::host::linux::LinuxHost;
-use palisade_agent::runtime::{self, Exit, Settings};
+use palisade_agent::runtime::{self, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -14,14 +15,12 @@ use palisade_agent::runtime::{self, Exit, Settings};
     about = "Palisade agent: carries out response actions on this device"
 )]
 struct Cli {
-    /// Directory for the identity, journal and spool.
-    #[arg(
-        long,
-        global = true,
-        env = "PALISADE_STATE_DIR",
-        default_value = "/var/lib/palisade-agent"
-    )]
-    state_dir: PathBuf,
+    /// TOML configuration file; flags override it.
+    #[arg(long, global = true, env = "PALISADE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the identity, journal and spool [default: /var/lib/palisade-agent].
+    #[arg(long, global = true, env = "PALISADE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,7 +33,7 @@ enum Command {
         #[arg(long)]
         controller: String,
         /// An enrolment token from `palisadectl enroll-token create`.
-        #[arg(long, env = "PALISADE_ENROLL_TOKEN")]
+        #[arg(long, env = "PALISADE_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
         /// SHA-256 of the controller's CA certificate, as the controller prints it.
         #[arg(long)]
@@ -42,14 +41,37 @@ enum Command {
     },
     /// Run: keep a session with the controller and carry out actions.
     Run {
-        /// Largest file a sample request may upload, in bytes.
-        #[arg(long, default_value_t = 256 << 20)]
-        max_sample: u64,
+        /// Largest file a sample request may upload, in bytes [default: 256 MiB].
+        #[arg(long)]
+        max_sample: Option<u64>,
+        /// Largest investigation package this agent uploads, in bytes [default: 512 MiB].
+        #[arg(long)]
+        max_package: Option<u64>,
+        /// Time budget of each collector of an investigation package [default: 30s].
+        #[arg(long)]
+        collector_timeout: Option<String>,
+        /// Output budget of each collector of an investigation package, in bytes [default: 32 MiB].
+        #[arg(long)]
+        collector_max_bytes: Option<u64>,
+        /// Silence after which the link to the controller counts as lost and is re-made [default: 30s].
+        #[arg(long)]
+        link_timeout: Option<String>,
+        /// A mount point whose mount, and every mount below it (now and later), is marked for
+        /// exec-permission events while execution is restricted. Repeatable [default: /, i.e.
+        /// every local filesystem].
+        #[arg(long = "exec-mark", value_name = "MOUNT_POINT")]
+        exec_mark: Vec<PathBuf>,
+        /// A directory whose root-owned, root-only-writable contents may run while execution
+        /// is restricted. Repeatable [default: /usr /bin /sbin /lib /lib32 /lib64 /libx32].
+        #[arg(long = "exec-system-path", value_name = "DIR")]
+        exec_system_path: Vec<PathBuf>,
         /// A path (file or directory) that quarantine must refuse, besides the agent's own
-        /// files, /proc, /sys and the built-in list. Repeatable.
-        #[arg(long = "protect")]
+        /// files, /proc, /sys and the built-in list. Repeatable [default: none].
+        #[arg(long = "protect", value_name = "PATH")]
         protect: Vec<PathBuf>,
     },
+    /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
+    Validate,
     /// The quarantine vault on this device.
     Vault {
         #[command(subcommand)]
@@ -84,55 +106,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("palisade-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Enroll {
-                controller,
-                token,
-                ca_sha256,
-            } => {
-                let id = palisade_agent::enroll(
-                    &cli.state_dir,
-                    &controller,
-                    &token,
-                    &ca_sha256,
-                    &LinuxHost::default(),
-                )
-                .await?;
-                println!("enrolled as device {}", id.info.device_id);
-                Ok(())
-            }
-            Command::Run {
-                max_sample,
-                protect,
-            } => {
-                let mut settings = Settings::new(cli.state_dir.clone());
-                settings.max_sample = max_sample;
-                let host = LinuxHost::new(cli.state_dir.clone(), protect);
-                match runtime::run(settings, host).await? {
-                    Exit::Stopped => eprintln!("palisade-agent: stopped"),
-                    Exit::Offboarded => {
-                        eprintln!("palisade-agent: offboarded; identity and journal erased")
-                    }
-                }
-                Ok::<(), anyhow::Error>(())
-            }
-            Command::Vault { command } => vault(&cli.state_dir, command),
-            Command::VaultDrill { path, moves } => drill(&cli.state_dir, &path, moves),
-        }
-    });
-    match result {
+    match main_result(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade-agent: {e:#}");
@@ -141,8 +115,93 @@ fn main() -> ExitCode {
     }
 }
 
+fn main_result(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut overrides = FileConfig {
+        state_dir: cli.state_dir.clone(),
+        ..Default::default()
+    };
+    if let Command::Run {
+        max_sample,
+        max_package,
+        collector_timeout,
+        collector_max_bytes,
+        link_timeout,
+        exec_mark,
+        exec_system_path,
+        protect,
+    } = &cli.command
+    {
+        overrides.max_sample = *max_sample;
+        overrides.max_package = *max_package;
+        overrides.collector_timeout = collector_timeout.clone();
+        overrides.collector_max_bytes = *collector_max_bytes;
+        overrides.link_timeout = link_timeout.clone();
+        overrides.exec_mark = (!exec_mark.is_empty()).then(|| exec_mark.clone());
+        overrides.exec_system_paths =
+            (!exec_system_path.is_empty()).then(|| exec_system_path.clone());
+        overrides.protect = (!protect.is_empty()).then(|| protect.clone());
+    }
+    let protect = file.protect(&overrides)?;
+    let (settings, exec) = file.resolve_with_exec(overrides)?;
+    match cli.command {
+        Command::Validate => {
+            let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
+            println!(
+                "configuration valid: state_dir {}, enrolled as device {} with controller {}",
+                settings.state_dir.display(),
+                identity.info.device_id,
+                identity.info.controller
+            );
+            return Ok(());
+        }
+        Command::Vault { command } => return vault(&settings.state_dir, command),
+        Command::VaultDrill { path, moves } => return drill(&settings.state_dir, &path, moves),
+        _ => {}
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Enroll {
+                controller,
+                token,
+                ca_sha256,
+            } => {
+                let id = palisade_agent::enroll(
+                    &settings.state_dir,
+                    &controller,
+                    &token,
+                    &ca_sha256,
+                    &LinuxHost::default(),
+                )
+                .await?;
+                println!("enrolled as device {}", id.info.device_id);
+            }
+            Command::Run { .. } => {
+                let host = LinuxHost::new(exec).with_vault(settings.state_dir.clone(), protect);
+                match runtime::run(settings, host).await? {
+                    Exit::Stopped => eprintln!("palisade-agent: stopped"),
+                    Exit::Offboarded => {
+                        eprintln!("palisade-agent: offboarded; identity and journal erased")
+                    }
+                }
+            }
+            Command::Validate | Command::Vault { .. } | Command::VaultDrill { .. } => {
+                unreachable!("handled above")
+            }
+        }
+        Ok(())
+    })
+}
+
 fn vault(state_dir: &std::path::Path, command: VaultCmd) -> anyhow::Result<()> {
-    let host = LinuxHost::new(state_dir.to_owned(), vec![]);
+    let host = LinuxHost::default().with_vault(state_dir.to_owned(), vec![]);
     let vault = host.vault()?;
     match command {
         VaultCmd::Recover => {
@@ -172,7 +231,7 @@ fn drill(
     moves: Option<u64>,
 ) -> anyhow::Result<()> {
     use palisade_agent::host::Host;
-    let host = LinuxHost::new(state_dir.to_owned(), vec![]);
+    let host = LinuxHost::default().with_vault(state_dir.to_owned(), vec![]);
     host.vault_recover()?;
     let name = path.to_string_lossy().into_owned();
     let mut n = 0u64;

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
 use palisade_common::session::{AgentEvent, AgentSession};
-use palisade_common::wire::{Hello, ObservedState};
+use palisade_common::wire::Hello;
 use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
+use crate::events::Aggregator;
 use crate::executor::{CAPABILITIES, Executor, Upload};
-use crate::host::Host;
+use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
 use crate::journal::Journal;
 use crate::transport::{self, LinkEnd, UploadError, Uploader};
@@ -24,6 +25,12 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Largest file `request sample` uploads.
     pub max_sample: u64,
+    /// Largest investigation package uploaded.
+    pub max_package: u64,
+    /// The budget of each collector of an investigation package.
+    pub collect: CollectLimits,
+    /// How long a silent link may stay up before it counts as lost.
+    pub link_timeout: Duration,
     /// First reconnect delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -34,6 +41,9 @@ impl Settings {
         Settings {
             state_dir,
             max_sample: 256 << 20,
+            max_package: 512 << 20,
+            collect: CollectLimits::default(),
+            link_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
@@ -50,15 +60,20 @@ pub enum Exit {
 }
 
 enum ExecEvent {
-    Finished(ActionReport),
+    /// The report, and the spool files to delete once it is journaled.
+    Finished(ActionReport, Vec<PathBuf>),
 }
 
 pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let identity = Identity::load(&settings.state_dir)?;
     let spool = settings.state_dir.join("spool");
     identity::private_dir(&spool)?;
-    let mut journal = Journal::open(&settings.state_dir.join("journal.sqlite"))?;
-    let executor = Arc::new(Executor::new(host, spool, settings.max_sample));
+    let journal_path = settings.state_dir.join("journal.sqlite");
+    let mut journal = Journal::open(&journal_path)?;
+    let mut executor = Executor::new(host, spool.clone(), settings.max_sample, journal_path);
+    executor.max_package = settings.max_package;
+    executor.collect = settings.collect;
+    let executor = Arc::new(executor);
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
@@ -74,8 +89,23 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         Err(e) => tracing::error!(error = %e, "vault recovery failed"),
     }
 
-    // Work a restart interrupted is run again: every current kind is safe to repeat.
-    for spec in journal.unfinished()? {
+    // Lasting state first, before any connection: a restriction survives restarts.
+    let observed = executor.reconcile(&journal, None)?;
+    match &observed.drift {
+        Some(drift) => tracing::error!(%drift, "cannot enforce the desired state"),
+        None => tracing::info!(
+            revision = observed.desired_revision,
+            restrict_execution = observed.restrict_execution,
+            "desired state enforced"
+        ),
+    }
+    let mut events = Aggregator::new(EVENTS_PER_FLUSH, MAX_UNSENT_EVENTS);
+
+    // Work a restart interrupted is run again: every current kind is safe to repeat. Spool
+    // files of other actions are leftovers of results journaled before the restart.
+    let unfinished = journal.unfinished()?;
+    clean_spool(&spool, &unfinished);
+    for spec in unfinished {
         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "resuming interrupted action");
         spawn_execution(executor.clone(), spec, exec_tx.clone(), uploader_rx.clone());
     }
@@ -87,10 +117,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             capabilities: CAPABILITIES.to_vec(),
             inventory: executor.host().inventory(),
-            observed: observed(&journal)?,
+            observed: executor.observed(&journal)?,
         };
         let connected = tokio::select! {
-            c = transport::connect(&identity, &hello) => c,
+            c = transport::connect(&identity, &hello, settings.link_timeout) => c,
             _ = tokio::signal::ctrl_c() => return Ok(Exit::Stopped),
             _ = term.recv() => return Ok(Exit::Stopped),
         };
@@ -114,6 +144,9 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         );
         let _ = session.take_hello(); // sent by `connect` as the stream's opening
         uploader_tx.send_replace(Some(link.uploader()));
+        let mut flush = tokio::time::interval(EVENTS_FLUSH);
+        let mut last_heal: Option<Instant> = None;
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let end = loop {
             let deadline = session
@@ -126,8 +159,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("connection reader stopped".into()),
                 },
                 ev = exec_rx.recv() => match ev {
-                    Some(ExecEvent::Finished(report)) => {
+                    Some(ExecEvent::Finished(report, cleanup)) => {
                         journal.finish(&report)?;
+                        for path in cleanup {
+                            let _ = std::fs::remove_file(path);
+                        }
                         tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
                         let kind = journal.kind_of(report.id)?;
                         session.submit_result(report);
@@ -138,6 +174,22 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                _ = flush.tick() => {
+                    let (denials, dropped) = executor.host().take_exec_denials();
+                    events.add(denials, dropped, now_ms());
+                    if let Err(unsent) = session.events(events.flush()) {
+                        events.requeue(unsent);
+                    }
+                    // Self-healing: a restriction whose listener died is put back (retried at
+                    // most every HEAL_EVERY, so a lasting failure does not flood the log).
+                    let now = executor.observed(&journal)?;
+                    if now.drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
+                        last_heal = Some(Instant::now());
+                        let healed = executor.reconcile(&journal, None)?;
+                        tracing::warn!(drift = ?now.drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
+                        session.observed(healed);
+                    }
+                }
                 _ = tokio::signal::ctrl_c() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
                 _ = term.recv() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
             }
@@ -174,8 +226,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         }
                     }
                     AgentEvent::Desired(desired) => {
-                        journal.set_desired(&desired)?;
-                        session.observed(observed(&journal)?);
+                        let revision = desired.revision;
+                        let observed = executor.reconcile(&journal, Some(desired))?;
+                        tracing::info!(revision, restrict_execution = observed.restrict_execution, drift = ?observed.drift, "desired state applied");
+                        session.observed(observed);
                     }
                     AgentEvent::Closed(reason) => tracing::warn!(%reason, "session closed"),
                 }
@@ -224,14 +278,20 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     }
 }
 
-fn observed(journal: &Journal) -> Result<ObservedState> {
-    // No lasting action is implemented yet, so nothing is enforced: the observed state is the
-    // empty state, at the revision last received.
-    let revision = journal.desired()?.map(|d| d.revision).unwrap_or(0);
-    Ok(ObservedState {
-        desired_revision: revision,
-        ..Default::default()
-    })
+/// How often denials are drained, aggregated and sent, and the desired state re-checked.
+const EVENTS_FLUSH: Duration = Duration::from_secs(1);
+/// At most this many events per flush: the rate limit of what the agent reports on its own.
+const EVENTS_PER_FLUSH: usize = 20;
+/// Least time between two attempts to repair drift.
+const HEAL_EVERY: Duration = Duration::from_secs(30);
+/// Events kept while the controller is unreachable.
+const MAX_UNSENT_EVENTS: usize = 200;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn offboard(settings: &Settings) -> Result<Exit> {
@@ -261,19 +321,34 @@ fn spawn_execution<H: Host>(
                 vec![],
             ),
         };
+        let mut cleanup = Vec::new();
         for upload in uploads {
             if let Err(e) = upload_until_done(&spec, &upload, uploader.clone()).await {
                 report.outcome = Outcome::Failed;
                 report.summary = format!("{}; {e}", report.summary);
                 report.artifacts.retain(|a| a.name != upload.name);
             }
-            let _ = std::fs::remove_file(&upload.snapshot.path);
+            cleanup.push(upload.snapshot.path.clone());
+            cleanup.extend(upload.cleanup.iter().cloned());
         }
         if matches!(spec.params, ActionParams::Offboard {}) {
             tracing::warn!("offboard requested: waiting for the controller to confirm");
         }
-        let _ = done.send(ExecEvent::Finished(report));
+        let _ = done.send(ExecEvent::Finished(report, cleanup));
     });
+}
+
+/// Deletes spool files (named `<action id>.…`) of actions that are not to be run again.
+fn clean_spool(spool: &std::path::Path, unfinished: &[ActionSpec]) {
+    let keep: std::collections::HashSet<String> =
+        unfinished.iter().map(|s| s.id.0.to_string()).collect();
+    for entry in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.split('.').next().unwrap_or("");
+        if !keep.contains(id) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Retries an upload over whatever connection is live until it is stored or refused for good.

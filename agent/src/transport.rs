@@ -53,13 +53,17 @@ fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
     Ok(quinn::Endpoint::client(bind)?)
 }
 
-fn quic_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+/// The silence after which a session connection counts as lost.
+const LINK_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn quic_config(tls: rustls::ClientConfig, link_timeout: Duration) -> Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    let link_timeout = link_timeout.max(Duration::from_secs(1));
+    transport.keep_alive_interval(Some((link_timeout / 6).min(Duration::from_secs(5))));
+    transport.max_idle_timeout(Some(link_timeout.try_into()?));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -181,7 +185,11 @@ pub async fn enroll(
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
-    let connecting = endpoint.connect_with(quic_config(tls)?, addr, CONTROLLER_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(
+        quic_config(tls, LINK_TIMEOUT)?,
+        addr,
+        CONTROLLER_SERVER_NAME,
+    )?;
     let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
         Err(_) => bail!("no answer from the controller at {controller} ({addr}) within 15 s"),
         Ok(Err(e)) => match refusal.lock().expect("refusal lock").take() {
@@ -243,7 +251,7 @@ pub struct Link {
     _endpoint: quinn::Endpoint,
 }
 
-pub async fn connect(identity: &Identity, hello: &Hello) -> Result<Link> {
+pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration) -> Result<Link> {
     let addr = resolve(&identity.info.controller).await?;
     let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
@@ -257,7 +265,11 @@ pub async fn connect(identity: &Identity, hello: &Hello) -> Result<Link> {
         )?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
-    let connecting = endpoint.connect_with(quic_config(tls)?, addr, CONTROLLER_SERVER_NAME)?;
+    let connecting = endpoint.connect_with(
+        quic_config(tls, link_timeout)?,
+        addr,
+        CONTROLLER_SERVER_NAME,
+    )?;
     let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
         .await
         .map_err(|_| anyhow!("no answer from {addr} within 5 s"))?

@@ -80,6 +80,12 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// What may run on a device group's devices while execution is restricted, beyond the
+    /// trusted system binaries.
+    ExecAllowlist {
+        #[command(subcommand)]
+        command: AllowlistCmd,
+    },
     /// The hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -100,6 +106,28 @@ enum DevicesCmd {
     Vault {
         device: String,
     },
+    /// What the device reported on its own (denied executions …), newest first.
+    Events {
+        device: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AllowlistCmd {
+    /// Replace a group's allowlist (with no --sha256 and no --path: empty it).
+    Set {
+        #[arg(long = "group", default_value = "default")]
+        device_group: String,
+        /// SHA-256 of an allowed file (64 hex digits). Repeatable.
+        #[arg(long)]
+        sha256: Vec<String>,
+        /// Absolute path of an allowed file. Repeatable.
+        #[arg(long)]
+        path: Vec<String>,
+    },
+    List,
 }
 
 #[derive(Args)]
@@ -442,9 +470,78 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.row(vec!["capabilities".into(), list(&d["capabilities"])]);
                 t.row(vec!["enrolled_at".into(), ts(&d["enrolled_at"])]);
                 t.row(vec!["last_seen".into(), ts(&d["last_seen"])]);
+                let want = &v["desired"];
+                let seen = &d["observed"];
+                t.row(vec![
+                    "restrict_execution".into(),
+                    format!(
+                        "desired {} (revision {}), observed {} (revision {}){}",
+                        text(&want["restrict_execution"]),
+                        text(&want["revision"]),
+                        text(&seen["restrict_execution"]),
+                        text(&seen["desired_revision"]),
+                        seen["drift"]
+                            .as_str()
+                            .map(|d| format!(", drift: {d}"))
+                            .unwrap_or_default()
+                    ),
+                ]);
                 t.print();
                 println!("\nqueue (approved, not finished):");
                 actions_table(&v["queue"]).print();
+            }
+        }
+        Command::Devices {
+            command: DevicesCmd::Events { device, limit },
+        } => {
+            let v = client.get(
+                &format!("/api/v1/devices/{}/events", client::segment(&device)),
+                &[("limit", limit.to_string())],
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let mut t = Table::new(&["id", "last at", "source", "kind", "count", "summary"]);
+                for e in v["events"].as_array().into_iter().flatten() {
+                    t.row(vec![
+                        text(&e["id"]),
+                        ts(&e["last_at"]),
+                        text(&e["source"]),
+                        text(&e["kind"]),
+                        text(&e["count"]),
+                        text(&e["summary"]),
+                    ]);
+                }
+                t.print();
+            }
+        }
+        Command::ExecAllowlist {
+            command:
+                AllowlistCmd::Set {
+                    device_group,
+                    sha256,
+                    path,
+                },
+        } => {
+            let v = client.put(
+                "/api/v1/exec-allowlist",
+                &json!({"device_group": device_group, "sha256": sha256, "paths": path}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                allowlist_table(std::slice::from_ref(&v["allowlist"])).print();
+            }
+        }
+        Command::ExecAllowlist {
+            command: AllowlistCmd::List,
+        } => {
+            let v = client.get("/api/v1/exec-allowlist", &[])?;
+            if json_out {
+                print(&v)?;
+            } else {
+                allowlist_table(v["allowlists"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+                    .print();
             }
         }
         Command::Devices {
@@ -983,8 +1080,58 @@ fn show_action(v: &Value) {
         println!("\nper device:");
         actions_table(&Value::Array(children.clone())).print();
     }
-    if !a["result_detail"].is_null() {
-        println!("\nresult detail: {}", a["result_detail"]);
+    let detail = &a["result_detail"];
+    if let Some(collectors) = detail["collectors"].as_array() {
+        // An investigation package: what each collector did.
+        println!("\ncollectors:");
+        let mut t = Table::new(&["collector", "status", "ms", "files", "bytes", "error"]);
+        for c in collectors {
+            t.row(vec![
+                text(&c["name"]),
+                text(&c["status"]),
+                text(&c["duration_ms"]),
+                text(&c["files"]),
+                text(&c["bytes"]),
+                text(&c["error"]),
+            ]);
+        }
+        t.print();
+        if detail["package"]["name"].is_string() {
+            println!(
+                "\ndownload: palisadectl artifacts download {} -o FILE",
+                text(&a["id"])
+            );
+        }
+    } else if !detail.is_null() {
+        println!("\nresult detail: {detail}");
     }
     let _ = std::io::stdout().flush();
+}
+
+fn allowlist_table(lists: &[Value]) -> Table {
+    let mut t = Table::new(&["group", "kind", "entry", "updated by", "updated at"]);
+    for l in lists {
+        let entries = l["sha256"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| ("sha256", h))
+            .chain(
+                l["paths"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| ("path", p)),
+            );
+        for (kind, entry) in entries {
+            t.row(vec![
+                text(&l["device_group"]),
+                kind.into(),
+                text(entry),
+                text(&l["updated_by"]),
+                ts(&l["updated_at"]),
+            ]);
+        }
+    }
+    t
 }

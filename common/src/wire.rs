@@ -95,6 +95,48 @@ pub struct DesiredState {
     pub isolation: Option<IsolateParams>,
     pub contained: Vec<IpAddr>,
     pub restrict_execution: bool,
+    /// What may run besides the trusted system binaries while execution is restricted (the
+    /// allowlist of the device's group).
+    pub exec_allowlist: ExecAllowlist,
+}
+
+/// Executables allowed while execution is restricted, beyond the trusted system paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ExecAllowlist {
+    /// SHA-256 digests of allowed files.
+    pub sha256: Vec<[u8; 32]>,
+    /// Absolute paths of allowed files (exact match).
+    pub paths: Vec<String>,
+}
+
+/// Something the agent observed on its own, reported for the device's history (an
+/// "automated device action" event), not an answer to an action.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum DeviceEvent {
+    /// Executions denied by the code-execution restriction, aggregated: `count` denials of
+    /// the same file for the same user between `first_at_ms` and `last_at_ms`; `pid` and
+    /// `ppid` are those of the last one.
+    ExecDenied(ExecDenial),
+    /// Denials not reported one by one because the agent's report rate limit was reached.
+    Suppressed {
+        count: u64,
+        first_at_ms: i64,
+        last_at_ms: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ExecDenial {
+    pub path: String,
+    /// SHA-256 of the file, when it could be read.
+    pub sha256: Option<[u8; 32]>,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub user: String,
+    pub count: u32,
+    pub first_at_ms: i64,
+    pub last_at_ms: i64,
 }
 
 /// What the agent found enforced, for the desired revision it last applied.
@@ -124,6 +166,9 @@ pub enum AgentMessage {
     Result(ActionReport),
     Observed(ObservedState),
     Inventory(Inventory),
+    /// Things the agent observed on its own (denied executions …), aggregated and rate
+    /// limited. Not durable: lost if the agent dies before sending them.
+    Events(Vec<DeviceEvent>),
     /// Everything in the agent's quarantine vault now: sent after every (re)connect and after
     /// every quarantine or release.
     Vault(Vec<VaultEntry>),

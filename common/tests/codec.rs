@@ -17,8 +17,9 @@ use palisade_common::codec::CodecError;
 use palisade_common::frame::{self, FrameError, HEADER_LEN, MAX_FRAME_LEN, WIRE_VERSION};
 use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
-    AgentMessage, ControllerMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Inventory,
-    ObservedState, Opening, UploadBegin, UploadReply, VaultEntry, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, EnrollRequest, EnrollResponse,
+    ExecAllowlist, ExecDenial, Hello, Inventory, ObservedState, Opening, UploadBegin, UploadReply,
+    VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -172,13 +173,16 @@ fn desired() -> impl Strategy<Value = DesiredState> {
         prop::option::of(isolate_params()),
         short_vec(ip()),
         any::<bool>(),
+        short_vec(any::<[u8; 32]>()),
+        short_vec(text()),
     )
         .prop_map(
-            |(revision, isolation, contained, restrict_execution)| DesiredState {
+            |(revision, isolation, contained, restrict_execution, sha256, paths)| DesiredState {
                 revision,
                 isolation,
                 contained,
                 restrict_execution,
+                exec_allowlist: ExecAllowlist { sha256, paths },
             },
         )
 }
@@ -302,6 +306,41 @@ fn enroll_response() -> impl Strategy<Value = EnrollResponse> {
     ]
 }
 
+fn device_event() -> impl Strategy<Value = DeviceEvent> {
+    prop_oneof![
+        (
+            text(),
+            prop::option::of(any::<[u8; 32]>()),
+            any::<(u32, u32, u32)>(),
+            text(),
+            any::<u32>(),
+            any::<(i64, i64)>(),
+        )
+            .prop_map(
+                |(path, sha256, (pid, ppid, uid), user, count, (first_at_ms, last_at_ms))| {
+                    DeviceEvent::ExecDenied(ExecDenial {
+                        path,
+                        sha256,
+                        pid,
+                        ppid,
+                        uid,
+                        user,
+                        count,
+                        first_at_ms,
+                        last_at_ms,
+                    })
+                }
+            ),
+        any::<(u64, i64, i64)>().prop_map(|(count, first_at_ms, last_at_ms)| {
+            DeviceEvent::Suppressed {
+                count,
+                first_at_ms,
+                last_at_ms,
+            }
+        }),
+    ]
+}
+
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         any::<u64>().prop_map(|seq| AgentMessage::Heartbeat { seq }),
@@ -311,6 +350,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         report().prop_map(AgentMessage::Result),
         observed().prop_map(AgentMessage::Observed),
         inventory().prop_map(AgentMessage::Inventory),
+        short_vec(device_event()).prop_map(AgentMessage::Events),
         short_vec(vault_entry()).prop_map(AgentMessage::Vault),
     ]
 }
@@ -589,6 +629,26 @@ fn golden_deliver() -> ControllerMessage {
 }
 const GOLDEN_DELIVER: &str = "0000000f01022a0a0a2f6574632f686f737473";
 
+fn golden_desired() -> ControllerMessage {
+    ControllerMessage::Desired(DesiredState {
+        revision: 3,
+        isolation: None,
+        contained: vec![],
+        restrict_execution: true,
+        exec_allowlist: ExecAllowlist {
+            sha256: vec![[0xab; 32]],
+            paths: vec!["/opt/x".into()],
+        },
+    })
+}
+/// tag 4, revision 3, no isolation, no peers, restricted, one sha256 (32 raw bytes), one path.
+const GOLDEN_DESIRED: &str = concat!(
+    "0000002f01",
+    "0403000001",
+    "01abababababababababababababababababababababababababababababababab",
+    "01062f6f70742f78",
+);
+
 fn golden_result_ack() -> ControllerMessage {
     ControllerMessage::ResultAck { id: ActionId(42) }
 }
@@ -598,6 +658,20 @@ fn golden_heartbeat() -> AgentMessage {
     AgentMessage::Heartbeat { seq: 7 }
 }
 const GOLDEN_HEARTBEAT: &str = "00000003010007";
+
+/// tag 7 (after `Events`, tag 6), one entry: id "q1", path "/x", sha256 "ab", size 3,
+/// quarantined_at 5 (zigzag 0x0a), action 9.
+fn golden_vault() -> AgentMessage {
+    AgentMessage::Vault(vec![VaultEntry {
+        id: "q1".into(),
+        path: "/x".into(),
+        sha256: "ab".into(),
+        size: 3,
+        quarantined_at: 5,
+        action: ActionId(9),
+    }])
+}
+const GOLDEN_VAULT: &str = "0000000f010701027131022f78026162030a09";
 
 fn golden_resume() -> UploadReply {
     UploadReply::Resume { offset: 1024 }
@@ -636,6 +710,11 @@ fn golden_controller_deliver() {
 }
 
 #[test]
+fn golden_controller_desired() {
+    assert_golden(&golden_desired(), GOLDEN_DESIRED);
+}
+
+#[test]
 fn golden_controller_result_ack() {
     assert_golden(&golden_result_ack(), GOLDEN_RESULT_ACK);
 }
@@ -643,6 +722,11 @@ fn golden_controller_result_ack() {
 #[test]
 fn golden_agent_heartbeat() {
     assert_golden(&golden_heartbeat(), GOLDEN_HEARTBEAT);
+}
+
+#[test]
+fn golden_agent_vault() {
+    assert_golden(&golden_vault(), GOLDEN_VAULT);
 }
 
 #[test]
@@ -808,11 +892,11 @@ fn a_frame_cut_short_inside_its_declared_length_is_malformed() {
 
 #[test]
 fn unknown_variants_and_invalid_values_are_refused() {
-    // Variant 7 of AgentMessage does not exist (Heartbeat..Vault are 0..=6).
+    // Variant 8 of AgentMessage does not exist (Heartbeat..Vault are 0..=7).
     assert!(matches!(
-        decode_err::<AgentMessage>(&framed(&[7, 0])),
+        decode_err::<AgentMessage>(&framed(&[8, 0])),
         FrameError::Codec(CodecError::Decode(DecodeError::UnexpectedVariant {
-            found: 7,
+            found: 8,
             ..
         }))
     ));

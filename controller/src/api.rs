@@ -14,7 +14,9 @@ use serde_json::json;
 
 use crate::auth::{Permission, Principal, Role};
 use crate::service::{ActionRequest, Controller, ServiceError};
-use crate::store::{StoreError, actions, audit, auth as store_auth, devices};
+use crate::store::{
+    StoreError, actions, audit, auth as store_auth, desired, devices, events as store_events,
+};
 
 type Ctl = State<Arc<Controller>>;
 
@@ -25,6 +27,11 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(show_device))
         .route("/api/v1/devices/{id}/vault", get(device_vault))
+        .route("/api/v1/devices/{id}/events", get(device_events))
+        .route(
+            "/api/v1/exec-allowlist",
+            get(list_exec_allowlists).put(set_exec_allowlist),
+        )
         .route("/api/v1/actions", get(list_actions).post(request_actions))
         .route("/api/v1/actions/approve", post(approve))
         .route("/api/v1/actions/reject", post(reject))
@@ -207,7 +214,7 @@ async fn show_device(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    let (mut device, queue) = ctl
+    let (mut device, queue, want) = ctl
         .store
         .read(move |c| {
             let d = devices::resolve(c, &id)?;
@@ -224,7 +231,8 @@ async fn show_device(
                 .into_iter()
                 .filter(|a| a.status.is_outstanding())
                 .collect();
-            Ok((d, queue))
+            let want = desired::to_json(&desired::get(c, &d.id)?);
+            Ok((d, queue, want))
         })
         .await?;
     if !who.sees_group(&device.device_group) {
@@ -235,7 +243,76 @@ async fn show_device(
         ));
     }
     device.online = ctl.registry.is_online(&device.id);
-    Ok(Json(json!({"device": device, "queue": queue})))
+    Ok(Json(
+        json!({"device": device, "queue": queue, "desired": want}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The device's own reports (denied executions …), newest first: its "automated device
+/// action" history.
+async fn device_events(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+    Params(q): Params<EventsQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let (device, list) = ctl
+        .store
+        .read(move |c| {
+            let d = devices::resolve(c, &id)?;
+            let list = store_events::list(c, &d.id, limit)?;
+            Ok((d, list))
+        })
+        .await?;
+    if !who.sees_group(&device.device_group) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device {}", device.id),
+        ));
+    }
+    Ok(Json(json!({"device": device.id, "events": list})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowlistUpdate {
+    device_group: String,
+    #[serde(default)]
+    sha256: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+}
+
+async fn set_exec_allowlist(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(u): Body<AllowlistUpdate>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let list = ctl
+        .set_exec_allowlist(&who, u.device_group, u.sha256, u.paths)
+        .await?;
+    Ok(Json(json!({"allowlist": list})))
+}
+
+async fn list_exec_allowlists(
+    State(ctl): Ctl,
+    who: Principal,
+) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let mut list = ctl.store.read(desired::list_allowlists).await?;
+    list.retain(|a| who.sees_group(&a.device_group));
+    Ok(Json(json!({"allowlists": list})))
 }
 
 async fn device_vault(

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod config;
 pub mod fsutil;
 pub mod pki;
 pub mod service;

@@ -1,12 +1,11 @@
-//! `palisade-controller`: runs the controller.
+//! `palisade-controller`: runs the controller, or validates its configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use palisade_controller::Config;
+use palisade_controller::config::FileConfig;
 
 #[derive(Parser)]
 #[command(
@@ -15,49 +14,50 @@ use palisade_controller::Config;
     about = "Palisade controller: action queue, approval, history and the agents' QUIC endpoint"
 )]
 struct Cli {
+    /// TOML configuration file; flags override it.
+    #[arg(long, global = true, env = "PALISADE_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: Flags,
     #[command(subcommand)]
     command: Option<Command>,
-    #[command(flatten)]
-    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run,
+    /// Check the configuration and exit: 0 if it is valid (systemd ExecStartPre).
+    Validate,
 }
 
-#[derive(clap::Args, Clone)]
-struct RunArgs {
+/// Flags mirror the configuration file's keys (see packaging/etc/controller.toml).
+#[derive(clap::Args)]
+struct Flags {
     /// Directory for the database, CA, artifacts and the bootstrap admin token.
-    #[arg(
-        long,
-        env = "PALISADE_DATA_DIR",
-        default_value = "/var/lib/palisade-controller"
-    )]
-    data_dir: PathBuf,
-    /// UDP address for agents (QUIC).
-    #[arg(long, default_value = "0.0.0.0:7443")]
-    listen: SocketAddr,
-    /// TCP address for the operators' HTTP API.
-    #[arg(long, default_value = "127.0.0.1:7480")]
-    api: SocketAddr,
-    /// Extra DNS names or IPs for the server certificate (agents verify the fixed name
-    /// `palisade-controller` against the pinned CA, so this is only for other tools).
-    #[arg(long = "server-name")]
+    #[arg(long, global = true, env = "PALISADE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address for agents (QUIC) [default: 0.0.0.0:7443].
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// TCP address for the operators' HTTP API [default: 127.0.0.1:7480].
+    #[arg(long, global = true)]
+    api: Option<SocketAddr>,
+    /// Extra DNS names or IPs for the server certificate.
+    #[arg(long = "server-name", global = true)]
     server_names: Vec<String>,
-    /// How long a pending action waits for approval before it expires.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-    approval_expiry: Duration,
-    /// How long an approved action may take to be delivered and finished before it times out.
-    #[arg(long, default_value = "14d", value_parser = humantime::parse_duration)]
-    delivery_timeout: Duration,
-    /// Interval of the agents' heartbeats; three missed ones end a session.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    heartbeat: Duration,
-    /// Largest artifact (sample, package) an agent may upload, in bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    max_artifact_size: u64,
+    /// How long a pending action waits for approval before it expires [default: 7d].
+    #[arg(long, global = true)]
+    approval_expiry: Option<String>,
+    /// How long an approved action may take to be delivered and finished [default: 14d].
+    #[arg(long, global = true)]
+    delivery_timeout: Option<String>,
+    /// Interval of the agents' heartbeats; three missed ones end a session [default: 10s].
+    #[arg(long, global = true)]
+    heartbeat: Option<String>,
+    /// Largest artifact an agent may upload, in bytes [default: 1 GiB].
+    #[arg(long, global = true)]
+    max_artifact_size: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -70,32 +70,48 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Run(args)) => args,
-        None => cli.run,
+    let file = match &cli.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => return fail(e),
+        },
+        None => FileConfig::default(),
     };
-    let config = Config {
-        data_dir: args.data_dir,
-        listen: args.listen,
-        api: args.api,
-        server_names: args.server_names,
-        approval_expiry: args.approval_expiry,
-        delivery_timeout: args.delivery_timeout,
-        heartbeat: args.heartbeat,
-        max_artifact_size: args.max_artifact_size,
+    let f = cli.flags;
+    let overrides = FileConfig {
+        data_dir: f.data_dir,
+        listen: f.listen,
+        api: f.api,
+        server_names: (!f.server_names.is_empty()).then_some(f.server_names),
+        approval_expiry: f.approval_expiry,
+        delivery_timeout: f.delivery_timeout,
+        heartbeat: f.heartbeat,
+        max_artifact_size: f.max_artifact_size,
     };
+    let config = match file.resolve(overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Some(Command::Validate) = cli.command {
+        println!(
+            "configuration valid: data_dir {}, quic {}, api {}",
+            config.data_dir.display(),
+            config.listen,
+            config.api
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("palisade-controller: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e.into()),
     };
     match runtime.block_on(palisade_controller::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("palisade-controller: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("palisade-controller: {e:#}");
+    ExitCode::FAILURE
 }

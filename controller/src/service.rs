@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_common::action::ActionSpec;
+use palisade_common::wire::DesiredState;
 use palisade_common::{ActionId, ActionParams, ActionSource, ActionStatus, DeviceId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -17,12 +18,14 @@ use crate::artifacts::Artifacts;
 use crate::auth::{Permission, Principal};
 use crate::pki::Ca;
 use crate::store::actions::{self, ActionRecord, Deadlines, NewAction, NewFleetAction};
-use crate::store::{self, Store, StoreError, devices};
+use crate::store::{self, Store, StoreError, desired, devices};
 
 /// What the rest of the controller can ask of a device's live connection.
 #[derive(Debug)]
 pub enum SessionCommand {
     Deliver(ActionSpec),
+    /// The device's desired state changed: send it.
+    Desired(DesiredState),
     Close(String),
 }
 
@@ -555,6 +558,36 @@ impl Controller {
             .await?;
         self.dispatch(&created);
         Ok(created)
+    }
+
+    /// Replaces a device group's exec allowlist and sends the new desired state to the
+    /// group's online devices (the others get it when they connect).
+    pub async fn set_exec_allowlist(
+        &self,
+        who: &Principal,
+        group: String,
+        sha256: Vec<String>,
+        paths: Vec<String>,
+    ) -> Result<desired::Allowlist> {
+        if !who.can(Permission::Admin, None) {
+            return Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the admin permission for all device groups",
+                who.name, who.role
+            )));
+        }
+        let actor = who.name.clone();
+        let g = group.clone();
+        let (list, changed) = self
+            .store
+            .write(move |c| {
+                let changed = desired::set_allowlist(c, &actor, &g, &sha256, &paths)?;
+                Ok((desired::allowlist(c, &g)?, changed))
+            })
+            .await?;
+        for (device, state) in changed {
+            self.registry.send(&device, SessionCommand::Desired(state));
+        }
+        Ok(list)
     }
 
     /// Hands approved actions to their devices' live connections; offline devices get them

@@ -15,8 +15,8 @@ use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::session::{ControllerEvent, ControllerSession};
 use palisade_common::wire::{
-    AgentMessage, DesiredState, EnrollRequest, EnrollResponse, Hello, Opening, UploadBegin,
-    UploadReply, Welcome, close_code,
+    AgentMessage, EnrollRequest, EnrollResponse, Hello, Opening, UploadBegin, UploadReply, Welcome,
+    close_code,
 };
 use palisade_common::{ActionKind, DeviceId};
 use quinn::{Connection, RecvStream, SendStream};
@@ -24,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::service::{Controller, SessionCommand};
-use crate::store::{actions, devices, now_ms};
+use crate::store::{actions, desired, devices, events, now_ms};
 
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
@@ -44,6 +44,10 @@ pub fn endpoint(
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     endpoint_config.cid_generator(|| Box::new(RandomCids));
+    // quinn sends at most one stateless reset per 20 ms by default; after a restart a whole
+    // fleet needs one each, at once. A reset is always smaller than the packet that caused it,
+    // so it amplifies nothing.
+    endpoint_config.min_reset_interval(Duration::ZERO);
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
     Ok(quinn::Endpoint::new(
@@ -255,7 +259,8 @@ async fn session(
             heartbeat_secs: ctl.config.heartbeat.as_secs().max(1) as u32,
         },
     );
-    session.desired(DesiredState::default());
+    let d = device.clone();
+    session.desired(ctl.store.read(move |c| desired::get(c, &d)).await?);
     let d = device.clone();
     for spec in ctl.store.read(move |c| actions::outstanding(c, &d)).await? {
         deliver(&ctl, &device, &mut session, spec).await?;
@@ -286,6 +291,7 @@ async fn session(
                 },
                 cmd = commands.recv() => match cmd {
                     Some(SessionCommand::Deliver(spec)) => deliver(&ctl, &device, &mut session, spec).await?,
+                    Some(SessionCommand::Desired(state)) => session.desired(state),
                     Some(SessionCommand::Close(reason)) => {
                         conn.close(close_code::REPLACED.into(), reason.as_bytes());
                         return Ok(());
@@ -354,6 +360,16 @@ async fn handle_event(
                 .write(move |c| actions::result(c, &d, &report))
                 .await?;
             session.result_committed(id);
+            if changed
+                && rec.status == palisade_common::ActionStatus::Succeeded
+                && desired::changed_by(rec.kind)
+            {
+                // Committed with the result: the agent hears the new state right after the ack.
+                let d = device.clone();
+                let state = ctl.store.read(move |c| desired::get(c, &d)).await?;
+                tracing::info!(%device, revision = state.revision, restrict_execution = state.restrict_execution, "desired state changed");
+                session.desired(state);
+            }
             if rec.kind == ActionKind::Offboard
                 && rec.status == palisade_common::ActionStatus::Succeeded
             {
@@ -378,6 +394,13 @@ async fn handle_event(
             ctl.store
                 .write(move |c| devices::set_inventory(c, &d, &i))
                 .await?;
+        }
+        ControllerEvent::Events(list) => {
+            let n = list.len();
+            ctl.store
+                .write(move |c| events::record(c, &d, &list))
+                .await?;
+            tracing::info!(%device, events = n, "device events recorded");
         }
         ControllerEvent::Vault(entries) => {
             ctl.store
@@ -435,6 +458,9 @@ async fn upload(
             .resume(begin.action, &begin.sha256, begin.size)?;
         (Some(f), have)
     };
+    if offset > 0 && !already {
+        tracing::info!(%device, action = %begin.action, name = %begin.name, offset, size = begin.size, "upload resumes where it stopped");
+    }
     write_frame(&mut send, &UploadReply::Resume { offset }).await?;
     let mut received = offset;
     let mut buf = vec![0u8; 64 * 1024];
@@ -446,7 +472,7 @@ async fn upload(
             bail!("upload overran its announced size");
         }
         if let Some(f) = file.as_mut() {
-            crate::artifacts::Artifacts::append(f, &buf[..n])?;
+            f.append(&buf[..n])?;
         }
     }
     drop(file);

@@ -94,6 +94,19 @@ struct Sample {
     approve_call: Duration,
     /// Approve response received → `succeeded` first seen by polling.
     seen_after_approve: Duration,
+    /// Wall clock (unix ms, same machine as the controller) when the approve request was sent
+    /// and when its response arrived, to place `decided_at` inside the call.
+    approve_sent_ms: i64,
+    approve_returned_ms: i64,
+    /// Round trips of the status polls (GET /api/v1/actions/N).
+    polls: Vec<Duration>,
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }
 
 fn hop(action: &Value, name: &str) -> i64 {
@@ -102,7 +115,14 @@ fn hop(action: &Value, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("action {} has no {name}: {action}", action["id"]))
 }
 
-fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: usize) -> Sample {
+fn one_action(
+    api: &Api,
+    device: &str,
+    path: &std::path::Path,
+    n: usize,
+    size: usize,
+    poll: Duration,
+) -> Sample {
     // A different file each time: the controller stores artifacts by content, and a repeated
     // sample would skip the upload.
     let mut bytes = vec![0u8; size];
@@ -129,6 +149,7 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         "{created}"
     );
 
+    let approve_sent_ms = unix_ms();
     let sent = Instant::now();
     api.post(
         "/api/v1/actions/approve",
@@ -136,8 +157,12 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         200,
     );
     let approved = Instant::now();
+    let approve_returned_ms = unix_ms();
+    let mut polls = Vec::new();
     let action = loop {
+        let asked = Instant::now();
         let v = api.get(&format!("/api/v1/actions/{id}"));
+        polls.push(asked.elapsed());
         match v["action"]["status"].as_str().unwrap_or_default() {
             "succeeded" => break v["action"].clone(),
             "approved" | "delivered" | "acknowledged" | "in_progress" => {}
@@ -146,7 +171,7 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         if approved.elapsed() > TIMEOUT {
             panic!("action {id} not succeeded after {TIMEOUT:?}: {v}");
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(poll);
     };
     let seen = Instant::now();
     assert_eq!(
@@ -164,6 +189,9 @@ fn one_action(api: &Api, device: &str, path: &std::path::Path, n: usize, size: u
         ],
         approve_call: approved - sent,
         seen_after_approve: seen - approved,
+        approve_sent_ms,
+        approve_returned_ms,
+        polls,
     }
 }
 
@@ -199,6 +227,7 @@ fn main() {
     }
     let n = env_usize("PALISADE_BENCH_N", 1000).max(1);
     let size = env_usize("PALISADE_BENCH_SAMPLE_BYTES", 4096);
+    let poll = Duration::from_micros(env_usize("PALISADE_BENCH_POLL_US", 1000) as u64);
 
     let ctl = Controller::start();
     let agent = ctl.enroll_agent().started();
@@ -215,13 +244,13 @@ fn main() {
 
     // Warm-up: connection pools, page cache, the agent's first upload stream.
     for i in 0..10.min(n) {
-        one_action(&api, &device, &path, usize::MAX - i, size);
+        one_action(&api, &device, &path, usize::MAX - i, size, poll);
     }
 
     let started = Instant::now();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
-        samples.push(one_action(&api, &device, &path, i, size));
+        samples.push(one_action(&api, &device, &path, i, size, poll));
         if (i + 1) % 200 == 0 {
             eprintln!("  {}/{n} done", i + 1);
         }
@@ -264,6 +293,33 @@ fn main() {
             "client: approve sent -> succeeded seen",
             stats(dur(|s| s.approve_call + s.seen_after_approve)),
         ),
+        (
+            "  approve sent -> decided_at (wall clock)",
+            stats(
+                samples
+                    .iter()
+                    .map(|s| (s.hops[0] - s.approve_sent_ms) as f64)
+                    .collect(),
+            ),
+        ),
+        (
+            "  decided_at -> approve returned (wall)",
+            stats(
+                samples
+                    .iter()
+                    .map(|s| (s.approve_returned_ms - s.hops[0]) as f64)
+                    .collect(),
+            ),
+        ),
+        (
+            "client: one status poll (GET round trip)",
+            stats(
+                samples
+                    .iter()
+                    .flat_map(|s| s.polls.iter().map(|d| d.as_secs_f64() * 1e3))
+                    .collect(),
+            ),
+        ),
     ];
     println!();
     println!(
@@ -282,8 +338,55 @@ fn main() {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
+    // Does latency drift as history grows? First tenth against last tenth of the run.
+    let tenth = (n / 10).max(1);
+    let (first, last) = (&samples[..tenth], &samples[n - tenth..]);
+    let server_p50 = |part: &[Sample]| {
+        stats(
+            part.iter()
+                .map(|s| (s.hops[4] - s.hops[0]) as f64)
+                .collect(),
+        )
+        .p50
+    };
+    let poll_p50 = |part: &[Sample]| {
+        stats(
+            part.iter()
+                .flat_map(|s| s.polls.iter().map(|d| d.as_secs_f64() * 1e3))
+                .collect(),
+        )
+        .p50
+    };
     println!(
-        "server spans come from ms-resolution timestamps; client figures include the 1 ms poll interval"
+        "drift: decided -> finished p50 {:.0} ms in the first {tenth} actions, {:.0} ms in the last {tenth}; \
+         status poll p50 {:.2} ms, then {:.2} ms",
+        server_p50(first),
+        server_p50(last),
+        poll_p50(first),
+        poll_p50(last)
     );
+    let polls: usize = samples.iter().map(|s| s.polls.len()).sum();
+    println!(
+        "{:.1} status polls per action, {} us sleep between polls",
+        polls as f64 / n as f64,
+        poll.as_micros()
+    );
+    println!("server spans come from ms-resolution timestamps (+-1 ms each)");
+
+    // Anything the binaries complained about while we measured.
+    for (who, log) in [("controller", ctl.log()), ("agent", agent.log())] {
+        let noisy: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        println!(
+            "{who} log: {} lines, {} WARN/ERROR",
+            log.lines().count(),
+            noisy.len()
+        );
+        for line in noisy.iter().take(5) {
+            println!("  {line}");
+        }
+    }
     drop(agent);
 }

@@ -8,6 +8,10 @@
 //! let device = agent.device_id();
 //! ```
 
+pub mod deb;
+pub mod fleet;
+pub mod lab;
+pub mod netns;
 pub mod proxy;
 
 use std::io::Read;
@@ -137,10 +141,15 @@ impl Controller {
     }
 
     pub fn start_with(extra: &[&str]) -> Controller {
+        Controller::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A controller whose QUIC endpoint listens on `quic` (e.g. a lab's bridge address); the
+    /// API stays on loopback.
+    pub fn start_on(quic: &str, extra: &[&str]) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, quic, api, ca) =
-            Controller::launch(dir.path(), "127.0.0.1:0", "127.0.0.1:0", &args, 0);
+        let (proc, quic, api, ca) = Controller::launch(dir.path(), quic, "127.0.0.1:0", &args, 0);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
             .expect("admin token written on first start")
             .trim()
@@ -170,8 +179,12 @@ impl Controller {
         let mut cmd = Command::new(bin("palisade-controller"));
         cmd.arg("--data-dir")
             .arg(&data)
-            .args(["--listen", quic, "--api", api, "--heartbeat", "2s"])
+            .args(["--listen", quic, "--api", api])
             .args(extra);
+        // Tests want fast failure detection; a caller may choose its own interval.
+        if !extra.iter().any(|a| a == "--heartbeat") {
+            cmd.args(["--heartbeat", "2s"]);
+        }
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         let mut proc = Proc::spawn(&mut cmd, dir.join(format!("controller-{n}.log")));
         let v: Value = eventually(Duration::from_secs(30), "the controller to listen", || {
@@ -377,6 +390,10 @@ pub struct Agent {
     pub proc: Option<Proc>,
     name: String,
     runs: u32,
+    /// What the agent is started through (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
+    /// Extra arguments of `palisade-agent run`.
+    run_args: Vec<String>,
 }
 
 impl Agent {
@@ -402,6 +419,8 @@ impl Agent {
             proc: None,
             name,
             runs: 0,
+            wrapper: vec![],
+            run_args: vec![],
         }
     }
 
@@ -435,12 +454,21 @@ impl Agent {
         self.start_with(&[]);
     }
 
-    /// Starts `palisade-agent run` with extra arguments (e.g. `--protect DIR`).
+    /// Starts `palisade-agent run` with extra arguments (e.g. `--protect DIR`), after those
+    /// of [`Agent::with_run_args`], through the wrapper if any (e.g. a network namespace).
     pub fn start_with(&mut self, extra: &[&str]) {
-        let mut cmd = Command::new(bin("palisade-agent"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("palisade-agent"));
+                c
+            }
+            None => Command::new(bin("palisade-agent")),
+        };
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("run")
+            .args(&self.run_args)
             .args(extra);
         self.spawn(cmd);
     }
@@ -489,9 +517,42 @@ impl Agent {
         self.proc = Some(Proc::spawn(&mut cmd, log));
     }
 
+    /// Runs the agent (from its next start) inside a network namespace.
+    pub fn in_netns(mut self, ns: &netns::NetNs) -> Agent {
+        self.wrapper = ns.prefix();
+        self
+    }
+
+    /// Extra arguments for `palisade-agent run`.
+    pub fn with_run_args(mut self, args: &[&str]) -> Agent {
+        self.run_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Starts the agent inside `lab`'s mount namespace, restricting execution (when asked)
+    /// on the lab's tmpfs only, with the lab's `usr` as the one system path.
+    pub fn start_in_exec_lab(&mut self, lab: &ExecLab) {
+        let mut cmd = lab.command(bin("palisade-agent"));
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .arg("--exec-mark")
+            .arg(&lab.root)
+            .arg("--exec-system-path")
+            .arg(lab.root.join("usr"));
+        self.spawn(cmd);
+    }
+
     pub fn started(mut self) -> Agent {
         self.start();
         self
+    }
+
+    /// Runs the agent inside a lab host's network namespace.
+    pub fn start_in(&mut self, host: &lab::LabHost) {
+        let mut cmd = host.command(bin("palisade-agent"));
+        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        self.spawn(cmd);
     }
 
     pub fn kill9(&mut self) {
@@ -506,6 +567,172 @@ impl Agent {
 
     pub fn journal(&self) -> PathBuf {
         self.state_dir.join("journal.sqlite")
+    }
+}
+
+/// A private mount namespace (held open by a `sleep` process) with a tmpfs mounted at
+/// `root`: the only filesystem exec-restriction tests ever mark. Layout:
+/// `usr/bin/true` (root's, 0755, in root-only directories: trusted), `tmp/` (mode 1777) with
+/// copies `tmp/true` and `tmp/false`, and an empty `mnt/` for later mounts.
+pub struct ExecLab {
+    _dir: TempDir,
+    pub root: PathBuf,
+    holder: Child,
+    ns: std::fs::File,
+}
+
+/// How an exec attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exec {
+    /// The program ran and exited with this code.
+    Ran(i32),
+    /// `execve` failed with this errno (`EPERM` = 1 when fanotify denies).
+    Refused(i32),
+}
+
+impl ExecLab {
+    #[allow(clippy::new_without_default)] // it mounts things: not a default value
+    pub fn new() -> ExecLab {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "exec-restriction lab tests need root (private mount namespaces and fanotify); run the suite as root"
+        );
+        for tool in ["unshare", "mount"] {
+            assert!(
+                Command::new(tool).arg("--version").output().is_ok(),
+                "{tool} (util-linux) is needed by the exec lab tests"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let ready = dir.path().join("ready");
+        let script = format!(
+            "set -e
+             mount -t tmpfs -o mode=0755 palisade-exec-lab '{root}'
+             mkdir -p '{root}/usr/bin' '{root}/tmp' '{root}/mnt'
+             chmod 0755 '{root}/usr' '{root}/usr/bin'
+             chmod 1777 '{root}/tmp'
+             cp /bin/true '{root}/usr/bin/true'
+             cp /bin/true '{root}/tmp/true'
+             cp /bin/false '{root}/tmp/false'
+             chmod 0755 '{root}/usr/bin/true' '{root}/tmp/true' '{root}/tmp/false'
+             touch '{ready}'
+             exec sleep 100000",
+            root = root.display(),
+            ready = ready.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+            ])
+            .arg(&script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start unshare");
+        eventually(Duration::from_secs(10), "the exec lab to be set up", || {
+            if let Ok(Some(status)) = holder.try_wait() {
+                panic!("exec lab setup failed: {status}");
+            }
+            ready.exists().then_some(())
+        });
+        // The holder is unshare's child (the `sh` that became `sleep`).
+        let pid: i32 = eventually(Duration::from_secs(5), "the lab's holder process", || {
+            std::fs::read_to_string(format!(
+                "/proc/{}/task/{}/children",
+                holder.id(),
+                holder.id()
+            ))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+        });
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).expect("the lab's namespace");
+        // Double-check the mark target before any agent sees it: a tmpfs, in a namespace that
+        // is not ours.
+        let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("{} is not a mount point in the lab", root.display()));
+        assert!(
+            line.contains(" - tmpfs "),
+            "the lab root is not a tmpfs: {line}"
+        );
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap(),
+            std::fs::read_link("/proc/self/ns/mnt").unwrap(),
+            "the lab must have its own mount namespace"
+        );
+        ExecLab {
+            _dir: dir,
+            root,
+            holder,
+            ns,
+        }
+    }
+
+    /// A command that runs in the lab's mount namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::fd::AsFd;
+        use std::os::unix::process::CommandExt;
+        let ns = self.ns.try_clone().expect("dup the namespace fd");
+        let mut cmd = Command::new(program);
+        // SAFETY: between fork and exec the closure only calls setns(2), which is
+        // async-signal-safe, on a descriptor opened before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNS)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd
+    }
+
+    /// Path of a lab file, absolute inside the namespace.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Tries to execute the lab file `rel` (no arguments) and says how it went.
+    pub fn exec(&self, rel: &str) -> Exec {
+        let mut cmd = self.command(self.path(rel));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match cmd.status() {
+            Ok(s) => Exec::Ran(s.code().unwrap_or(-1)),
+            Err(e) => Exec::Refused(e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+
+    /// Runs a shell command in the namespace (for setup: mounts, copies, chmod) and asserts
+    /// it succeeds. The shell itself is outside the lab's tmpfs, so never restricted.
+    pub fn sh(&self, script: &str) {
+        let out = self
+            .command("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("run sh in the lab");
+        assert!(
+            out.status.success(),
+            "lab command {script:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for ExecLab {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        // unshare's child (the holder) goes with it: the namespace and its tmpfs end.
     }
 }
 

@@ -597,12 +597,7 @@ fn kinds_the_agent_does_not_implement_are_refused_at_request_time() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    for kind in [
-        vec!["isolate"],
-        vec!["scan", "--mode", "quick"],
-        vec!["collect-package"],
-        vec!["restrict-execution"],
-    ] {
+    for kind in [vec!["isolate"], vec!["scan", "--mode", "quick"]] {
         let mut args = vec!["action"];
         args.extend(kind.iter().copied());
         args.extend([device.as_str(), "--comment", "x"]);
@@ -760,4 +755,82 @@ fn an_artifact_over_the_controllers_size_limit_fails_the_action() {
         "{summary}"
     );
     assert_eq!(v["action"]["artifacts"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn exec_allowlists_are_admin_only_validated_and_bump_the_groups_desired_revision() {
+    let ctl = Controller::start();
+    let agent = ctl.enroll_agent();
+    let device = agent.device_id();
+    let before = ctl.json(&["devices", "show", &device])["desired"]["revision"]
+        .as_u64()
+        .unwrap();
+    let viewer = ctl.add_user("vera", "viewer", &[]);
+    let err = ctl.ctl_fails(
+        &viewer,
+        &[
+            "exec-allowlist",
+            "set",
+            "--group",
+            "default",
+            "--path",
+            "/opt/x",
+        ],
+    );
+    assert!(err.contains("HTTP 403"), "{err}");
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "exec-allowlist",
+            "set",
+            "--group",
+            "default",
+            "--sha256",
+            "abc",
+        ],
+    );
+    assert!(err.contains("HTTP 400") && err.contains("sha256"), "{err}");
+    let err = ctl.ctl_fails(
+        &ctl.admin_token,
+        &[
+            "exec-allowlist",
+            "set",
+            "--group",
+            "default",
+            "--path",
+            "rel/x",
+        ],
+    );
+    assert!(
+        err.contains("HTTP 400") && err.contains("absolute"),
+        "{err}"
+    );
+    let sha = "AB".repeat(32);
+    let v = ctl.json(&[
+        "exec-allowlist",
+        "set",
+        "--group",
+        "default",
+        "--sha256",
+        &sha,
+        "--path",
+        "/opt/x",
+    ]);
+    assert_eq!(v["allowlist"]["sha256"][0], "ab".repeat(32), "{v}");
+    let dev = ctl.json(&["devices", "show", &device]);
+    assert_eq!(
+        dev["desired"]["revision"].as_u64().unwrap(),
+        before + 1,
+        "{dev}"
+    );
+    assert_eq!(
+        dev["desired"]["exec_allowlist"]["paths"][0], "/opt/x",
+        "{dev}"
+    );
+    assert_eq!(dev["desired"]["restrict_execution"], false, "{dev}");
+    let listed = ctl.json_as(&viewer, &["exec-allowlist", "list"]);
+    assert_eq!(
+        listed["allowlists"][0]["device_group"], "default",
+        "{listed}"
+    );
 }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod lab;
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -56,6 +58,20 @@ enum Task {
     /// how to use palisadectl with them. Runs until ctrl-c; running it again with the same
     /// data directory reuses the controller's data and the agent's identity.
     Quickstart(QuickstartArgs),
+    /// Build the .deb packages (release binaries) into target/debian/.
+    Deb(DebArgs),
+    /// A controller and agents in network namespaces on this host (root).
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCmd,
+    },
+}
+
+#[derive(Args)]
+struct DebArgs {
+    /// Where to put the packages.
+    #[arg(long, default_value = "target/debian")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -76,6 +92,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Quickstart(args) => quickstart(args),
+        Task::Deb(args) => deb(args),
+        Task::Lab { command } => {
+            return match lab::run(command) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("lab: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,7 +179,7 @@ fn quickstart(args: QuickstartArgs) -> Result<()> {
         File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     }
 
-    let bins = build()?;
+    let bins = build(false)?;
     let controller_bin = &bins[CONTROLLER_BIN];
     let agent_bin = &bins[AGENT_BIN];
     let ctl_bin = &bins[CTL_BIN];
@@ -256,13 +282,32 @@ fn quickstart(args: QuickstartArgs) -> Result<()> {
     outcome
 }
 
+fn deb(args: DebArgs) -> Result<()> {
+    let bins = build(true)?;
+    let bin = |name: &str| {
+        bins.get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("cargo did not report the {name} binary"))
+    };
+    let binaries = palisade_tests::deb::Binaries {
+        agent: bin(AGENT_BIN)?,
+        controller: bin(CONTROLLER_BIN)?,
+        ctl: bin(CTL_BIN)?,
+    };
+    let out = workspace_root().join(&args.out);
+    for deb in palisade_tests::deb::build(&binaries, &out)? {
+        println!("{}", deb.display());
+    }
+    Ok(())
+}
+
 fn step(message: String) {
     eprintln!("quickstart: {message}");
 }
 
 /// Builds the three binaries (debug profile) and returns their paths by name, as cargo reports
 /// them (so `CARGO_TARGET_DIR`, `build.target-dir` and the like are all respected).
-fn build() -> Result<HashMap<String, PathBuf>> {
+fn build(release: bool) -> Result<HashMap<String, PathBuf>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let root = workspace_root();
     step(format!(
@@ -276,6 +321,7 @@ fn build() -> Result<HashMap<String, PathBuf>> {
             "--message-format=json-render-diagnostics",
         ])
         .args(["-p", CONTROLLER_BIN, "-p", AGENT_BIN, "-p", CTL_BIN])
+        .args(release.then_some("--release"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -4,10 +4,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use palisade_common::wire::Inventory;
+use palisade_common::wire::{ExecDenial, Inventory};
 use ring::digest;
 
-use super::{Host, HostError, Quarantined, Snapshot};
+use super::{
+    CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, Host,
+    HostError, Quarantined, Snapshot,
+};
 use crate::vault::{EntryMeta, Released};
 
 #[derive(Default)]
@@ -16,6 +19,10 @@ pub struct FakeHost {
     pub calls: Mutex<Vec<String>>,
     pub vault: Mutex<Vec<(EntryMeta, Vec<u8>)>>,
     pub released: Mutex<Vec<Released>>,
+    pub exec: Mutex<ExecPolicy>,
+    /// Make `set_exec_policy` fail with this message.
+    pub exec_fails: Mutex<Option<String>>,
+    pub denials: Mutex<Vec<ExecDenial>>,
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -193,5 +200,66 @@ impl Host for FakeHost {
 
     fn vault_recover(&self) -> Result<Vec<String>, HostError> {
         Ok(vec![])
+    }
+
+    fn collect_package(&self, _limits: &CollectLimits) -> Vec<Collected> {
+        self.calls.lock().unwrap().push("collect_package".into());
+        vec![
+            Collected {
+                collector: "system".into(),
+                status: CollectStatus::Ok,
+                error: None,
+                duration_ms: 3,
+                files: vec![CollectedFile {
+                    name: "system.json".into(),
+                    bytes: br#"{"hostname": "fake-host"}"#.to_vec(),
+                }],
+            },
+            Collected {
+                collector: "firewall".into(),
+                status: CollectStatus::Unavailable,
+                error: Some("nft is not installed".into()),
+                duration_ms: 0,
+                files: vec![],
+            },
+            Collected {
+                collector: "autoruns".into(),
+                status: CollectStatus::Failed,
+                error: Some("cannot read /etc/cron.d".into()),
+                duration_ms: 1,
+                files: vec![CollectedFile {
+                    name: "raw/etc/cron.d/odd name\n".into(),
+                    bytes: b"* * * * * root /tmp/x\n".to_vec(),
+                }],
+            },
+        ]
+    }
+
+    fn set_exec_policy(&self, policy: &ExecPolicy) -> Result<ExecStatus, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("exec restrict={}", policy.restrict));
+        if let Some(why) = self.exec_fails.lock().unwrap().clone() {
+            return Err(HostError::Refused(why));
+        }
+        *self.exec.lock().unwrap() = policy.clone();
+        Ok(self.exec_status())
+    }
+
+    fn exec_status(&self) -> ExecStatus {
+        let p = self.exec.lock().unwrap();
+        ExecStatus {
+            restricted: p.restrict,
+            marked: if p.restrict { vec!["/".into()] } else { vec![] },
+            listener_alive: p.restrict,
+            allowlist_sha256: p.allow_sha256.len(),
+            allowlist_paths: p.allow_paths.len(),
+            ..Default::default()
+        }
+    }
+
+    fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
+        (std::mem::take(&mut *self.denials.lock().unwrap()), 0)
     }
 }

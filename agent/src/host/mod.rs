@@ -5,12 +5,14 @@
 //! Architecture invariant: only `host/linux/` touches the host (files outside the agent's
 //! state directory, processes, firewall, fanotify).
 
+pub mod exec_plan;
 pub mod fake;
 pub mod linux;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use palisade_common::wire::Inventory;
+use palisade_common::wire::{ExecDenial, Inventory};
 use serde::Serialize;
 
 use crate::vault::{EntryMeta, Released};
@@ -63,6 +65,81 @@ pub struct Quarantined {
     pub already: bool,
 }
 
+/// The budget of one collector of an investigation package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectLimits {
+    /// Wall-clock time a collector may take before it is given up on.
+    pub timeout: Duration,
+    /// Bytes of output a collector may produce; more is cut.
+    pub max_bytes: u64,
+}
+
+impl Default for CollectLimits {
+    fn default() -> CollectLimits {
+        CollectLimits {
+            timeout: Duration::from_secs(30),
+            max_bytes: 32 << 20,
+        }
+    }
+}
+
+/// How one collector ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectStatus {
+    /// Everything it looks at was collected.
+    Ok,
+    /// It stopped early (budget) or skipped some items; what it has is in the package.
+    Partial,
+    /// What it reads does not exist on this host (e.g. no nft); nothing to collect.
+    Unavailable,
+    /// It failed; the error says why.
+    Failed,
+    /// It overran its time budget and was abandoned.
+    TimedOut,
+}
+
+/// A file a collector puts in the package, named relative to the package root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What one collector produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub collector: String,
+    pub status: CollectStatus,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub files: Vec<CollectedFile>,
+}
+
+/// The code-execution policy to enforce: restricted or not, and the allowlist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecPolicy {
+    pub restrict: bool,
+    pub allow_sha256: Vec<[u8; 32]>,
+    pub allow_paths: Vec<String>,
+}
+
+/// What the host found enforced about code execution.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExecStatus {
+    /// Marks are in place and the listener answers.
+    pub restricted: bool,
+    /// Mount points carrying an exec-permission mark.
+    pub marked: Vec<String>,
+    /// The listener thread runs and has polled within the last two seconds.
+    pub listener_alive: bool,
+    /// Exec events answered and denied since the restriction began.
+    pub answered: u64,
+    pub denied: u64,
+    pub allowlist_sha256: usize,
+    pub allowlist_paths: usize,
+}
+
 pub trait Host: Send + Sync + 'static {
     /// What the device is now: names, addresses, size.
     fn inventory(&self) -> Inventory;
@@ -107,4 +184,21 @@ pub trait Host: Send + Sync + 'static {
 
     /// Finishes or rolls back whatever a crash interrupted in the vault.
     fn vault_recover(&self) -> Result<Vec<String>, HostError>;
+
+    /// Runs every collector of an investigation package, each within `limits`; one that fails
+    /// or overruns is recorded as such and the others still run.
+    fn collect_package(&self, limits: &CollectLimits) -> Vec<Collected>;
+
+    /// Enforces `policy`: with `restrict`, marks the configured filesystems for exec-permission
+    /// events and answers them by policy (an allowlist change takes effect at once and drops
+    /// the verdict cache); without, removes every mark. Idempotent. Returns what it then
+    /// found enforced.
+    fn set_exec_policy(&self, policy: &ExecPolicy) -> Result<ExecStatus, HostError>;
+
+    /// What is enforced now.
+    fn exec_status(&self) -> ExecStatus;
+
+    /// Denials since the last call (at most a bounded backlog; older ones are counted in
+    /// the second value, the number dropped).
+    fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64);
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
-    AgentMessage, ControllerMessage, DesiredState, Hello, ObservedState, VaultEntry, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Hello, ObservedState, VaultEntry,
+    Welcome,
 };
 
 use super::{DEFAULT_HEARTBEAT, SILENCE_LIMIT};
@@ -193,6 +194,18 @@ impl AgentSession {
         if self.state == State::Ready {
             self.transmit.push_back(AgentMessage::Vault(entries));
         }
+    }
+
+    /// Events for the device's history. Sent only while the session is up: returns them
+    /// back if it is not, so that the driver can keep them for the next session.
+    pub fn events(&mut self, events: Vec<DeviceEvent>) -> Result<(), Vec<DeviceEvent>> {
+        if self.state != State::Ready {
+            return Err(events);
+        }
+        if !events.is_empty() {
+            self.transmit.push_back(AgentMessage::Events(events));
+        }
+        Ok(())
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -667,8 +667,29 @@ pub fn result(
     report: &ActionReport,
 ) -> Result<(ActionRecord, bool)> {
     let rec = owned(conn, device, report.id)?;
+    // A success that names an artifact the controller does not hold (same name and hash) is
+    // not a success: the operator would find nothing to download.
+    let stored = artifacts(conn, report.id)?;
+    let missing: Vec<&str> = report
+        .artifacts
+        .iter()
+        .filter(|a| {
+            !stored
+                .iter()
+                .any(|s| s.name == a.name && s.sha256 == a.sha256)
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    let mut summary = report.summary.clone();
     let status = match report.outcome {
-        Outcome::Succeeded => ActionStatus::Succeeded,
+        Outcome::Succeeded if missing.is_empty() => ActionStatus::Succeeded,
+        Outcome::Succeeded => {
+            summary = format!(
+                "{summary}; artifact {} was not received",
+                missing.join(", ")
+            );
+            ActionStatus::Failed
+        }
         Outcome::Failed => ActionStatus::Failed,
     };
     if !rec.status.can_move_to(status) {
@@ -684,7 +705,7 @@ pub fn result(
             report.id.0 as i64,
             status.as_str(),
             now,
-            report.summary,
+            summary,
             detail.to_string()
         ],
     )?;
@@ -694,8 +715,12 @@ pub fn result(
         status.as_str(),
         Some(report.id),
         Some(device),
-        &serde_json::json!({"summary": report.summary, "artifacts": report.artifacts}),
+        &serde_json::json!({"summary": summary, "artifacts": report.artifacts}),
     )?;
+    if status == ActionStatus::Succeeded {
+        // A lasting action changes the desired state in the same transaction as its result.
+        super::desired::apply_action(conn, device, rec.kind)?;
+    }
     if let Some(original) = rec.undo_of.filter(|_| status == ActionStatus::Succeeded) {
         let orig = get(conn, original)?;
         if orig.status.can_move_to(ActionStatus::Undone) {
@@ -826,10 +851,20 @@ pub fn list(
         w.add("a.source = ?", vec![Text(s.as_str().into())]);
     }
     if let Some(d) = &filter.device {
-        w.add(
-            "(a.device_id = ? OR d.hostname = ?)",
-            vec![Text(d.clone()), Text(d.clone())],
-        );
+        // Resolve the reference (id or hostname) first, so the filter is an indexed lookup on
+        // actions.device_id rather than an OR across the join.
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM devices WHERE id = ?1 OR hostname = ?1")?;
+        let ids: Vec<String> = stmt
+            .query_map([d], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let marks = vec!["?"; ids.len().max(1)].join(",");
+        let values = if ids.is_empty() {
+            vec![Text(String::new())]
+        } else {
+            ids.into_iter().map(Text).collect()
+        };
+        w.add(&format!("a.device_id IN ({marks})"), values);
     }
     if let Some(g) = &filter.device_group {
         w.add("d.device_group = ?", vec![Text(g.clone())]);
@@ -871,8 +906,14 @@ pub fn list(
     let where_ = w.sql();
     let args = w.args;
     let from = "FROM actions a LEFT JOIN devices d ON d.id = a.device_id";
+    // Counting needs the devices table only when a clause names it.
+    let count_from = if where_.contains("d.") {
+        from
+    } else {
+        "FROM actions a"
+    };
     let total: i64 = conn.query_row(
-        &format!("SELECT count(*) {from} {where_}"),
+        &format!("SELECT count(*) {count_from} {where_}"),
         params_from_iter(args.iter()),
         |r| r.get(0),
     )?;
@@ -925,7 +966,7 @@ impl Where {
 mod tests {
     use super::*;
     use crate::store::{Store, devices};
-    use palisade_common::action::QuarantineParams;
+    use palisade_common::action::{QuarantineParams, RequestSampleParams};
     use palisade_common::wire::{Inventory, VaultEntry};
 
     const D: Deadlines = Deadlines {
@@ -1086,5 +1127,120 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
+        for (i, host) in ["alpha", "beta"].iter().enumerate() {
+            let id = DeviceId::from_random([i as u8 + 1; 16]);
+            let inv = Inventory {
+                hostname: (*host).into(),
+                ..Default::default()
+            };
+            super::super::devices::insert(
+                &c,
+                &id,
+                if i == 0 { "web" } else { "db" },
+                "0.1.0",
+                &[],
+                &inv,
+                "s",
+                1,
+            )
+            .unwrap();
+            for _ in 0..3 {
+                create(
+                    &c,
+                    NewAction {
+                        params: ActionParams::RequestSample(RequestSampleParams {
+                            path: "/x".into(),
+                        }),
+                        device: id.clone(),
+                        device_group: if i == 0 { "web".into() } else { "db".into() },
+                        source: ActionSource::ManualDeviceAction,
+                        requested_by: "alice".into(),
+                        comment: "c".into(),
+                        external_id: None,
+                        undo_of: None,
+                        parent: None,
+                    },
+                    Deadlines {
+                        approval_ms: 1000,
+                        delivery_ms: 1000,
+                    },
+                )
+                .unwrap();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn list_filters_by_device_id_or_hostname_and_scopes_by_group() {
+        let c = db();
+        let by_host = list(
+            &c,
+            &Filter {
+                device: Some("beta".into()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(by_host.1, 3);
+        assert!(
+            by_host
+                .0
+                .iter()
+                .all(|a| a.hostname.as_deref() == Some("beta"))
+        );
+        let id = by_host.0[0].device_id.clone().unwrap().to_string();
+        assert_eq!(
+            list(
+                &c,
+                &Filter {
+                    device: Some(id),
+                    ..Default::default()
+                },
+                None
+            )
+            .unwrap()
+            .1,
+            3
+        );
+        assert_eq!(
+            list(
+                &c,
+                &Filter {
+                    device: Some("nobody".into()),
+                    ..Default::default()
+                },
+                None
+            )
+            .unwrap()
+            .1,
+            0
+        );
+        let scoped = list(&c, &Filter::default(), Some(&["web".to_owned()])).unwrap();
+        assert_eq!(scoped.1, 3);
+        assert!(
+            scoped
+                .0
+                .iter()
+                .all(|a| a.device_group.as_deref() == Some("web"))
+        );
+        assert_eq!(list(&c, &Filter::default(), None).unwrap().1, 6);
+        let err = list(
+            &c,
+            &Filter {
+                sort: Some("comment; DROP TABLE actions".into()),
+                ..Default::default()
+            },
+            None,
+        );
+        assert!(matches!(err, Err(StoreError::Invalid(_))));
     }
 }

@@ -11,7 +11,9 @@
 pub mod actions;
 pub mod audit;
 pub mod auth;
+pub mod desired;
 pub mod devices;
+pub mod events;
 mod schema;
 
 use std::path::{Path, PathBuf};

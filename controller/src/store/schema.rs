@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 const V1: &str = r#"
@@ -122,8 +122,36 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
-/// Issue 4: each device's quarantine vault as its agent last reported it.
+/// Desired state per device (besides its revision), exec allowlists per device group, and
+/// the events agents report on their own.
 const V2: &str = r#"
+ALTER TABLE devices ADD COLUMN desired TEXT NOT NULL DEFAULT '{}';
+
+CREATE TABLE exec_allowlists (
+    device_group TEXT PRIMARY KEY,
+    sha256       TEXT NOT NULL DEFAULT '[]',
+    paths        TEXT NOT NULL DEFAULT '[]',
+    updated_by   TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+
+CREATE TABLE device_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   TEXT NOT NULL REFERENCES devices(id),
+    source      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX device_events_by_device ON device_events(device_id, id);
+"#;
+
+/// Issue 4: each device's quarantine vault as its agent last reported it.
+const V3: &str = r#"
 ALTER TABLE devices ADD COLUMN vault TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE devices ADD COLUMN vault_reported_at INTEGER;
 CREATE INDEX actions_by_parent ON actions(parent_id);

@@ -1,5 +1,7 @@
 //! The real Linux host.
 
+mod collect;
+pub mod exec;
 mod files;
 mod inventory;
 mod procs;
@@ -9,35 +11,50 @@ pub mod vault;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use palisade_common::wire::Inventory;
+use palisade_common::wire::{ExecDenial, Inventory};
 
-use super::{Host, HostError, Quarantined, Snapshot};
+use super::{
+    CollectLimits, Collected, ExecPolicy, ExecStatus, Host, HostError, Quarantined, Snapshot,
+};
 use crate::vault::{EntryMeta, Released};
+use exec::{ExecConfig, ExecGuard};
 use target::Protection;
 
-/// The real host. Vault actions need the agent's state directory (`LinuxHost::new`); the
-/// default one (for enrolment) has none and refuses them.
-#[derive(Debug, Default)]
+/// The real host. Vault actions need the agent's state directory (`LinuxHost::with_vault`);
+/// a host without one (for enrolment) refuses them.
 pub struct LinuxHost {
+    exec: ExecGuard,
     protection: Protection,
 }
 
 impl LinuxHost {
-    /// A host whose vault is in `state_dir`, refusing to quarantine the default protected
-    /// paths and `extra_protected`.
-    pub fn new(state_dir: PathBuf, extra_protected: Vec<PathBuf>) -> LinuxHost {
+    pub fn new(exec: ExecConfig) -> LinuxHost {
+        LinuxHost {
+            exec: ExecGuard::new(exec),
+            protection: Protection::default(),
+        }
+    }
+
+    /// This host, with its vault in `state_dir`, refusing to quarantine the default
+    /// protected paths and `extra_protected`.
+    pub fn with_vault(mut self, state_dir: PathBuf, extra_protected: Vec<PathBuf>) -> LinuxHost {
         let mut paths: Vec<PathBuf> = target::DEFAULT_PROTECTED
             .iter()
             .map(PathBuf::from)
             .collect();
         paths.extend(extra_protected);
-        LinuxHost {
-            protection: Protection { state_dir, paths },
-        }
+        self.protection = Protection { state_dir, paths };
+        self
     }
 
     pub fn vault(&self) -> Result<vault::Vault, HostError> {
         vault::Vault::open(&self.protection.state_dir)
+    }
+}
+
+impl Default for LinuxHost {
+    fn default() -> LinuxHost {
+        LinuxHost::new(ExecConfig::default())
     }
 }
 
@@ -118,5 +135,21 @@ impl Host for LinuxHost {
 
     fn vault_recover(&self) -> Result<Vec<String>, HostError> {
         self.vault()?.recover()
+    }
+
+    fn collect_package(&self, limits: &CollectLimits) -> Vec<Collected> {
+        collect::run_all(limits)
+    }
+
+    fn set_exec_policy(&self, policy: &ExecPolicy) -> Result<ExecStatus, HostError> {
+        self.exec.apply(policy)
+    }
+
+    fn exec_status(&self) -> ExecStatus {
+        self.exec.status()
+    }
+
+    fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
+        self.exec.take_denials()
     }
 }

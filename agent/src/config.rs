@@ -1,0 +1,192 @@
+//! The agent's configuration: a TOML file (`/etc/palisade/agent.toml` in the package),
+//! overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::host::linux::exec::ExecConfig;
+use crate::runtime::Settings;
+
+/// The file's contents. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub state_dir: Option<PathBuf>,
+    pub max_sample: Option<u64>,
+    pub max_package: Option<u64>,
+    pub collector_timeout: Option<String>,
+    pub collector_max_bytes: Option<u64>,
+    pub link_timeout: Option<String>,
+    /// Mount points marked for exec-permission events while execution is restricted.
+    pub exec_mark: Option<Vec<PathBuf>>,
+    /// Directories whose root-owned, root-only-writable contents may run while restricted.
+    pub exec_system_paths: Option<Vec<PathBuf>>,
+    /// Paths (files or directories) that quarantine refuses, besides the agent's own files,
+    /// `/proc`, `/sys` and the built-in list.
+    pub protect: Option<Vec<PathBuf>>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        FileConfig::parse(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// The extra protected paths quarantine refuses: `overrides` (from flags) if given, else
+    /// the file's.
+    pub fn protect(&self, overrides: &FileConfig) -> Result<Vec<PathBuf>> {
+        let paths = overrides
+            .protect
+            .clone()
+            .or(self.protect.clone())
+            .unwrap_or_default();
+        if paths.iter().any(|p| !p.is_absolute()) {
+            bail!("protect must list absolute paths");
+        }
+        Ok(paths)
+    }
+
+    /// [`FileConfig::resolve`], plus the exec-restriction configuration.
+    pub fn resolve_with_exec(self, overrides: FileConfig) -> Result<(Settings, ExecConfig)> {
+        let mut exec = ExecConfig::default();
+        if let Some(marks) = overrides.exec_mark.clone().or(self.exec_mark.clone()) {
+            if marks.is_empty() || marks.iter().any(|m| !m.is_absolute()) {
+                bail!("exec_mark must list absolute mount points");
+            }
+            exec.mark_roots = marks;
+        }
+        if let Some(paths) = overrides
+            .exec_system_paths
+            .clone()
+            .or(self.exec_system_paths.clone())
+        {
+            if paths.iter().any(|p| !p.is_absolute()) {
+                bail!("exec_system_paths must be absolute directories");
+            }
+            exec.system_paths = paths;
+        }
+        Ok((self.resolve(overrides)?, exec))
+    }
+
+    /// Applies `overrides` (from flags) on top of the file, then defaults, and checks the
+    /// result.
+    pub fn resolve(self, overrides: FileConfig) -> Result<Settings> {
+        let state_dir = overrides
+            .state_dir
+            .or(self.state_dir)
+            .unwrap_or_else(|| "/var/lib/palisade-agent".into());
+        let mut settings = Settings::new(std::path::absolute(&state_dir)?);
+        let positive = |name: &str, v: Option<u64>, default: u64| -> Result<u64> {
+            match v {
+                Some(0) => bail!("{name} must be more than zero"),
+                Some(v) => Ok(v),
+                None => Ok(default),
+            }
+        };
+        let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+            let Some(text) = v else { return Ok(default) };
+            let d =
+                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
+            if d.is_zero() {
+                bail!("{name} must be longer than zero");
+            }
+            Ok(d)
+        };
+        settings.max_sample = positive(
+            "max_sample",
+            overrides.max_sample.or(self.max_sample),
+            settings.max_sample,
+        )?;
+        settings.max_package = positive(
+            "max_package",
+            overrides.max_package.or(self.max_package),
+            settings.max_package,
+        )?;
+        settings.collect.max_bytes = positive(
+            "collector_max_bytes",
+            overrides.collector_max_bytes.or(self.collector_max_bytes),
+            settings.collect.max_bytes,
+        )?;
+        settings.collect.timeout = duration(
+            "collector_timeout",
+            overrides.collector_timeout.or(self.collector_timeout),
+            settings.collect.timeout,
+        )?;
+        settings.link_timeout = duration(
+            "link_timeout",
+            overrides.link_timeout.or(self.link_timeout),
+            settings.link_timeout,
+        )?;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_default_config_parses_and_resolves() {
+        let text = include_str!("../../packaging/etc/agent.toml");
+        let s = FileConfig::parse(text)
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/palisade-agent"));
+        assert_eq!(s.max_sample, 256 << 20);
+        let file = FileConfig::parse(text).unwrap();
+        assert_eq!(
+            file.protect(&FileConfig::default()).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn protected_paths_come_from_flags_or_the_file_and_must_be_absolute() {
+        let file = FileConfig::parse("protect = [\"/opt/keep\", \"/srv/db\"]").unwrap();
+        assert_eq!(
+            file.protect(&FileConfig::default()).unwrap(),
+            vec![PathBuf::from("/opt/keep"), PathBuf::from("/srv/db")]
+        );
+        let flags = FileConfig {
+            protect: Some(vec!["/root/x".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            file.protect(&flags).unwrap(),
+            vec![PathBuf::from("/root/x")]
+        );
+        let relative = FileConfig::parse("protect = [\"opt\"]").unwrap();
+        let err = relative.protect(&FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("protect"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_mistakes_are_named() {
+        let file = FileConfig::parse("max_sample = 10\nstate_dir = \"/srv/a\"").unwrap();
+        let s = file
+            .resolve(FileConfig {
+                max_sample: Some(20),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((s.max_sample, s.state_dir), (20, PathBuf::from("/srv/a")));
+        let err = FileConfig::parse("state = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("unknown field `state`"), "{err}");
+        assert!(
+            FileConfig::parse("max_sample = 0")
+                .unwrap()
+                .resolve(FileConfig::default())
+                .is_err()
+        );
+    }
+}

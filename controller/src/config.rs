@@ -1,0 +1,140 @@
+//! The controller's configuration: a TOML file (`/etc/palisade/controller.toml` in the
+//! package), overridden by command-line flags, validated into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::Config;
+
+/// The file's contents. Every key is optional; unknown keys are an error, so a typo cannot
+/// silently fall back to a default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
+    pub server_names: Option<Vec<String>>,
+    pub approval_expiry: Option<String>,
+    pub delivery_timeout: Option<String>,
+    pub heartbeat: Option<String>,
+    pub max_artifact_size: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        FileConfig::parse(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// Applies `overrides` (from flags) on top of the file, then defaults, and checks the
+    /// result.
+    pub fn resolve(self, overrides: FileConfig) -> Result<Config> {
+        let mut c = Config::with_data_dir(
+            overrides
+                .data_dir
+                .or(self.data_dir)
+                .unwrap_or_else(|| "/var/lib/palisade-controller".into()),
+        );
+        if let Some(v) = overrides.listen.or(self.listen) {
+            c.listen = v;
+        }
+        if let Some(v) = overrides.api.or(self.api) {
+            c.api = v;
+        }
+        if let Some(v) = overrides.server_names.or(self.server_names) {
+            c.server_names = v;
+        }
+        let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+            let Some(text) = v else { return Ok(default) };
+            let d =
+                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
+            if d.is_zero() {
+                bail!("{name} must be longer than zero");
+            }
+            Ok(d)
+        };
+        c.approval_expiry = duration(
+            "approval_expiry",
+            overrides.approval_expiry.or(self.approval_expiry),
+            c.approval_expiry,
+        )?;
+        c.delivery_timeout = duration(
+            "delivery_timeout",
+            overrides.delivery_timeout.or(self.delivery_timeout),
+            c.delivery_timeout,
+        )?;
+        c.heartbeat = duration(
+            "heartbeat",
+            overrides.heartbeat.or(self.heartbeat),
+            c.heartbeat,
+        )?;
+        if c.heartbeat < Duration::from_secs(1) {
+            bail!("heartbeat must be at least 1s");
+        }
+        if let Some(v) = overrides.max_artifact_size.or(self.max_artifact_size) {
+            if v == 0 {
+                bail!("max_artifact_size must be more than zero");
+            }
+            c.max_artifact_size = v;
+        }
+        c.data_dir = std::path::absolute(&c.data_dir)?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_default_config_parses_and_resolves() {
+        let text = include_str!("../../packaging/etc/controller.toml");
+        let config = FileConfig::parse(text)
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap();
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/var/lib/palisade-controller")
+        );
+        assert_eq!(config.approval_expiry, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_mistakes_are_named() {
+        let file = FileConfig::parse("heartbeat = \"5s\"\napi = \"127.0.0.1:9000\"").unwrap();
+        let flags = FileConfig {
+            heartbeat: Some("3s".into()),
+            ..Default::default()
+        };
+        let c = file.resolve(flags).unwrap();
+        assert_eq!(c.heartbeat, Duration::from_secs(3));
+        assert_eq!(c.api, "127.0.0.1:9000".parse().unwrap());
+
+        let err = FileConfig::parse("hearbeat = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `hearbeat`"), "{err}");
+        let err = FileConfig::parse("approval_expiry = \"soon\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("approval_expiry"), "{err:#}");
+        let err = FileConfig::parse("heartbeat = \"0s\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+    }
+}

@@ -1,0 +1,328 @@
+//! Desired state: what each device should enforce (changed by lasting actions when their
+//! result commits as succeeded) and the exec allowlist of each device group. Every change
+//! bumps the device's `desired_revision`, so that an agent recognises a stale copy.
+
+use std::net::IpAddr;
+
+use palisade_common::action::IsolateParams;
+use palisade_common::wire::{DesiredState, ExecAllowlist};
+use palisade_common::{ActionKind, DeviceId};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Result, StoreError, audit, now_ms};
+
+/// The device's own part of its desired state, stored as JSON in `devices.desired`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceDesired {
+    pub isolation: Option<IsolateParams>,
+    pub contained: Vec<IpAddr>,
+    pub restrict_execution: bool,
+}
+
+/// A device group's exec allowlist, as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Allowlist {
+    pub device_group: String,
+    /// Lowercase hex.
+    pub sha256: Vec<String>,
+    pub paths: Vec<String>,
+    pub updated_by: Option<String>,
+    pub updated_at: Option<i64>,
+}
+
+impl Allowlist {
+    fn wire(&self) -> Result<ExecAllowlist> {
+        let sha256 = self
+            .sha256
+            .iter()
+            .map(|h| parse_sha256(h))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ExecAllowlist {
+            sha256,
+            paths: self.paths.clone(),
+        })
+    }
+}
+
+fn parse_sha256(h: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out)
+        .map_err(|_| StoreError::Invalid(format!("{h:?} is not a sha256 (64 hex digits)")))?;
+    Ok(out)
+}
+
+/// The desired state as the API shows it.
+pub fn to_json(d: &DesiredState) -> serde_json::Value {
+    serde_json::json!({
+        "revision": d.revision,
+        "isolation": d.isolation,
+        "contained": d.contained.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "restrict_execution": d.restrict_execution,
+        "exec_allowlist": {
+            "sha256": d.exec_allowlist.sha256.iter().map(hex::encode).collect::<Vec<_>>(),
+            "paths": d.exec_allowlist.paths,
+        },
+    })
+}
+
+/// Whether a succeeded action of this kind changes the device's desired state.
+pub fn changed_by(kind: ActionKind) -> bool {
+    matches!(
+        kind,
+        ActionKind::RestrictExecution | ActionKind::ReleaseExecution
+    )
+}
+
+/// The device's full desired state: its own part, its revision, its group's allowlist.
+pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
+    let (json, revision, group): (String, i64, String) = conn
+        .query_row(
+            "SELECT desired, desired_revision, device_group FROM devices WHERE id = ?1",
+            [id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+    let own: DeviceDesired = serde_json::from_str(&json)?;
+    Ok(DesiredState {
+        revision: revision as u64,
+        isolation: own.isolation,
+        contained: own.contained,
+        restrict_execution: own.restrict_execution,
+        exec_allowlist: allowlist(conn, &group)?.wire()?,
+    })
+}
+
+/// Changes the device's own part of its desired state and bumps its revision; returns the
+/// new full state.
+pub fn update(
+    conn: &Connection,
+    id: &DeviceId,
+    actor: &str,
+    change: impl FnOnce(&mut DeviceDesired),
+) -> Result<DesiredState> {
+    let json: String = conn
+        .query_row(
+            "SELECT desired FROM devices WHERE id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+    let mut own: DeviceDesired = serde_json::from_str(&json)?;
+    change(&mut own);
+    conn.execute(
+        "UPDATE devices SET desired = ?2, desired_revision = desired_revision + 1 WHERE id = ?1",
+        params![id.as_str(), serde_json::to_string(&own)?],
+    )?;
+    let d = get(conn, id)?;
+    audit::append(
+        conn,
+        actor,
+        "desired_changed",
+        None,
+        Some(id),
+        &serde_json::json!({"revision": d.revision, "desired": own}),
+    )?;
+    Ok(d)
+}
+
+/// Applies a succeeded lasting action to its device's desired state. Returns the new state if
+/// the kind changes it.
+pub fn apply_action(
+    conn: &Connection,
+    id: &DeviceId,
+    kind: ActionKind,
+) -> Result<Option<DesiredState>> {
+    let change: fn(&mut DeviceDesired) = match kind {
+        ActionKind::RestrictExecution => |d| d.restrict_execution = true,
+        ActionKind::ReleaseExecution => |d| d.restrict_execution = false,
+        _ => return Ok(None),
+    };
+    update(conn, id, id.as_str(), change).map(Some)
+}
+
+/// A group's allowlist (empty if none was set).
+pub fn allowlist(conn: &Connection, group: &str) -> Result<Allowlist> {
+    let row: Option<(String, String, String, i64)> = conn
+        .query_row(
+            "SELECT sha256, paths, updated_by, updated_at FROM exec_allowlists WHERE device_group = ?1",
+            [group],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((sha, paths, by, at)) => Allowlist {
+            device_group: group.to_owned(),
+            sha256: serde_json::from_str(&sha)?,
+            paths: serde_json::from_str(&paths)?,
+            updated_by: Some(by),
+            updated_at: Some(at),
+        },
+        None => Allowlist {
+            device_group: group.to_owned(),
+            ..Default::default()
+        },
+    })
+}
+
+pub fn list_allowlists(conn: &Connection) -> Result<Vec<Allowlist>> {
+    let mut stmt =
+        conn.prepare("SELECT device_group FROM exec_allowlists ORDER BY device_group")?;
+    let groups: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    groups.iter().map(|g| allowlist(conn, g)).collect()
+}
+
+/// Replaces a group's allowlist and bumps the desired revision of every active device in
+/// the group; returns those devices with their new desired state, to be pushed.
+pub fn set_allowlist(
+    conn: &Connection,
+    actor: &str,
+    group: &str,
+    sha256: &[String],
+    paths: &[String],
+) -> Result<Vec<(DeviceId, DesiredState)>> {
+    if group.is_empty() || group == "*" {
+        return Err(StoreError::Invalid(
+            "name one device group (allowlists are per group)".into(),
+        ));
+    }
+    let mut hashes: Vec<String> = Vec::new();
+    for h in sha256 {
+        let h = h.trim().to_ascii_lowercase();
+        parse_sha256(&h)?;
+        if !hashes.contains(&h) {
+            hashes.push(h);
+        }
+    }
+    let mut clean_paths: Vec<String> = Vec::new();
+    for p in paths {
+        if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == ".." || c == ".") {
+            return Err(StoreError::Invalid(format!(
+                "allowlisted path {p:?} must be absolute, without . or .. components"
+            )));
+        }
+        if !clean_paths.contains(p) {
+            clean_paths.push(p.clone());
+        }
+    }
+    conn.execute(
+        "INSERT INTO exec_allowlists (device_group, sha256, paths, updated_by, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_group) DO UPDATE SET sha256 = ?2, paths = ?3, updated_by = ?4, updated_at = ?5",
+        params![
+            group,
+            serde_json::to_string(&hashes)?,
+            serde_json::to_string(&clean_paths)?,
+            actor,
+            now_ms()
+        ],
+    )?;
+    audit::append(
+        conn,
+        actor,
+        "exec_allowlist_set",
+        None,
+        None,
+        &serde_json::json!({"device_group": group, "sha256": hashes, "paths": clean_paths}),
+    )?;
+    conn.execute(
+        "UPDATE devices SET desired_revision = desired_revision + 1
+         WHERE device_group = ?1 AND status = 'active'",
+        [group],
+    )?;
+    let mut stmt = conn.prepare(
+        "SELECT id FROM devices WHERE device_group = ?1 AND status = 'active' ORDER BY id",
+    )?;
+    let ids: Vec<String> = stmt
+        .query_map([group], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    ids.iter()
+        .map(|i| {
+            let id: DeviceId = i
+                .parse()
+                .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
+            let d = get(conn, &id)?;
+            Ok((id, d))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::wire::Inventory;
+
+    fn store_with(devices: &[(&str, &str)]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("t.sqlite")).unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
+        for (id, group) in devices {
+            super::super::devices::insert(
+                &c,
+                &id.parse().unwrap(),
+                group,
+                "1",
+                &[],
+                &Inventory::default(),
+                &format!("serial-{id}"),
+                0,
+            )
+            .unwrap();
+        }
+        (dir, c)
+    }
+
+    #[test]
+    fn lasting_actions_change_the_desired_state_and_bump_the_revision() {
+        let (_d, c) = store_with(&[("dev-a", "default")]);
+        let id: DeviceId = "dev-a".parse().unwrap();
+        assert_eq!(get(&c, &id).unwrap(), DesiredState::default());
+        let d = apply_action(&c, &id, ActionKind::RestrictExecution)
+            .unwrap()
+            .unwrap();
+        assert!(d.restrict_execution);
+        assert_eq!(d.revision, 1);
+        assert_eq!(
+            apply_action(&c, &id, ActionKind::RequestSample).unwrap(),
+            None
+        );
+        let d = apply_action(&c, &id, ActionKind::ReleaseExecution)
+            .unwrap()
+            .unwrap();
+        assert!(!d.restrict_execution);
+        assert_eq!(d.revision, 2);
+        assert_eq!(get(&c, &id).unwrap(), d);
+    }
+
+    #[test]
+    fn an_allowlist_change_reaches_its_group_only() {
+        let (_d, c) = store_with(&[("dev-a", "web"), ("dev-b", "web"), ("dev-c", "db")]);
+        let changed = set_allowlist(
+            &c,
+            "admin",
+            "web",
+            &["AB".repeat(32), "ab".repeat(32)],
+            &["/opt/x".into()],
+        )
+        .unwrap();
+        let ids: Vec<String> = changed.iter().map(|(i, _)| i.to_string()).collect();
+        assert_eq!(ids, ["dev-a", "dev-b"]);
+        let (_, d) = &changed[0];
+        assert_eq!(d.revision, 1);
+        assert_eq!(d.exec_allowlist.sha256, vec![[0xab; 32]], "deduplicated");
+        assert_eq!(d.exec_allowlist.paths, ["/opt/x"]);
+        let other = get(&c, &"dev-c".parse().unwrap()).unwrap();
+        assert_eq!(other.revision, 0);
+        assert!(other.exec_allowlist.sha256.is_empty());
+        assert!(set_allowlist(&c, "admin", "web", &["xyz".into()], &[]).is_err());
+        assert!(set_allowlist(&c, "admin", "web", &[], &["/a/../b".into()]).is_err());
+        assert!(set_allowlist(&c, "admin", "*", &[], &[]).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Fleet scale: N simulated agents (real mutual TLS, real protocol) against one release
+//! controller on loopback. Scenarios: connect storm, idle, one fleet-wide action, reconnect
+//! storm after a controller kill -9.
+//!
+//! `cargo build --release --workspace --bins && PALISADE_FLEET_N=20000 cargo bench -p palisade-tests --bench fleet`
+//! (`PALISADE_FLEET_IDLE_SECS`, default 60, sets the idle window). Raise the open-file limit
+//! first for large fleets: every simulated agent has its own UDP socket (`ulimit -n 65536`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use palisade_tests::Controller;
+use palisade_tests::fleet::{self, Stats};
+use serde_json::{Value, json};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (CPU seconds used so far, RSS in MiB) of a process.
+fn usage(pid: i32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu / ticks, rss_kib / 1024.0)
+}
+
+fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {
+    let Ok(mut resp) = api
+        .get(format!("{url}/api/v1/devices"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+    else {
+        return 0;
+    };
+    let v: Value = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_json()
+        .unwrap_or(Value::Null);
+    v["devices"]
+        .as_array()
+        .map_or(0, |d| d.iter().filter(|d| d["online"] == true).count())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let n = env("PALISADE_FLEET_N", 1000) as usize;
+    let idle_secs = env("PALISADE_FLEET_IDLE_SECS", 60);
+    let mut ctl = Controller::start_with(&["--heartbeat", "30s"]);
+    let pid = ctl.proc.as_ref().unwrap().pid();
+    let url = ctl.url();
+    let token = ctl.admin_token.clone();
+    let api: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "fleet benchmark: {n} simulated agents, controller pid {pid}, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let enroll_token = ctl.enroll_token(n as u32, "2h");
+    let t = Instant::now();
+    let ids = rt
+        .block_on(fleet::enroll_many(
+            &ctl.quic.to_string(),
+            &ctl.ca_sha256,
+            &enroll_token,
+            n,
+            64,
+        ))
+        .expect("enrolment");
+    println!(
+        "enrolment: {n} agents in {:.1} s ({:.0}/s)",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+
+    // Connect storm.
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    for (i, id) in ids.into_iter().enumerate() {
+        rt.spawn(fleet::run(id, i, stats.clone(), stop.clone()));
+    }
+    while stats.connected.load(Ordering::Relaxed) < n as u64
+        && t.elapsed() < Duration::from_secs(600)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let storm = t.elapsed().as_secs_f64();
+    println!(
+        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts",
+        stats.connected.load(Ordering::Relaxed),
+        n as f64 / storm,
+        stats.errors.load(Ordering::Relaxed)
+    );
+
+    // Idle.
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu0, _) = usage(pid);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let (cpu1, rss) = usage(pid);
+    println!(
+        "idle {idle_secs} s: controller {:.1} % of one core, RSS {rss:.0} MiB",
+        (cpu1 - cpu0) / idle_secs as f64 * 100.0
+    );
+
+    // One fleet-wide action.
+    let devices: Value = api
+        .get(format!("{url}/api/v1/devices"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_json()
+        .unwrap();
+    let ids: Vec<String> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let created: Value = api
+        .post(format!("{url}/api/v1/actions"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send_json(json!({"devices": ids, "params": {"kind": "request_sample", "path": "/etc/hostname"}, "comment": "fleet-wide"}))
+        .unwrap()
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_json()
+        .unwrap();
+    let action_ids: Vec<u64> = created["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_u64().unwrap())
+        .collect();
+    let results_before = stats.results.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let approved = api
+        .post(format!("{url}/api/v1/actions/approve"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send_json(json!({"ids": action_ids, "comment": "go"}))
+        .unwrap();
+    assert!(approved.status().is_success());
+    let approve_call = t.elapsed().as_secs_f64();
+    let mut done = 0u64;
+    while t.elapsed() < Duration::from_secs(600) {
+        let v: Value = api
+            .get(format!("{url}/api/v1/actions?status=succeeded&limit=1"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        done = v["total"].as_u64().unwrap_or(0);
+        if done >= n as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let total = t.elapsed().as_secs_f64();
+    let mut latencies: Vec<i64> = Vec::new();
+    let mut offset = 0;
+    while offset < n {
+        let v: Value = api
+            .get(format!(
+                "{url}/api/v1/actions?status=succeeded&limit=10000&offset={offset}"
+            ))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .unwrap();
+        let page = v["actions"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            break;
+        }
+        offset += page.len();
+        latencies.extend(
+            page.iter()
+                .filter_map(|a| Some(a["delivered_at"].as_i64()? - a["decided_at"].as_i64()?)),
+        );
+    }
+    latencies.sort();
+    println!(
+        "fleet-wide action: {done}/{n} results in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0),
+        stats.results.load(Ordering::Relaxed) - results_before
+    );
+
+    // Reconnect storm after a controller kill -9.
+    let sessions_before = stats.sessions.load(Ordering::Relaxed);
+    ctl.kill9();
+    let t = Instant::now();
+    ctl.restart();
+    while online(&api, &url, &token) < n && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "reconnect storm: {} of {n} back online {:.1} s after kill -9 (restart included); {} new sessions",
+        online(&api, &url, &token),
+        t.elapsed().as_secs_f64(),
+        stats.sessions.load(Ordering::Relaxed) - sessions_before
+    );
+    let _ = stop_tx.send(true);
+}

@@ -1,0 +1,200 @@
+//! The fleet simulator: many agents from one process, each with its own key, certificate and
+//! QUIC connection (the agent's own transport code, real mutual TLS, the real sans-IO
+//! session), and a journal-less executor that answers actions at once: a sample is a small
+//! generated file uploaded like a real one. For the scale benchmarks and their CI smoke test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use palisade_agent::identity::Identity;
+use palisade_agent::transport::{self, LinkEnd};
+use palisade_common::action::{ActionReport, ArtifactRef, Outcome};
+use palisade_common::session::{AgentEvent, AgentSession};
+use palisade_common::wire::{EnrollRequest, Hello, Inventory, ObservedState};
+use palisade_common::{ActionKind, ActionParams};
+use rcgen::{CertificateParams, DnType, KeyPair};
+use tokio::sync::watch;
+
+/// Counters the scenarios read.
+#[derive(Default)]
+pub struct Stats {
+    pub connected: AtomicU64,
+    pub sessions: AtomicU64,
+    pub results: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Enrolls one simulated agent (a fresh key and certificate).
+pub async fn enroll(controller: &str, ca_sha256: &str, token: &str, n: usize) -> Result<Identity> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "palisade-sim");
+    let csr = params.serialize_request(&key)?;
+    let request = EnrollRequest {
+        token: token.to_owned(),
+        csr_der: csr.der().to_vec(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        inventory: inventory(n),
+        capabilities: vec![ActionKind::RequestSample, ActionKind::Offboard],
+    };
+    transport::enroll(controller, ca_sha256, request, key.serialize_der()).await
+}
+
+fn inventory(n: usize) -> Inventory {
+    Inventory {
+        hostname: format!("sim-{n:05}"),
+        os: "Simulated Linux".into(),
+        kernel: "6.1.0-sim".into(),
+        arch: "x86_64".into(),
+        addresses: vec![],
+        cpus: 1,
+        memory_bytes: 1 << 30,
+        boot_time_unix: 0,
+    }
+}
+
+/// Runs one simulated agent until `stop` turns true: connects (and reconnects after a
+/// controller restart), answers every delivery with an immediate result.
+pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let mut was_connected = false;
+    while !*stop.borrow() {
+        let hello = Hello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: vec![ActionKind::RequestSample, ActionKind::Offboard],
+            inventory: inventory(n),
+            observed: ObservedState::default(),
+        };
+        let mut link = match transport::connect(&identity, &hello, Duration::from_secs(30)).await {
+            Ok(l) => l,
+            Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 + (n % 800) as u64)).await;
+                continue;
+            }
+        };
+        let mut session = AgentSession::new(Instant::now(), hello, [], []);
+        let _ = session.take_hello();
+        let uploader = link.uploader();
+        loop {
+            let deadline = session
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                msg = link.incoming.recv() => match msg {
+                    Some(Ok(m)) => session.handle_message(Instant::now(), m),
+                    Some(Err(LinkEnd::Refused(_))) => return,
+                    _ => break,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                _ = stop.changed() => { link.close("simulation over"); return }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    AgentEvent::Welcomed(_) => {
+                        if !was_connected {
+                            was_connected = true;
+                            stats.connected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AgentEvent::Received(spec) => {
+                        session.receipt_persisted(spec.id);
+                        let report = match &spec.params {
+                            ActionParams::RequestSample(p) => {
+                                let bytes =
+                                    format!("sample of {} on sim-{n}\n", p.path).into_bytes();
+                                let sha = ring::digest::digest(&ring::digest::SHA256, &bytes);
+                                let mut sha256 = [0u8; 32];
+                                sha256.copy_from_slice(sha.as_ref());
+                                let path = std::env::temp_dir()
+                                    .join(format!("palisade-sim-{}-{n}", std::process::id()));
+                                let uploaded = std::fs::write(&path, &bytes).is_ok()
+                                    && uploader
+                                        .upload(
+                                            spec.id,
+                                            "sample",
+                                            &path,
+                                            bytes.len() as u64,
+                                            sha256,
+                                        )
+                                        .await
+                                        .is_ok();
+                                let _ = std::fs::remove_file(&path);
+                                ActionReport {
+                                    id: spec.id,
+                                    outcome: if uploaded {
+                                        Outcome::Succeeded
+                                    } else {
+                                        Outcome::Failed
+                                    },
+                                    summary: "simulated sample".into(),
+                                    detail: "{}".into(),
+                                    artifacts: vec![ArtifactRef {
+                                        name: "sample".into(),
+                                        size: bytes.len() as u64,
+                                        sha256: hex::encode(sha256),
+                                    }],
+                                }
+                            }
+                            _ => ActionReport {
+                                id: spec.id,
+                                outcome: Outcome::Failed,
+                                summary: "not simulated".into(),
+                                detail: "{}".into(),
+                                artifacts: vec![],
+                            },
+                        };
+                        session.submit_result(report);
+                        stats.results.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AgentEvent::ResultAcked(_) | AgentEvent::Desired(_) => {}
+                    AgentEvent::Closed(_) => {}
+                }
+            }
+            let mut failed = false;
+            while let Some(m) = session.poll_transmit() {
+                if link.send(&m).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || session.is_closed() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100 + (n % 900) as u64)).await;
+    }
+}
+
+/// Enrolls `count` agents with `concurrency` enrolments in flight.
+pub async fn enroll_many(
+    controller: &str,
+    ca_sha256: &str,
+    token: &str,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<Identity>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(count);
+    for n in 0..count {
+        let (c, ca, t, sem) = (
+            controller.to_owned(),
+            ca_sha256.to_owned(),
+            token.to_owned(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            enroll(&c, &ca, &t, n).await
+        }));
+    }
+    let mut out = Vec::with_capacity(count);
+    for t in tasks {
+        out.push(t.await.context("enrolment task")??);
+    }
+    Ok(out)
+}
