@@ -32,12 +32,11 @@ pub fn append(
     device: Option<&DeviceId>,
     detail: &serde_json::Value,
 ) -> Result<()> {
+    // Cached statements: every transition appends here, and parsing SQL each time showed as a
+    // third of the writer's time in profiles.
     let prev: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev_hash) = match prev {
         Some((seq, hash)) => (seq + 1, hash),
@@ -55,21 +54,21 @@ pub fn append(
         hash: String::new(),
     };
     rec.hash = hash(&rec);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (seq, at, actor, event, action_id, device_id, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            rec.seq,
-            rec.at,
-            rec.actor,
-            rec.event,
-            rec.action_id,
-            rec.device_id,
-            rec.detail,
-            rec.prev_hash,
-            rec.hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        rec.seq,
+        rec.at,
+        rec.actor,
+        rec.event,
+        rec.action_id,
+        rec.device_id,
+        rec.detail,
+        rec.prev_hash,
+        rec.hash
+    ])?;
     Ok(())
 }
 
