@@ -35,7 +35,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (add --release for a benchmark)",
         path.display()
     );
     path

@@ -186,17 +186,36 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
             continue;
         }
+        // A job whose savepoint cannot be made, released or rolled back leaves the shared
+        // transaction in an unknown state: then the whole group is rolled back and fails.
+        let mut poisoned: Option<StoreError> = None;
         for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            if poisoned.is_some() {
+                let (_, complete) = job(None);
+                done.push(complete);
+                continue;
+            }
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                poisoned = Some(e.into());
+                let (_, complete) = job(None);
+                done.push(complete);
+                continue;
+            }
             let (ok, complete) = job(Some(&conn));
-            let _ = if ok {
+            let ended = if ok {
                 conn.execute_batch("RELEASE job")
             } else {
                 conn.execute_batch("ROLLBACK TO job; RELEASE job")
             };
+            if let Err(e) = ended {
+                poisoned = Some(e.into());
+            }
             done.push(complete);
         }
-        let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let committed = match poisoned {
+            Some(e) => Err(e),
+            None => conn.execute_batch("COMMIT").map_err(StoreError::from),
+        };
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
