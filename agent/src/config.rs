@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub exec_mark: Option<Vec<PathBuf>>,
     /// Directories whose root-owned, root-only-writable contents may run while restricted.
     pub exec_system_paths: Option<Vec<PathBuf>>,
+    /// Paths (files or directories) that quarantine refuses, besides the agent's own files,
+    /// `/proc`, `/sys` and the built-in list.
+    pub protect: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -36,6 +39,20 @@ impl FileConfig {
             .with_context(|| format!("cannot read {}", path.display()))?;
         FileConfig::parse(&text)
             .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+
+    /// The extra protected paths quarantine refuses: `overrides` (from flags) if given, else
+    /// the file's.
+    pub fn protect(&self, overrides: &FileConfig) -> Result<Vec<PathBuf>> {
+        let paths = overrides
+            .protect
+            .clone()
+            .or(self.protect.clone())
+            .unwrap_or_default();
+        if paths.iter().any(|p| !p.is_absolute()) {
+            bail!("protect must list absolute paths");
+        }
+        Ok(paths)
     }
 
     /// [`FileConfig::resolve`], plus the exec-restriction configuration.
@@ -126,6 +143,31 @@ mod tests {
             .unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/palisade-agent"));
         assert_eq!(s.max_sample, 256 << 20);
+        let file = FileConfig::parse(text).unwrap();
+        assert_eq!(
+            file.protect(&FileConfig::default()).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn protected_paths_come_from_flags_or_the_file_and_must_be_absolute() {
+        let file = FileConfig::parse("protect = [\"/opt/keep\", \"/srv/db\"]").unwrap();
+        assert_eq!(
+            file.protect(&FileConfig::default()).unwrap(),
+            vec![PathBuf::from("/opt/keep"), PathBuf::from("/srv/db")]
+        );
+        let flags = FileConfig {
+            protect: Some(vec!["/root/x".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            file.protect(&flags).unwrap(),
+            vec![PathBuf::from("/root/x")]
+        );
+        let relative = FileConfig::parse("protect = [\"opt\"]").unwrap();
+        let err = relative.protect(&FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("protect"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod package;
 pub mod runtime;
 pub mod transport;
+pub mod vault;
 
 use std::path::Path;
 

@@ -65,9 +65,35 @@ enum Command {
         /// is restricted. Repeatable [default: /usr /bin /sbin /lib /lib32 /lib64 /libx32].
         #[arg(long = "exec-system-path", value_name = "DIR")]
         exec_system_path: Vec<PathBuf>,
+        /// A path (file or directory) that quarantine must refuse, besides the agent's own
+        /// files, /proc, /sys and the built-in list. Repeatable [default: none].
+        #[arg(long = "protect", value_name = "PATH")]
+        protect: Vec<PathBuf>,
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
+    /// The quarantine vault on this device.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCmd,
+    },
+    /// Test aid: moves PATH into the vault and back in a loop through the real vault code,
+    /// so that a test can kill -9 it at any moment and check `vault recover`.
+    #[command(hide = true)]
+    VaultDrill {
+        path: PathBuf,
+        /// Stop after this many moves (default: never).
+        #[arg(long)]
+        moves: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCmd {
+    /// Each entry as JSON, with the sha256 its encoded copy really decodes to.
+    List,
+    /// Finish or roll back what a crash interrupted (the agent does this at every start).
+    Recover,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +132,7 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         link_timeout,
         exec_mark,
         exec_system_path,
+        protect,
     } = &cli.command
     {
         overrides.max_sample = *max_sample;
@@ -116,17 +143,24 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         overrides.exec_mark = (!exec_mark.is_empty()).then(|| exec_mark.clone());
         overrides.exec_system_paths =
             (!exec_system_path.is_empty()).then(|| exec_system_path.clone());
+        overrides.protect = (!protect.is_empty()).then(|| protect.clone());
     }
+    let protect = file.protect(&overrides)?;
     let (settings, exec) = file.resolve_with_exec(overrides)?;
-    if let Command::Validate = cli.command {
-        let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
-        println!(
-            "configuration valid: state_dir {}, enrolled as device {} with controller {}",
-            settings.state_dir.display(),
-            identity.info.device_id,
-            identity.info.controller
-        );
-        return Ok(());
+    match cli.command {
+        Command::Validate => {
+            let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
+            println!(
+                "configuration valid: state_dir {}, enrolled as device {} with controller {}",
+                settings.state_dir.display(),
+                identity.info.device_id,
+                identity.info.controller
+            );
+            return Ok(());
+        }
+        Command::Vault { command } => return vault(&settings.state_dir, command),
+        Command::VaultDrill { path, moves } => return drill(&settings.state_dir, &path, moves),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -149,14 +183,72 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
                 .await?;
                 println!("enrolled as device {}", id.info.device_id);
             }
-            Command::Run { .. } => match runtime::run(settings, LinuxHost::new(exec)).await? {
-                Exit::Stopped => eprintln!("palisade-agent: stopped"),
-                Exit::Offboarded => {
-                    eprintln!("palisade-agent: offboarded; identity and journal erased")
+            Command::Run { .. } => {
+                let host = LinuxHost::new(exec).with_vault(settings.state_dir.clone(), protect);
+                match runtime::run(settings, host).await? {
+                    Exit::Stopped => eprintln!("palisade-agent: stopped"),
+                    Exit::Offboarded => {
+                        eprintln!("palisade-agent: offboarded; identity and journal erased")
+                    }
                 }
-            },
-            Command::Validate => unreachable!("handled above"),
+            }
+            Command::Validate | Command::Vault { .. } | Command::VaultDrill { .. } => {
+                unreachable!("handled above")
+            }
         }
         Ok(())
     })
+}
+
+fn vault(state_dir: &std::path::Path, command: VaultCmd) -> anyhow::Result<()> {
+    let host = LinuxHost::default().with_vault(state_dir.to_owned(), vec![]);
+    let vault = host.vault()?;
+    match command {
+        VaultCmd::Recover => {
+            for step in vault.recover()? {
+                println!("{step}");
+            }
+        }
+        VaultCmd::List => {
+            for e in vault.entries()? {
+                let (size, sha) = vault.verify(&e.id)?;
+                println!(
+                    "{}",
+                    serde_json::json!({"id": e.id, "path": e.path, "sha256": e.sha256,
+                        "size": e.size, "decoded_sha256": sha, "decoded_size": size,
+                        "mode": format!("{:o}", e.mode), "uid": e.uid, "gid": e.gid,
+                        "action": e.action, "quarantined_at": e.quarantined_at})
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn drill(
+    state_dir: &std::path::Path,
+    path: &std::path::Path,
+    moves: Option<u64>,
+) -> anyhow::Result<()> {
+    use palisade_agent::host::Host;
+    let host = LinuxHost::default().with_vault(state_dir.to_owned(), vec![]);
+    host.vault_recover()?;
+    let name = path.to_string_lossy().into_owned();
+    let mut n = 0u64;
+    while moves.is_none_or(|m| n < m) {
+        let action = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64;
+        match host.vault_entries()?.into_iter().find(|e| e.path == name) {
+            Some(e) => {
+                host.release(&e.id, None, false, action)?;
+            }
+            None => {
+                let id = palisade_agent::vault::entry_id(action, &name);
+                host.quarantine_file(path, None, &id, action)?;
+            }
+        }
+        n += 1;
+    }
+    Ok(())
 }

@@ -78,6 +78,17 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
 
+    // A crash may have interrupted a quarantine or a release: finish or roll it back before
+    // anything else touches the vault.
+    match executor.host().vault_recover() {
+        Ok(steps) => {
+            for step in steps {
+                tracing::warn!(%step, "vault recovery");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "vault recovery failed"),
+    }
+
     // Lasting state first, before any connection: a restriction survives restarts.
     let observed = executor.reconcile(&journal, None)?;
     match &observed.drift {
@@ -154,7 +165,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                             let _ = std::fs::remove_file(path);
                         }
                         tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
+                        let kind = journal.kind_of(report.id)?;
                         session.submit_result(report);
+                        if matches!(kind, Some(ActionKind::Quarantine | ActionKind::ReleaseQuarantine)) {
+                            session.vault(executor.vault_listing());
+                        }
                     }
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
@@ -184,6 +199,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     AgentEvent::Welcomed(w) => {
                         backoff.reset();
                         tracing::info!(device = %w.device_id, "session established");
+                        session.vault(executor.vault_listing());
                     }
                     AgentEvent::Received(spec) => {
                         journal.record(&spec)?;

@@ -102,6 +102,10 @@ enum DevicesCmd {
     Show {
         device: String,
     },
+    /// The files in a device's quarantine vault, as its agent last reported them.
+    Vault {
+        device: String,
+    },
     /// What the device reported on its own (denied executions …), newest first.
     Events {
         device: String,
@@ -135,9 +139,13 @@ struct ActionArgs {
 /// Options every action request takes.
 #[derive(Args, Clone)]
 struct Common {
-    /// Device ids or hostnames.
-    #[arg(required = true)]
+    /// Device ids or hostnames (with --fleet: optional, default every device in scope).
+    #[arg(required_unless_present = "fleet")]
     devices: Vec<String>,
+    /// One fleet-wide action with a child per device: the devices named, or every active
+    /// device you may act on that implements the kind (a release by --sha256: that holds it).
+    #[arg(long)]
+    fleet: bool,
     /// Why: required, and kept in the history.
     #[arg(long)]
     comment: String,
@@ -182,26 +190,34 @@ enum KindCmd {
         #[command(flatten)]
         target: ContainTarget,
     },
-    /// Stop and quarantine a file.
+    /// Stop the processes using a file and move it into the agent's vault.
     Quarantine {
         #[command(flatten)]
         common: Common,
-        #[arg(long)]
+        /// Absolute path of the file (with --sha256: only if it has that hash).
+        #[arg(long, required_unless_present = "sha256")]
         path: Option<String>,
+        /// Quarantine every file with this hash under the --root directories.
         #[arg(long)]
         sha256: Option<String>,
+        /// A directory to search for --sha256 (repeatable).
         #[arg(long = "root")]
         roots: Vec<String>,
     },
+    /// Put a quarantined file back (the undo of quarantine).
     ReleaseQuarantine {
         #[command(flatten)]
         common: Common,
-        #[arg(long)]
+        /// The vault entry id (see `devices vault`).
+        #[arg(long, required_unless_present = "sha256")]
         entry: Option<String>,
+        /// Release every entry with this hash (with --fleet: on every device that holds it).
         #[arg(long)]
         sha256: Option<String>,
+        /// Restore to this path instead of the original one.
         #[arg(long)]
         restore_path: Option<String>,
+        /// Replace a different file at the destination.
         #[arg(long)]
         overwrite: bool,
     },
@@ -528,6 +544,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .print();
             }
         }
+        Command::Devices {
+            command: DevicesCmd::Vault { device },
+        } => {
+            let v = client.get(
+                &format!("/api/v1/devices/{}/vault", client::segment(&device)),
+                &[],
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let mut t =
+                    Table::new(&["entry", "path", "sha256", "size", "quarantined", "action"]);
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    t.row(vec![
+                        text(&e["id"]),
+                        text(&e["path"]),
+                        text(&e["sha256"]),
+                        text(&e["size"]),
+                        ts(&e["quarantined_at"]),
+                        text(&e["action"]),
+                    ]);
+                }
+                t.print();
+                eprintln!(
+                    "{} entries on {}, reported {}",
+                    v["entries"].as_array().map_or(0, |a| a.len()),
+                    text(&v["hostname"]),
+                    ts(&v["reported_at"])
+                );
+            }
+        }
         Command::Action(args) => {
             let (common, params) = action_params(args.kind)?;
             let body = json!({
@@ -536,6 +583,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "comment": common.comment,
                 "source": common.source,
                 "external_id": common.external_id,
+                "fleet": common.fleet,
             });
             let v = client.post("/api/v1/actions", &body)?;
             if json_out {
@@ -936,7 +984,9 @@ fn actions_table(actions: &Value) -> Table {
         t.row(vec![
             text(&a["id"]),
             text(&a["kind"]),
-            if a["hostname"].is_null() {
+            if !a["children"].is_null() {
+                format!("fleet ({})", text(&a["children"]["total"]))
+            } else if a["hostname"].is_null() {
                 text(&a["device_id"])
             } else {
                 text(&a["hostname"])
@@ -994,6 +1044,20 @@ fn show_action(v: &Value) {
         }
     }
     t.row(vec!["params".into(), a["params"].to_string()]);
+    if let Some(c) = a["children"].as_object() {
+        let n = |k: &str| c.get(k).map(text).unwrap_or_default();
+        t.row(vec![
+            "devices".into(),
+            format!(
+                "{} total: {} succeeded, {} failed, {} pending, {} not run",
+                n("total"),
+                n("succeeded"),
+                n("failed"),
+                n("pending"),
+                n("not_run")
+            ),
+        ]);
+    }
     if !a["progress"].is_null() {
         t.row(vec!["progress".into(), text(&a["progress"])]);
     }
@@ -1011,6 +1075,10 @@ fn show_action(v: &Value) {
             t.row(vec![text(&x["name"]), text(&x["size"]), text(&x["sha256"])]);
         }
         t.print();
+    }
+    if let Some(children) = v["children"].as_array().filter(|c| !c.is_empty()) {
+        println!("\nper device:");
+        actions_table(&Value::Array(children.clone())).print();
     }
     let detail = &a["result_detail"];
     if let Some(collectors) = detail["collectors"].as_array() {

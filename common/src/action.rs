@@ -199,17 +199,33 @@ impl ActionParams {
     /// is made rather than failing on the device days later.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            ActionParams::RequestSample(p) => {
-                if !p.path.starts_with('/') {
-                    return Err(format!("path {:?} is not absolute", p.path));
+            ActionParams::RequestSample(p) => check_path(&p.path),
+            ActionParams::Quarantine(p) => {
+                if p.path.is_none() && p.sha256.is_none() {
+                    return Err("name a path, or a sha256 with search roots".into());
                 }
-                if p.path.split('/').any(|c| c == "..") {
-                    return Err(format!("path {:?} contains '..'", p.path));
+                if let Some(path) = &p.path {
+                    check_path(path)?;
                 }
-                if p.path.contains('\0') {
-                    return Err("path contains a NUL byte".into());
+                if let Some(sha) = &p.sha256 {
+                    check_sha256(sha)?;
+                    if p.path.is_none() && p.roots.is_empty() {
+                        return Err("a quarantine by sha256 needs at least one search root".into());
+                    }
                 }
-                Ok(())
+                p.roots.iter().try_for_each(|r| check_path(r))
+            }
+            ActionParams::ReleaseQuarantine(p) => {
+                if p.entry.is_none() && p.sha256.is_none() {
+                    return Err("name a vault entry or a sha256 to release".into());
+                }
+                if let Some(entry) = &p.entry {
+                    check_entry_id(entry)?;
+                }
+                if let Some(sha) = &p.sha256 {
+                    check_sha256(sha)?;
+                }
+                p.restore_path.as_deref().map_or(Ok(()), check_path)
             }
             ActionParams::Scan(p) => match p.mode.as_str() {
                 "quick" | "full" => Ok(()),
@@ -226,6 +242,45 @@ impl ActionParams {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// An absolute path without `..` or NUL: what a device is asked to act on.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} is not absolute"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(format!("path {path:?} contains '..'"));
+    }
+    if path.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    Ok(())
+}
+
+/// 64 lowercase hex digits.
+pub fn check_sha256(sha: &str) -> Result<(), String> {
+    if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!("sha256 {sha:?} is not 64 lowercase hex digits"))
+    }
+}
+
+/// Vault entry ids are 1 to 64 characters of `[0-9a-z-]`: they name files in the vault.
+pub fn check_entry_id(id: &str) -> Result<(), String> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "vault entry id {id:?} is not 1 to 64 characters of 0-9, a-z and -"
+        ))
     }
 }
 
@@ -555,5 +610,41 @@ mod tests {
         assert!(p("/etc/hosts").validate().is_ok());
         assert!(p("etc/hosts").validate().is_err());
         assert!(p("/etc/../root/x").validate().is_err());
+    }
+
+    #[test]
+    fn quarantine_and_release_params_are_checked_at_request_time() {
+        let sha = "ab".repeat(32);
+        let q = |path: Option<&str>, sha256: Option<&str>, roots: &[&str]| {
+            ActionParams::Quarantine(QuarantineParams {
+                path: path.map(Into::into),
+                sha256: sha256.map(Into::into),
+                roots: roots.iter().map(|r| r.to_string()).collect(),
+            })
+            .validate()
+        };
+        assert!(q(Some("/tmp/x"), None, &[]).is_ok());
+        assert!(q(None, Some(&sha), &["/opt"]).is_ok());
+        assert!(
+            q(None, Some(&sha), &[])
+                .unwrap_err()
+                .contains("search root")
+        );
+        assert!(q(None, None, &[]).is_err());
+        assert!(q(None, Some("ABC"), &["/"]).unwrap_err().contains("hex"));
+        assert!(q(Some("rel/x"), None, &[]).is_err());
+        let r = |entry: Option<&str>, restore: Option<&str>| {
+            ActionParams::ReleaseQuarantine(ReleaseQuarantineParams {
+                entry: entry.map(Into::into),
+                sha256: None,
+                restore_path: restore.map(Into::into),
+                overwrite: false,
+            })
+            .validate()
+        };
+        assert!(r(Some("0123abcd"), None).is_ok());
+        assert!(r(Some("../../etc"), None).is_err());
+        assert!(r(None, None).is_err());
+        assert!(r(Some("e1"), Some("x/y")).is_err());
     }
 }

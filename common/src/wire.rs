@@ -169,6 +169,24 @@ pub enum AgentMessage {
     /// Things the agent observed on its own (denied executions …), aggregated and rate
     /// limited. Not durable: lost if the agent dies before sending them.
     Events(Vec<DeviceEvent>),
+    /// Everything in the agent's quarantine vault now: sent after every (re)connect and after
+    /// every quarantine or release.
+    Vault(Vec<VaultEntry>),
+}
+
+/// One file held in an agent's quarantine vault.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct VaultEntry {
+    pub id: String,
+    /// Where the file was taken from.
+    pub path: String,
+    /// Lowercase hex of the original bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// Unix milliseconds.
+    pub quarantined_at: i64,
+    /// The quarantine action that put it there.
+    pub action: ActionId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

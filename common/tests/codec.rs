@@ -19,7 +19,7 @@ use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
     AgentMessage, ControllerMessage, DesiredState, DeviceEvent, EnrollRequest, EnrollResponse,
     ExecAllowlist, ExecDenial, Hello, Inventory, ObservedState, Opening, UploadBegin, UploadReply,
-    Welcome,
+    VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -351,7 +351,27 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         observed().prop_map(AgentMessage::Observed),
         inventory().prop_map(AgentMessage::Inventory),
         short_vec(device_event()).prop_map(AgentMessage::Events),
+        short_vec(vault_entry()).prop_map(AgentMessage::Vault),
     ]
+}
+
+fn vault_entry() -> impl Strategy<Value = VaultEntry> {
+    (
+        (text(), text(), text()),
+        any::<u64>(),
+        any::<i64>(),
+        action_id(),
+    )
+        .prop_map(
+            |((id, path, sha256), size, quarantined_at, action)| VaultEntry {
+                id,
+                path,
+                sha256,
+                size,
+                quarantined_at,
+                action,
+            },
+        )
 }
 
 fn controller_message() -> impl Strategy<Value = ControllerMessage> {
@@ -639,6 +659,20 @@ fn golden_heartbeat() -> AgentMessage {
 }
 const GOLDEN_HEARTBEAT: &str = "00000003010007";
 
+/// tag 7 (after `Events`, tag 6), one entry: id "q1", path "/x", sha256 "ab", size 3,
+/// quarantined_at 5 (zigzag 0x0a), action 9.
+fn golden_vault() -> AgentMessage {
+    AgentMessage::Vault(vec![VaultEntry {
+        id: "q1".into(),
+        path: "/x".into(),
+        sha256: "ab".into(),
+        size: 3,
+        quarantined_at: 5,
+        action: ActionId(9),
+    }])
+}
+const GOLDEN_VAULT: &str = "0000000f010701027131022f78026162030a09";
+
 fn golden_resume() -> UploadReply {
     UploadReply::Resume { offset: 1024 }
 }
@@ -688,6 +722,11 @@ fn golden_controller_result_ack() {
 #[test]
 fn golden_agent_heartbeat() {
     assert_golden(&golden_heartbeat(), GOLDEN_HEARTBEAT);
+}
+
+#[test]
+fn golden_agent_vault() {
+    assert_golden(&golden_vault(), GOLDEN_VAULT);
 }
 
 #[test]
@@ -853,11 +892,11 @@ fn a_frame_cut_short_inside_its_declared_length_is_malformed() {
 
 #[test]
 fn unknown_variants_and_invalid_values_are_refused() {
-    // Variant 7 of AgentMessage does not exist (Heartbeat..Events are 0..=6).
+    // Variant 8 of AgentMessage does not exist (Heartbeat..Vault are 0..=7).
     assert!(matches!(
-        decode_err::<AgentMessage>(&framed(&[7, 0])),
+        decode_err::<AgentMessage>(&framed(&[8, 0])),
         FrameError::Codec(CodecError::Decode(DecodeError::UnexpectedVariant {
-            found: 7,
+            found: 8,
             ..
         }))
     ));

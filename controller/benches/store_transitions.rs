@@ -102,6 +102,7 @@ async fn lifecycle(store: &Store, device: &DeviceId, n: usize, lat: &mut Vec<Dur
         comment: "bench".into(),
         external_id: None,
         undo_of: None,
+        parent: None,
     };
     let rec = timed(
         lat,

@@ -26,6 +26,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(show_device))
+        .route("/api/v1/devices/{id}/vault", get(device_vault))
         .route("/api/v1/devices/{id}/events", get(device_events))
         .route(
             "/api/v1/exec-allowlist",
@@ -314,6 +315,35 @@ async fn list_exec_allowlists(
     Ok(Json(json!({"allowlists": list})))
 }
 
+async fn device_vault(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let (device, (entries, reported_at)) = ctl
+        .store
+        .read(move |c| {
+            let d = devices::resolve(c, &id)?;
+            let v = devices::vault(c, &d.id)?;
+            Ok((d, v))
+        })
+        .await?;
+    if !who.sees_group(&device.device_group) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no device {}", device.id),
+        ));
+    }
+    Ok(Json(json!({
+        "device": device.id,
+        "hostname": device.hostname,
+        "reported_at": reported_at,
+        "entries": entries,
+    })))
+}
+
 async fn request_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -354,11 +384,27 @@ async fn show_action(
     let id: ActionId = id
         .parse()
         .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
-    let (rec, history) = ctl
+    let (rec, history, children) = ctl
         .store
-        .read(move |c| Ok((actions::get(c, id)?, audit::list(c, Some(id), 1000)?)))
+        .read(move |c| {
+            let rec = actions::get(c, id)?;
+            let children = if rec.device_id.is_none() {
+                actions::children(c, id)?
+            } else {
+                vec![]
+            };
+            Ok((rec, audit::list(c, Some(id), 1000)?, children))
+        })
         .await?;
-    if !who.sees_group(rec.device_group.as_deref().unwrap_or("default")) {
+    // A fleet-wide parent is visible to whoever sees one of its children.
+    let visible = if rec.device_id.is_none() {
+        children
+            .iter()
+            .any(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
+    } else {
+        who.sees_group(rec.device_group.as_deref().unwrap_or("default"))
+    };
+    if !visible {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -404,8 +450,12 @@ async fn show_action(
     ];
     let mut history = history;
     history.reverse();
+    let children: Vec<_> = children
+        .into_iter()
+        .filter(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
+        .collect();
     Ok(Json(
-        json!({"action": rec, "timeline": timeline, "history": history}),
+        json!({"action": rec, "timeline": timeline, "history": history, "children": children}),
     ))
 }
 

@@ -17,7 +17,7 @@ use crate::Config;
 use crate::artifacts::Artifacts;
 use crate::auth::{Permission, Principal};
 use crate::pki::Ca;
-use crate::store::actions::{self, ActionRecord, Deadlines, NewAction};
+use crate::store::actions::{self, ActionRecord, Deadlines, NewAction, NewFleetAction};
 use crate::store::{self, Store, StoreError, desired, devices};
 
 /// What the rest of the controller can ask of a device's live connection.
@@ -128,6 +128,11 @@ pub struct ActionRequest {
     pub source: Option<ActionSource>,
     #[serde(default)]
     pub external_id: Option<String>,
+    /// One fleet-wide parent action with a child per device: the devices listed, or with none
+    /// listed every active device the requester may act on that implements the kind (for a
+    /// release by sha256: that holds the file).
+    #[serde(default)]
+    pub fleet: bool,
 }
 
 impl Controller {
@@ -153,8 +158,10 @@ impl Controller {
         if req.comment.trim().is_empty() {
             return Err(ServiceError::Invalid("a comment is required".into()));
         }
-        if req.devices.is_empty() {
-            return Err(ServiceError::Invalid("name at least one device".into()));
+        if req.devices.is_empty() && !req.fleet {
+            return Err(ServiceError::Invalid(
+                "name at least one device, or ask for a fleet-wide action".into(),
+            ));
         }
         let source = req.source.unwrap_or(ActionSource::ManualDeviceAction);
         if source == ActionSource::AutomatedDeviceAction {
@@ -164,6 +171,9 @@ impl Controller {
             ));
         }
         req.params.validate().map_err(ServiceError::Invalid)?;
+        if req.fleet {
+            return self.request_fleet(who, req, source).await;
+        }
         let kind = req.params.kind();
         let refs = req.devices.clone();
         let resolved = self
@@ -221,12 +231,97 @@ impl Controller {
                                 comment: req.comment.clone(),
                                 external_id: req.external_id.clone(),
                                 undo_of: None,
+                                parent: None,
                             },
                             deadlines,
                         )
                     })
                     .collect::<store::Result<Vec<_>>>()
             })
+            .await?;
+        self.dispatch(&records);
+        Ok(records)
+    }
+
+    /// A fleet-wide request: the scope is resolved now, a child per device.
+    async fn request_fleet(
+        &self,
+        who: &Principal,
+        req: ActionRequest,
+        source: ActionSource,
+    ) -> Result<Vec<ActionRecord>> {
+        let kind = req.params.kind();
+        let holding = match &req.params {
+            ActionParams::ReleaseQuarantine(p) if p.entry.is_none() => p.sha256.clone(),
+            _ => None,
+        };
+        if matches!(&req.params, ActionParams::ReleaseQuarantine(p) if p.entry.is_some()) {
+            return Err(ServiceError::Invalid(
+                "a vault entry belongs to one device; release fleet-wide by sha256".into(),
+            ));
+        }
+        let refs = req.devices.clone();
+        let (candidates, holders) = self
+            .store
+            .read(move |c| {
+                let devs = if refs.is_empty() {
+                    devices::list(c)?
+                } else {
+                    refs.iter()
+                        .map(|r| devices::resolve(c, r))
+                        .collect::<store::Result<Vec<_>>>()?
+                };
+                let holders = match &holding {
+                    Some(sha) => Some(devices::holding(c, sha)?),
+                    None => None,
+                };
+                Ok((devs, holders))
+            })
+            .await?;
+        let listed = !req.devices.is_empty();
+        let mut scope = Vec::new();
+        for d in candidates {
+            let allowed = who.can(Permission::Respond, Some(&d.device_group));
+            let usable = d.status == "active" && d.capabilities.contains(&kind);
+            if listed {
+                if !allowed {
+                    return Err(ServiceError::Forbidden(format!(
+                        "{} may not request actions on device {} (group {})",
+                        who.name, d.id, d.device_group
+                    )));
+                }
+                if !usable {
+                    return Err(ServiceError::Invalid(format!(
+                        "device {} ({}) is {} or does not implement {kind}",
+                        d.id, d.hostname, d.status
+                    )));
+                }
+            } else if !(allowed && usable) {
+                continue;
+            }
+            if holders.as_ref().is_some_and(|h| !h.contains(&d.id)) {
+                continue;
+            }
+            scope.push((d.id, d.device_group));
+        }
+        if scope.is_empty() {
+            return Err(ServiceError::Invalid(match holders {
+                Some(_) => "no device in scope holds a vault entry with that sha256".into(),
+                None => format!("no active device in scope implements {kind}"),
+            }));
+        }
+        let deadlines = self.deadlines();
+        let new = NewFleetAction {
+            params: req.params,
+            source,
+            requested_by: who.name.clone(),
+            comment: req.comment,
+            external_id: req.external_id,
+            devices: scope,
+        };
+        let records = self
+            .store
+            .write(move |c| actions::create_fleet(c, new, deadlines))
             .await?;
         self.dispatch(&records);
         Ok(records)
@@ -252,7 +347,25 @@ impl Controller {
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
-        for r in &records {
+        let parents: Vec<ActionId> = records
+            .iter()
+            .filter(|r| r.device_id.is_none())
+            .map(|r| r.id)
+            .collect();
+        let children = self
+            .store
+            .read(move |c| {
+                let mut all = Vec::new();
+                for p in parents {
+                    all.extend(actions::children(c, p)?);
+                }
+                Ok(all)
+            })
+            .await?;
+        for r in records.iter().chain(&children) {
+            if r.device_id.is_none() {
+                continue; // checked through its children
+            }
             let group = r.device_group.as_deref().unwrap_or("default");
             if !who.sees_group(group) {
                 return Err(ServiceError::NotFound(format!("no action {}", r.id)));
@@ -331,6 +444,12 @@ impl Controller {
         }
         let mut new = Vec::new();
         for r in &records {
+            if r.device_id.is_none() {
+                return Err(ServiceError::Invalid(format!(
+                    "action {} is fleet-wide: undo its children, or release by sha256 fleet-wide",
+                    r.id
+                )));
+            }
             let Some(undo_kind) = r.kind.undo() else {
                 return Err(ServiceError::Invalid(format!(
                     "{} actions cannot be undone",
@@ -351,18 +470,35 @@ impl Controller {
                 (_, palisade_common::ActionKind::ReleaseExecution) => {
                     ActionParams::ReleaseExecution {}
                 }
-                (ActionParams::Quarantine(_), _) => ActionParams::ReleaseQuarantine(
-                    palisade_common::action::ReleaseQuarantineParams {
-                        entry: r
-                            .result_detail
+                (ActionParams::Quarantine(_), _) => {
+                    let detail = |k: &str| {
+                        r.result_detail
                             .as_ref()
-                            .and_then(|d| d["vault_entry"].as_str())
-                            .map(str::to_owned),
-                        sha256: None,
-                        restore_path: None,
-                        overwrite: false,
-                    },
-                ),
+                            .and_then(|d| d[k].as_str())
+                            .map(str::to_owned)
+                    };
+                    // One file: its entry; several (by hash): every entry with the hash.
+                    let entry = detail("vault_entry");
+                    let sha256 = if entry.is_none() {
+                        detail("sha256")
+                    } else {
+                        None
+                    };
+                    if entry.is_none() && sha256.is_none() {
+                        return Err(ServiceError::Conflict(format!(
+                            "action {} reported no vault entry to release",
+                            r.id
+                        )));
+                    }
+                    ActionParams::ReleaseQuarantine(
+                        palisade_common::action::ReleaseQuarantineParams {
+                            entry,
+                            sha256,
+                            restore_path: None,
+                            overwrite: false,
+                        },
+                    )
+                }
                 _ => {
                     return Err(ServiceError::Invalid(format!(
                         "{} actions cannot be undone",
@@ -412,6 +548,7 @@ impl Controller {
                                 comment: comment.clone(),
                                 external_id: None,
                                 undo_of: Some(orig.id),
+                                parent: None,
                             },
                             deadlines,
                         )

@@ -402,6 +402,11 @@ async fn handle_event(
                 .await?;
             tracing::info!(%device, events = n, "device events recorded");
         }
+        ControllerEvent::Vault(entries) => {
+            ctl.store
+                .write(move |c| devices::set_vault(c, &d, &entries))
+                .await?;
+        }
         ControllerEvent::Closed(reason) => {
             tracing::info!(%device, %reason, "session closed");
         }

@@ -81,6 +81,11 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// Starts `cmd` with its output in `log`.
+    pub fn start(cmd: &mut Command, log: PathBuf) -> Proc {
+        Proc::spawn(cmd, log)
+    }
+
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -446,12 +451,12 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
-        self.runs += 1;
-        let log = self
-            .state_dir
-            .parent()
-            .unwrap()
-            .join(format!("{}-{}.log", self.name, self.runs));
+        self.start_with(&[]);
+    }
+
+    /// Starts `palisade-agent run` with extra arguments (e.g. `--protect DIR`), after those
+    /// of [`Agent::with_run_args`], through the wrapper if any (e.g. a network namespace).
+    pub fn start_with(&mut self, extra: &[&str]) {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -463,7 +468,51 @@ impl Agent {
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
             .arg("run")
-            .args(&self.run_args);
+            .args(&self.run_args)
+            .args(extra);
+        self.spawn(cmd);
+    }
+
+    /// Starts the agent in its own mount namespace, with a private tmpfs mounted on `dir`:
+    /// agents on one machine then see different files there, as on different machines. Look
+    /// at that directory through [`Agent::private_path`].
+    pub fn start_with_private_dir(&mut self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs -o mode=0755 palisade-lab \"$0\" && exec \"$@\"")
+            .arg(dir)
+            .arg(bin("palisade-agent"))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run");
+        self.spawn(cmd);
+        let pid = self.proc.as_ref().map(Proc::pid).unwrap_or(0);
+        let me = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
+        eventually(
+            Duration::from_secs(10),
+            "the agent's mount namespace",
+            || {
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                (ns != me && exe.ends_with("palisade-agent")).then_some(())
+            },
+        );
+    }
+
+    /// `path` as the running agent sees it (through its mount namespace).
+    pub fn private_path(&self, path: &Path) -> PathBuf {
+        let pid = self.proc.as_ref().map(Proc::pid).expect("agent running");
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    fn spawn(&mut self, mut cmd: Command) {
+        self.runs += 1;
+        let log = self
+            .state_dir
+            .parent()
+            .unwrap()
+            .join(format!("{}-{}.log", self.name, self.runs));
         cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
         self.proc = Some(Proc::spawn(&mut cmd, log));
     }
@@ -483,12 +532,6 @@ impl Agent {
     /// Starts the agent inside `lab`'s mount namespace, restricting execution (when asked)
     /// on the lab's tmpfs only, with the lab's `usr` as the one system path.
     pub fn start_in_exec_lab(&mut self, lab: &ExecLab) {
-        self.runs += 1;
-        let log = self
-            .state_dir
-            .parent()
-            .unwrap()
-            .join(format!("{}-{}.log", self.name, self.runs));
         let mut cmd = lab.command(bin("palisade-agent"));
         cmd.arg("--state-dir")
             .arg(&self.state_dir)
@@ -497,8 +540,7 @@ impl Agent {
             .arg(&lab.root)
             .arg("--exec-system-path")
             .arg(lab.root.join("usr"));
-        cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
-        self.proc = Some(Proc::spawn(&mut cmd, log));
+        self.spawn(cmd);
     }
 
     pub fn started(mut self) -> Agent {
@@ -508,16 +550,9 @@ impl Agent {
 
     /// Runs the agent inside a lab host's network namespace.
     pub fn start_in(&mut self, host: &lab::LabHost) {
-        self.runs += 1;
-        let log = self
-            .state_dir
-            .parent()
-            .unwrap()
-            .join(format!("{}-{}.log", self.name, self.runs));
         let mut cmd = host.command(bin("palisade-agent"));
         cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
-        cmd.env("RUST_LOG", "info,quinn=warn,rustls=warn");
-        self.proc = Some(Proc::spawn(&mut cmd, log));
+        self.spawn(cmd);
     }
 
     pub fn kill9(&mut self) {

@@ -9,17 +9,24 @@ use ring::digest;
 
 use super::{
     CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, Host,
-    HostError, Snapshot,
+    HostError, Quarantined, Snapshot,
 };
+use crate::vault::{EntryMeta, Released};
 
 #[derive(Default)]
 pub struct FakeHost {
     pub files: Mutex<HashMap<PathBuf, Vec<u8>>>,
     pub calls: Mutex<Vec<String>>,
+    pub vault: Mutex<Vec<(EntryMeta, Vec<u8>)>>,
+    pub released: Mutex<Vec<Released>>,
     pub exec: Mutex<ExecPolicy>,
     /// Make `set_exec_policy` fail with this message.
     pub exec_fails: Mutex<Option<String>>,
     pub denials: Mutex<Vec<ExecDenial>>,
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, bytes))
 }
 
 impl FakeHost {
@@ -64,6 +71,135 @@ impl Host for FakeHost {
             size: bytes.len() as u64,
             sha256,
         })
+    }
+
+    fn quarantine_file(
+        &self,
+        path: &Path,
+        expect_sha256: Option<&str>,
+        entry: &str,
+        action: u64,
+    ) -> Result<Quarantined, HostError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("quarantine {} as {entry}", path.display()));
+        let mut vault = self.vault.lock().unwrap();
+        if let Some((m, _)) = vault.iter().find(|(m, _)| m.id == entry) {
+            return Ok(Quarantined {
+                entry: m.clone(),
+                killed: vec![],
+                already: true,
+            });
+        }
+        let mut files = self.files.lock().unwrap();
+        let bytes = files
+            .get(path)
+            .ok_or_else(|| HostError::Refused(format!("{}: does not exist", path.display())))?;
+        let hash = sha(bytes);
+        if expect_sha256.is_some_and(|w| w != hash) {
+            return Err(HostError::Refused(format!(
+                "{}: other hash",
+                path.display()
+            )));
+        }
+        let meta = EntryMeta {
+            id: entry.into(),
+            action,
+            path: path.to_string_lossy().into_owned(),
+            sha256: hash,
+            size: bytes.len() as u64,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            atime_sec: 0,
+            atime_nsec: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            ctime_sec: 0,
+            xattrs: vec![],
+            dev: 1,
+            ino: 1,
+            quarantined_at: 1,
+        };
+        let bytes = files.remove(path).unwrap_or_default();
+        vault.push((meta.clone(), bytes));
+        Ok(Quarantined {
+            entry: meta,
+            killed: vec![],
+            already: false,
+        })
+    }
+
+    fn find_by_hash(&self, roots: &[PathBuf], sha256: &str) -> Result<Vec<PathBuf>, HostError> {
+        let files = self.files.lock().unwrap();
+        let mut found: Vec<PathBuf> = files
+            .iter()
+            .filter(|(p, b)| roots.iter().any(|r| p.starts_with(r)) && sha(b) == sha256)
+            .map(|(p, _)| p.clone())
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    fn release(
+        &self,
+        entry: &str,
+        dest: Option<&Path>,
+        overwrite: bool,
+        action: u64,
+    ) -> Result<Released, HostError> {
+        let mut vault = self.vault.lock().unwrap();
+        let Some(i) = vault.iter().position(|(m, _)| m.id == entry) else {
+            return self
+                .released
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.id == entry)
+                .cloned()
+                .ok_or_else(|| HostError::Refused(format!("no vault entry {entry}")));
+        };
+        let dest = dest
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from(&vault[i].0.path));
+        let mut files = self.files.lock().unwrap();
+        if !overwrite && files.get(&dest).is_some_and(|b| *b != vault[i].1) {
+            return Err(HostError::Refused(format!(
+                "{}: a different file is there",
+                dest.display()
+            )));
+        }
+        let (meta, bytes) = vault.remove(i);
+        files.insert(dest.clone(), bytes);
+        let done = Released {
+            id: meta.id,
+            action,
+            restored_to: dest.to_string_lossy().into_owned(),
+            sha256: meta.sha256,
+            size: meta.size,
+            released_at: 2,
+        };
+        self.released.lock().unwrap().push(done.clone());
+        Ok(done)
+    }
+
+    fn vault_entries(&self) -> Result<Vec<EntryMeta>, HostError> {
+        Ok(self
+            .vault
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect())
+    }
+
+    fn vault_released(&self) -> Result<Vec<Released>, HostError> {
+        Ok(self.released.lock().unwrap().clone())
+    }
+
+    fn vault_recover(&self) -> Result<Vec<String>, HostError> {
+        Ok(vec![])
     }
 
     fn collect_package(&self, _limits: &CollectLimits) -> Vec<Collected> {

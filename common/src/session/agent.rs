@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
-    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Hello, ObservedState, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Hello, ObservedState, VaultEntry,
+    Welcome,
 };
 
 use super::{DEFAULT_HEARTBEAT, SILENCE_LIMIT};
@@ -184,6 +185,14 @@ impl AgentSession {
     pub fn observed(&mut self, state: ObservedState) {
         if self.state == State::Ready {
             self.transmit.push_back(AgentMessage::Observed(state));
+        }
+    }
+
+    /// The vault's current listing: sent now if the session is up (the driver sends it again
+    /// after every reconnect).
+    pub fn vault(&mut self, entries: Vec<VaultEntry>) {
+        if self.state == State::Ready {
+            self.transmit.push_back(AgentMessage::Vault(entries));
         }
     }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
-    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Inventory, ObservedState, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Inventory, ObservedState,
+    VaultEntry, Welcome,
 };
 
 use super::SILENCE_LIMIT;
@@ -24,6 +25,7 @@ pub enum ControllerEvent {
     Inventory(Inventory),
     /// Record these in the device's history.
     Events(Vec<DeviceEvent>),
+    Vault(Vec<VaultEntry>),
     /// Drop the connection.
     Closed(String),
 }
@@ -73,6 +75,7 @@ impl ControllerSession {
             AgentMessage::Observed(o) => self.events.push_back(ControllerEvent::Observed(o)),
             AgentMessage::Inventory(i) => self.events.push_back(ControllerEvent::Inventory(i)),
             AgentMessage::Events(e) => self.events.push_back(ControllerEvent::Events(e)),
+            AgentMessage::Vault(v) => self.events.push_back(ControllerEvent::Vault(v)),
         }
     }
 

@@ -42,6 +42,21 @@ pub struct ActionRecord {
     pub undo_of: Option<ActionId>,
     pub undone_by: Option<ActionId>,
     pub artifacts: Vec<ArtifactRef>,
+    /// For a fleet-wide action (no device of its own): how its per-device children stand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub children: Option<ChildCounts>,
+}
+
+/// The aggregate of a fleet-wide action's children.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChildCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Not finished yet: awaiting approval, delivery or the device's result.
+    pub pending: u64,
+    /// Ended without running: rejected, cancelled, expired.
+    pub not_run: u64,
 }
 
 impl ActionRecord {
@@ -63,6 +78,20 @@ pub struct NewAction {
     pub comment: String,
     pub external_id: Option<String>,
     pub undo_of: Option<ActionId>,
+    /// The fleet-wide action this one is a per-device child of. Children wait for their
+    /// parent's approval whatever their own group's policy says.
+    pub parent: Option<ActionId>,
+}
+
+/// A fleet-wide request, before its children.
+pub struct NewFleetAction {
+    pub params: ActionParams,
+    pub source: ActionSource,
+    pub requested_by: String,
+    pub comment: String,
+    pub external_id: Option<String>,
+    /// (device, group) of every child.
+    pub devices: Vec<(DeviceId, String)>,
 }
 
 /// Lifetimes from the controller's configuration.
@@ -127,6 +156,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ActionRecord> {
         undo_of: id(28)?,
         undone_by: id(29)?,
         artifacts: vec![],
+        children: None,
     })
 }
 
@@ -140,7 +170,78 @@ pub fn get(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no action {id}")))?;
     rec.artifacts = artifacts(conn, id)?;
+    if rec.device_id.is_none() {
+        rec.children = Some(child_counts(conn, id)?);
+    }
     Ok(rec)
+}
+
+/// How the children of a fleet-wide action stand.
+pub fn child_counts(conn: &Connection, parent: ActionId) -> Result<ChildCounts> {
+    let mut stmt =
+        conn.prepare("SELECT status, count(*) FROM actions WHERE parent_id = ?1 GROUP BY status")?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([parent.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut c = ChildCounts::default();
+    for (status, n) in rows {
+        let n = n as u64;
+        c.total += n;
+        match status.parse::<ActionStatus>() {
+            Ok(ActionStatus::Succeeded | ActionStatus::Undone) => c.succeeded += n,
+            Ok(ActionStatus::Failed | ActionStatus::TimedOut) => c.failed += n,
+            Ok(s) if s.is_final() => c.not_run += n,
+            _ => c.pending += n,
+        }
+    }
+    Ok(c)
+}
+
+/// The children of a fleet-wide action, by id.
+pub fn children(conn: &Connection, parent: ActionId) -> Result<Vec<ActionRecord>> {
+    let mut stmt = conn.prepare("SELECT id FROM actions WHERE parent_id = ?1 ORDER BY id")?;
+    let ids: Vec<i64> = stmt
+        .query_map([parent.0 as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.into_iter()
+        .map(|i| get(conn, ActionId(i as u64)))
+        .collect()
+}
+
+/// A fleet-wide action ends when its last child does: succeeded if every child succeeded,
+/// failed otherwise. Called after any child changes.
+pub fn settle_parent(conn: &Connection, parent: ActionId) -> Result<()> {
+    let rec = get(conn, parent)?;
+    let Some(c) = rec.children.clone() else {
+        return Ok(());
+    };
+    if c.pending > 0 || !rec.status.is_outstanding() {
+        return Ok(());
+    }
+    let status = if c.succeeded == c.total {
+        ActionStatus::Succeeded
+    } else {
+        ActionStatus::Failed
+    };
+    let summary = format!(
+        "{} devices: {} succeeded, {} failed, {} not run",
+        c.total, c.succeeded, c.failed, c.not_run
+    );
+    let now = now_ms();
+    conn.execute(
+        "UPDATE actions SET status = ?2, finished_at = ?3, result_summary = ?4,
+         started_at = COALESCE(started_at, ?3) WHERE id = ?1",
+        params![parent.0 as i64, status.as_str(), now, summary],
+    )?;
+    audit::append(
+        conn,
+        "controller",
+        status.as_str(),
+        Some(parent),
+        None,
+        &serde_json::json!({"summary": summary}),
+    )?;
+    Ok(())
 }
 
 pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
@@ -178,7 +279,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
     let now = now_ms();
     conn.execute(
         "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, external_id,
-         created_at, expires_at, undo_of) VALUES (?1, ?2, ?3, ?4, 'pending_approval', ?5, ?6, ?7, ?8, ?9, ?10)",
+         created_at, expires_at, undo_of, parent_id) VALUES (?1, ?2, ?3, ?4, 'pending_approval', ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             new.params.kind().as_str(),
             serde_json::to_string(&new.params)?,
@@ -190,6 +291,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
             now,
             now + deadlines.approval_ms,
             new.undo_of.map(|a| a.0 as i64),
+            new.parent.map(|a| a.0 as i64),
         ],
     )?;
     let id = ActionId(conn.last_insert_rowid() as u64);
@@ -200,9 +302,10 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
         Some(id),
         Some(&new.device),
         &serde_json::json!({"kind": new.params.kind(), "params": new.params, "source": new.source,
-            "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of}),
+            "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of,
+            "parent": new.parent}),
     )?;
-    if !policy.require_approval {
+    if !policy.require_approval && new.parent.is_none() {
         conn.execute(
             "UPDATE actions SET status = 'approved', decided_by = 'policy', decided_at = ?2,
              decision_comment = 'approval not required by policy', deadline_at = ?3 WHERE id = ?1",
@@ -220,6 +323,83 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
     get(conn, id)
 }
 
+/// Creates a fleet-wide action: a parent without a device, which never goes to an agent, and
+/// one child per device. The parent needs approval unless no child's group policy asks for
+/// it; deciding the parent decides its pending children. Returns the parent, then the
+/// children.
+pub fn create_fleet(
+    conn: &Connection,
+    new: NewFleetAction,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    if new.devices.is_empty() {
+        return Err(StoreError::Invalid(
+            "a fleet-wide action needs at least one device".into(),
+        ));
+    }
+    let kind = new.params.kind();
+    let mut require_approval = false;
+    for (_, group) in &new.devices {
+        require_approval |= policy_for(conn, group, kind)?.require_approval;
+    }
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, external_id,
+         created_at, expires_at) VALUES (?1, ?2, NULL, ?3, 'pending_approval', ?4, ?5, ?6, ?7, ?8)",
+        params![
+            kind.as_str(),
+            serde_json::to_string(&new.params)?,
+            new.source.as_str(),
+            new.requested_by,
+            new.comment,
+            new.external_id,
+            now,
+            now + deadlines.approval_ms,
+        ],
+    )?;
+    let parent = ActionId(conn.last_insert_rowid() as u64);
+    audit::append(
+        conn,
+        &new.requested_by,
+        "requested",
+        Some(parent),
+        None,
+        &serde_json::json!({"kind": kind, "params": new.params, "source": new.source,
+            "comment": new.comment, "external_id": new.external_id, "fleet": true,
+            "devices": new.devices.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>()}),
+    )?;
+    let mut ids = vec![parent];
+    for (device, group) in new.devices {
+        let child = create(
+            conn,
+            NewAction {
+                params: new.params.clone(),
+                device,
+                device_group: group,
+                source: new.source,
+                requested_by: new.requested_by.clone(),
+                comment: new.comment.clone(),
+                external_id: new.external_id.clone(),
+                undo_of: None,
+                parent: Some(parent),
+            },
+            deadlines,
+        )?;
+        ids.push(child.id);
+    }
+    if !require_approval {
+        return decide_unchecked(
+            conn,
+            &[parent],
+            "policy",
+            true,
+            "approval not required by policy",
+            deadlines,
+        );
+    }
+    ids.iter().map(|&id| get(conn, id)).collect()
+}
+
 /// Approves or rejects a set of pending actions, all or none: they must all exist, be pending,
 /// be of one kind, and — where policy asks for four eyes — not be the decider's own requests.
 pub fn decide(
@@ -233,10 +413,7 @@ pub fn decide(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids
-        .iter()
-        .map(|&id| get(conn, id))
-        .collect::<Result<Vec<_>>>()?;
+    let records = with_children(conn, ids)?;
     let kind = records[0].kind;
     if let Some(other) = records.iter().find(|r| r.kind != kind) {
         return Err(StoreError::Conflict(format!(
@@ -255,6 +432,9 @@ pub fn decide(
                 r.id, r.status
             )));
         }
+        if r.device_id.is_none() {
+            continue; // a fleet-wide parent: its children carry the groups
+        }
         let group = r.device_group.as_deref().unwrap_or("default");
         let policy: Policy = policy_for(conn, group, r.kind)?;
         if approve && policy.distinct_approver && r.requested_by == actor {
@@ -264,6 +444,38 @@ pub fn decide(
             )));
         }
     }
+    let ids: Vec<ActionId> = records.iter().map(|r| r.id).collect();
+    decide_unchecked(conn, &ids, actor, approve, comment, deadlines)
+}
+
+/// The actions named, and for a fleet-wide parent its children still pending approval.
+fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord>> {
+    let mut records = Vec::new();
+    for &id in ids {
+        let r = get(conn, id)?;
+        let parent = r.device_id.is_none();
+        records.push(r);
+        if parent {
+            for c in children(conn, id)? {
+                if c.status == ActionStatus::PendingApproval && !ids.contains(&c.id) {
+                    records.push(c);
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Moves checked, pending actions to approved or rejected (a parent's children included).
+fn decide_unchecked(
+    conn: &Connection,
+    ids: &[ActionId],
+    actor: &str,
+    approve: bool,
+    comment: &str,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    let records = with_children(conn, ids)?;
     let now = now_ms();
     let (status, event) = if approve {
         (ActionStatus::Approved, "approved")
@@ -276,6 +488,13 @@ pub fn decide(
              deadline_at = CASE WHEN ?2 = 'approved' THEN ?6 ELSE NULL END WHERE id = ?1",
             params![r.id.0 as i64, status.as_str(), actor, now, comment, now + deadlines.delivery_ms],
         )?;
+        if r.device_id.is_none() {
+            // A parent never goes to a device: it ends with its children, not by a deadline.
+            conn.execute(
+                "UPDATE actions SET deadline_at = NULL WHERE id = ?1",
+                [r.id.0 as i64],
+            )?;
+        }
         audit::append(
             conn,
             actor,
@@ -285,7 +504,7 @@ pub fn decide(
             &serde_json::json!({"comment": comment}),
         )?;
     }
-    ids.iter().map(|&id| get(conn, id)).collect()
+    records.iter().map(|r| get(conn, r.id)).collect()
 }
 
 /// Cancels actions not yet delivered. `any_requester` is false for callers who may cancel only
@@ -300,10 +519,20 @@ pub fn cancel(
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
     }
-    let records = ids
+    let mut records = ids
         .iter()
         .map(|&id| get(conn, id))
         .collect::<Result<Vec<_>>>()?;
+    // A fleet-wide parent takes its children not yet delivered with it.
+    for &id in ids {
+        if records.iter().any(|r| r.id == id && r.device_id.is_none()) {
+            for c in children(conn, id)? {
+                if c.status.can_move_to(ActionStatus::Cancelled) && !ids.contains(&c.id) {
+                    records.push(c);
+                }
+            }
+        }
+    }
     for r in &records {
         if !r.status.can_move_to(ActionStatus::Cancelled) {
             return Err(StoreError::Conflict(format!(
@@ -334,7 +563,7 @@ pub fn cancel(
             &serde_json::json!({"comment": comment}),
         )?;
     }
-    ids.iter().map(|&id| get(conn, id)).collect()
+    records.iter().map(|r| get(conn, r.id)).collect()
 }
 
 /// Approved, unfinished actions of a device, oldest first: what a (re)connecting agent gets.
@@ -509,6 +738,9 @@ pub fn result(
             )?;
         }
     }
+    if let Some(parent) = rec.parent_id {
+        settle_parent(conn, parent)?;
+    }
     Ok((get(conn, report.id)?, true))
 }
 
@@ -551,6 +783,9 @@ pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
             rec.device_id.as_ref(),
             &serde_json::json!({"reason": reason}),
         )?;
+        if let Some(parent) = rec.parent_id {
+            settle_parent(conn, parent)?;
+        }
         changed.push(rec);
     }
     Ok(changed)
@@ -691,6 +926,9 @@ pub fn list(
     let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
     for rec in &mut out {
         rec.artifacts = artifacts(conn, rec.id)?;
+        if rec.device_id.is_none() {
+            rec.children = Some(child_counts(conn, rec.id)?);
+        }
     }
     Ok((out, total as u64))
 }
@@ -727,8 +965,169 @@ impl Where {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_common::action::RequestSampleParams;
-    use palisade_common::wire::Inventory;
+    use crate::store::{Store, devices};
+    use palisade_common::action::{QuarantineParams, RequestSampleParams};
+    use palisade_common::wire::{Inventory, VaultEntry};
+
+    const D: Deadlines = Deadlines {
+        approval_ms: 60_000,
+        delivery_ms: 60_000,
+    };
+
+    fn report(id: ActionId, outcome: Outcome) -> ActionReport {
+        ActionReport {
+            id,
+            outcome,
+            summary: "done".into(),
+            detail: "{}".into(),
+            artifacts: vec![],
+        }
+    }
+
+    #[test]
+    fn approving_a_fleet_parent_approves_its_children_and_it_ends_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let devs: Vec<DeviceId> =
+                    (1..=2u8).map(|n| DeviceId::from_random([n; 16])).collect();
+                for (i, d) in devs.iter().enumerate() {
+                    let inv = Inventory {
+                        hostname: format!("h{i}"),
+                        ..Default::default()
+                    };
+                    devices::insert(
+                        c,
+                        d,
+                        "default",
+                        "1",
+                        &[ActionKind::Quarantine],
+                        &inv,
+                        "s",
+                        1,
+                    )?;
+                }
+                let params = ActionParams::Quarantine(QuarantineParams {
+                    path: None,
+                    sha256: Some("ab".repeat(32)),
+                    roots: vec!["/opt".into()],
+                });
+                let created = create_fleet(
+                    c,
+                    NewFleetAction {
+                        params,
+                        source: ActionSource::ManualDeviceAction,
+                        requested_by: "alice".into(),
+                        comment: "outbreak".into(),
+                        external_id: None,
+                        devices: devs.iter().map(|d| (d.clone(), "default".into())).collect(),
+                    },
+                    D,
+                )?;
+                let (parent, kids) = (created[0].id, [created[1].id, created[2].id]);
+                assert!(created[0].device_id.is_none());
+                assert_eq!(created[0].status, ActionStatus::PendingApproval);
+                assert_eq!(created[0].children.as_ref().unwrap().pending, 2);
+                assert!(
+                    created[1..].iter().all(|c| c.parent_id == Some(parent)
+                        && c.status == ActionStatus::PendingApproval)
+                );
+                // Children wait for their parent: nothing is delivered yet.
+                assert!(outstanding(c, &devs[0])?.is_empty());
+
+                let decided = decide(c, &[parent], "bob", true, "go", D)?;
+                assert_eq!(decided.len(), 3);
+                assert!(decided.iter().all(|r| r.status == ActionStatus::Approved));
+                assert_eq!(
+                    get(c, parent)?.deadline_at,
+                    None,
+                    "a parent never times out"
+                );
+                assert_eq!(outstanding(c, &devs[0])?.len(), 1);
+                assert_eq!(outstanding(c, &devs[0])?[0].id, kids[0]);
+
+                result(c, &devs[0], &report(kids[0], Outcome::Succeeded))?;
+                let p = get(c, parent)?;
+                assert_eq!(p.status, ActionStatus::Approved);
+                let counts = p.children.unwrap();
+                assert_eq!((counts.succeeded, counts.pending), (1, 1));
+
+                result(c, &devs[1], &report(kids[1], Outcome::Failed))?;
+                let p = get(c, parent)?;
+                assert_eq!(p.status, ActionStatus::Failed);
+                assert_eq!(
+                    p.result_summary.as_deref(),
+                    Some("2 devices: 1 succeeded, 1 failed, 0 not run")
+                );
+                // A late sweep changes nothing.
+                assert!(sweep(c, i64::MAX)?.is_empty());
+
+                // The devices' vault listings decide who holds a hash.
+                let entry = |sha: &str| VaultEntry {
+                    id: "q1-abc".into(),
+                    path: "/opt/x".into(),
+                    sha256: sha.into(),
+                    size: 1,
+                    quarantined_at: 1,
+                    action: kids[0],
+                };
+                devices::set_vault(c, &devs[0], &[entry(&"ab".repeat(32))])?;
+                devices::set_vault(c, &devs[1], &[entry(&"cd".repeat(32))])?;
+                assert_eq!(
+                    devices::holding(c, &"ab".repeat(32))?,
+                    vec![devs[0].clone()]
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn rejecting_or_cancelling_a_parent_takes_its_pending_children_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let d = DeviceId::from_random([7; 16]);
+                devices::insert(
+                    c,
+                    &d,
+                    "default",
+                    "1",
+                    &[ActionKind::Quarantine],
+                    &Inventory::default(),
+                    "s",
+                    1,
+                )?;
+                let new = || NewFleetAction {
+                    params: ActionParams::Quarantine(QuarantineParams {
+                        path: Some("/tmp/x".into()),
+                        sha256: None,
+                        roots: vec![],
+                    }),
+                    source: ActionSource::ManualDeviceAction,
+                    requested_by: "alice".into(),
+                    comment: "c".into(),
+                    external_id: None,
+                    devices: vec![(d.clone(), "default".into())],
+                };
+                let a = create_fleet(c, new(), D)?;
+                let rejected = decide(c, &[a[0].id], "bob", false, "no", D)?;
+                assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
+                assert_eq!(rejected.len(), 2);
+                let b = create_fleet(c, new(), D)?;
+                let cancelled = cancel(c, &[b[0].id], "alice", "oops", false)?;
+                assert_eq!(cancelled.len(), 2);
+                assert!(
+                    cancelled
+                        .iter()
+                        .all(|r| r.status == ActionStatus::Cancelled)
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
 
     fn db() -> Connection {
         let mut c = Connection::open_in_memory().unwrap();
@@ -766,6 +1165,7 @@ mod tests {
                         comment: "c".into(),
                         external_id: None,
                         undo_of: None,
+                        parent: None,
                     },
                     Deadlines {
                         approval_ms: 1000,

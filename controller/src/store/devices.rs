@@ -1,6 +1,6 @@
 //! Enrolled devices: identity (certificate serial), inventory, last contact, lasting state.
 
-use palisade_common::wire::{Inventory, ObservedState};
+use palisade_common::wire::{Inventory, ObservedState, VaultEntry};
 use palisade_common::{ActionKind, DeviceId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -156,6 +156,64 @@ pub fn set_observed(conn: &Connection, id: &DeviceId, observed: &ObservedState) 
         params![id.as_str(), observed_json(observed).to_string(), now_ms()],
     )?;
     Ok(())
+}
+
+pub fn vault_json(entries: &[VaultEntry]) -> serde_json::Value {
+    serde_json::Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id,
+                    "path": e.path,
+                    "sha256": e.sha256,
+                    "size": e.size,
+                    "quarantined_at": e.quarantined_at,
+                    "action": e.action,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Replaces the device's vault listing with what its agent reported.
+pub fn set_vault(conn: &Connection, id: &DeviceId, entries: &[VaultEntry]) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET vault = ?2, vault_reported_at = ?3 WHERE id = ?1",
+        params![id.as_str(), vault_json(entries).to_string(), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The device's vault as last reported: entries and when.
+pub fn vault(conn: &Connection, id: &DeviceId) -> Result<(serde_json::Value, Option<i64>)> {
+    let (text, at): (String, Option<i64>) = conn
+        .query_row(
+            "SELECT vault, vault_reported_at FROM devices WHERE id = ?1",
+            [id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+    Ok((serde_json::from_str(&text)?, at))
+}
+
+/// Active devices whose reported vault holds a file with this sha256.
+pub fn holding(conn: &Connection, sha256: &str) -> Result<Vec<DeviceId>> {
+    let mut stmt = conn.prepare(
+        "SELECT d.id FROM devices d, json_each(d.vault) e
+         WHERE d.status = 'active' AND json_extract(e.value, '$.sha256') = ?1
+         GROUP BY d.id ORDER BY d.id",
+    )?;
+    let ids: Vec<String> = stmt
+        .query_map([sha256], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.into_iter()
+        .map(|i| {
+            i.parse()
+                .map_err(|e| StoreError::Invalid(format!("device id {i}: {e}")))
+        })
+        .collect()
 }
 
 pub fn set_inventory(conn: &Connection, id: &DeviceId, inventory: &Inventory) -> Result<()> {

@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 const V1: &str = r#"
@@ -148,6 +148,13 @@ CREATE TABLE device_events (
     received_at INTEGER NOT NULL
 );
 CREATE INDEX device_events_by_device ON device_events(device_id, id);
+"#;
+
+/// Issue 4: each device's quarantine vault as its agent last reported it.
+const V3: &str = r#"
+ALTER TABLE devices ADD COLUMN vault TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE devices ADD COLUMN vault_reported_at INTEGER;
+CREATE INDEX actions_by_parent ON actions(parent_id);
 "#;
 
 #[cfg(test)]
