@@ -65,6 +65,70 @@ impl LabHost {
     pub fn addrs(&self) -> [IpAddr; 2] {
         [IpAddr::V4(self.v4), IpAddr::V6(self.v6)]
     }
+
+    /// The command prefix that runs a program on this host (see [`LabHost::command`]).
+    pub fn prefix(&self) -> Vec<String> {
+        let c = self.command("true");
+        let mut out = vec![c.get_program().to_string_lossy().into_owned()];
+        out.extend(c.get_args().map(|a| a.to_string_lossy().into_owned()));
+        out.pop(); // "true"
+        out
+    }
+
+    /// The namespace's file under /run/netns, for `setns`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// Takes the host's link to the bridge down (nothing passes either way) or up again.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]).map(|_| ())
+    }
+
+    /// Limits what leaves this host to `rate` (a tc rate such as `400kbit`).
+    pub fn throttle_out(&self, rate: &str) -> Result<()> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+            ])
+            .args(["rate", rate, "burst", "10kb", "latency", "1s"])
+            .output()
+            .context("cannot run tc (install iproute2)")?;
+        if !out.status.success() {
+            bail!("tc failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    pub fn unthrottle(&self) -> Result<()> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                "eth0",
+                "root",
+            ])
+            .output()
+            .context("cannot run tc")?;
+        if !out.status.success() {
+            bail!("tc failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
 }
 
 pub struct Lab {
@@ -80,7 +144,7 @@ pub struct Lab {
 }
 
 /// Which /27 of the documentation ranges a lab uses: 8 in 198.51.100.0/24, then 4 in
-/// 192.0.2.0/25 (192.0.2.128/25 is `netns::NetNs`'s).
+/// 192.0.2.0/25.
 fn block(slot: u32) -> (Ipv4Addr, u16) {
     let base = if slot < 8 {
         [198, 51, 100]

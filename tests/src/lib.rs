@@ -11,7 +11,6 @@
 pub mod deb;
 pub mod fleet;
 pub mod lab;
-pub mod netns;
 pub mod proxy;
 
 use std::io::Read;
@@ -517,9 +516,10 @@ impl Agent {
         self.proc = Some(Proc::spawn(&mut cmd, log));
     }
 
-    /// Runs the agent (from its next start) inside a network namespace.
-    pub fn in_netns(mut self, ns: &netns::NetNs) -> Agent {
-        self.wrapper = ns.prefix();
+    /// Runs the agent (from its next start) on a lab host: in its network namespace, with
+    /// its hostname.
+    pub fn in_netns(mut self, host: &lab::LabHost) -> Agent {
+        self.wrapper = host.prefix();
         self
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use palisade_tests::netns::NetNs;
+use palisade_tests::lab::{Lab, LabHost};
 use palisade_tests::{Agent, Controller, eventually, sha256_hex};
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ struct Planted {
 }
 
 impl Planted {
-    fn new(ns: &NetNs) -> Planted {
+    fn new(ns: &LabHost) -> Planted {
         let marker = format!("palisade-marker-{}", std::process::id());
         // A process whose command line carries the marker.
         let process = Command::new("sleep")
@@ -41,7 +41,7 @@ impl Planted {
             .spawn()
             .expect("spawn sleep");
         // A listening socket inside the agent's namespace, on a chosen port.
-        let netns = std::fs::File::open(ns.path()).expect("open the namespace");
+        let netns = std::fs::File::open(ns.netns_path()).expect("open the namespace");
         let listener = std::thread::spawn(move || {
             nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             TcpListener::bind("0.0.0.0:47123").expect("listen in the namespace")
@@ -182,32 +182,33 @@ fn json_file(root: &Path, name: &str) -> Value {
 
 #[test]
 fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_planted() {
-    let ns = NetNs::new();
-    let ctl = Controller::start_on(&format!("{}:0", ns.host_addr), &[]);
+    let lab = Lab::up(&["device"]).expect("lab up (needs root)");
+    let ns = lab.host("device");
+    let ctl = Controller::start_on(&format!("{}:0", lab.gateway_v4), &[]);
     let mut agent: Agent = ctl
         .enroll_agent()
-        .in_netns(&ns)
+        .in_netns(ns)
         .with_run_args(AGENT_ARGS)
         .started();
     let device = agent.device_id();
     eventually(T, "the agent to come online", || {
         ctl.device_online(&device).then_some(())
     });
-    let planted = Planted::new(&ns);
+    let planted = Planted::new(ns);
     let work = tempfile::tempdir().unwrap();
 
     // 1. A link cut mid-upload: the upload resumes on the next connection.
-    ns.throttle_out("200kbit");
+    ns.throttle_out("200kbit").unwrap();
     let id = request_package(&ctl, &device);
     eventually(T, "the upload to start", || {
         (part_len(&ctl, id) > 0).then_some(())
     });
-    ns.set_link(false);
+    ns.set_link(false).unwrap();
     eventually(T, "the agent to notice the dead link", || {
         agent.log().contains("connection lost").then_some(())
     });
-    ns.unthrottle();
-    ns.set_link(true);
+    ns.unthrottle().unwrap();
+    ns.set_link(true).unwrap();
     let v = ctl.wait_status(id, "succeeded", T);
     let offset = resumed_at(&ctl, id)
         .unwrap_or_else(|| panic!("the controller logged no resumed upload for action {id}"));
@@ -288,10 +289,7 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
         "host sockets leaked into the namespace's view"
     );
     let ifaces = json_file(&root, "interfaces/interfaces.json");
-    assert!(
-        ifaces.to_string().contains(&ns.ns_addr.to_string()),
-        "{ifaces}"
-    );
+    assert!(ifaces.to_string().contains(&ns.v4.to_string()), "{ifaces}");
     // The cron entry, listed and copied.
     let cron_name = planted.cron.display().to_string();
     let autoruns = json_file(&root, "autoruns/autoruns.json");
@@ -318,13 +316,13 @@ fn a_package_from_a_namespaced_agent_survives_a_cut_link_and_holds_what_was_plan
 
     // 2. The agent killed mid-upload: after its restart it reuses the package it had built
     //    and the upload resumes instead of starting over.
-    ns.throttle_out("200kbit");
+    ns.throttle_out("200kbit").unwrap();
     let id2 = request_package(&ctl, &device);
     eventually(T, "the second upload to start", || {
         (part_len(&ctl, id2) > 0).then_some(())
     });
     agent.kill9();
-    ns.unthrottle();
+    ns.unthrottle().unwrap();
     agent.start();
     let v2 = ctl.wait_status(id2, "succeeded", T);
     assert!(
