@@ -233,6 +233,18 @@ impl ActionParams {
                 "custom" => Err("a custom scan needs at least one path".into()),
                 other => Err(format!("scan mode {other:?} is not quick, full or custom")),
             },
+            ActionParams::Isolate(p) => {
+                if !p.selective && !p.exceptions.is_empty() {
+                    return Err("exceptions are for selective isolation (add --selective)".into());
+                }
+                if p.for_secs == Some(0) {
+                    return Err("an isolation for 0 seconds would end at once".into());
+                }
+                for e in &p.exceptions {
+                    crate::net::Exception::parse(e)?;
+                }
+                Ok(())
+            }
             ActionParams::Contain(p) | ActionParams::Uncontain(p) => {
                 if p.device.is_none() && p.ip.is_none() && p.mac.is_none() {
                     Err("name a device, an ip or a mac to contain".into())

@@ -8,6 +8,7 @@ pub mod action;
 pub mod codec;
 pub mod frame;
 pub mod ids;
+pub mod net;
 pub mod session;
 pub mod wire;
 

@@ -8,6 +8,7 @@
 pub mod exec_plan;
 pub mod fake;
 pub mod linux;
+pub mod net_plan;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
