@@ -191,26 +191,7 @@ impl Controller {
                     who.name, d.id, d.device_group
                 )));
             }
-            if d.status != "active" {
-                return Err(ServiceError::Conflict(format!(
-                    "device {} is {}",
-                    d.id, d.status
-                )));
-            }
-            if !d.capabilities.contains(&kind) {
-                return Err(ServiceError::Invalid(format!(
-                    "{kind} is not implemented by the agent on device {} ({}, agent {}); \
-                     it implements: {}",
-                    d.id,
-                    d.hostname,
-                    d.agent_version,
-                    d.capabilities
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            can_run(d, kind)?;
         }
         let deadlines = self.deadlines();
         let who_name = who.name.clone();
@@ -282,7 +263,7 @@ impl Controller {
         let mut scope = Vec::new();
         for d in candidates {
             let allowed = who.can(Permission::Respond, Some(&d.device_group));
-            let usable = d.status == "active" && d.capabilities.contains(&kind);
+            let usable = can_run(&d, kind);
             if listed {
                 if !allowed {
                     return Err(ServiceError::Forbidden(format!(
@@ -290,13 +271,8 @@ impl Controller {
                         who.name, d.id, d.device_group
                     )));
                 }
-                if !usable {
-                    return Err(ServiceError::Invalid(format!(
-                        "device {} ({}) is {} or does not implement {kind}",
-                        d.id, d.hostname, d.status
-                    )));
-                }
-            } else if !(allowed && usable) {
+                usable?;
+            } else if !(allowed && usable.is_ok()) {
                 continue;
             }
             if holders.as_ref().is_some_and(|h| !h.contains(&d.id)) {
@@ -521,13 +497,7 @@ impl Controller {
             })
             .await?;
         for (d, (_, params)) in devs.iter().zip(&new) {
-            if !d.capabilities.contains(&params.kind()) {
-                return Err(ServiceError::Invalid(format!(
-                    "{} is not implemented by the agent on device {}",
-                    params.kind(),
-                    d.id
-                )));
-            }
+            can_run(d, params.kind())?;
         }
         let deadlines = self.deadlines();
         let actor = who.name.clone();
@@ -603,6 +573,31 @@ impl Controller {
             }
         }
     }
+}
+
+/// Whether `device` can be given an action of `kind` now: it is active and its agent
+/// implements the kind. The controller never queues what no agent would carry out.
+fn can_run(d: &devices::Device, kind: palisade_common::ActionKind) -> Result<()> {
+    if d.status != "active" {
+        return Err(ServiceError::Conflict(format!(
+            "device {} is {}",
+            d.id, d.status
+        )));
+    }
+    if !d.capabilities.contains(&kind) {
+        return Err(ServiceError::Invalid(format!(
+            "{kind} is not implemented by the agent on device {} ({}, agent {}); it implements: {}",
+            d.id,
+            d.hostname,
+            d.agent_version,
+            d.capabilities
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Moves overdue actions to `Expired` / `TimedOut`, once a second.
