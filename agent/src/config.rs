@@ -2,7 +2,6 @@
 //! overridden by command-line flags.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -85,22 +84,7 @@ impl FileConfig {
             .or(self.state_dir)
             .unwrap_or_else(|| "/var/lib/palisade-agent".into());
         let mut settings = Settings::new(std::path::absolute(&state_dir)?);
-        let positive = |name: &str, v: Option<u64>, default: u64| -> Result<u64> {
-            match v {
-                Some(0) => bail!("{name} must be more than zero"),
-                Some(v) => Ok(v),
-                None => Ok(default),
-            }
-        };
-        let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
-            let Some(text) = v else { return Ok(default) };
-            let d =
-                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
-            if d.is_zero() {
-                bail!("{name} must be longer than zero");
-            }
-            Ok(d)
-        };
+        use palisade_common::config::{duration, positive};
         settings.max_sample = positive(
             "max_sample",
             overrides.max_sample.or(self.max_sample),

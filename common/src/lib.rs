@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod codec;
+pub mod config;
 pub mod frame;
 pub mod ids;
 pub mod net;

@@ -55,15 +55,7 @@ impl FileConfig {
         if let Some(v) = overrides.server_names.or(self.server_names) {
             c.server_names = v;
         }
-        let duration = |name: &str, v: Option<String>, default: Duration| -> Result<Duration> {
-            let Some(text) = v else { return Ok(default) };
-            let d =
-                humantime::parse_duration(&text).with_context(|| format!("{name} = {text:?}"))?;
-            if d.is_zero() {
-                bail!("{name} must be longer than zero");
-            }
-            Ok(d)
-        };
+        use palisade_common::config::duration;
         c.approval_expiry = duration(
             "approval_expiry",
             overrides.approval_expiry.or(self.approval_expiry),
