@@ -1,0 +1,387 @@
+//! The command line of `palisadectl`: every subcommand and flag (clap derive).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use palisade_common::{ActionKind, ActionSource, ActionStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "palisadectl",
+    version,
+    about = "Palisade operator CLI: request, approve and follow response actions"
+)]
+pub(crate) struct Cli {
+    /// The controller's API, e.g. http://127.0.0.1:7480.
+    #[arg(
+        long,
+        global = true,
+        env = "PALISADE_URL",
+        default_value = "http://127.0.0.1:7480"
+    )]
+    pub(crate) url: String,
+    /// Your API token.
+    #[arg(long, global = true, env = "PALISADE_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Enrolled devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCmd,
+    },
+    /// Request an action on one or more devices.
+    Action(ActionArgs),
+    /// List, inspect and decide actions.
+    Actions {
+        #[command(subcommand)]
+        command: ActionsCmd,
+    },
+    /// Files uploaded by agents (samples, packages).
+    Artifacts {
+        #[command(subcommand)]
+        command: ArtifactsCmd,
+    },
+    /// Enrolment tokens for new agents.
+    EnrollToken {
+        #[command(subcommand)]
+        command: EnrollTokenCmd,
+    },
+    /// Operators and their roles.
+    Users {
+        #[command(subcommand)]
+        command: UsersCmd,
+    },
+    /// Approval policy per device group and action kind.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// What may run on a device group's devices while execution is restricted, beyond the
+    /// trusted system binaries.
+    ExecAllowlist {
+        #[command(subcommand)]
+        command: AllowlistCmd,
+    },
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
+    /// Who the token belongs to.
+    Whoami,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DevicesCmd {
+    List,
+    /// One device and its queue of approved, unfinished actions.
+    Show {
+        device: String,
+    },
+    /// The files in a device's quarantine vault, as its agent last reported them.
+    Vault {
+        device: String,
+    },
+    /// What the device reported on its own (denied executions …), newest first.
+    Events {
+        device: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AllowlistCmd {
+    /// Replace a group's allowlist (with no --sha256 and no --path: empty it).
+    Set {
+        #[arg(long = "group", default_value = "default")]
+        device_group: String,
+        /// SHA-256 of an allowed file (64 hex digits). Repeatable.
+        #[arg(long)]
+        sha256: Vec<String>,
+        /// Absolute path of an allowed file. Repeatable.
+        #[arg(long)]
+        path: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Args)]
+pub(crate) struct ActionArgs {
+    #[command(subcommand)]
+    pub(crate) kind: KindCmd,
+}
+
+/// Options every action request takes.
+#[derive(Args, Clone)]
+pub(crate) struct Common {
+    /// Device ids or hostnames (with --fleet: optional, default every device in scope).
+    #[arg(required_unless_present = "fleet")]
+    pub(crate) devices: Vec<String>,
+    /// One fleet-wide action with a child per device: the devices named, or every active
+    /// device you may act on that implements the kind (a release by --sha256: that holds it).
+    #[arg(long)]
+    pub(crate) fleet: bool,
+    /// Why: required, and kept in the history.
+    #[arg(long)]
+    pub(crate) comment: String,
+    /// Action source (default manual_device_action).
+    #[arg(long)]
+    pub(crate) source: Option<ActionSource>,
+    /// Your ticket or case id.
+    #[arg(long)]
+    pub(crate) external_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KindCmd {
+    /// Cut the device off the network (except the controller).
+    Isolate {
+        #[command(flatten)]
+        common: Common,
+        /// Selective isolation: allow the exceptions given with --except.
+        #[arg(long)]
+        selective: bool,
+        /// An allowed flow, e.g. `198.51.100.0/24 tcp 443 out`.
+        #[arg(long = "except")]
+        exceptions: Vec<String>,
+        /// Release by itself after this long (e.g. 4h).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        for_: Option<Duration>,
+    },
+    ReleaseIsolation {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Have the other agents block a device or address.
+    Contain {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        target: ContainTarget,
+    },
+    Uncontain {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        target: ContainTarget,
+    },
+    /// Stop the processes using a file and move it into the agent's vault.
+    Quarantine {
+        #[command(flatten)]
+        common: Common,
+        /// Absolute path of the file (with --sha256: only if it has that hash).
+        #[arg(long, required_unless_present = "sha256")]
+        path: Option<String>,
+        /// Quarantine every file with this hash under the --root directories.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// A directory to search for --sha256 (repeatable).
+        #[arg(long = "root")]
+        roots: Vec<String>,
+    },
+    /// Put a quarantined file back (the undo of quarantine).
+    ReleaseQuarantine {
+        #[command(flatten)]
+        common: Common,
+        /// The vault entry id (see `devices vault`).
+        #[arg(long, required_unless_present = "sha256")]
+        entry: Option<String>,
+        /// Release every entry with this hash (with --fleet: on every device that holds it).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Restore to this path instead of the original one.
+        #[arg(long)]
+        restore_path: Option<String>,
+        /// Replace a different file at the destination.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Run an antivirus scan.
+    Scan {
+        #[command(flatten)]
+        common: Common,
+        /// quick, full or custom.
+        #[arg(long, default_value = "quick")]
+        mode: String,
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        #[arg(long = "exclude")]
+        exclusions: Vec<String>,
+    },
+    RestrictExecution {
+        #[command(flatten)]
+        common: Common,
+    },
+    ReleaseExecution {
+        #[command(flatten)]
+        common: Common,
+    },
+    CollectPackage {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Upload a file from the device.
+    RequestSample {
+        #[command(flatten)]
+        common: Common,
+        /// Absolute path on the device.
+        #[arg(long)]
+        path: String,
+    },
+    /// Erase the agent's identity and revoke its certificate.
+    Offboard {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ContainTarget {
+    /// A managed device id.
+    #[arg(long = "target-device")]
+    pub(crate) device: Option<String>,
+    #[arg(long)]
+    pub(crate) ip: Option<std::net::IpAddr>,
+    #[arg(long)]
+    pub(crate) mac: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ActionsCmd {
+    List(ListArgs),
+    /// One action with its hop timeline and history.
+    Show {
+        id: String,
+    },
+    Approve(DecideArgs),
+    /// Reject pending actions (a comment is required).
+    Reject(DecideArgs),
+    /// Cancel actions not yet delivered.
+    Cancel(DecideArgs),
+    /// Undo succeeded lasting actions (creates linked actions).
+    Undo(DecideArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ListArgs {
+    /// Only actions awaiting approval.
+    #[arg(long, conflicts_with = "history")]
+    pub(crate) pending: bool,
+    /// Everything but actions awaiting approval.
+    #[arg(long)]
+    pub(crate) history: bool,
+    /// Only actions created in this window, e.g. 1d, 7d, 30d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) since: Option<Duration>,
+    #[arg(long)]
+    pub(crate) kind: Option<ActionKind>,
+    #[arg(long)]
+    pub(crate) status: Option<ActionStatus>,
+    #[arg(long)]
+    pub(crate) source: Option<ActionSource>,
+    /// Device id or hostname.
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    #[arg(long = "group")]
+    pub(crate) device_group: Option<String>,
+    #[arg(long)]
+    pub(crate) requested_by: Option<String>,
+    /// Column to sort by (id, kind, status, source, requested_by, created_at, decided_at, finished_at, hostname).
+    #[arg(long, default_value = "id")]
+    pub(crate) sort: String,
+    /// Ascending (default descending).
+    #[arg(long)]
+    pub(crate) asc: bool,
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u32,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) offset: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct DecideArgs {
+    #[arg(required = true)]
+    pub(crate) ids: Vec<u64>,
+    #[arg(long, default_value = "")]
+    pub(crate) comment: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ArtifactsCmd {
+    /// Download an action's artifact, verifying its sha256.
+    Download {
+        action: u64,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Which artifact (default: the action's only one).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EnrollTokenCmd {
+    Create {
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[arg(long, default_value = "24h")]
+        expires_in: String,
+        #[arg(long = "group", default_value = "default")]
+        device_group: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UsersCmd {
+    /// Add a user; prints their API token once.
+    Add {
+        name: String,
+        /// viewer, responder, approver, investigator or admin.
+        #[arg(long)]
+        role: String,
+        /// Limit the role to these device groups (default: all).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCmd {
+    /// Set the approval policy for a group (or * for all) and a kind (default: all kinds).
+    Set {
+        #[arg(long = "group", default_value = "*")]
+        device_group: String,
+        #[arg(long)]
+        kind: Option<ActionKind>,
+        #[arg(long, action = clap::ArgAction::Set)]
+        require_approval: bool,
+        #[arg(long, action = clap::ArgAction::Set)]
+        distinct_approver: bool,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuditCmd {
+    /// Check the hash chain; exits 1 and names the first broken record if it is broken.
+    Verify,
+    /// Recent audit records (optionally for one action).
+    List {
+        #[arg(long)]
+        action: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
