@@ -19,6 +19,9 @@ pub struct FileConfig {
     pub collector_timeout: Option<String>,
     pub collector_max_bytes: Option<u64>,
     pub link_timeout: Option<String>,
+    /// How long a new isolation may take to prove the controller still answers over the live
+    /// connection before it is rolled back.
+    pub verify_isolation: Option<String>,
     /// Mount points marked for exec-permission events while execution is restricted.
     pub exec_mark: Option<Vec<PathBuf>>,
     /// Directories whose root-owned, root-only-writable contents may run while restricted.
@@ -109,6 +112,11 @@ impl FileConfig {
             "link_timeout",
             overrides.link_timeout.or(self.link_timeout),
             settings.link_timeout,
+        )?;
+        settings.verify_isolation = duration(
+            "verify_isolation",
+            overrides.verify_isolation.or(self.verify_isolation),
+            settings.verify_isolation,
         )?;
         Ok(settings)
     }

@@ -56,6 +56,11 @@ impl Aggregator {
         }
     }
 
+    /// Adds an event that is not aggregated (a tamper report): sent with the next flush.
+    pub fn add_event(&mut self, event: DeviceEvent) {
+        self.unsent.push(event);
+    }
+
     fn suppress(&mut self, count: u64, first: i64, last: i64) {
         let s = self.suppressed.get_or_insert((0, first, last));
         s.0 += count;
@@ -109,6 +114,16 @@ impl Aggregator {
                     lost += count;
                     first = first.min(first_at_ms);
                     last = last.max(last_at_ms);
+                }
+                // Rare and each one matters: never dropped for room.
+                Some(tamper @ DeviceEvent::NetTamper { .. }) => {
+                    events.insert(0, tamper);
+                    if events
+                        .iter()
+                        .all(|e| matches!(e, DeviceEvent::NetTamper { .. }))
+                    {
+                        break;
+                    }
                 }
                 None => break,
             }

@@ -13,12 +13,15 @@ use palisade_common::{ActionId, ActionKind, ActionParams};
 use serde_json::json;
 
 use crate::host::{CollectLimits, ExecPolicy, ExecStatus, Host, HostError, Quarantined, Snapshot};
+use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
 use crate::package;
 use crate::vault::{EntryMeta, entry_id};
 
 /// The action kinds this agent carries out. The controller refuses the others for it.
-pub const CAPABILITIES: [ActionKind; 7] = [
+pub const CAPABILITIES: [ActionKind; 9] = [
+    ActionKind::Isolate,
+    ActionKind::ReleaseIsolation,
     ActionKind::RequestSample,
     ActionKind::CollectPackage,
     ActionKind::Offboard,
@@ -38,9 +41,15 @@ pub fn exec_policy(d: &DesiredState) -> ExecPolicy {
 }
 
 /// What is enforced, compared with what is desired.
-pub fn observed(d: &DesiredState, exec: &ExecStatus, error: Option<String>) -> ObservedState {
+pub fn observed(
+    d: &DesiredState,
+    exec: &ExecStatus,
+    net: &NetObserved,
+    error: Option<String>,
+) -> ObservedState {
     let drift = match error {
         Some(e) => Some(e),
+        None if net.drift.is_some() => net.drift.clone(),
         None if d.restrict_execution && !exec.restricted => Some(if exec.marked.is_empty() {
             "execution should be restricted but no mount is marked".into()
         } else {
@@ -55,8 +64,21 @@ pub fn observed(d: &DesiredState, exec: &ExecStatus, error: Option<String>) -> O
         desired_revision: d.revision,
         restrict_execution: exec.restricted,
         drift,
-        ..Default::default()
+        isolated: net.isolated,
+        contained: net.contained.clone(),
+        net_digest: net.digest.clone(),
+        local_releases: net.local_releases.clone(),
     }
+}
+
+/// The network part of what is enforced.
+#[derive(Debug, Clone, Default)]
+pub struct NetObserved {
+    pub isolated: bool,
+    pub contained: Vec<std::net::IpAddr>,
+    pub digest: Option<String>,
+    pub local_releases: Vec<palisade_common::wire::LocalRelease>,
+    pub drift: Option<String>,
 }
 
 /// An artifact that must reach the controller before the report may be sent.
@@ -76,9 +98,17 @@ pub struct Executor<H> {
     pub max_package: u64,
     /// The budget of each collector of a package.
     pub collect: CollectLimits,
-    journal: PathBuf,
+    pub(crate) journal: PathBuf,
     /// Serialises every change of the desired state and its application to the host.
-    desired: Mutex<()>,
+    pub(crate) desired: Mutex<()>,
+    /// `HOST:PORT` of the controller, as enrolled: resolved and pinned before isolating.
+    pub controller: Option<String>,
+    /// The address of the live connection to the controller, set by the runtime.
+    pub(crate) live_controller: Mutex<Option<std::net::SocketAddr>>,
+    /// How the executor asks the runtime to verify the live link.
+    pub(crate) prober: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProbeRequest>>>,
+    /// How long an isolation may take to prove the controller is still reachable.
+    pub verify_within: std::time::Duration,
 }
 
 impl<H: Host> Executor<H> {
@@ -91,7 +121,21 @@ impl<H: Host> Executor<H> {
             collect: CollectLimits::default(),
             journal,
             desired: Mutex::new(()),
+            controller: None,
+            live_controller: Mutex::new(None),
+            prober: Mutex::new(None),
+            verify_within: std::time::Duration::from_secs(5),
         }
+    }
+
+    /// Where the runtime answers link probes (see `isolation::ProbeRequest`).
+    pub fn set_prober(&self, tx: tokio::sync::mpsc::UnboundedSender<ProbeRequest>) {
+        *self.prober.lock().expect("prober lock") = Some(tx);
+    }
+
+    /// The controller address of the live connection (`None` while disconnected).
+    pub fn set_live_controller(&self, addr: Option<std::net::SocketAddr>) {
+        *self.live_controller.lock().expect("live lock") = addr;
     }
 
     /// Reconciles the host to the journaled desired state, after replacing it with
@@ -106,24 +150,90 @@ impl<H: Host> Executor<H> {
         let _serial = self.desired.lock().expect("desired lock");
         let mut desired = journal.desired()?.unwrap_or_default();
         if let Some(mut d) = incoming {
-            if journal.exec_action_pending()? {
+            if journal.pending_of(&[ActionKind::RestrictExecution, ActionKind::ReleaseExecution])? {
                 d.restrict_execution = desired.restrict_execution;
+            }
+            if journal.pending_of(&crate::isolation::ISOLATION_KINDS)? {
+                d.isolation = desired.isolation.clone();
+            }
+            // The controller has heard of an isolation ended here once its copy no longer
+            // holds that isolation.
+            let mut local = journal.net()?;
+            let before = local.local_releases.len();
+            local
+                .local_releases
+                .retain(|r| d.isolation.as_ref().is_some_and(|i| i.action == r.action));
+            if local.local_releases.len() != before {
+                journal.set_net(&local)?;
             }
             journal.set_desired(&d)?;
             desired = d;
         }
-        let error = self
-            .host
-            .set_exec_policy(&exec_policy(&desired))
-            .err()
-            .map(|e| format!("cannot enforce the exec policy: {e}"));
-        Ok(observed(&desired, &self.host.exec_status(), error))
+        let mut errors = Vec::new();
+        if let Err(e) = self.host.set_exec_policy(&exec_policy(&desired)) {
+            errors.push(format!("cannot enforce the exec policy: {e}"));
+        }
+        if let Err(e) = self.enforce_net(journal, &desired) {
+            errors.push(format!("cannot enforce the network rules: {e:#}"));
+        }
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        Ok(observed(
+            &desired,
+            &self.host.exec_status(),
+            &self.net_observed(journal, &desired)?,
+            error,
+        ))
     }
 
     /// What is enforced now, against the journaled desired state; changes nothing.
     pub fn observed(&self, journal: &Journal) -> Result<ObservedState> {
         let desired = journal.desired()?.unwrap_or_default();
-        Ok(observed(&desired, &self.host.exec_status(), None))
+        Ok(observed(
+            &desired,
+            &self.host.exec_status(),
+            &self.net_observed(journal, &desired)?,
+            None,
+        ))
+    }
+
+    /// The network part of the observed state: what the plan asks, against the table the
+    /// kernel holds.
+    fn net_observed(&self, journal: &Journal, d: &DesiredState) -> Result<NetObserved> {
+        use crate::isolation::{now_ms, plan};
+        let local = journal.net()?;
+        let p = plan(d, &local, now_ms());
+        let wanted = p.isolation.is_some() || !p.contained.is_empty();
+        if !wanted && local.digest.is_none() {
+            return Ok(NetObserved {
+                local_releases: local.local_releases,
+                ..Default::default()
+            });
+        }
+        let (digest, drift) = match self.host.net_status() {
+            Ok(s) => {
+                let drift = match (&s.digest, wanted) {
+                    (None, true) => Some(
+                        "network rules should be enforced but our nftables table is missing"
+                            .to_owned(),
+                    ),
+                    (Some(have), true) if local.digest.as_ref() != Some(have) => {
+                        Some("our nftables table differs from what was applied".to_owned())
+                    }
+                    _ => None,
+                };
+                (s.digest, drift)
+            }
+            Err(e) if wanted => (None, Some(format!("cannot read the network rules: {e}"))),
+            Err(_) => (None, None),
+        };
+        let enforced = wanted && digest.is_some() && drift.is_none();
+        Ok(NetObserved {
+            isolated: enforced && p.isolation.is_some(),
+            contained: if enforced { p.contained } else { vec![] },
+            digest,
+            local_releases: local.local_releases,
+            drift,
+        })
     }
 
     pub fn host(&self) -> &H {
@@ -135,6 +245,8 @@ impl<H: Host> Executor<H> {
         match &spec.params {
             ActionParams::RequestSample(p) => self.sample(spec, &p.path),
             ActionParams::CollectPackage {} => self.package(spec),
+            ActionParams::Isolate(p) => (self.isolate(spec, p), vec![]),
+            ActionParams::ReleaseIsolation {} => (self.release_isolation(spec), vec![]),
             ActionParams::RestrictExecution {} => (self.restriction(spec, true), vec![]),
             ActionParams::ReleaseExecution {} => (self.restriction(spec, false), vec![]),
             ActionParams::Quarantine(p) => (self.quarantine(spec, p), vec![]),
@@ -793,15 +905,15 @@ mod tests {
         let (_dir, ex) = executor(FakeHost::default());
         let spec = ActionSpec {
             id: ActionId(1),
-            params: ActionParams::Isolate(palisade_common::action::IsolateParams {
-                selective: false,
-                exceptions: vec![],
-                for_secs: None,
+            params: ActionParams::Scan(palisade_common::action::ScanParams {
+                mode: "quick".into(),
+                paths: vec![],
+                exclusions: vec![],
             }),
         };
         let (r, _) = ex.run(&spec);
         assert_eq!(r.outcome, Outcome::Failed);
-        assert!(!CAPABILITIES.contains(&ActionKind::Isolate));
+        assert!(!CAPABILITIES.contains(&ActionKind::Scan));
     }
 
     fn executor(host: FakeHost) -> (tempfile::TempDir, Executor<FakeHost>) {

@@ -17,6 +17,9 @@ pub struct AgentInfo {
     /// `HOST:PORT` of the controller's QUIC endpoint, as given at enrolment.
     pub controller: String,
     pub ca_sha256: String,
+    /// The controller's Ed25519 public key for break-glass release codes (hex).
+    #[serde(default)]
+    pub breakglass_key: String,
 }
 
 #[derive(Clone)]

@@ -8,13 +8,28 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use palisade_common::action::{ActionReport, ActionSpec};
-use palisade_common::wire::DesiredState;
+use palisade_common::wire::{DesiredState, LocalRelease};
 use palisade_common::{ActionId, ActionKind, codec};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 pub struct Journal {
     conn: Connection,
+}
+
+/// What the agent keeps about its network enforcement besides the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct NetLocal {
+    /// The controller's addresses, pinned when an isolation went in: an isolated device may
+    /// not be able to resolve the name again.
+    pub controller: Vec<std::net::SocketAddr>,
+    /// Digest of our table as last applied (by the agent or by a break-glass release).
+    pub digest: Option<String>,
+    /// Isolations ended here without the controller, until it has heard of them.
+    pub local_releases: Vec<LocalRelease>,
+    /// Serials of break-glass codes already used: each works once.
+    pub used_codes: Vec<u32>,
 }
 
 /// Where an action stands on this device.
@@ -176,13 +191,38 @@ impl Journal {
 
     /// A restrict or release of execution whose result the controller has not acknowledged:
     /// until it has, the controller's desired state predates it.
-    pub fn exec_action_pending(&self) -> Result<bool> {
-        Ok(self.conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM actions WHERE kind IN ('restrict_execution', 'release_execution')
-             AND stage IN ('received', 'finished'))",
-            [],
-            |r| r.get(0),
-        )?)
+    /// Whether an action of one of `kinds` is running or its result is not yet acknowledged:
+    /// then the controller's copy of the desired state predates it.
+    pub fn pending_of(&self, kinds: &[ActionKind]) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind FROM actions WHERE stage IN ('received', 'finished')")?;
+        let pending: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(pending
+            .iter()
+            .any(|k| kinds.iter().any(|want| want.as_str() == k)))
+    }
+
+    /// The agent's own network facts (pinned controller addresses, what it applied, local
+    /// releases, used break-glass codes).
+    pub fn net(&self) -> Result<NetLocal> {
+        let text: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'net'", [], |r| r.get(0))
+            .optional()?;
+        text.map(|t| serde_json::from_slice(&t).context("corrupt network state"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    pub fn set_net(&self, net: &NetLocal) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('net', ?1)",
+            [serde_json::to_vec(net)?],
+        )?;
+        Ok(())
     }
 
     pub fn desired(&self) -> Result<Option<DesiredState>> {

@@ -6,6 +6,7 @@ pub mod events;
 pub mod executor;
 pub mod host;
 pub mod identity;
+pub mod isolation;
 pub mod journal;
 pub mod package;
 pub mod runtime;

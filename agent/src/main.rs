@@ -56,6 +56,10 @@ enum Command {
         /// Silence after which the link to the controller counts as lost and is re-made [default: 30s].
         #[arg(long)]
         link_timeout: Option<String>,
+        /// How long a new isolation may take to prove the controller still answers over the
+        /// live connection before it is rolled back [default: 5s].
+        #[arg(long)]
+        verify_isolation: Option<String>,
         /// A mount point whose mount, and every mount below it (now and later), is marked for
         /// exec-permission events while execution is restricted. Repeatable [default: /, i.e.
         /// every local filesystem].
@@ -72,6 +76,13 @@ enum Command {
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
+    /// Release this device from isolation without the controller, with a break-glass code
+    /// from `palisadectl devices break-glass` (works offline, once per code).
+    ReleaseIsolation {
+        /// The release code, as given (dashes and case do not matter).
+        #[arg(long)]
+        code: String,
+    },
     /// The quarantine vault on this device.
     Vault {
         #[command(subcommand)]
@@ -130,11 +141,13 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         collector_timeout,
         collector_max_bytes,
         link_timeout,
+        verify_isolation,
         exec_mark,
         exec_system_path,
         protect,
     } = &cli.command
     {
+        overrides.verify_isolation = verify_isolation.clone();
         overrides.max_sample = *max_sample;
         overrides.max_package = *max_package;
         overrides.collector_timeout = collector_timeout.clone();
@@ -159,6 +172,28 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Vault { command } => return vault(&settings.state_dir, command),
+        Command::ReleaseIsolation { code } => {
+            let identity = palisade_agent::identity::Identity::load(&settings.state_dir)?;
+            let key = hex::decode(&identity.info.breakglass_key)
+                .ok()
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "this agent holds no break-glass key (enrolled before release codes existed); re-enroll it"
+                    )
+                })?;
+            let executor = palisade_agent::executor::Executor::new(
+                LinuxHost::default(),
+                settings.state_dir.join("spool"),
+                settings.max_sample,
+                settings.state_dir.join("journal.sqlite"),
+            );
+            println!(
+                "{}",
+                executor.breakglass_release(&identity.info.device_id, &key, &code)?
+            );
+            return Ok(());
+        }
         Command::VaultDrill { path, moves } => return drill(&settings.state_dir, &path, moves),
         _ => {}
     }
@@ -192,7 +227,10 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            Command::Validate | Command::Vault { .. } | Command::VaultDrill { .. } => {
+            Command::Validate
+            | Command::Vault { .. }
+            | Command::VaultDrill { .. }
+            | Command::ReleaseIsolation { .. } => {
                 unreachable!("handled above")
             }
         }

@@ -2,6 +2,7 @@
 //! run it, upload its artifacts, and keep its result in the outbox until acknowledged.
 //! Executions run on their own tasks and outlive reconnects.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
 use palisade_common::session::{AgentEvent, AgentSession};
-use palisade_common::wire::Hello;
+use palisade_common::wire::{DeviceEvent, Hello};
 use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
@@ -17,6 +18,7 @@ use crate::events::Aggregator;
 use crate::executor::{CAPABILITIES, Executor, Upload};
 use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
+use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
 use crate::transport::{self, LinkEnd, UploadError, Uploader};
 
@@ -34,6 +36,8 @@ pub struct Settings {
     /// First reconnect delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a new isolation may take to prove the controller still answers.
+    pub verify_isolation: Duration,
 }
 
 impl Settings {
@@ -46,6 +50,7 @@ impl Settings {
             link_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            verify_isolation: Duration::from_secs(5),
         }
     }
 }
@@ -73,7 +78,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let mut executor = Executor::new(host, spool.clone(), settings.max_sample, journal_path);
     executor.max_package = settings.max_package;
     executor.collect = settings.collect;
+    executor.controller = Some(identity.info.controller.clone());
+    executor.verify_within = settings.verify_isolation;
     let executor = Arc::new(executor);
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<ProbeRequest>();
+    executor.set_prober(probe_tx);
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
@@ -89,7 +98,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         Err(e) => tracing::error!(error = %e, "vault recovery failed"),
     }
 
-    // Lasting state first, before any connection: a restriction survives restarts.
+    // Lasting state first, before any connection: a restriction or an isolation survives
+    // restarts (an isolation whose time box ran out meanwhile ends now).
+    if executor.expire_isolation(&journal)? {
+        tracing::warn!("an isolation's time box ran out while the agent was down; released");
+    }
     let observed = executor.reconcile(&journal, None)?;
     match &observed.drift {
         Some(drift) => tracing::error!(%drift, "cannot enforce the desired state"),
@@ -136,6 +149,8 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                 }
             }
         };
+        let mut last_addresses = hello.inventory.addresses.clone();
+        let mut last_inventory_check = Instant::now();
         let mut session = AgentSession::new(
             Instant::now(),
             hello,
@@ -144,6 +159,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         );
         let _ = session.take_hello(); // sent by `connect` as the stream's opening
         uploader_tx.send_replace(Some(link.uploader()));
+        executor.set_live_controller(Some(link.remote()));
+        // Probes asked before the welcome, and those in flight, by number.
+        let mut probes_waiting: Vec<ProbeRequest> = Vec::new();
+        let mut probes: HashMap<u64, ProbeRequest> = HashMap::new();
         let mut flush = tokio::time::interval(EVENTS_FLUSH);
         let mut last_heal: Option<Instant> = None;
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -174,7 +193,37 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                req = probe_rx.recv() => if let Some(req) = req {
+                    match session.probe() {
+                        Some(seq) => { probes.insert(seq, req); }
+                        None => probes_waiting.push(req),
+                    }
+                },
                 _ = flush.tick() => {
+                    // Addresses move (DHCP, an admin): the controller follows a contained
+                    // device's addresses and needs to hear of them.
+                    if last_inventory_check.elapsed() >= INVENTORY_EVERY {
+                        last_inventory_check = Instant::now();
+                        let inventory = executor.host().inventory();
+                        if inventory.addresses != last_addresses {
+                            tracing::info!(addresses = ?inventory.addresses, "addresses changed");
+                            last_addresses = inventory.addresses.clone();
+                            session.inventory(inventory);
+                        }
+                    }
+                    // The time box and the tamper check of the network rules.
+                    if executor.expire_isolation(&journal)? {
+                        session.observed(executor.observed(&journal)?);
+                    }
+                    match executor.check_net(&journal) {
+                        Ok(Some(found)) => {
+                            tracing::warn!(%found, "network rules tampered with; reapplied");
+                            events.add_event(DeviceEvent::NetTamper { found, at_ms: now_ms() });
+                            session.observed(executor.observed(&journal)?);
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot check the network rules"),
+                    }
                     let (denials, dropped) = executor.host().take_exec_denials();
                     events.add(denials, dropped, now_ms());
                     if let Err(unsent) = session.events(events.flush()) {
@@ -196,8 +245,18 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
             let mut offboarded = false;
             while let Some(event) = session.poll_event() {
                 match event {
+                    AgentEvent::ProbeAnswered(seq) => {
+                        if let Some(reply) = probes.remove(&seq) {
+                            let _ = reply.try_send(());
+                        }
+                    }
                     AgentEvent::Welcomed(w) => {
                         backoff.reset();
+                        for req in probes_waiting.drain(..) {
+                            if let Some(seq) = session.probe() {
+                                probes.insert(seq, req);
+                            }
+                        }
                         tracing::info!(device = %w.device_id, "session established");
                         session.vault(executor.vault_listing());
                     }
@@ -250,6 +309,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
             }
         };
         uploader_tx.send_replace(None);
+        executor.set_live_controller(None);
         match end {
             LinkEnd::Refused(reason) => {
                 if journal.offboard_finished()? {
@@ -282,6 +342,8 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
 const EVENTS_FLUSH: Duration = Duration::from_secs(1);
 /// At most this many events per flush: the rate limit of what the agent reports on its own.
 const EVENTS_PER_FLUSH: usize = 20;
+/// How often the agent looks for changed addresses.
+const INVENTORY_EVERY: Duration = Duration::from_secs(5);
 /// Least time between two attempts to repair drift.
 const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events kept while the controller is unreachable.

@@ -216,6 +216,7 @@ pub async fn enroll(
             device_id,
             certificate_der,
             ca_der,
+            breakglass_key,
         } => {
             if sha256_hex(&ca_der) != ca_sha256 {
                 bail!("the controller returned a CA that does not match --ca-sha256");
@@ -225,6 +226,7 @@ pub async fn enroll(
                     device_id,
                     controller: controller.to_owned(),
                     ca_sha256,
+                    breakglass_key: hex::encode(breakglass_key),
                 },
                 key_der,
                 cert_der: certificate_der,
@@ -289,6 +291,11 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
 impl Link {
     pub async fn send(&mut self, msg: &AgentMessage) -> Result<()> {
         write_frame(&mut self.send, msg).await
+    }
+
+    /// The controller's address this connection runs to.
+    pub fn remote(&self) -> std::net::SocketAddr {
+        self.conn.remote_address()
     }
 
     pub fn uploader(&self) -> Uploader {

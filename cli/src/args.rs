@@ -97,6 +97,16 @@ pub(crate) enum DevicesCmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// An offline release code for an isolated device: `palisade-agent release-isolation
+    /// --code CODE` on the device releases it without the controller (once, until expiry).
+    BreakGlass {
+        device: String,
+        /// How long the code stays valid (at most 30d).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid: Duration,
+    },
+    /// The containment targets in force (what every other device blocks).
+    Contained,
 }
 
 #[derive(Subcommand)]
@@ -162,16 +172,17 @@ pub(crate) enum KindCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Have the other agents block a device or address.
+    /// Have every other device block a managed device (by id or hostname, followed as its
+    /// addresses change) or an unmanaged address, in both directions.
     Contain {
         #[command(flatten)]
-        common: Common,
-        #[command(flatten)]
         target: ContainTarget,
+        /// Contain even an address other devices share or use as their default gateway.
+        #[arg(long)]
+        force: bool,
     },
+    /// Remove a target from every device's block set.
     Uncontain {
-        #[command(flatten)]
-        common: Common,
         #[command(flatten)]
         target: ContainTarget,
     },
@@ -247,13 +258,20 @@ pub(crate) enum KindCmd {
 
 #[derive(Args, Clone)]
 pub(crate) struct ContainTarget {
-    /// A managed device id.
-    #[arg(long = "target-device")]
+    /// A managed device (id or hostname); or give --ip for an unmanaged address.
     pub(crate) device: Option<String>,
-    #[arg(long)]
+    /// An unmanaged IPv4 or IPv6 address.
+    #[arg(long, conflicts_with = "device")]
     pub(crate) ip: Option<std::net::IpAddr>,
-    #[arg(long)]
+    /// The unmanaged target's MAC address, kept with it for the record.
+    #[arg(long, requires = "ip")]
     pub(crate) mac: Option<String>,
+    /// Why: required, and kept in the history.
+    #[arg(long)]
+    pub(crate) comment: String,
+    /// Your ticket or case id.
+    #[arg(long)]
+    pub(crate) external_id: Option<String>,
 }
 
 #[derive(Subcommand)]

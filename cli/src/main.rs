@@ -8,7 +8,7 @@ mod table;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use palisade_common::ActionParams;
 use palisade_common::action::{
@@ -94,6 +94,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.row(vec!["last_seen".into(), ts(&d["last_seen"])]);
                 let want = &v["desired"];
                 let seen = &d["observed"];
+                t.row(vec![
+                    "isolation".into(),
+                    format!(
+                        "desired {}, observed {}",
+                        if want["isolation"].is_null() {
+                            "none".to_owned()
+                        } else {
+                            format!(
+                                "isolated by action {}{}",
+                                text(&want["isolation"]["action"]),
+                                want["isolation"]["until_ms"]
+                                    .as_i64()
+                                    .map(|u| format!(" until {}", ts(&u.into())))
+                                    .unwrap_or_default()
+                            )
+                        },
+                        if seen["isolated"] == true {
+                            "isolated"
+                        } else {
+                            "not isolated"
+                        }
+                    ),
+                ]);
+                t.row(vec![
+                    "contained peers".into(),
+                    format!(
+                        "desired [{}], enforced [{}]",
+                        list(&want["contained"]),
+                        list(&seen["contained"])
+                    ),
+                ]);
+                t.row(vec!["ruleset sha256".into(), text(&seen["net_digest"])]);
                 t.row(vec![
                     "restrict_execution".into(),
                     format!(
@@ -195,6 +227,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     text(&v["hostname"]),
                     ts(&v["reported_at"])
                 );
+            }
+        }
+        Command::Devices {
+            command: DevicesCmd::BreakGlass { device, valid },
+        } => {
+            let v = client.post(
+                &format!("/api/v1/devices/{}/break-glass", client::segment(&device)),
+                &json!({"valid_secs": valid.as_secs()}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!("{}", text(&v["code"]));
+                eprintln!(
+                    "release code {} for device {}, valid until {}; on the device: palisade-agent release-isolation --code CODE",
+                    text(&v["serial"]),
+                    text(&v["device_id"]),
+                    ts(&v["not_after_ms"])
+                );
+            }
+        }
+        Command::Devices {
+            command: DevicesCmd::Contained,
+        } => {
+            let v = client.get("/api/v1/containments", &[])?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let mut t = Table::new(&["action", "device", "ip", "mac", "addresses", "since"]);
+                for c in v["containments"].as_array().into_iter().flatten() {
+                    t.row(vec![
+                        text(&c["action_id"]),
+                        text(&c["device_id"]),
+                        text(&c["ip"]),
+                        text(&c["mac"]),
+                        list(&c["addresses"]),
+                        ts(&c["created_at"]),
+                    ]);
+                }
+                t.print();
             }
         }
         Command::Action(args) => {
@@ -477,9 +549,13 @@ fn action_params(kind: KindCmd) -> Result<(Common, ActionParams)> {
             }),
         ),
         KindCmd::ReleaseIsolation { common } => (common, ActionParams::ReleaseIsolation {}),
-        KindCmd::Contain { common, target } => (common, ActionParams::Contain(contain(target)?)),
-        KindCmd::Uncontain { common, target } => {
-            (common, ActionParams::Uncontain(contain(target)?))
+        KindCmd::Contain { target, force } => {
+            let (common, p) = contain(target, force);
+            (common, ActionParams::Contain(p))
+        }
+        KindCmd::Uncontain { target } => {
+            let (common, p) = contain(target, false);
+            (common, ActionParams::Uncontain(p))
         }
         KindCmd::Quarantine {
             common,
@@ -533,15 +609,21 @@ fn action_params(kind: KindCmd) -> Result<(Common, ActionParams)> {
     })
 }
 
-fn contain(t: ContainTarget) -> Result<ContainParams> {
-    let device = t
-        .device
-        .map(|d| d.parse())
-        .transpose()
-        .context("--target-device")?;
-    Ok(ContainParams {
-        device,
-        ip: t.ip,
-        mac: t.mac,
-    })
+/// A containment request: the target device, if managed, goes as the request's device.
+fn contain(t: ContainTarget, force: bool) -> (Common, ContainParams) {
+    (
+        Common {
+            devices: t.device.into_iter().collect(),
+            fleet: false,
+            comment: t.comment,
+            source: None,
+            external_id: t.external_id,
+        },
+        ContainParams {
+            device: None,
+            ip: t.ip,
+            mac: t.mac,
+            force,
+        },
+    )
 }

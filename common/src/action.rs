@@ -64,6 +64,12 @@ impl ActionKind {
         }
     }
 
+    /// Kinds the controller carries out itself when they are approved (they change the
+    /// desired state of other devices), never delivered to an agent.
+    pub fn runs_on_controller(self) -> bool {
+        matches!(self, ActionKind::Contain | ActionKind::Uncontain)
+    }
+
     /// The action that undoes a succeeded action of this kind, for the kinds with lasting state.
     pub fn undo(self) -> Option<ActionKind> {
         match self {
@@ -133,6 +139,9 @@ pub struct ContainParams {
     pub ip: Option<IpAddr>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// Contain even an address several devices share or that is a peer's default gateway.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
@@ -245,16 +254,24 @@ impl ActionParams {
                 }
                 Ok(())
             }
-            ActionParams::Contain(p) | ActionParams::Uncontain(p) => {
-                if p.device.is_none() && p.ip.is_none() && p.mac.is_none() {
-                    Err("name a device, an ip or a mac to contain".into())
-                } else {
-                    Ok(())
-                }
-            }
+            // The target may also come as the request's device; the controller checks it.
+            ActionParams::Contain(p) | ActionParams::Uncontain(p) => match &p.mac {
+                Some(mac) if !is_mac(mac) => Err(format!(
+                    "mac {mac:?} is not six hex octets separated by colons"
+                )),
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
+}
+
+fn is_mac(mac: &str) -> bool {
+    let octets: Vec<&str> = mac.split(':').collect();
+    octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// An absolute path without `..` or NUL: what a device is asked to act on.

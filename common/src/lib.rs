@@ -5,6 +5,7 @@
 //! caller (`std::time::Instant` values), bytes come in as slices and go out as `Vec<u8>`.
 
 pub mod action;
+pub mod breakglass;
 pub mod codec;
 pub mod config;
 pub mod frame;

@@ -58,6 +58,8 @@ pub enum EnrollResponse {
         certificate_der: Vec<u8>,
         /// The controller's CA certificate (DER).
         ca_der: Vec<u8>,
+        /// The controller's Ed25519 public key that signs break-glass release codes.
+        breakglass_key: Vec<u8>,
     },
     Refused {
         reason: String,
@@ -84,6 +86,8 @@ pub struct Inventory {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub boot_time_unix: u64,
+    /// Default gateways (IPv4 and IPv6).
+    pub gateways: Vec<IpAddr>,
 }
 
 /// What the controller wants to be true on the device. Lasting actions change it; the agent
@@ -92,12 +96,34 @@ pub struct Inventory {
 pub struct DesiredState {
     /// Increases with every change, so that a stale copy can be recognised.
     pub revision: u64,
-    pub isolation: Option<IsolateParams>,
+    pub isolation: Option<Isolation>,
+    /// Peers this device must not talk to: the addresses of every contained target.
     pub contained: Vec<IpAddr>,
     pub restrict_execution: bool,
     /// What may run besides the trusted system binaries while execution is restricted (the
     /// allowlist of the device's group).
     pub exec_allowlist: ExecAllowlist,
+}
+
+/// An isolation in force: the action that asked for it (so that a local release of it —
+/// time box, break-glass code — is recognised when the controller's older copy arrives), its
+/// parameters, and when the agent ends it by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
+pub struct Isolation {
+    pub action: ActionId,
+    pub params: IsolateParams,
+    /// Unix milliseconds, agent clock: the end of a time-boxed isolation.
+    pub until_ms: Option<i64>,
+}
+
+/// An isolation the agent ended without the controller: reported in every `ObservedState`
+/// until the controller's desired state no longer holds that isolation.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
+pub struct LocalRelease {
+    pub action: ActionId,
+    /// `time box expired`, or `break-glass code N`.
+    pub reason: String,
+    pub at_ms: i64,
 }
 
 /// Executables allowed while execution is restricted, beyond the trusted system paths.
@@ -123,6 +149,8 @@ pub enum DeviceEvent {
         first_at_ms: i64,
         last_at_ms: i64,
     },
+    /// Our nftables table was removed or altered by someone else and was put back.
+    NetTamper { found: String, at_ms: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -148,6 +176,10 @@ pub struct ObservedState {
     pub restrict_execution: bool,
     /// Why observed differs from desired, if it does.
     pub drift: Option<String>,
+    /// SHA-256 (hex) of our nftables table as the kernel lists it; `None` when there is none.
+    pub net_digest: Option<String>,
+    /// Isolations ended on the device without the controller.
+    pub local_releases: Vec<LocalRelease>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -18,8 +18,8 @@ use palisade_common::frame::{self, FrameError, HEADER_LEN, MAX_FRAME_LEN, WIRE_V
 use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
     AgentMessage, ControllerMessage, DesiredState, DeviceEvent, EnrollRequest, EnrollResponse,
-    ExecAllowlist, ExecDenial, Hello, Inventory, ObservedState, Opening, UploadBegin, UploadReply,
-    VaultEntry, Welcome,
+    ExecAllowlist, ExecDenial, Hello, Inventory, Isolation, LocalRelease, ObservedState, Opening,
+    UploadBegin, UploadReply, VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -118,9 +118,17 @@ fn inventory() -> impl Strategy<Value = Inventory> {
         any::<u32>(),
         any::<u64>(),
         any::<u64>(),
+        short_vec(ip()),
     )
         .prop_map(
-            |((hostname, os, kernel, arch), addresses, cpus, memory_bytes, boot_time_unix)| {
+            |(
+                (hostname, os, kernel, arch),
+                addresses,
+                cpus,
+                memory_bytes,
+                boot_time_unix,
+                gateways,
+            )| {
                 Inventory {
                     hostname,
                     os,
@@ -130,6 +138,7 @@ fn inventory() -> impl Strategy<Value = Inventory> {
                     cpus,
                     memory_bytes,
                     boot_time_unix,
+                    gateways,
                 }
             },
         )
@@ -142,14 +151,32 @@ fn observed() -> impl Strategy<Value = ObservedState> {
         short_vec(ip()),
         any::<bool>(),
         prop::option::of(text()),
+        prop::option::of(text()),
+        short_vec(
+            (any::<u64>(), text(), any::<i64>()).prop_map(|(a, reason, at_ms)| LocalRelease {
+                action: ActionId(a),
+                reason,
+                at_ms,
+            }),
+        ),
     )
         .prop_map(
-            |(desired_revision, isolated, contained, restrict_execution, drift)| ObservedState {
+            |(
                 desired_revision,
                 isolated,
                 contained,
                 restrict_execution,
                 drift,
+                net_digest,
+                local_releases,
+            )| ObservedState {
+                desired_revision,
+                isolated,
+                contained,
+                restrict_execution,
+                drift,
+                net_digest,
+                local_releases,
             },
         )
 }
@@ -170,7 +197,18 @@ fn isolate_params() -> impl Strategy<Value = IsolateParams> {
 fn desired() -> impl Strategy<Value = DesiredState> {
     (
         any::<u64>(),
-        prop::option::of(isolate_params()),
+        prop::option::of(
+            (
+                any::<u64>(),
+                isolate_params(),
+                prop::option::of(any::<i64>()),
+            )
+                .prop_map(|(a, params, until_ms)| Isolation {
+                    action: ActionId(a),
+                    params,
+                    until_ms,
+                }),
+        ),
         short_vec(ip()),
         any::<bool>(),
         short_vec(any::<[u8; 32]>()),
@@ -204,12 +242,16 @@ fn action_params() -> impl Strategy<Value = ActionParams> {
             prop::option::of(device_id()),
             prop::option::of(ip()),
             prop::option::of(text()),
+            any::<bool>(),
         )
-            .prop_map(|(device, ip, mac)| ActionParams::Contain(ContainParams {
-                device,
-                ip,
-                mac,
-            })),
+            .prop_map(
+                |(device, ip, mac, force)| ActionParams::Contain(ContainParams {
+                    device,
+                    ip,
+                    mac,
+                    force,
+                })
+            ),
     ]
 }
 
@@ -293,15 +335,17 @@ fn enroll_response() -> impl Strategy<Value = EnrollResponse> {
         (
             device_id(),
             vec(any::<u8>(), 0..64),
-            vec(any::<u8>(), 0..64)
+            vec(any::<u8>(), 0..64),
+            vec(any::<u8>(), 0..32)
         )
-            .prop_map(
-                |(device_id, certificate_der, ca_der)| EnrollResponse::Enrolled {
+            .prop_map(|(device_id, certificate_der, ca_der, breakglass_key)| {
+                EnrollResponse::Enrolled {
                     device_id,
                     certificate_der,
                     ca_der,
+                    breakglass_key,
                 }
-            ),
+            }),
         text().prop_map(|reason| EnrollResponse::Refused { reason }),
     ]
 }
@@ -560,6 +604,7 @@ fn golden_hello() -> Opening {
             cpus: 4,
             memory_bytes: 8 << 30,
             boot_time_unix: 1_700_000_000,
+            gateways: vec![],
         },
         observed: ObservedState {
             desired_revision: 3,
@@ -567,11 +612,13 @@ fn golden_hello() -> Opening {
             contained: vec![],
             restrict_execution: false,
             drift: None,
+            net_digest: None,
+            local_releases: vec![],
         },
     })
 }
 const GOLDEN_HELLO: &str = concat!(
-    "00000068",                                 // length 104
+    "0000006b",                                 // length 107
     "01",                                       // wire version
     "01",                                       // Opening::Session
     "05302e312e30",                             // agent_version "0.1.0"
@@ -586,7 +633,10 @@ const GOLDEN_HELLO: &str = concat!(
     "04",                                       // cpus
     "fd0000000002000000",                       // memory_bytes 8 GiB (u64 varint)
     "fc00f15365",                               // boot_time_unix 1_700_000_000 (u32 varint)
-    "0300000000", // observed: revision 3, not isolated, none contained, no restriction, no drift
+    "00",                                       // no gateways
+    // observed: revision 3, not isolated, none contained, no restriction, no drift, no
+    // table digest, no local releases
+    "03000000000000",
 );
 
 fn golden_result() -> AgentMessage {

@@ -42,6 +42,7 @@ fn agent_frames() -> Vec<(&'static str, Vec<u8>)> {
             cpus: 2,
             memory_bytes: 1 << 30,
             boot_time_unix: 1_700_000_000,
+            gateways: vec![IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))],
         },
         observed: ObservedState::default(),
     });

@@ -95,7 +95,7 @@ async fn lifecycle(store: &Store, device: &DeviceId, n: usize, lat: &mut Vec<Dur
         params: ActionParams::RequestSample(RequestSampleParams {
             path: format!("/var/tmp/sample-{n}"),
         }),
-        device: device.clone(),
+        device: Some(device.clone()),
         device_group: "default".into(),
         source: ActionSource::ManualDeviceAction,
         requested_by: "bench-requester".into(),

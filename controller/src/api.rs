@@ -28,6 +28,8 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/devices/{id}", get(show_device))
         .route("/api/v1/devices/{id}/vault", get(device_vault))
         .route("/api/v1/devices/{id}/events", get(device_events))
+        .route("/api/v1/devices/{id}/break-glass", post(break_glass))
+        .route("/api/v1/containments", get(list_containments))
         .route(
             "/api/v1/exec-allowlist",
             get(list_exec_allowlists).put(set_exec_allowlist),
@@ -315,6 +317,36 @@ async fn list_exec_allowlists(
     Ok(Json(json!({"allowlists": list})))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassRequest {
+    valid_secs: u64,
+}
+
+async fn break_glass(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(r): Body<BreakGlassRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::Approve)?;
+    let (device, serial, not_after, code) = ctl
+        .breakglass(&who, id, std::time::Duration::from_secs(r.valid_secs))
+        .await?;
+    Ok(Json(json!({
+        "device_id": device,
+        "serial": serial,
+        "not_after_ms": (not_after as i64).saturating_mul(1000),
+        "code": code,
+    })))
+}
+
+async fn list_containments(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let list = ctl.store.read(crate::store::containment::list).await?;
+    Ok(Json(json!({"containments": list})))
+}
+
 async fn device_vault(
     State(ctl): Ctl,
     who: Principal,
@@ -388,7 +420,7 @@ async fn show_action(
         .store
         .read(move |c| {
             let rec = actions::get(c, id)?;
-            let children = if rec.device_id.is_none() {
+            let children = if rec.is_fleet_parent() {
                 actions::children(c, id)?
             } else {
                 vec![]
@@ -397,10 +429,13 @@ async fn show_action(
         })
         .await?;
     // A fleet-wide parent is visible to whoever sees one of its children.
-    let visible = if rec.device_id.is_none() {
+    let visible = if rec.is_fleet_parent() {
         children
             .iter()
             .any(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
+    } else if rec.device_id.is_none() {
+        // An unmanaged target belongs to no group: only the unscoped see it.
+        who.can(Permission::View, None)
     } else {
         who.sees_group(rec.device_group.as_deref().unwrap_or("default"))
     };

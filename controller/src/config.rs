@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub delivery_timeout: Option<String>,
     pub heartbeat: Option<String>,
     pub max_artifact_size: Option<u64>,
+    pub max_contained: Option<u64>,
 }
 
 impl FileConfig {
@@ -80,6 +81,11 @@ impl FileConfig {
             }
             c.max_artifact_size = v;
         }
+        c.max_contained = palisade_common::config::positive(
+            "max_contained",
+            overrides.max_contained.or(self.max_contained),
+            c.max_contained,
+        )?;
         c.data_dir = std::path::absolute(&c.data_dir)?;
         Ok(c)
     }

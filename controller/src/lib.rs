@@ -34,6 +34,8 @@ pub struct Config {
     pub delivery_timeout: Duration,
     pub heartbeat: Duration,
     pub max_artifact_size: u64,
+    /// Most containment targets in force at once.
+    pub max_contained: u64,
 }
 
 impl Config {
@@ -47,6 +49,7 @@ impl Config {
             delivery_timeout: Duration::from_secs(14 * 24 * 3600),
             heartbeat: Duration::from_secs(10),
             max_artifact_size: 1 << 30,
+            max_contained: 64,
         }
     }
 }

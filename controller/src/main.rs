@@ -58,6 +58,9 @@ struct Flags {
     /// Largest artifact an agent may upload, in bytes [default: 1 GiB].
     #[arg(long, global = true)]
     max_artifact_size: Option<u64>,
+    /// Most containment targets in force at once [default: 64].
+    #[arg(long, global = true)]
+    max_contained: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         delivery_timeout: f.delivery_timeout,
         heartbeat: f.heartbeat,
         max_artifact_size: f.max_artifact_size,
+        max_contained: f.max_contained,
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

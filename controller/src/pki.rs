@@ -29,6 +29,22 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
     dir: PathBuf,
+    /// Signs break-glass release codes: its own key, not the CA's (one key, one use).
+    breakglass: ring::signature::Ed25519KeyPair,
+}
+
+/// Loads `breakglass.key` (PKCS#8 Ed25519, 0600) from `dir`, made on first use.
+fn breakglass_key(dir: &Path) -> Result<ring::signature::Ed25519KeyPair> {
+    let path = dir.join("breakglass.key");
+    if !path.exists() {
+        let pkcs8 =
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("cannot make the break-glass key"))?;
+        write_private(&path, pkcs8.as_ref())?;
+    }
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    ring::signature::Ed25519KeyPair::from_pkcs8(&bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))
 }
 
 /// A freshly issued certificate and its serial number (lowercase hex), which the store keeps
@@ -79,7 +95,34 @@ impl Ca {
             issuer,
             cert_der,
             dir: dir.to_owned(),
+            breakglass: breakglass_key(dir)?,
         })
+    }
+
+    /// The public key agents verify release codes with (32 bytes), sent at enrolment.
+    pub fn breakglass_public(&self) -> Vec<u8> {
+        use ring::signature::KeyPair as _;
+        self.breakglass.public_key().as_ref().to_vec()
+    }
+
+    /// A release code for `device`, valid until `not_after` (unix seconds).
+    pub fn breakglass_code(
+        &self,
+        device: &DeviceId,
+        serial: u32,
+        not_after: u64,
+    ) -> palisade_common::breakglass::Code {
+        use palisade_common::breakglass::{Code, SIGNATURE_LEN};
+        let sig = self
+            .breakglass
+            .sign(&Code::message(device, serial, not_after));
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature.copy_from_slice(sig.as_ref());
+        Code {
+            serial,
+            not_after,
+            signature,
+        }
     }
 
     pub fn cert_der(&self) -> &CertificateDer<'static> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use palisade_common::action::ActionSpec;
 use palisade_common::wire::DesiredState;
-use palisade_common::{ActionId, ActionParams, ActionSource, ActionStatus, DeviceId};
+use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -34,6 +34,8 @@ pub enum SessionCommand {
 pub struct Registry {
     next: AtomicU64,
     sessions: Mutex<HashMap<DeviceId, (u64, mpsc::UnboundedSender<SessionCommand>)>>,
+    /// The controller's local addresses seen on agent connections.
+    local_ips: Mutex<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 impl Registry {
@@ -66,6 +68,30 @@ impl Registry {
             .lock()
             .expect("registry lock")
             .contains_key(device)
+    }
+
+    /// Remembers an address an agent reached the controller at.
+    pub fn saw_local_ip(&self, ip: std::net::IpAddr) {
+        self.local_ips.lock().expect("registry lock").insert(ip);
+    }
+
+    pub fn local_ips(&self) -> Vec<std::net::IpAddr> {
+        self.local_ips
+            .lock()
+            .expect("registry lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// The devices with a live connection.
+    pub fn online(&self) -> Vec<DeviceId> {
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn online_count(&self) -> usize {
@@ -158,11 +184,6 @@ impl Controller {
         if req.comment.trim().is_empty() {
             return Err(ServiceError::Invalid("a comment is required".into()));
         }
-        if req.devices.is_empty() && !req.fleet {
-            return Err(ServiceError::Invalid(
-                "name at least one device, or ask for a fleet-wide action".into(),
-            ));
-        }
         let source = req.source.unwrap_or(ActionSource::ManualDeviceAction);
         if source == ActionSource::AutomatedDeviceAction {
             return Err(ServiceError::Invalid(
@@ -171,6 +192,14 @@ impl Controller {
             ));
         }
         req.params.validate().map_err(ServiceError::Invalid)?;
+        if req.params.kind().runs_on_controller() {
+            return self.request_containment(who, req, source).await;
+        }
+        if req.devices.is_empty() && !req.fleet {
+            return Err(ServiceError::Invalid(
+                "name at least one device, or ask for a fleet-wide action".into(),
+            ));
+        }
         if req.fleet {
             return self.request_fleet(who, req, source).await;
         }
@@ -205,7 +234,7 @@ impl Controller {
                             c,
                             NewAction {
                                 params: req.params.clone(),
-                                device: d.id,
+                                device: Some(d.id),
                                 device_group: d.device_group,
                                 source,
                                 requested_by: who_name.clone(),
@@ -325,7 +354,7 @@ impl Controller {
             .await?;
         let parents: Vec<ActionId> = records
             .iter()
-            .filter(|r| r.device_id.is_none())
+            .filter(|r| r.is_fleet_parent())
             .map(|r| r.id)
             .collect();
         let children = self
@@ -339,16 +368,21 @@ impl Controller {
             })
             .await?;
         for r in records.iter().chain(&children) {
-            if r.device_id.is_none() {
+            if r.is_fleet_parent() {
                 continue; // checked through its children
             }
-            let group = r.device_group.as_deref().unwrap_or("default");
-            if !who.sees_group(group) {
+            // An action without a device (containment of an unmanaged address) belongs to no
+            // group: only a permission over every group covers it.
+            let group = r.device_group.as_deref();
+            if group.is_some_and(|g| !who.sees_group(g))
+                || (group.is_none() && !who.can(Permission::View, None))
+            {
                 return Err(ServiceError::NotFound(format!("no action {}", r.id)));
             }
-            if !who.can(perm, Some(group)) {
+            let group_name = group.unwrap_or("all groups");
+            if !who.can(perm, group) {
                 return Err(ServiceError::Forbidden(format!(
-                    "{} ({}) lacks the {perm} permission for action {} (device group {group})",
+                    "{} ({}) lacks the {perm} permission for action {} (device group {group_name})",
                     who.name, who.role, r.id
                 )));
             }
@@ -376,7 +410,218 @@ impl Controller {
             .write(move |c| actions::decide(c, &ids, &actor, approve, &comment, deadlines))
             .await?;
         self.dispatch(&records);
+        self.containment_changed(&records).await;
         Ok(records)
+    }
+
+    /// A contain or uncontain: resolved, checked for safety, created, and — once approved —
+    /// carried out here (see `store::containment`).
+    async fn request_containment(
+        &self,
+        who: &Principal,
+        req: ActionRequest,
+        source: ActionSource,
+    ) -> Result<Vec<ActionRecord>> {
+        let kind = req.params.kind();
+        let (ActionParams::Contain(mut p) | ActionParams::Uncontain(mut p)) = req.params else {
+            unreachable!("runs_on_controller kinds are contain and uncontain");
+        };
+        if req.fleet {
+            return Err(ServiceError::Invalid(format!(
+                "{kind} is not fleet-wide: it already applies on every other device"
+            )));
+        }
+        let target_ref = match (req.devices.as_slice(), &p.device) {
+            ([], None) => None,
+            ([one], None) => Some(one.clone()),
+            ([], Some(d)) => Some(d.to_string()),
+            _ => {
+                return Err(ServiceError::Invalid(format!(
+                    "name one target for {kind}: a device, or --ip/--mac"
+                )));
+            }
+        };
+        if target_ref.is_some() && (p.ip.is_some() || p.mac.is_some()) {
+            return Err(ServiceError::Invalid(
+                "name a managed device or an unmanaged address, not both".into(),
+            ));
+        }
+        if target_ref.is_none() && p.ip.is_none() {
+            return Err(ServiceError::Invalid(format!(
+                "{kind} of an unmanaged target needs its --ip (a MAC alone cannot be blocked across routers)"
+            )));
+        }
+        let own: Vec<std::net::IpAddr> = self.own_addresses();
+        let max = self.config.max_contained;
+        let (target, in_force, shared, addrs) = self
+            .store
+            .read(move |c| {
+                let target = target_ref.map(|r| devices::resolve(c, &r)).transpose()?;
+                let addrs = match (&target, p.ip) {
+                    (Some(d), _) => store::containment::device_addresses(c, &d.id)?,
+                    (None, ip) => ip.into_iter().collect(),
+                };
+                let in_force = store::containment::list(c)?;
+                let shared = store::containment::shared(c, &addrs, target.as_ref().map(|d| &d.id))?;
+                Ok((target, in_force, shared, addrs))
+            })
+            .await?;
+        let group = target.as_ref().map(|d| d.device_group.clone());
+        if !who.can(Permission::Respond, group.as_deref()) {
+            return Err(ServiceError::Forbidden(match &group {
+                Some(g) => format!("{} may not contain devices of group {g}", who.name),
+                None => format!(
+                    "{} may not contain an unmanaged address: that needs the respond permission for every group",
+                    who.name
+                ),
+            }));
+        }
+        p.device = target.as_ref().map(|d| d.id.clone());
+        let existing = in_force.iter().find(|c| match &p.device {
+            Some(d) => c.device_id.as_ref() == Some(d),
+            None => c.device_id.is_none() && c.ip == p.ip,
+        });
+        if kind == ActionKind::Contain {
+            if let Some(c) = existing {
+                return Err(ServiceError::Conflict(format!(
+                    "already contained by action {}",
+                    c.action_id
+                )));
+            }
+            if in_force.len() as u64 >= max {
+                return Err(ServiceError::Conflict(format!(
+                    "{} targets are contained already, the most allowed (max_contained = {max})",
+                    in_force.len()
+                )));
+            }
+            if addrs.is_empty() {
+                return Err(ServiceError::Invalid(
+                    "the device reports no address to contain".into(),
+                ));
+            }
+            if let Some(a) = addrs.iter().find(|a| own.contains(a)) {
+                return Err(ServiceError::Invalid(format!(
+                    "{a} is the controller's own address: containing it would cut every agent off"
+                )));
+            }
+            if !shared.is_empty() && !p.force {
+                let list: Vec<String> = shared
+                    .iter()
+                    .map(|(id, host, what, a)| match *what {
+                        "gateway" => format!("{a} is the default gateway of {host} ({id})"),
+                        _ => format!("{a} is also an address of {host} ({id})"),
+                    })
+                    .collect();
+                return Err(ServiceError::Conflict(format!(
+                    "{}; add --force to contain it anyway",
+                    list.join("; ")
+                )));
+            }
+        } else if existing.is_none() {
+            return Err(ServiceError::Conflict(
+                "that target is not contained".into(),
+            ));
+        }
+        let params = if kind == ActionKind::Contain {
+            ActionParams::Contain(p)
+        } else {
+            ActionParams::Uncontain(p)
+        };
+        let deadlines = self.deadlines();
+        let new = NewAction {
+            params,
+            device_group: group.unwrap_or_else(|| "default".into()),
+            device: target.map(|d| d.id),
+            source,
+            requested_by: who.name.clone(),
+            comment: req.comment,
+            external_id: req.external_id,
+            undo_of: None,
+            parent: None,
+        };
+        let rec = self
+            .store
+            .write(move |c| actions::create(c, new, deadlines))
+            .await?;
+        self.containment_changed(std::slice::from_ref(&rec)).await;
+        Ok(vec![rec])
+    }
+
+    /// The controller's own addresses as agents see them: its configured listen address and
+    /// the local address of every agent connection.
+    pub fn own_addresses(&self) -> Vec<std::net::IpAddr> {
+        let mut out: Vec<std::net::IpAddr> = self.registry.local_ips();
+        if !self.config.listen.ip().is_unspecified() {
+            out.push(self.config.listen.ip());
+        }
+        out.extend(
+            self.config
+                .server_names
+                .iter()
+                .filter_map(|n| n.parse::<std::net::IpAddr>().ok()),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// After contain/uncontain actions ran: every online device hears its new desired state.
+    pub async fn containment_changed(&self, records: &[ActionRecord]) {
+        if !records
+            .iter()
+            .any(|r| r.kind.runs_on_controller() && r.status == ActionStatus::Succeeded)
+        {
+            return;
+        }
+        self.push_desired_to_all().await;
+    }
+
+    /// Sends every online device its stored desired state.
+    pub async fn push_desired_to_all(&self) {
+        for device in self.registry.online() {
+            let d = device.clone();
+            match self.store.read(move |c| desired::get(c, &d)).await {
+                Ok(state) => {
+                    self.registry.send(&device, SessionCommand::Desired(state));
+                }
+                Err(e) => tracing::error!(%device, error = %e, "cannot read the desired state"),
+            }
+        }
+    }
+
+    /// Issues a break-glass release code for one device, valid for `valid`.
+    pub async fn breakglass(
+        &self,
+        who: &Principal,
+        device: String,
+        valid: std::time::Duration,
+    ) -> Result<(DeviceId, u32, u64, String)> {
+        if valid.is_zero() || valid > std::time::Duration::from_secs(30 * 24 * 3600) {
+            return Err(ServiceError::Invalid(
+                "a release code must be valid for more than 0 and at most 30 days".into(),
+            ));
+        }
+        let d = self
+            .store
+            .read(move |c| devices::resolve(c, &device))
+            .await?;
+        if !who.sees_group(&d.device_group) {
+            return Err(ServiceError::NotFound(format!("no device {}", d.id)));
+        }
+        if !who.can(Permission::Approve, Some(&d.device_group)) {
+            return Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the approve permission for device group {}: release codes need it",
+                who.name, who.role, d.device_group
+            )));
+        }
+        let not_after = (store::now_ms() / 1000) as u64 + valid.as_secs();
+        let (id, actor) = (d.id.clone(), who.name.clone());
+        let serial = self
+            .store
+            .write(move |c| devices::issue_breakglass(c, &id, &actor, not_after as i64))
+            .await?;
+        let code = self.ca.breakglass_code(&d.id, serial, not_after);
+        Ok((d.id, serial, not_after, code.to_text()))
     }
 
     pub async fn cancel(
@@ -420,7 +665,7 @@ impl Controller {
         }
         let mut new = Vec::new();
         for r in &records {
-            if r.device_id.is_none() {
+            if r.is_fleet_parent() {
                 return Err(ServiceError::Invalid(format!(
                     "action {} is fleet-wide: undo its children, or release by sha256 fleet-wide",
                     r.id
@@ -484,20 +729,24 @@ impl Controller {
             };
             new.push((r.clone(), params));
         }
-        let refs: Vec<String> = records
+        // Each undo goes to its original's device; one that runs on the controller needs no
+        // agent (and an uncontain must work even for a device offboarded since).
+        let refs: Vec<Option<String>> = new
             .iter()
-            .filter_map(|r| r.device_id.as_ref().map(|d| d.to_string()))
+            .map(|(r, _)| r.device_id.as_ref().map(|d| d.to_string()))
             .collect();
         let devs = self
             .store
             .read(move |c| {
                 refs.iter()
-                    .map(|r| devices::resolve(c, r))
+                    .map(|r| r.as_deref().map(|r| devices::resolve(c, r)).transpose())
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
         for (d, (_, params)) in devs.iter().zip(&new) {
-            can_run(d, params.kind())?;
+            if let Some(d) = d.as_ref().filter(|_| !params.kind().runs_on_controller()) {
+                can_run(d, params.kind())?;
+            }
         }
         let deadlines = self.deadlines();
         let actor = who.name.clone();
@@ -507,12 +756,16 @@ impl Controller {
                 new.into_iter()
                     .zip(devs)
                     .map(|((orig, params), d)| {
+                        let (device, device_group) = match d {
+                            Some(d) => (Some(d.id), d.device_group),
+                            None => (None, "default".to_owned()),
+                        };
                         actions::create(
                             c,
                             NewAction {
                                 params,
-                                device: d.id,
-                                device_group: d.device_group,
+                                device,
+                                device_group,
                                 source: orig.source,
                                 requested_by: actor.clone(),
                                 comment: comment.clone(),
@@ -526,6 +779,7 @@ impl Controller {
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
+        self.containment_changed(&created).await;
         self.dispatch(&created);
         Ok(created)
     }

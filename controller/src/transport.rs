@@ -24,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::service::{Controller, SessionCommand};
-use crate::store::{actions, desired, devices, events, now_ms};
+use crate::store::{actions, containment, desired, devices, events, now_ms};
 
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
@@ -217,6 +217,7 @@ async fn enroll(ctl: &Controller, req: EnrollRequest) -> Result<EnrollResponse, 
         device_id: device,
         certificate_der: issued.der.to_vec(),
         ca_der: ctl.ca.cert_der().to_vec(),
+        breakglass_key: ctl.ca.breakglass_public(),
     })
 }
 
@@ -228,7 +229,10 @@ async fn session(
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<()> {
-    {
+    if let Some(ip) = conn.local_ip() {
+        ctl.registry.saw_local_ip(ip);
+    }
+    let moved = {
         let (d, h) = (device.clone(), hello.clone());
         ctl.store
             .write(move |c| {
@@ -239,9 +243,16 @@ async fn session(
                     &h.capabilities,
                     &h.inventory,
                     &h.observed,
-                )
+                )?;
+                // An isolation ended on the device while it was away ends here too.
+                desired::apply_local_releases(c, &d, &h.observed)?;
+                containment::follow(c, &d)
             })
-            .await?;
+            .await?
+    };
+    if moved {
+        tracing::info!(%device, "contained device's addresses changed; peers follow");
+        ctl.push_desired_to_all().await;
     }
     let (tx, mut commands) = mpsc::unbounded_channel();
     let generation = ctl.registry.register(&device, tx);
@@ -386,14 +397,30 @@ async fn handle_event(
             }
         }
         ControllerEvent::Observed(o) => {
-            ctl.store
-                .write(move |c| devices::set_observed(c, &d, &o))
+            let changed = ctl
+                .store
+                .write(move |c| {
+                    devices::set_observed(c, &d, &o)?;
+                    desired::apply_local_releases(c, &d, &o)
+                })
                 .await?;
+            if let Some(state) = changed {
+                tracing::info!(%device, revision = state.revision, "isolation released on the device");
+                session.desired(state);
+            }
         }
         ControllerEvent::Inventory(i) => {
-            ctl.store
-                .write(move |c| devices::set_inventory(c, &d, &i))
+            let moved = ctl
+                .store
+                .write(move |c| {
+                    devices::set_inventory(c, &d, &i)?;
+                    containment::follow(c, &d)
+                })
                 .await?;
+            if moved {
+                tracing::info!(%device, "contained device's addresses changed; peers follow");
+                ctl.push_desired_to_all().await;
+            }
         }
         ControllerEvent::Events(list) => {
             let n = list.len();

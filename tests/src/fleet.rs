@@ -54,6 +54,7 @@ fn inventory(n: usize) -> Inventory {
         cpus: 1,
         memory_bytes: 1 << 30,
         boot_time_unix: 0,
+        gateways: vec![],
     }
 }
 
@@ -151,7 +152,9 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
                         session.submit_result(report);
                         stats.results.fetch_add(1, Ordering::Relaxed);
                     }
-                    AgentEvent::ResultAcked(_) | AgentEvent::Desired(_) => {}
+                    AgentEvent::ResultAcked(_)
+                    | AgentEvent::Desired(_)
+                    | AgentEvent::ProbeAnswered(_) => {}
                     AgentEvent::Closed(_) => {}
                 }
             }

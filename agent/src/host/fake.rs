@@ -9,7 +9,7 @@ use ring::digest;
 
 use super::{
     CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, Host,
-    HostError, Quarantined, Snapshot,
+    HostError, NetStatus, Quarantined, Snapshot,
 };
 use crate::vault::{EntryMeta, Released};
 
@@ -23,6 +23,10 @@ pub struct FakeHost {
     /// Make `set_exec_policy` fail with this message.
     pub exec_fails: Mutex<Option<String>>,
     pub denials: Mutex<Vec<ExecDenial>>,
+    /// Our nftables table as the fake kernel holds it (`None`: no table).
+    pub net: Mutex<Option<String>>,
+    /// Make `apply_net` fail with this message.
+    pub net_fails: Mutex<Option<String>>,
 }
 
 fn sha(bytes: &[u8]) -> String {
@@ -261,5 +265,35 @@ impl Host for FakeHost {
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
         (std::mem::take(&mut *self.denials.lock().unwrap()), 0)
+    }
+
+    fn apply_net(&self, script: &str) -> Result<NetStatus, HostError> {
+        if let Some(why) = self.net_fails.lock().unwrap().clone() {
+            return Err(HostError::Refused(why));
+        }
+        self.calls.lock().unwrap().push("apply_net".into());
+        // What the kernel would hold: the table after the script's `delete`, if any.
+        let table = script
+            .find("table inet palisade {")
+            .map(|at| script[at..].to_owned());
+        *self.net.lock().unwrap() = table;
+        self.net_status()
+    }
+
+    fn net_status(&self) -> Result<NetStatus, HostError> {
+        Ok(match self.net.lock().unwrap().clone() {
+            Some(listing) => NetStatus {
+                digest: Some(sha(listing.as_bytes())),
+                listing,
+            },
+            None => NetStatus::default(),
+        })
+    }
+
+    fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError> {
+        host_port
+            .parse()
+            .map(|a| vec![a])
+            .map_err(|_| HostError::Refused(format!("cannot resolve {host_port}")))
     }
 }

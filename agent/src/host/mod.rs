@@ -141,6 +141,14 @@ pub struct ExecStatus {
     pub allowlist_paths: usize,
 }
 
+/// Our nftables table as the kernel holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStatus {
+    /// SHA-256 (hex) of the listing; `None` when the table does not exist.
+    pub digest: Option<String>,
+    pub listing: String,
+}
+
 pub trait Host: Send + Sync + 'static {
     /// What the device is now: names, addresses, size.
     fn inventory(&self) -> Inventory;
@@ -202,4 +210,15 @@ pub trait Host: Send + Sync + 'static {
     /// Denials since the last call (at most a bounded backlog; older ones are counted in
     /// the second value, the number dropped).
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64);
+
+    /// Replaces our one nftables table with `script` (from `net_plan::script`) in a single
+    /// transaction, and returns the table as the kernel then holds it. Never touches another
+    /// table.
+    fn apply_net(&self, script: &str) -> Result<NetStatus, HostError>;
+
+    /// Our table as the kernel holds it now.
+    fn net_status(&self) -> Result<NetStatus, HostError>;
+
+    /// The socket addresses `HOST:PORT` resolves to now.
+    fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError>;
 }

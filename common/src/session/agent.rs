@@ -23,6 +23,8 @@ pub enum AgentEvent {
     ResultAcked(ActionId),
     /// Reconcile the host to this state.
     Desired(DesiredState),
+    /// The controller answered the probe of this number over the live connection.
+    ProbeAnswered(u64),
     /// The controller is silent or broke the protocol: drop the connection and reconnect.
     Closed(String),
 }
@@ -51,6 +53,8 @@ pub struct AgentSession {
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
     heartbeat_seq: u64,
+    /// Probes sent and not yet answered.
+    probes: HashSet<u64>,
     last_heard: Instant,
 }
 
@@ -72,6 +76,7 @@ impl AgentSession {
             heartbeat: DEFAULT_HEARTBEAT,
             next_heartbeat: None,
             heartbeat_seq: 0,
+            probes: HashSet::new(),
             last_heard: now,
         }
     }
@@ -120,7 +125,11 @@ impl AgentSession {
             (State::Ready, ControllerMessage::Welcome(_)) => {
                 self.close("protocol violation: second welcome".into());
             }
-            (State::Ready, ControllerMessage::HeartbeatAck { .. }) => {}
+            (State::Ready, ControllerMessage::HeartbeatAck { seq }) => {
+                if self.probes.remove(&seq) {
+                    self.events.push_back(AgentEvent::ProbeAnswered(seq));
+                }
+            }
             (State::Ready, ControllerMessage::Deliver(spec)) => self.on_deliver(spec),
             (State::Ready, ControllerMessage::ResultAck { id }) => {
                 // Acks may come in any order, twice, or for results long gone: only a
@@ -188,6 +197,14 @@ impl AgentSession {
         }
     }
 
+    /// The device changed (new addresses …): sent now if the session is up (a reconnect's
+    /// hello carries the current inventory anyway).
+    pub fn inventory(&mut self, inventory: crate::wire::Inventory) {
+        if self.state == State::Ready {
+            self.transmit.push_back(AgentMessage::Inventory(inventory));
+        }
+    }
+
     /// The vault's current listing: sent now if the session is up (the driver sends it again
     /// after every reconnect).
     pub fn vault(&mut self, entries: Vec<VaultEntry>) {
@@ -206,6 +223,21 @@ impl AgentSession {
             self.transmit.push_back(AgentMessage::Events(events));
         }
         Ok(())
+    }
+
+    /// Asks the controller for an immediate answer over this connection (a heartbeat out of
+    /// turn): proof that the link works, e.g. after new firewall rules. Returns the probe's
+    /// number, announced by [`AgentEvent::ProbeAnswered`]; `None` before the welcome.
+    pub fn probe(&mut self) -> Option<u64> {
+        if self.state != State::Ready {
+            return None;
+        }
+        self.heartbeat_seq += 1;
+        self.probes.insert(self.heartbeat_seq);
+        self.transmit.push_back(AgentMessage::Heartbeat {
+            seq: self.heartbeat_seq,
+        });
+        Some(self.heartbeat_seq)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

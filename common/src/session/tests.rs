@@ -294,3 +294,39 @@ fn delivery_before_welcome_is_a_protocol_violation() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn a_probe_is_answered_over_the_live_link_and_only_a_probe_is_announced() {
+    let now = Instant::now();
+    let mut agent = AgentSession::new(now, hello(), [], []);
+    assert_eq!(agent.probe(), None, "no probe before the welcome");
+    let mut p = Pair::connect(now, Durable::default());
+    p.run();
+    let seq = p.agent.probe().expect("ready");
+    p.flush();
+    let answered = |p: &mut Pair| {
+        for m in std::mem::take(&mut p.to_controller) {
+            p.controller.handle_message(p.now, m);
+        }
+        p.flush();
+        for m in std::mem::take(&mut p.to_agent) {
+            p.agent.handle_message(p.now, m);
+        }
+        std::iter::from_fn(|| p.agent.poll_event())
+            .filter_map(|e| match e {
+                AgentEvent::ProbeAnswered(s) => Some(s),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(answered(&mut p), vec![seq]);
+    // A routine heartbeat's answer is not a probe's.
+    p.advance(Duration::from_secs(10));
+    p.flush();
+    assert_eq!(answered(&mut p), Vec::<u64>::new());
+    // A lost probe is never announced.
+    let lost = p.agent.probe().unwrap();
+    p.flush();
+    p.to_controller.clear();
+    assert!(!answered(&mut p).contains(&lost));
+}

@@ -60,6 +60,50 @@ pub struct ChildCounts {
 }
 
 impl ActionRecord {
+    /// A fleet-wide parent: no device of its own, its children carry the devices. (An
+    /// action the controller runs itself may have no device either.)
+    pub fn is_fleet_parent(&self) -> bool {
+        self.device_id.is_none() && !self.kind.runs_on_controller()
+    }
+
+    #[cfg(test)]
+    pub fn for_test(id: u64, params: ActionParams) -> ActionRecord {
+        ActionRecord {
+            id: ActionId(id),
+            parent_id: None,
+            kind: params.kind(),
+            params,
+            device_id: None,
+            hostname: None,
+            device_group: None,
+            source: ActionSource::ManualDeviceAction,
+            status: ActionStatus::Succeeded,
+            requested_by: "test".into(),
+            comment: String::new(),
+            external_id: None,
+            created_at: 0,
+            expires_at: 0,
+            decided_by: None,
+            decided_at: None,
+            decision_comment: None,
+            deadline_at: None,
+            delivered_at: None,
+            acknowledged_at: None,
+            started_at: None,
+            finished_at: None,
+            cancelled_by: None,
+            cancelled_at: None,
+            cancel_comment: None,
+            progress: None,
+            result_summary: None,
+            result_detail: None,
+            undo_of: None,
+            undone_by: None,
+            artifacts: vec![],
+            children: None,
+        }
+    }
+
     pub fn spec(&self) -> ActionSpec {
         ActionSpec {
             id: self.id,
@@ -71,7 +115,9 @@ impl ActionRecord {
 /// A request as the service has validated it.
 pub struct NewAction {
     pub params: ActionParams,
-    pub device: DeviceId,
+    /// `None` only for a kind that runs on the controller with no device of its own (the
+    /// containment of an unmanaged address).
+    pub device: Option<DeviceId>,
     pub device_group: String,
     pub source: ActionSource,
     pub requested_by: String,
@@ -170,7 +216,7 @@ pub fn get(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no action {id}")))?;
     rec.artifacts = artifacts(conn, id)?;
-    if rec.device_id.is_none() {
+    if rec.is_fleet_parent() {
         rec.children = Some(child_counts(conn, id)?);
     }
     Ok(rec)
@@ -283,7 +329,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
         params![
             new.params.kind().as_str(),
             serde_json::to_string(&new.params)?,
-            new.device.as_str(),
+            new.device.as_ref().map(|d| d.as_str()),
             new.source.as_str(),
             new.requested_by,
             new.comment,
@@ -300,7 +346,7 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
         &new.requested_by,
         "requested",
         Some(id),
-        Some(&new.device),
+        new.device.as_ref(),
         &serde_json::json!({"kind": new.params.kind(), "params": new.params, "source": new.source,
             "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of,
             "parent": new.parent}),
@@ -316,11 +362,72 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
             "policy",
             "approved",
             Some(id),
-            Some(&new.device),
+            new.device.as_ref(),
             &serde_json::json!({"comment": "approval not required by policy"}),
         )?;
+        if new.params.kind().runs_on_controller() {
+            return super::containment::execute(conn, id);
+        }
     }
     get(conn, id)
+}
+
+/// Ends an action the controller itself carried out (contain, uncontain), with the undo
+/// bookkeeping a device's result would get.
+pub fn finish_on_controller(
+    conn: &Connection,
+    rec: &ActionRecord,
+    status: ActionStatus,
+    summary: &str,
+    detail: &serde_json::Value,
+) -> Result<ActionRecord> {
+    let now = now_ms();
+    conn.execute(
+        "UPDATE actions SET status = ?2, started_at = ?3, finished_at = ?3, result_summary = ?4,
+         result_detail = ?5 WHERE id = ?1",
+        params![
+            rec.id.0 as i64,
+            status.as_str(),
+            now,
+            summary,
+            detail.to_string()
+        ],
+    )?;
+    audit::append(
+        conn,
+        "controller",
+        status.as_str(),
+        Some(rec.id),
+        rec.device_id.as_ref(),
+        &serde_json::json!({"summary": summary}),
+    )?;
+    if status == ActionStatus::Succeeded {
+        mark_undone(conn, rec, "controller")?;
+    }
+    get(conn, rec.id)
+}
+
+/// A succeeded undo marks the action it undoes.
+fn mark_undone(conn: &Connection, rec: &ActionRecord, actor: &str) -> Result<()> {
+    let Some(original) = rec.undo_of else {
+        return Ok(());
+    };
+    let orig = get(conn, original)?;
+    if orig.status.can_move_to(ActionStatus::Undone) {
+        conn.execute(
+            "UPDATE actions SET status = 'undone', undone_by = ?2 WHERE id = ?1",
+            params![original.0 as i64, rec.id.0 as i64],
+        )?;
+        audit::append(
+            conn,
+            actor,
+            "undone",
+            Some(original),
+            orig.device_id.as_ref(),
+            &serde_json::json!({"undone_by": rec.id}),
+        )?;
+    }
+    Ok(())
 }
 
 /// Creates a fleet-wide action: a parent without a device, which never goes to an agent, and
@@ -374,7 +481,7 @@ pub fn create_fleet(
             conn,
             NewAction {
                 params: new.params.clone(),
-                device,
+                device: Some(device),
                 device_group: group,
                 source: new.source,
                 requested_by: new.requested_by.clone(),
@@ -432,7 +539,7 @@ pub fn decide(
                 r.id, r.status
             )));
         }
-        if r.device_id.is_none() {
+        if r.is_fleet_parent() {
             continue; // a fleet-wide parent: its children carry the groups
         }
         let group = r.device_group.as_deref().unwrap_or("default");
@@ -453,7 +560,7 @@ fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord
     let mut records = Vec::new();
     for &id in ids {
         let r = get(conn, id)?;
-        let parent = r.device_id.is_none();
+        let parent = r.is_fleet_parent();
         records.push(r);
         if parent {
             for c in children(conn, id)? {
@@ -488,7 +595,7 @@ fn decide_unchecked(
              deadline_at = CASE WHEN ?2 = 'approved' THEN ?6 ELSE NULL END WHERE id = ?1",
             params![r.id.0 as i64, status.as_str(), actor, now, comment, now + deadlines.delivery_ms],
         )?;
-        if r.device_id.is_none() {
+        if r.is_fleet_parent() {
             // A parent never goes to a device: it ends with its children, not by a deadline.
             conn.execute(
                 "UPDATE actions SET deadline_at = NULL WHERE id = ?1",
@@ -504,7 +611,15 @@ fn decide_unchecked(
             &serde_json::json!({"comment": comment}),
         )?;
     }
-    records.iter().map(|r| get(conn, r.id)).collect()
+    let mut out = Vec::with_capacity(records.len());
+    for r in &records {
+        out.push(if approve && r.kind.runs_on_controller() {
+            super::containment::execute(conn, r.id)?
+        } else {
+            get(conn, r.id)?
+        });
+    }
+    Ok(out)
 }
 
 /// Cancels actions not yet delivered. `any_requester` is false for callers who may cancel only
@@ -525,7 +640,7 @@ pub fn cancel(
         .collect::<Result<Vec<_>>>()?;
     // A fleet-wide parent takes its children not yet delivered with it.
     for &id in ids {
-        if records.iter().any(|r| r.id == id && r.device_id.is_none()) {
+        if records.iter().any(|r| r.id == id && r.is_fleet_parent()) {
             for c in children(conn, id)? {
                 if c.status.can_move_to(ActionStatus::Cancelled) && !ids.contains(&c.id) {
                     records.push(c);
@@ -719,24 +834,8 @@ pub fn result(
     )?;
     if status == ActionStatus::Succeeded {
         // A lasting action changes the desired state in the same transaction as its result.
-        super::desired::apply_action(conn, device, rec.kind)?;
-    }
-    if let Some(original) = rec.undo_of.filter(|_| status == ActionStatus::Succeeded) {
-        let orig = get(conn, original)?;
-        if orig.status.can_move_to(ActionStatus::Undone) {
-            conn.execute(
-                "UPDATE actions SET status = 'undone', undone_by = ?2 WHERE id = ?1",
-                params![original.0 as i64, report.id.0 as i64],
-            )?;
-            audit::append(
-                conn,
-                device.as_str(),
-                "undone",
-                Some(original),
-                Some(device),
-                &serde_json::json!({"undone_by": report.id}),
-            )?;
-        }
+        super::desired::apply_action(conn, device, &rec, &detail)?;
+        mark_undone(conn, &rec, device.as_str())?;
     }
     if let Some(parent) = rec.parent_id {
         settle_parent(conn, parent)?;
@@ -926,7 +1025,7 @@ pub fn list(
     let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
     for rec in &mut out {
         rec.artifacts = artifacts(conn, rec.id)?;
-        if rec.device_id.is_none() {
+        if rec.is_fleet_parent() {
             rec.children = Some(child_counts(conn, rec.id)?);
         }
     }
@@ -1158,7 +1257,7 @@ mod tests {
                         params: ActionParams::RequestSample(RequestSampleParams {
                             path: "/x".into(),
                         }),
-                        device: id.clone(),
+                        device: Some(id.clone()),
                         device_group: if i == 0 { "web".into() } else { "db".into() },
                         source: ActionSource::ManualDeviceAction,
                         requested_by: "alice".into(),

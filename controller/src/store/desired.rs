@@ -2,11 +2,8 @@
 //! result commits as succeeded) and the exec allowlist of each device group. Every change
 //! bumps the device's `desired_revision`, so that an agent recognises a stale copy.
 
-use std::net::IpAddr;
-
-use palisade_common::action::IsolateParams;
-use palisade_common::wire::{DesiredState, ExecAllowlist};
-use palisade_common::{ActionKind, DeviceId};
+use palisade_common::wire::{DesiredState, ExecAllowlist, Isolation, ObservedState};
+use palisade_common::{ActionKind, ActionParams, DeviceId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +13,7 @@ use super::{Result, StoreError, audit, now_ms};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceDesired {
-    pub isolation: Option<IsolateParams>,
-    pub contained: Vec<IpAddr>,
+    pub isolation: Option<Isolation>,
     pub restrict_execution: bool,
 }
 
@@ -71,7 +67,10 @@ pub fn to_json(d: &DesiredState) -> serde_json::Value {
 pub fn changed_by(kind: ActionKind) -> bool {
     matches!(
         kind,
-        ActionKind::RestrictExecution | ActionKind::ReleaseExecution
+        ActionKind::RestrictExecution
+            | ActionKind::ReleaseExecution
+            | ActionKind::Isolate
+            | ActionKind::ReleaseIsolation
     )
 }
 
@@ -89,7 +88,7 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
     Ok(DesiredState {
         revision: revision as u64,
         isolation: own.isolation,
-        contained: own.contained,
+        contained: super::containment::dropped_by(conn, id)?,
         restrict_execution: own.restrict_execution,
         exec_allowlist: allowlist(conn, &group)?.wire()?,
     })
@@ -134,14 +133,57 @@ pub fn update(
 pub fn apply_action(
     conn: &Connection,
     id: &DeviceId,
-    kind: ActionKind,
+    rec: &super::actions::ActionRecord,
+    detail: &serde_json::Value,
 ) -> Result<Option<DesiredState>> {
-    let change: fn(&mut DeviceDesired) = match kind {
-        ActionKind::RestrictExecution => |d| d.restrict_execution = true,
-        ActionKind::ReleaseExecution => |d| d.restrict_execution = false,
+    let change: Box<dyn FnOnce(&mut DeviceDesired)> = match &rec.params {
+        ActionParams::RestrictExecution {} => Box::new(|d| d.restrict_execution = true),
+        ActionParams::ReleaseExecution {} => Box::new(|d| d.restrict_execution = false),
+        ActionParams::Isolate(p) => {
+            // The agent started the time box; its end is in the result, on the agent's clock.
+            let isolation = Isolation {
+                action: rec.id,
+                params: p.clone(),
+                until_ms: detail["until_ms"].as_i64(),
+            };
+            Box::new(move |d| d.isolation = Some(isolation))
+        }
+        ActionParams::ReleaseIsolation {} => Box::new(|d| d.isolation = None),
         _ => return Ok(None),
     };
     update(conn, id, id.as_str(), change).map(Some)
+}
+
+/// An isolation the agent ended on its own (time box, break-glass code) ends here too, and
+/// the device's history says how. Returns the new desired state if it changed.
+pub fn apply_local_releases(
+    conn: &Connection,
+    id: &DeviceId,
+    observed: &ObservedState,
+) -> Result<Option<DesiredState>> {
+    let current = get(conn, id)?;
+    let Some(iso) = &current.isolation else {
+        return Ok(None);
+    };
+    let Some(release) = observed
+        .local_releases
+        .iter()
+        .find(|r| r.action == iso.action)
+    else {
+        return Ok(None);
+    };
+    super::events::note(
+        conn,
+        id,
+        "isolation_released_on_device",
+        &format!(
+            "isolation of action {} released on the device: {}",
+            iso.action, release.reason
+        ),
+        &serde_json::json!({"action": iso.action, "reason": release.reason}),
+        release.at_ms,
+    )?;
+    update(conn, id, id.as_str(), |d| d.isolation = None).map(Some)
 }
 
 /// A group's allowlist (empty if none was set).
@@ -284,16 +326,18 @@ mod tests {
         let (_d, c) = store_with(&[("dev-a", "default")]);
         let id: DeviceId = "dev-a".parse().unwrap();
         assert_eq!(get(&c, &id).unwrap(), DesiredState::default());
-        let d = apply_action(&c, &id, ActionKind::RestrictExecution)
+        let act = |params: ActionParams| super::super::actions::ActionRecord::for_test(9, params);
+        let none = serde_json::json!({});
+        let d = apply_action(&c, &id, &act(ActionParams::RestrictExecution {}), &none)
             .unwrap()
             .unwrap();
         assert!(d.restrict_execution);
         assert_eq!(d.revision, 1);
-        assert_eq!(
-            apply_action(&c, &id, ActionKind::RequestSample).unwrap(),
-            None
-        );
-        let d = apply_action(&c, &id, ActionKind::ReleaseExecution)
+        let sample = ActionParams::RequestSample(palisade_common::action::RequestSampleParams {
+            path: "/x".into(),
+        });
+        assert_eq!(apply_action(&c, &id, &act(sample), &none).unwrap(), None);
+        let d = apply_action(&c, &id, &act(ActionParams::ReleaseExecution {}), &none)
             .unwrap()
             .unwrap();
         assert!(!d.restrict_execution);

@@ -44,6 +44,7 @@ pub fn inventory_json(inv: &Inventory) -> serde_json::Value {
         "cpus": inv.cpus,
         "memory_bytes": inv.memory_bytes,
         "boot_time_unix": inv.boot_time_unix,
+        "gateways": inv.gateways.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
     })
 }
 
@@ -54,6 +55,8 @@ pub fn observed_json(o: &ObservedState) -> serde_json::Value {
         "contained": o.contained.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "restrict_execution": o.restrict_execution,
         "drift": o.drift,
+        "net_digest": o.net_digest,
+        "local_releases": o.local_releases,
     })
 }
 
@@ -115,6 +118,30 @@ pub fn is_revoked(conn: &Connection, serial: &str) -> Result<bool> {
         [serial],
         |r| r.get(0),
     )?)
+}
+
+/// Records a break-glass code issued for a device and returns its serial.
+pub fn issue_breakglass(
+    conn: &Connection,
+    id: &DeviceId,
+    actor: &str,
+    not_after: i64,
+) -> Result<u32> {
+    conn.execute(
+        "INSERT INTO breakglass_codes (device_id, issued_by, issued_at, not_after) VALUES (?1, ?2, ?3, ?4)",
+        params![id.as_str(), actor, now_ms(), not_after],
+    )?;
+    let serial = u32::try_from(conn.last_insert_rowid())
+        .map_err(|_| StoreError::Conflict("break-glass serials exhausted".into()))?;
+    audit::append(
+        conn,
+        actor,
+        "breakglass_issued",
+        None,
+        Some(id),
+        &serde_json::json!({"serial": serial, "not_after": not_after}),
+    )?;
+    Ok(serial)
 }
 
 /// Records a session's hello: version, capabilities, inventory, observed state, contact.

@@ -59,7 +59,37 @@ fn describe(e: &DeviceEvent) -> (&'static str, String, serde_json::Value, u64, i
             *first_at_ms,
             *last_at_ms,
         ),
+        DeviceEvent::NetTamper { found, at_ms } => (
+            "net_tamper",
+            format!("{found}; the agent put it back"),
+            serde_json::json!({"found": found}),
+            1,
+            *at_ms,
+            *at_ms,
+        ),
     }
+}
+
+/// Records one event the controller concludes about a device (not sent by its agent as an
+/// event), e.g. an isolation released on the device.
+pub fn note(
+    conn: &Connection,
+    device: &DeviceId,
+    kind: &str,
+    summary: &str,
+    detail: &serde_json::Value,
+    at: i64,
+) -> Result<()> {
+    let source = ActionSource::AutomatedDeviceAction.as_str();
+    conn.execute(
+        "INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?7)",
+        params![device.as_str(), source, kind, summary, detail.to_string(), at, now_ms()],
+    )?;
+    let mut audited = detail.clone();
+    audited["summary"] = summary.into();
+    audit::append(conn, device.as_str(), kind, None, Some(device), &audited)?;
+    Ok(())
 }
 
 /// Stores a batch of a device's events and audits each.

@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 const V1: &str = r#"
@@ -162,6 +162,31 @@ CREATE INDEX actions_by_parent ON actions(parent_id);
 const V4: &str = r#"
 CREATE INDEX audit_by_action ON audit(action_id);
 CREATE INDEX actions_by_kind ON actions(kind, status);
+"#;
+
+/// Issue 3: containment targets (the set every other device drops) and the break-glass
+/// release codes issued.
+const V5: &str = r#"
+CREATE TABLE containments (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    action_id  INTEGER NOT NULL REFERENCES actions(id),
+    device_id  TEXT REFERENCES devices(id),
+    ip         TEXT,
+    mac        TEXT,
+    addresses  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    ended_by   INTEGER REFERENCES actions(id),
+    ended_at   INTEGER
+);
+CREATE INDEX containments_in_force ON containments(ended_at);
+
+CREATE TABLE breakglass_codes (
+    serial     INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id  TEXT NOT NULL REFERENCES devices(id),
+    issued_by  TEXT NOT NULL,
+    issued_at  INTEGER NOT NULL,
+    not_after  INTEGER NOT NULL
+);
 "#;
 
 #[cfg(test)]

@@ -26,5 +26,6 @@ pub fn collect() -> Inventory {
             .unwrap_or(1),
         memory_bytes: sys.total_memory(),
         boot_time_unix: System::boot_time(),
+        gateways: super::net::gateways(),
     }
 }

@@ -4,6 +4,7 @@ mod collect;
 pub mod exec;
 mod files;
 mod inventory;
+mod net;
 mod procs;
 pub mod target;
 pub mod vault;
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use palisade_common::wire::{ExecDenial, Inventory};
 
 use super::{
-    CollectLimits, Collected, ExecPolicy, ExecStatus, Host, HostError, Quarantined, Snapshot,
+    CollectLimits, Collected, ExecPolicy, ExecStatus, Host, HostError, NetStatus, Quarantined,
+    Snapshot,
 };
 use crate::vault::{EntryMeta, Released};
 use exec::{ExecConfig, ExecGuard};
@@ -151,5 +153,17 @@ impl Host for LinuxHost {
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
         self.exec.take_denials()
+    }
+
+    fn apply_net(&self, script: &str) -> Result<NetStatus, HostError> {
+        net::apply(script)
+    }
+
+    fn net_status(&self) -> Result<NetStatus, HostError> {
+        net::status()
+    }
+
+    fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError> {
+        net::resolve(host_port)
     }
 }

@@ -1,0 +1,121 @@
+//! The nftables applier: runs the planner's script through `nft -f -` (one atomic
+//! transaction that replaces our table and nothing else) and reads our table back as the
+//! kernel holds it, whose digest is what the agent reports and watches for tamper.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::process::{Command, Stdio};
+
+use ring::digest;
+
+use crate::host::net_plan::TABLE;
+use crate::host::{HostError, NetStatus};
+
+fn nft() -> Command {
+    let mut c = Command::new("nft");
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Replaces our table with `script` in one transaction, then reads it back.
+pub fn apply(script: &str) -> Result<NetStatus, HostError> {
+    let mut child = nft()
+        .args(["-f", "-"])
+        .spawn()
+        .map_err(|e| HostError::io("cannot run nft (is the nftables package installed?)", e))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .map_err(|e| HostError::io("cannot write the ruleset to nft", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| HostError::io("nft did not finish", e))?;
+    if !out.status.success() {
+        return Err(HostError::Refused(format!(
+            "nft refused the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    status()
+}
+
+/// Our table as the kernel lists it now.
+pub fn status() -> Result<NetStatus, HostError> {
+    let out = nft()
+        .args(["list", "table", "inet", TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| HostError::io("cannot run nft (is the nftables package installed?)", e))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(NetStatus::default());
+        }
+        return Err(HostError::Refused(format!(
+            "nft cannot list our table: {}",
+            err.trim()
+        )));
+    }
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(NetStatus {
+        digest: Some(hex::encode(digest::digest(
+            &digest::SHA256,
+            listing.as_bytes(),
+        ))),
+        listing,
+    })
+}
+
+/// The addresses of `controller` (`HOST:PORT`), as the resolver gives them now.
+pub fn resolve(controller: &str) -> Result<Vec<SocketAddr>, HostError> {
+    let addrs: Vec<SocketAddr> = controller
+        .to_socket_addrs()
+        .map_err(|e| HostError::io(format!("cannot resolve the controller {controller}"), e))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(HostError::Refused(format!(
+            "the controller {controller} resolves to no address"
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Default gateways from the kernel's routing tables.
+pub fn gateways() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // /proc/net/route: Iface Destination Gateway Flags … (hex), default = 0. The kernel prints
+    // the network-order bytes as a host-order (little-endian) word.
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 2
+                && f[1] == "00000000"
+                && let Ok(gw) = u32::from_str_radix(f[2], 16)
+                && gw != 0
+            {
+                out.push(IpAddr::V4(gw.to_le_bytes().into()));
+            }
+        }
+    }
+    // /proc/net/ipv6_route: dest plen src plen next-hop metric … (hex), default = ::/0.
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 4
+                && f[0].bytes().all(|b| b == b'0')
+                && f[1] == "00"
+                && let Ok(gw) = u128::from_str_radix(f[4], 16)
+                && gw != 0
+            {
+                out.push(IpAddr::V6(gw.into()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

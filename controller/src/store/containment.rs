@@ -1,0 +1,263 @@
+//! Containment: targets (a managed device, followed as its addresses change, or an unmanaged
+//! address) that every other device drops in both directions. A contain or uncontain action
+//! runs here, on the controller, the moment it is approved: it changes the containment set and
+//! bumps the desired revision of every active device in the same transaction; the service then
+//! sends the new desired state to the online ones, and the others get it when they connect.
+
+use std::net::IpAddr;
+
+use palisade_common::action::ContainParams;
+use palisade_common::{ActionId, ActionKind, ActionParams, ActionStatus, DeviceId};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::actions::{self, ActionRecord};
+use super::{Result, StoreError, audit, now_ms};
+
+/// A target in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Containment {
+    pub id: i64,
+    pub action_id: ActionId,
+    pub device_id: Option<DeviceId>,
+    pub ip: Option<IpAddr>,
+    pub mac: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub created_at: i64,
+}
+
+/// Every containment in force, oldest first.
+pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, action_id, device_id, ip, mac, addresses, created_at FROM containments
+         WHERE ended_at IS NULL ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, action, device, ip, mac, addresses, created_at) = row?;
+        out.push(Containment {
+            id,
+            action_id: ActionId(action as u64),
+            device_id: device
+                .map(|d| d.parse())
+                .transpose()
+                .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?,
+            ip: ip
+                .map(|i| i.parse())
+                .transpose()
+                .map_err(|e: std::net::AddrParseError| StoreError::Sql(e.to_string()))?,
+            mac,
+            addresses: serde_json::from_str(&addresses)?,
+            created_at,
+        });
+    }
+    Ok(out)
+}
+
+/// The addresses device `me` must drop: every target's but its own.
+pub fn dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = list(conn)?
+        .into_iter()
+        .filter(|c| c.device_id.as_ref() != Some(me))
+        .flat_map(|c| c.addresses)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The containment in force for the target these parameters name, if any.
+pub fn find(conn: &Connection, p: &ContainParams) -> Result<Option<Containment>> {
+    Ok(list(conn)?.into_iter().find(|c| match (&p.device, p.ip) {
+        (Some(d), _) => c.device_id.as_ref() == Some(d),
+        (None, Some(ip)) => c.device_id.is_none() && c.ip == Some(ip),
+        (None, None) => c.device_id.is_none() && c.mac.is_some() && c.mac == p.mac,
+    }))
+}
+
+/// A device's addresses worth blocking: all but loopback.
+pub fn device_addresses(conn: &Connection, id: &DeviceId) -> Result<Vec<IpAddr>> {
+    let inv: String = conn
+        .query_row(
+            "SELECT inventory FROM devices WHERE id = ?1",
+            [id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
+    let v: serde_json::Value = serde_json::from_str(&inv)?;
+    Ok(ips(&v["addresses"]))
+}
+
+fn ips(v: &serde_json::Value) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .filter(|a: &IpAddr| !a.is_loopback() && !a.is_unspecified())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Who else uses these addresses: (device, hostname, "address" | "gateway", address).
+pub fn shared(
+    conn: &Connection,
+    addrs: &[IpAddr],
+    except: Option<&DeviceId>,
+) -> Result<Vec<(String, String, &'static str, IpAddr)>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, hostname, inventory FROM devices WHERE status = 'active' ORDER BY id",
+    )?;
+    let rows: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, host, inv) in rows {
+        if except.is_some_and(|e| e.as_str() == id) {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&inv)?;
+        for (what, list) in [
+            ("address", ips(&v["addresses"])),
+            ("gateway", ips(&v["gateways"])),
+        ] {
+            for a in list.into_iter().filter(|a| addrs.contains(a)) {
+                out.push((id.clone(), host.clone(), what, a));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Bumps the desired revision of every active device: the containment set is part of each
+/// one's desired state.
+fn bump_all(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET desired_revision = desired_revision + 1 WHERE status = 'active'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Runs an approved contain or uncontain: changes the set and finishes the action as
+/// succeeded (or failed, saying why), in the caller's transaction.
+pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
+    let rec = actions::get(conn, id)?;
+    let (ActionParams::Contain(p) | ActionParams::Uncontain(p)) = &rec.params else {
+        return Err(StoreError::Invalid(format!(
+            "action {id} is {}, not contain",
+            rec.kind
+        )));
+    };
+    let existing = find(conn, p)?;
+    let now = now_ms();
+    let (ok, summary, detail) = match (rec.kind, existing) {
+        (ActionKind::Contain, Some(c)) => (
+            true,
+            format!("already contained by action {}", c.action_id),
+            serde_json::json!({"containment": c.id, "addresses": c.addresses}),
+        ),
+        (ActionKind::Contain, None) => {
+            let addresses = match &p.device {
+                Some(d) => device_addresses(conn, d)?,
+                None => p.ip.into_iter().collect(),
+            };
+            conn.execute(
+                "INSERT INTO containments (action_id, device_id, ip, mac, addresses, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    id.0 as i64,
+                    p.device.as_ref().map(|d| d.as_str()),
+                    p.ip.map(|i| i.to_string()),
+                    p.mac,
+                    serde_json::to_string(&addresses)?,
+                    now
+                ],
+            )?;
+            bump_all(conn)?;
+            let peers: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM devices WHERE status = 'active' AND id IS NOT ?1",
+                [p.device.as_ref().map(|d| d.as_str())],
+                |r| r.get(0),
+            )?;
+            (
+                true,
+                format!(
+                    "contained {}: {peers} peer device(s) drop it in both directions (online ones now, the others when they connect)",
+                    addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                serde_json::json!({"containment": conn.last_insert_rowid(), "addresses": addresses, "peers": peers}),
+            )
+        }
+        (_, Some(c)) => {
+            conn.execute(
+                "UPDATE containments SET ended_by = ?2, ended_at = ?3 WHERE id = ?1",
+                params![c.id, id.0 as i64, now],
+            )?;
+            bump_all(conn)?;
+            (
+                true,
+                format!("uncontained (containment of action {})", c.action_id),
+                serde_json::json!({"containment": c.id, "addresses": c.addresses}),
+            )
+        }
+        (_, None) => (
+            false,
+            "not contained: nothing to undo".into(),
+            serde_json::json!({}),
+        ),
+    };
+    let status = if ok {
+        ActionStatus::Succeeded
+    } else {
+        ActionStatus::Failed
+    };
+    actions::finish_on_controller(conn, &rec, status, &summary, &detail)
+}
+
+/// Follows a contained device's addresses: when its inventory reports others, every peer's set
+/// changes. Returns whether anything changed.
+pub fn follow(conn: &Connection, device: &DeviceId) -> Result<bool> {
+    let Some(c) = list(conn)?
+        .into_iter()
+        .find(|c| c.device_id.as_ref() == Some(device))
+    else {
+        return Ok(false);
+    };
+    let now = device_addresses(conn, device)?;
+    if now == c.addresses {
+        return Ok(false);
+    }
+    conn.execute(
+        "UPDATE containments SET addresses = ?2 WHERE id = ?1",
+        params![c.id, serde_json::to_string(&now)?],
+    )?;
+    bump_all(conn)?;
+    audit::append(
+        conn,
+        "controller",
+        "containment_followed",
+        Some(c.action_id),
+        Some(device),
+        &serde_json::json!({"from": c.addresses, "to": now}),
+    )?;
+    Ok(true)
+}
