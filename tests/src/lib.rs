@@ -12,6 +12,7 @@ pub mod deb;
 pub mod fleet;
 pub mod lab;
 pub mod proxy;
+pub mod traffic;
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -21,7 +21,9 @@ pub struct NetPlan {
 }
 
 /// The `nft -f` script that replaces our table in one transaction (or removes it when there
-/// is nothing to enforce).
+/// is nothing to enforce). Base chains hook at `priority filter` (0), after conntrack (-200),
+/// so that `ct state` is known when our rules look at it: at conntrack's own priority the
+/// order is undefined, and replies to an allowed inbound flow were dropped.
 pub fn script(plan: &NetPlan) -> String {
     let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
     if plan.isolation.is_none() && plan.contained.is_empty() {
@@ -39,7 +41,7 @@ pub fn script(plan: &NetPlan) -> String {
         };
         let _ = writeln!(
             out,
-            "  chain {chain} {{\n    type filter hook {hook} priority -200; policy {policy};"
+            "  chain {chain} {{\n    type filter hook {hook} priority filter; policy {policy};"
         );
         let _ = writeln!(
             out,
@@ -98,7 +100,7 @@ pub fn script(plan: &NetPlan) -> String {
     if plan.isolation.is_some() {
         let _ = writeln!(
             out,
-            "  chain forward {{\n    type filter hook forward priority -200; policy drop;\n  }}"
+            "  chain forward {{\n    type filter hook forward priority filter; policy drop;\n  }}"
         );
     }
     let _ = writeln!(out, "}}");
@@ -179,7 +181,7 @@ table inet palisade {
     type ipv6_addr
   }
   chain input {
-    type filter hook input priority -200; policy drop;
+    type filter hook input priority filter; policy drop;
     iifname lo accept
     ct state established,related accept
     ip saddr 198.51.100.1 udp sport 7443 accept
@@ -188,7 +190,7 @@ table inet palisade {
     icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
   }
   chain output {
-    type filter hook output priority -200; policy drop;
+    type filter hook output priority filter; policy drop;
     oifname lo accept
     ct state established,related accept
     ip daddr 198.51.100.1 udp dport 7443 accept
@@ -197,7 +199,7 @@ table inet palisade {
     icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
   }
   chain forward {
-    type filter hook forward priority -200; policy drop;
+    type filter hook forward priority filter; policy drop;
   }
 }
 ";
@@ -252,13 +254,13 @@ table inet palisade {
     elements = { 2001:db8:100::a }
   }
   chain input {
-    type filter hook input priority -200; policy accept;
+    type filter hook input priority filter; policy accept;
     iifname lo accept
     ip saddr @contained_v4 drop
     ip6 saddr @contained_v6 drop
   }
   chain output {
-    type filter hook output priority -200; policy accept;
+    type filter hook output priority filter; policy accept;
     oifname lo accept
     ip daddr @contained_v4 drop
     ip6 daddr @contained_v6 drop
