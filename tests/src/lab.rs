@@ -174,12 +174,20 @@ impl Lab {
                 if stale {
                     let _ = Lab::down_from_state(&path);
                 }
-                std::fs::OpenOptions::new()
+                let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&path)
-                    .ok()
-                    .map(|_| (slot, path))
+                    .ok()?;
+                // Owned from the first byte: another test process must not take it for stale.
+                std::io::Write::write_all(
+                    &mut file,
+                    json!({"owner_pid": std::process::id()})
+                        .to_string()
+                        .as_bytes(),
+                )
+                .ok()?;
+                Some((slot, path))
             })
             .context("all 12 lab slots are in use; `cargo xtask lab down` removes old labs")?;
         let (net, v6block) = block(slot);
@@ -300,7 +308,10 @@ impl Lab {
             })).collect::<Vec<_>>(),
             "pids": self.pids,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+        // Atomically: a concurrent reader sees the old state or the new, never half of one.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
+        std::fs::rename(&tmp, path)?;
         Ok(())
     }
 
@@ -325,6 +336,16 @@ impl Lab {
         else {
             return false;
         };
+        // A state being written by its owner this very moment is not stale.
+        let young = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|e| e < std::time::Duration::from_secs(60))
+            });
+        if v.is_null() && young {
+            return true;
+        }
         if v["keep"] == true {
             return true;
         }
@@ -381,6 +402,9 @@ impl Lab {
     pub fn down_all() -> Result<usize> {
         let mut n = 0;
         for entry in std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
+            if entry.path().extension().is_none_or(|e| e != "json") {
+                continue; // a state being written
+            }
             Lab::down_from_state(&entry.path())?;
             n += 1;
         }
@@ -393,6 +417,7 @@ impl Lab {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| std::fs::read(e.path()).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect()
