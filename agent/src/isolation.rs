@@ -78,21 +78,28 @@ fn needs_table(p: &NetPlan) -> bool {
 }
 
 impl<H: Host> Executor<H> {
-    /// Applies the network part of `d` and records what the kernel then holds.
-    pub(crate) fn enforce_net(&self, journal: &Journal, d: &DesiredState) -> Result<NetStatus> {
+    /// Applies the network part of `d` and records what the kernel then holds. Returns it
+    /// with the time (unix ms) the transaction was committed.
+    pub(crate) fn enforce_net(
+        &self,
+        journal: &Journal,
+        d: &DesiredState,
+    ) -> Result<(NetStatus, i64)> {
         let mut local = journal.net()?;
         let p = plan(d, &local, now_ms());
-        if !needs_table(&p) && self.host().net_status()?.digest.is_none() {
-            // Nothing to enforce and nothing there: no need for nft at all (hosts without
-            // the nftables package run every other action).
-            local.digest = None;
-            journal.set_net(&local)?;
-            return Ok(NetStatus::default());
+        // Nothing to enforce, none applied and none there: no need to run nft again (hosts
+        // without the nftables package run every other action).
+        if !needs_table(&p) && local.digest.is_none() && self.host().net_status()?.digest.is_none()
+        {
+            return Ok((NetStatus::default(), now_ms()));
         }
         let status = self.host().apply_net(&net_plan::script(&p))?;
-        local.digest = status.digest.clone();
-        journal.set_net(&local)?;
-        Ok(status)
+        let at = now_ms();
+        if local.digest != status.digest {
+            local.digest = status.digest.clone();
+            journal.set_net(&local)?;
+        }
+        Ok((status, at))
     }
 
     /// Pins the controller's addresses: what its name resolves to now (if it does), the
@@ -172,14 +179,13 @@ impl<H: Host> Executor<H> {
                 params: params.clone(),
                 until_ms: until,
             });
-            let status = match self.enforce_net(&journal, &next) {
+            let (status, enforced_at) = match self.enforce_net(&journal, &next) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = self.enforce_net(&journal, &before);
                     return fail(format!("cannot isolate: {e:#}"), json!({}));
                 }
             };
-            let enforced_at = now_ms();
             if let Err(e) = journal.set_desired(&next) {
                 let _ = self.enforce_net(&journal, &before);
                 return fail(format!("cannot journal the isolation: {e:#}"), json!({}));
@@ -239,7 +245,7 @@ impl<H: Host> Executor<H> {
             Err(e) => return fail(format!("cannot read the desired state: {e:#}")),
         };
         let was = next.isolation.take();
-        let status = match self.enforce_net(&journal, &next) {
+        let (status, enforced_at) = match self.enforce_net(&journal, &next) {
             Ok(s) => s,
             Err(e) => return fail(format!("cannot release the isolation: {e:#}")),
         };
@@ -261,7 +267,7 @@ impl<H: Host> Executor<H> {
             spec,
             Outcome::Succeeded,
             summary,
-            json!({"digest": status.digest, "enforced_at_ms": now_ms()}),
+            json!({"digest": status.digest, "enforced_at_ms": enforced_at}),
         )
     }
 

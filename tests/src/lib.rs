@@ -8,6 +8,7 @@
 //! let device = agent.device_id();
 //! ```
 
+pub mod bench;
 pub mod deb;
 pub mod fleet;
 pub mod lab;

@@ -19,7 +19,8 @@ fn nft() -> Command {
     c
 }
 
-/// Replaces our table with `script` in one transaction, then reads it back.
+/// Replaces our table with `script` in one transaction, then reads it back. (Not with a
+/// `list` in the same batch: nft answers that from its cache, without the rules just added.)
 pub fn apply(script: &str) -> Result<NetStatus, HostError> {
     let mut child = nft()
         .args(["-f", "-"])
@@ -40,7 +41,20 @@ pub fn apply(script: &str) -> Result<NetStatus, HostError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    if !script.contains(&format!("table inet {TABLE} {{")) {
+        return Ok(NetStatus::default()); // removed: nothing to read back
+    }
     status()
+}
+
+fn listed(listing: String) -> NetStatus {
+    NetStatus {
+        digest: Some(hex::encode(digest::digest(
+            &digest::SHA256,
+            listing.as_bytes(),
+        ))),
+        listing,
+    }
 }
 
 /// Our table as the kernel lists it now.
@@ -60,14 +74,7 @@ pub fn status() -> Result<NetStatus, HostError> {
             err.trim()
         )));
     }
-    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    Ok(NetStatus {
-        digest: Some(hex::encode(digest::digest(
-            &digest::SHA256,
-            listing.as_bytes(),
-        ))),
-        listing,
-    })
+    Ok(listed(String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 /// The addresses of `controller` (`HOST:PORT`), as the resolver gives them now.
