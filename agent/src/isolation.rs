@@ -94,7 +94,7 @@ impl<H: Host> Executor<H> {
             return Ok((NetStatus::default(), now_ms()));
         }
         let status = self.host().apply_net(&net_plan::script(&p))?;
-        let at = now_ms();
+        let at = status.committed_at_ms.unwrap_or_else(now_ms);
         if local.digest != status.digest {
             local.digest = status.digest.clone();
             journal.set_net(&local)?;
@@ -123,8 +123,10 @@ impl<H: Host> Executor<H> {
         if addrs.is_empty() {
             bail!("the controller's address is unknown (cannot resolve it, no live connection)");
         }
-        local.controller = addrs.clone();
-        journal.set_net(&local)?;
+        if local.controller != addrs {
+            local.controller = addrs.clone();
+            journal.set_net(&local)?;
+        }
         Ok(addrs)
     }
 

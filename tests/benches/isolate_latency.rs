@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One action's times: decided_at, enforced_at_ms, finished_at (unix ms), verified_in_ms.
-type Times = (i64, i64, i64, Option<i64>);
+/// One action's times (unix ms): decided_at, enforced_at_ms, finished_at, verified_in_ms,
+/// acknowledged_at.
+type Times = (i64, i64, i64, Option<i64>, i64);
 
 /// One action approved and waited for.
 fn one(api: &Api, device: &str, params: Value) -> Times {
@@ -59,6 +60,7 @@ fn one(api: &Api, device: &str, params: Value) -> Times {
             .unwrap_or_else(|| panic!("no enforced_at_ms: {action}")),
         at("finished_at"),
         action["result_detail"]["verified_in_ms"].as_i64(),
+        at("acknowledged_at"),
     )
 }
 
@@ -109,22 +111,26 @@ fn main() {
     std::fs::write(&file, script).unwrap();
     let empty = ctl.dir.path().join("empty.nft");
     std::fs::write(&empty, "table inet palisade\ndelete table inet palisade\n").unwrap();
-    let ns = &lab.host("a").netns;
-    let nft = |f: &std::path::Path| {
-        let t = Instant::now();
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f"])
-            .arg(f)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "nft -f failed");
-        t.elapsed().as_secs_f64() * 1e3
+    // Spawned from a thread inside the namespace, as the agent spawns it: no `ip netns exec`.
+    let host = lab.host("a").clone();
+    let nft = move |f: &std::path::Path| {
+        let f = f.to_owned();
+        palisade_tests::traffic::in_netns(&host, move || {
+            let t = Instant::now();
+            let ok = std::process::Command::new("nft")
+                .arg("-f")
+                .arg(&f)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "nft -f failed");
+            t.elapsed().as_secs_f64() * 1e3
+        })
     };
-    let mut floor = Vec::new();
+    let (mut floor, mut floor_delete) = (Vec::new(), Vec::new());
     for _ in 0..n {
         floor.push(nft(&file));
-        nft(&empty);
+        floor_delete.push(nft(&empty));
     }
 
     let ms =
@@ -133,6 +139,14 @@ fn main() {
         (
             "isolate: approved -> rules enforced",
             stats(ms(&iso, |s| s.1 - s.0)),
+        ),
+        (
+            "  approved -> agent's receipt",
+            stats(ms(&iso, |s| s.4 - s.0)),
+        ),
+        (
+            "  receipt -> rules enforced",
+            stats(ms(&iso, |s| s.1 - s.4)),
         ),
         (
             "isolate: approved -> succeeded (verified)",
@@ -150,7 +164,8 @@ fn main() {
             "release: approved -> succeeded",
             stats(ms(&rel, |s| s.2 - s.0)),
         ),
-        ("floor: `ip netns exec … nft -f` by hand", stats(floor)),
+        ("floor: `nft -f` of the same ruleset by hand", stats(floor)),
+        ("floor: `nft -f` deleting it by hand", stats(floor_delete)),
     ];
     println!();
     println!(

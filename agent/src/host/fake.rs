@@ -285,6 +285,7 @@ impl Host for FakeHost {
             Some(listing) => NetStatus {
                 digest: Some(sha(listing.as_bytes())),
                 listing,
+                committed_at_ms: Some(crate::isolation::now_ms()),
             },
             None => NetStatus::default(),
         })

@@ -147,6 +147,9 @@ pub struct NetStatus {
     /// SHA-256 (hex) of the listing; `None` when the table does not exist.
     pub digest: Option<String>,
     pub listing: String,
+    /// When the transaction that made it was committed (unix ms), for a status `apply_net`
+    /// returns: the moment the rules took effect, before they were read back.
+    pub committed_at_ms: Option<i64>,
 }
 
 pub trait Host: Send + Sync + 'static {

@@ -35,6 +35,7 @@ pub fn apply(script: &str) -> Result<NetStatus, HostError> {
     let out = child
         .wait_with_output()
         .map_err(|e| HostError::io("nft did not finish", e))?;
+    let committed_at_ms = Some(crate::isolation::now_ms());
     if !out.status.success() {
         return Err(HostError::Refused(format!(
             "nft refused the ruleset: {}",
@@ -42,9 +43,16 @@ pub fn apply(script: &str) -> Result<NetStatus, HostError> {
         )));
     }
     if !script.contains(&format!("table inet {TABLE} {{")) {
-        return Ok(NetStatus::default()); // removed: nothing to read back
+        // Removed: nothing to read back.
+        return Ok(NetStatus {
+            committed_at_ms,
+            ..NetStatus::default()
+        });
     }
-    status()
+    Ok(NetStatus {
+        committed_at_ms,
+        ..status()?
+    })
 }
 
 fn listed(listing: String) -> NetStatus {
@@ -54,6 +62,7 @@ fn listed(listing: String) -> NetStatus {
             listing.as_bytes(),
         ))),
         listing,
+        committed_at_ms: None,
     }
 }
 
