@@ -93,10 +93,24 @@ impl<H: Host> Executor<H> {
         {
             return Ok((NetStatus::default(), now_ms()));
         }
-        let status = self.host().apply_net(&net_plan::script(&p))?;
+        let script = net_plan::script(&p);
+        let script_sha256 = hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            script.as_bytes(),
+        ));
+        // The same plan as last applied, and the table as it was left: nothing to do (the
+        // tamper check compares the table every second anyway).
+        if local.script_sha256.as_deref() == Some(script_sha256.as_str()) {
+            let now = self.host().net_status()?;
+            if now.digest == local.digest {
+                return Ok((now, now_ms()));
+            }
+        }
+        let status = self.host().apply_net(&script)?;
         let at = status.committed_at_ms.unwrap_or_else(now_ms);
-        if local.digest != status.digest {
+        if local.digest != status.digest || local.script_sha256.as_ref() != Some(&script_sha256) {
             local.digest = status.digest.clone();
+            local.script_sha256 = Some(script_sha256);
             journal.set_net(&local)?;
         }
         Ok((status, at))

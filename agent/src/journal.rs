@@ -26,6 +26,8 @@ pub struct NetLocal {
     pub controller: Vec<std::net::SocketAddr>,
     /// Digest of our table as last applied (by the agent or by a break-glass release).
     pub digest: Option<String>,
+    /// SHA-256 of the script that made it: the same plan again needs no new transaction.
+    pub script_sha256: Option<String>,
     /// Isolations ended here without the controller, until it has heard of them.
     pub local_releases: Vec<LocalRelease>,
     /// Serials of break-glass codes already used: each works once.
