@@ -261,3 +261,174 @@ pub fn follow(conn: &Connection, device: &DeviceId) -> Result<bool> {
     )?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::actions::{Deadlines, NewAction};
+    use palisade_common::ActionSource;
+    use palisade_common::wire::Inventory;
+
+    const D: Deadlines = Deadlines {
+        approval_ms: 60_000,
+        delivery_ms: 60_000,
+    };
+
+    fn store(devices: &[(&str, &[&str])]) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("t.sqlite")).unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
+        for (id, addrs) in devices {
+            let inv = Inventory {
+                addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                ..Default::default()
+            };
+            super::super::devices::insert(
+                &c,
+                &id.parse().unwrap(),
+                "default",
+                "1",
+                &[],
+                &inv,
+                &format!("serial-{id}"),
+                0,
+            )
+            .unwrap();
+        }
+        (dir, c)
+    }
+
+    /// Creates a containment action and approves it (the default policy asks for approval).
+    fn run(c: &Connection, params: ActionParams, device: Option<&str>) -> ActionRecord {
+        let rec = actions::create(
+            c,
+            NewAction {
+                params,
+                device: device.map(|d| d.parse().unwrap()),
+                device_group: "default".into(),
+                source: ActionSource::ManualDeviceAction,
+                requested_by: "alice".into(),
+                comment: "c".into(),
+                external_id: None,
+                undo_of: None,
+                parent: None,
+            },
+            D,
+        )
+        .unwrap();
+        if rec.status == ActionStatus::PendingApproval {
+            actions::decide(c, &[rec.id], "bob", true, "ok", D)
+                .unwrap()
+                .remove(0)
+        } else {
+            rec
+        }
+    }
+
+    fn target(device: Option<&str>, ip: Option<&str>) -> ContainParams {
+        ContainParams {
+            device: device.map(|d| d.parse().unwrap()),
+            ip: ip.map(|i| i.parse().unwrap()),
+            mac: None,
+            force: false,
+        }
+    }
+
+    fn revision(c: &Connection, id: &str) -> u64 {
+        super::super::desired::get(c, &id.parse().unwrap())
+            .unwrap()
+            .revision
+    }
+
+    #[test]
+    fn approval_runs_the_containment_every_other_device_drops_the_target_and_follows_it() {
+        let (_d, c) = store(&[
+            ("dev-a", &["198.51.100.10", "2001:db8::a"]),
+            ("dev-b", &["198.51.100.11"]),
+        ]);
+        let rec = run(
+            &c,
+            ActionParams::Contain(target(Some("dev-a"), None)),
+            Some("dev-a"),
+        );
+        assert_eq!(rec.status, ActionStatus::Succeeded, "{rec:?}");
+        assert!(rec.result_summary.unwrap().contains("1 peer device"));
+        let b: DeviceId = "dev-b".parse().unwrap();
+        let a: DeviceId = "dev-a".parse().unwrap();
+        let want: Vec<IpAddr> = vec![
+            "198.51.100.10".parse().unwrap(),
+            "2001:db8::a".parse().unwrap(),
+        ];
+        assert_eq!(dropped_by(&c, &b).unwrap(), want);
+        assert!(dropped_by(&c, &a).unwrap().is_empty(), "not itself");
+        assert_eq!((revision(&c, "dev-a"), revision(&c, "dev-b")), (1, 1));
+
+        // Its agent reports a new address: peers follow, an unchanged inventory changes nothing.
+        assert!(!follow(&c, &a).unwrap());
+        let moved = Inventory {
+            addresses: vec!["198.51.100.20".parse().unwrap()],
+            ..Default::default()
+        };
+        super::super::devices::set_inventory(&c, &a, &moved).unwrap();
+        assert!(follow(&c, &a).unwrap());
+        assert_eq!(
+            dropped_by(&c, &b).unwrap(),
+            vec!["198.51.100.20".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(revision(&c, "dev-b"), 2);
+
+        // Uncontain as the undo: the set empties and the contain is marked undone.
+        let undo = actions::create(
+            &c,
+            NewAction {
+                params: ActionParams::Uncontain(target(Some("dev-a"), None)),
+                device: Some(a.clone()),
+                device_group: "default".into(),
+                source: ActionSource::ManualDeviceAction,
+                requested_by: "alice".into(),
+                comment: "u".into(),
+                external_id: None,
+                undo_of: Some(rec.id),
+                parent: None,
+            },
+            D,
+        )
+        .unwrap();
+        let undone = actions::decide(&c, &[undo.id], "bob", true, "ok", D).unwrap();
+        assert_eq!(undone[0].status, ActionStatus::Succeeded);
+        assert!(dropped_by(&c, &b).unwrap().is_empty());
+        assert_eq!(
+            actions::get(&c, rec.id).unwrap().status,
+            ActionStatus::Undone
+        );
+    }
+
+    #[test]
+    fn an_unmanaged_address_is_dropped_by_everyone_and_uncontaining_nothing_fails() {
+        let (_d, c) = store(&[("dev-a", &["198.51.100.10"])]);
+        let rec = run(
+            &c,
+            ActionParams::Contain(target(None, Some("192.0.2.66"))),
+            None,
+        );
+        assert_eq!(rec.status, ActionStatus::Succeeded);
+        assert_eq!(
+            dropped_by(&c, &"dev-a".parse().unwrap()).unwrap(),
+            vec!["192.0.2.66".parse::<IpAddr>().unwrap()]
+        );
+        assert!(
+            find(&c, &target(None, Some("192.0.2.66")))
+                .unwrap()
+                .is_some()
+        );
+        let none = run(
+            &c,
+            ActionParams::Uncontain(target(None, Some("192.0.2.77"))),
+            None,
+        );
+        assert_eq!(none.status, ActionStatus::Failed);
+        assert!(none.result_summary.unwrap().contains("nothing to undo"));
+    }
+}
