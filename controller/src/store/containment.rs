@@ -1,5 +1,7 @@
 //! Containment: targets (a managed device, followed as its addresses change, or an unmanaged
-//! address) that every other device drops in both directions. A contain or uncontain action
+//! address) that every other device in scope drops in both directions. The scope is the
+//! requester's device groups (every group for an unscoped requester), so a containment never
+//! reaches devices its requester may not act on. A contain or uncontain action
 //! runs here, on the controller, the moment it is approved: it changes the containment set and
 //! bumps the desired revision of every active device in the same transaction; the service then
 //! sends the new desired state to the online ones, and the others get it when they connect.
@@ -23,13 +25,21 @@ pub struct Containment {
     pub ip: Option<IpAddr>,
     pub mac: Option<String>,
     pub addresses: Vec<IpAddr>,
+    /// Device groups whose devices drop it; empty: every group.
+    pub scope: Vec<String>,
     pub created_at: i64,
+}
+
+impl Containment {
+    fn covers(&self, group: &str) -> bool {
+        self.scope.is_empty() || self.scope.iter().any(|g| g == group)
+    }
 }
 
 /// Every containment in force, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, action_id, device_id, ip, mac, addresses, created_at FROM containments
+        "SELECT id, action_id, device_id, ip, mac, addresses, created_at, scope FROM containments
          WHERE ended_at IS NULL ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -41,11 +51,12 @@ pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
             r.get::<_, Option<String>>(4)?,
             r.get::<_, String>(5)?,
             r.get::<_, i64>(6)?,
+            r.get::<_, String>(7)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, action, device, ip, mac, addresses, created_at) = row?;
+        let (id, action, device, ip, mac, addresses, created_at, scope) = row?;
         out.push(Containment {
             id,
             action_id: ActionId(action as u64),
@@ -59,17 +70,27 @@ pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
                 .map_err(|e: std::net::AddrParseError| StoreError::Sql(e.to_string()))?,
             mac,
             addresses: serde_json::from_str(&addresses)?,
+            scope: serde_json::from_str(&scope)?,
             created_at,
         });
     }
     Ok(out)
 }
 
-/// The addresses device `me` must drop: every target's but its own.
+/// The addresses device `me` must drop: those of every target in whose scope it is, but its
+/// own.
 pub fn dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<IpAddr>> {
+    let group: String = conn
+        .query_row(
+            "SELECT device_group FROM devices WHERE id = ?1",
+            [me.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {me}")))?;
     let mut out: Vec<IpAddr> = list(conn)?
         .into_iter()
-        .filter(|c| c.device_id.as_ref() != Some(me))
+        .filter(|c| c.device_id.as_ref() != Some(me) && c.covers(&group))
         .flat_map(|c| c.addresses)
         .collect();
     out.sort();
@@ -176,24 +197,41 @@ pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
                 Some(d) => device_addresses(conn, d)?,
                 None => p.ip.into_iter().collect(),
             };
+            // The requester's groups, as they stand when it is approved.
+            let scope: Vec<String> = conn
+                .query_row(
+                    "SELECT device_groups FROM users WHERE name = ?1",
+                    [&rec.requested_by],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+                .map(|g| serde_json::from_str(&g))
+                .transpose()?
+                .unwrap_or_default();
             conn.execute(
-                "INSERT INTO containments (action_id, device_id, ip, mac, addresses, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO containments (action_id, device_id, ip, mac, addresses, scope, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     id.0 as i64,
                     p.device.as_ref().map(|d| d.as_str()),
                     p.ip.map(|i| i.to_string()),
                     p.mac,
                     serde_json::to_string(&addresses)?,
+                    serde_json::to_string(&scope)?,
                     now
                 ],
             )?;
             bump_all(conn)?;
-            let peers: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM devices WHERE status = 'active' AND id IS NOT ?1",
-                [p.device.as_ref().map(|d| d.as_str())],
-                |r| r.get(0),
+            let mut stmt = conn.prepare(
+                "SELECT device_group FROM devices WHERE status = 'active' AND id IS NOT ?1",
             )?;
+            let groups: Vec<String> = stmt
+                .query_map([p.device.as_ref().map(|d| d.as_str())], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let peers = groups
+                .iter()
+                .filter(|g| scope.is_empty() || scope.contains(g))
+                .count();
             (
                 true,
                 format!(
@@ -204,7 +242,7 @@ pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                serde_json::json!({"containment": conn.last_insert_rowid(), "addresses": addresses, "peers": peers}),
+                serde_json::json!({"addresses": addresses, "peers": peers, "scope": scope}),
             )
         }
         (_, Some(c)) => {
@@ -275,12 +313,21 @@ mod tests {
     };
 
     fn store(devices: &[(&str, &[&str])]) -> (tempfile::TempDir, Connection) {
+        store_in(
+            &devices
+                .iter()
+                .map(|(d, a)| (*d, "default", *a))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn store_in(devices: &[(&str, &str, &[&str])]) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Connection::open(dir.path().join("t.sqlite")).unwrap();
         super::super::schema::migrations()
             .to_latest(&mut c)
             .unwrap();
-        for (id, addrs) in devices {
+        for (id, group, addrs) in devices {
             let inv = Inventory {
                 addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
                 ..Default::default()
@@ -288,7 +335,7 @@ mod tests {
             super::super::devices::insert(
                 &c,
                 &id.parse().unwrap(),
-                "default",
+                group,
                 "1",
                 &[],
                 &inv,
@@ -302,6 +349,15 @@ mod tests {
 
     /// Creates a containment action and approves it (the default policy asks for approval).
     fn run(c: &Connection, params: ActionParams, device: Option<&str>) -> ActionRecord {
+        run_as(c, "alice", params, device)
+    }
+
+    fn run_as(
+        c: &Connection,
+        who: &str,
+        params: ActionParams,
+        device: Option<&str>,
+    ) -> ActionRecord {
         let rec = actions::create(
             c,
             NewAction {
@@ -309,7 +365,7 @@ mod tests {
                 device: device.map(|d| d.parse().unwrap()),
                 device_group: "default".into(),
                 source: ActionSource::ManualDeviceAction,
-                requested_by: "alice".into(),
+                requested_by: who.into(),
                 comment: "c".into(),
                 external_id: None,
                 undo_of: None,
@@ -430,5 +486,36 @@ mod tests {
         );
         assert_eq!(none.status, ActionStatus::Failed);
         assert!(none.result_summary.unwrap().contains("nothing to undo"));
+    }
+
+    #[test]
+    fn a_scoped_requester_contains_only_within_their_groups() {
+        let (_d, c) = store_in(&[
+            ("dev-w", "web", &["198.51.100.10"]),
+            ("dev-d", "db", &["198.51.100.11"]),
+        ]);
+        super::super::auth::add_user(
+            &c,
+            "admin",
+            "carol",
+            crate::auth::Role::Responder,
+            &["web".to_owned()],
+        )
+        .unwrap();
+        let rec = run_as(
+            &c,
+            "carol",
+            ActionParams::Contain(target(None, Some("192.0.2.66"))),
+            None,
+        );
+        assert_eq!(rec.status, ActionStatus::Succeeded);
+        assert!(rec.result_summary.unwrap().contains("1 peer device"));
+        assert_eq!(dropped_by(&c, &"dev-w".parse().unwrap()).unwrap().len(), 1);
+        assert!(
+            dropped_by(&c, &"dev-d".parse().unwrap())
+                .unwrap()
+                .is_empty(),
+            "outside carol's groups"
+        );
     }
 }

@@ -174,6 +174,8 @@ CREATE TABLE containments (
     ip         TEXT,
     mac        TEXT,
     addresses  TEXT NOT NULL,
+    -- The device groups whose devices drop the target (the requester's; '[]': every group).
+    scope      TEXT NOT NULL DEFAULT '[]',
     created_at INTEGER NOT NULL,
     ended_by   INTEGER REFERENCES actions(id),
     ended_at   INTEGER
