@@ -304,17 +304,19 @@ fn containment_blocks_the_target_both_ways_reaches_late_agents_and_follows_its_a
     assert!(err.contains("--force"), "{err}");
 
     let id = contain(&ctl, &[&dev_a]);
+    // The action succeeds when the set changes on the controller; peers enforce it when
+    // their new desired state reaches them, and report it.
+    eventually(T, "b to report the containment enforced", || {
+        contained_on(&ctl, &dev_b)
+            .contains(&a.v4.to_string())
+            .then_some(())
+    });
     for (x, y) in [(b, a), (a, b)] {
         assert_reach(x, y, false);
     }
     for (x, y) in [(b, out), (out, b), (a, out), (out, a)] {
         assert_reach(x, y, true);
     }
-    eventually(T, "b to report the containment enforced", || {
-        contained_on(&ctl, &dev_b)
-            .contains(&a.v4.to_string())
-            .then_some(())
-    });
     assert!(
         contained_on(&ctl, &dev_a).is_empty(),
         "a does not block itself"
