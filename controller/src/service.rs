@@ -854,9 +854,14 @@ fn can_run(d: &devices::Device, kind: palisade_common::ActionKind) -> Result<()>
     Ok(())
 }
 
-/// Moves overdue actions to `Expired` / `TimedOut`, once a second.
+/// Seconds between two looks for isolations whose time box is over.
+const ISOLATION_SWEEP_TICKS: u64 = 5;
+
+/// Moves overdue actions to `Expired` / `TimedOut`, once a second; ends isolations whose time
+/// box is over (the agent does too, on its own clock).
 pub async fn sweeper(ctl: Arc<Controller>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let now = store::now_ms();
@@ -868,6 +873,31 @@ pub async fn sweeper(ctl: Arc<Controller>) {
             }
             Err(StoreError::Closed) => return,
             Err(e) => tracing::error!(error = %e, "sweep failed"),
+        }
+        // Time boxes: looked for on a reader every few seconds, written only when one is due.
+        ticks += 1;
+        if ticks % ISOLATION_SWEEP_TICKS != 0
+            || ctl
+                .store
+                .read(move |c| desired::isolations_due(c, now))
+                .await
+                .is_ok_and(|due| due.is_empty())
+        {
+            continue;
+        }
+        match ctl
+            .store
+            .write(move |c| desired::expire_isolations(c, now))
+            .await
+        {
+            Ok(ended) => {
+                for (device, state) in ended {
+                    tracing::info!(%device, "isolation time box ended");
+                    ctl.registry.send(&device, SessionCommand::Desired(state));
+                }
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::error!(error = %e, "isolation expiry failed"),
         }
     }
 }

@@ -187,8 +187,10 @@ fn selective_isolation_time_box_and_break_glass() {
         let d = device(&ctl, &dev_a);
         (d["desired"]["isolation"].is_null()
             && events(&ctl, &dev_a).iter().any(|e| {
-                e["kind"] == "isolation_released_on_device"
-                    && e["summary"].as_str().unwrap().contains("time box expired")
+                // Whichever clock ends it first, the agent's or the controller's, says so.
+                (e["kind"] == "isolation_released_on_device"
+                    && e["summary"].as_str().unwrap().contains("time box expired"))
+                    || e["kind"] == "isolation_time_box_ended"
             }))
         .then_some(())
     });

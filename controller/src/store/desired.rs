@@ -154,6 +154,43 @@ pub fn apply_action(
     update(conn, id, id.as_str(), change).map(Some)
 }
 
+/// Devices whose time-boxed isolation is over, with the isolating action.
+pub fn isolations_due(conn: &Connection, now: i64) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, json_extract(desired, '$.isolation.action') FROM devices
+         WHERE json_extract(desired, '$.isolation.until_ms') <= ?1",
+    )?;
+    let due = stmt
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(due)
+}
+
+/// Ends, on the controller's side, time-boxed isolations whose time is up (the agent ends them
+/// on its own clock, offline or not); returns the devices whose desired state changed.
+pub fn expire_isolations(conn: &Connection, now: i64) -> Result<Vec<(DeviceId, DesiredState)>> {
+    let due = isolations_due(conn, now)?;
+    let mut out = Vec::new();
+    for (id, action) in due {
+        let id: DeviceId = id
+            .parse()
+            .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
+        super::events::note(
+            conn,
+            &id,
+            "isolation_time_box_ended",
+            &format!("the time box of isolation action {action} ended"),
+            &serde_json::json!({"action": action}),
+            now,
+        )?;
+        out.push((
+            id.clone(),
+            update(conn, &id, "controller", |d| d.isolation = None)?,
+        ));
+    }
+    Ok(out)
+}
+
 /// An isolation the agent ended on its own (time box, break-glass code) ends here too, and
 /// the device's history says how. Returns the new desired state if it changed.
 pub fn apply_local_releases(
@@ -368,5 +405,50 @@ mod tests {
         assert!(set_allowlist(&c, "admin", "web", &["xyz".into()], &[]).is_err());
         assert!(set_allowlist(&c, "admin", "web", &[], &["/a/../b".into()]).is_err());
         assert!(set_allowlist(&c, "admin", "*", &[], &[]).is_err());
+    }
+
+    #[test]
+    fn an_isolation_ends_with_its_time_box_or_when_the_device_reports_it_ended() {
+        let (_d, c) = store_with(&[("dev-a", "default"), ("dev-b", "default")]);
+        let (a, b): (DeviceId, DeviceId) = ("dev-a".parse().unwrap(), "dev-b".parse().unwrap());
+        let isolate = |until: Option<i64>| {
+            let rec = super::super::actions::ActionRecord::for_test(
+                7,
+                ActionParams::Isolate(palisade_common::action::IsolateParams {
+                    selective: false,
+                    exceptions: vec![],
+                    for_secs: until.map(|_| 60),
+                }),
+            );
+            (rec, serde_json::json!({"until_ms": until}))
+        };
+        let (rec, detail) = isolate(Some(1_000));
+        let d = apply_action(&c, &a, &rec, &detail).unwrap().unwrap();
+        assert_eq!(d.isolation.as_ref().unwrap().until_ms, Some(1_000));
+        let (rec, detail) = isolate(None);
+        apply_action(&c, &b, &rec, &detail).unwrap();
+        assert!(expire_isolations(&c, 999).unwrap().is_empty(), "not yet");
+        let ended = expire_isolations(&c, 1_000).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].0, a);
+        assert_eq!(ended[0].1.isolation, None);
+        assert!(get(&c, &b).unwrap().isolation.is_some(), "no time box");
+        let history = super::super::events::list(&c, &a, 10).unwrap();
+        assert_eq!(history[0].kind, "isolation_time_box_ended");
+
+        // b's agent ended it with a break-glass code and says so: it ends here, once.
+        let observed = ObservedState {
+            local_releases: vec![palisade_common::wire::LocalRelease {
+                action: palisade_common::ActionId(7),
+                reason: "break-glass code 3".into(),
+                at_ms: 5,
+            }],
+            ..Default::default()
+        };
+        let d = apply_local_releases(&c, &b, &observed).unwrap().unwrap();
+        assert_eq!(d.isolation, None);
+        assert_eq!(apply_local_releases(&c, &b, &observed).unwrap(), None);
+        let history = super::super::events::list(&c, &b, 10).unwrap();
+        assert!(history[0].summary.contains("break-glass code 3"));
     }
 }
