@@ -876,7 +876,7 @@ pub async fn sweeper(ctl: Arc<Controller>) {
         }
         // Time boxes: looked for on a reader every few seconds, written only when one is due.
         ticks += 1;
-        if ticks % ISOLATION_SWEEP_TICKS != 0
+        if !ticks.is_multiple_of(ISOLATION_SWEEP_TICKS)
             || ctl
                 .store
                 .read(move |c| desired::isolations_due(c, now))
