@@ -202,7 +202,8 @@ impl<H: Host> Executor<H> {
         use crate::isolation::{now_ms, plan};
         let local = journal.net()?;
         let p = plan(d, &local, now_ms());
-        let wanted = p.isolation.is_some() || !p.contained.is_empty();
+        let wanted =
+            p.isolation.is_some() || !p.contained.is_empty() || !p.contained_macs.is_empty();
         if !wanted && local.digest.is_none() {
             return Ok(NetObserved {
                 local_releases: local.local_releases,

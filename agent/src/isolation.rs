@@ -70,11 +70,12 @@ pub fn plan(d: &DesiredState, local: &NetLocal, now_ms: i64) -> NetPlan {
         controller: local.controller.clone(),
         isolation,
         contained,
+        contained_macs: d.contained_macs.clone(),
     }
 }
 
 fn needs_table(p: &NetPlan) -> bool {
-    p.isolation.is_some() || !p.contained.is_empty()
+    p.isolation.is_some() || !p.contained.is_empty() || !p.contained_macs.is_empty()
 }
 
 impl<H: Host> Executor<H> {

@@ -103,6 +103,9 @@ pub struct DesiredState {
     /// What may run besides the trusted system binaries while execution is restricted (the
     /// allowlist of the device's group).
     pub exec_allowlist: ExecAllowlist,
+    /// MAC addresses (lowercase, colon-separated) of contained targets: frames from them are
+    /// dropped on the local segment, whatever IP address they use.
+    pub contained_macs: Vec<String>,
 }
 
 /// An isolation in force: the action that asked for it (so that a local release of it —

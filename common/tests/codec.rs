@@ -213,14 +213,26 @@ fn desired() -> impl Strategy<Value = DesiredState> {
         any::<bool>(),
         short_vec(any::<[u8; 32]>()),
         short_vec(text()),
+        short_vec(text()),
     )
         .prop_map(
-            |(revision, isolation, contained, restrict_execution, sha256, paths)| DesiredState {
+            |(
                 revision,
                 isolation,
                 contained,
                 restrict_execution,
-                exec_allowlist: ExecAllowlist { sha256, paths },
+                sha256,
+                paths,
+                contained_macs,
+            )| {
+                DesiredState {
+                    revision,
+                    isolation,
+                    contained,
+                    restrict_execution,
+                    exec_allowlist: ExecAllowlist { sha256, paths },
+                    contained_macs,
+                }
             },
         )
 }
@@ -689,14 +701,18 @@ fn golden_desired() -> ControllerMessage {
             sha256: vec![[0xab; 32]],
             paths: vec!["/opt/x".into()],
         },
+        contained_macs: vec!["02:00:5e:10:00:01".into()],
     })
 }
-/// tag 4, revision 3, no isolation, no peers, restricted, one sha256 (32 raw bytes), one path.
+/// tag 4, revision 3, no isolation, no peers, restricted, one sha256 (32 raw bytes), one path,
+/// one contained MAC.
 const GOLDEN_DESIRED: &str = concat!(
-    "0000002f01",
+    "0000004201",
     "0403000001",
     "01abababababababababababababababababababababababababababababababab",
     "01062f6f70742f78",
+    "0111", // one MAC of 17 bytes
+    "30323a30303a35653a31303a30303a3031",
 );
 
 fn golden_result_ack() -> ControllerMessage {

@@ -106,6 +106,7 @@ fn main() {
         controller: vec![format!("{}:7443", lab.gateway_v4).parse().unwrap()],
         isolation: Some(vec![]),
         contained: vec![],
+        contained_macs: vec![],
     });
     let file = ctl.dir.path().join("bench.nft");
     std::fs::write(&file, script).unwrap();

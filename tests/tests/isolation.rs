@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use palisade_tests::lab::Lab;
-use palisade_tests::traffic::{assert_reach, nft, nft_table, reach, serve_echo, tcp, udp};
+use palisade_tests::traffic::{assert_reach, nft, nft_table, ping, reach, serve_echo, tcp, udp};
 use palisade_tests::{Agent, Controller, bin, eventually, sha256_hex};
 use serde_json::Value;
 
@@ -400,16 +400,34 @@ fn containment_blocks_the_target_both_ways_reaches_late_agents_and_follows_its_a
     assert_reach(a, b, true);
     assert_reach(c, a, true);
 
-    // An unmanaged address: every agent drops it, and a contained target is not contained
-    // twice.
-    contain(&ctl, &["--ip", &out.v6.to_string()]);
+    // An unmanaged address with its MAC: every agent drops the address, and frames from the
+    // MAC whatever address they carry; a contained target is not contained twice.
+    let mac = String::from_utf8(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &out.netns,
+                "cat",
+                "/sys/class/net/eth0/address",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_uppercase();
+    contain(&ctl, &["--ip", &out.v6.to_string(), "--mac", &mac]);
     eventually(T, "a and b to block the outsider's IPv6", || {
         (!tcp(a, out.v6.into()) && !tcp(b, out.v6.into())).then_some(())
     });
     assert!(
-        tcp(a, out.v4.into()),
-        "only the contained address is dropped"
+        !tcp(out, a.v4.into()),
+        "the outsider's MAC, from another address"
     );
+    assert!(!ping(out, a.v4.into()));
+    assert_reach(a, b, true);
     let err = ctl.ctl_fails(
         &ctl.admin_token,
         &[

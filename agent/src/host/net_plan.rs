@@ -18,6 +18,8 @@ pub struct NetPlan {
     pub isolation: Option<Vec<Exception>>,
     /// Peers this device must not talk to (containment by the other agents).
     pub contained: Vec<IpAddr>,
+    /// Their MAC addresses, where known: inbound frames from them are dropped.
+    pub contained_macs: Vec<String>,
 }
 
 /// The `nft -f` script that replaces our table in one transaction (or removes it when there
@@ -26,13 +28,20 @@ pub struct NetPlan {
 /// order is undefined, and replies to an allowed inbound flow were dropped.
 pub fn script(plan: &NetPlan) -> String {
     let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
-    if plan.isolation.is_none() && plan.contained.is_empty() {
+    if plan.isolation.is_none() && plan.contained.is_empty() && plan.contained_macs.is_empty() {
         return out;
     }
     let (v4, v6): (Vec<_>, Vec<_>) = plan.contained.iter().partition(|a| a.is_ipv4());
     let _ = writeln!(out, "table inet {TABLE} {{");
     set(&mut out, "contained_v4", "ipv4_addr", &v4);
     set(&mut out, "contained_v6", "ipv6_addr", &v6);
+    if !plan.contained_macs.is_empty() {
+        let _ = writeln!(
+            out,
+            "  set contained_mac {{\n    type ether_addr\n    elements = {{ {} }}\n  }}",
+            plan.contained_macs.join(", ")
+        );
+    }
     for (chain, hook, peer) in [("input", "input", "saddr"), ("output", "output", "daddr")] {
         let policy = if plan.isolation.is_some() {
             "drop"
@@ -57,6 +66,10 @@ pub fn script(plan: &NetPlan) -> String {
         }
         if !v6.is_empty() {
             let _ = writeln!(out, "    ip6 {peer} @contained_v6 drop");
+        }
+        if chain == "input" && !plan.contained_macs.is_empty() {
+            // Only inbound: a frame's destination MAC is not known yet at the output hook.
+            let _ = writeln!(out, "    ether saddr @contained_mac drop");
         }
         if let Some(exceptions) = &plan.isolation {
             let _ = writeln!(out, "    ct state established,related accept");
@@ -169,6 +182,7 @@ mod tests {
             controller: ctl(),
             isolation: Some(vec![]),
             contained: vec![],
+            contained_macs: vec![],
         };
         let expected = "\
 table inet palisade
@@ -216,6 +230,7 @@ table inet palisade {
             controller: ctl(),
             isolation: Some(exceptions),
             contained: vec![],
+            contained_macs: vec![],
         });
         let input = &s[s.find("chain input").unwrap()..s.find("chain output").unwrap()];
         let output = &s[s.find("chain output").unwrap()..s.find("chain forward").unwrap()];
@@ -240,6 +255,7 @@ table inet palisade {
                 "198.51.100.10".parse().unwrap(),
                 "2001:db8:100::a".parse().unwrap(),
             ],
+            contained_macs: vec!["02:00:5e:10:00:01".into()],
         };
         let expected = "\
 table inet palisade
@@ -253,11 +269,16 @@ table inet palisade {
     type ipv6_addr
     elements = { 2001:db8:100::a }
   }
+  set contained_mac {
+    type ether_addr
+    elements = { 02:00:5e:10:00:01 }
+  }
   chain input {
     type filter hook input priority filter; policy accept;
     iifname lo accept
     ip saddr @contained_v4 drop
     ip6 saddr @contained_v6 drop
+    ether saddr @contained_mac drop
   }
   chain output {
     type filter hook output priority filter; policy accept;

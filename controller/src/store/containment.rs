@@ -77,9 +77,8 @@ pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
     Ok(out)
 }
 
-/// The addresses device `me` must drop: those of every target in whose scope it is, but its
-/// own.
-pub fn dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<IpAddr>> {
+/// The targets device `me` must drop: every one in whose scope it is, but itself.
+fn applying_to(conn: &Connection, me: &DeviceId) -> Result<Vec<Containment>> {
     let group: String = conn
         .query_row(
             "SELECT device_group FROM devices WHERE id = ?1",
@@ -88,10 +87,28 @@ pub fn dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<IpAddr>> {
         )
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no device {me}")))?;
-    let mut out: Vec<IpAddr> = list(conn)?
+    Ok(list(conn)?
         .into_iter()
         .filter(|c| c.device_id.as_ref() != Some(me) && c.covers(&group))
+        .collect())
+}
+
+/// The addresses device `me` must drop.
+pub fn dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = applying_to(conn, me)?
+        .into_iter()
         .flat_map(|c| c.addresses)
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The MAC addresses device `me` must drop (unmanaged targets given with one).
+pub fn macs_dropped_by(conn: &Connection, me: &DeviceId) -> Result<Vec<String>> {
+    let mut out: Vec<String> = applying_to(conn, me)?
+        .into_iter()
+        .filter_map(|c| c.mac.map(|m| m.to_ascii_lowercase()))
         .collect();
     out.sort();
     out.dedup();

@@ -89,6 +89,7 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
         revision: revision as u64,
         isolation: own.isolation,
         contained: super::containment::dropped_by(conn, id)?,
+        contained_macs: super::containment::macs_dropped_by(conn, id)?,
         restrict_execution: own.restrict_execution,
         exec_allowlist: allowlist(conn, &group)?.wire()?,
     })
