@@ -109,6 +109,8 @@ pub struct Executor<H> {
     pub(crate) prober: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProbeRequest>>>,
     /// How long an isolation may take to prove the controller is still reachable.
     pub verify_within: std::time::Duration,
+    /// When the tamper check last read our table back.
+    pub(crate) last_net_check: Mutex<Option<std::time::Instant>>,
 }
 
 impl<H: Host> Executor<H> {
@@ -125,6 +127,7 @@ impl<H: Host> Executor<H> {
             live_controller: Mutex::new(None),
             prober: Mutex::new(None),
             verify_within: std::time::Duration::from_secs(5),
+            last_net_check: Mutex::new(None),
         }
     }
 

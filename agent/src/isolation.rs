@@ -28,6 +28,9 @@ use crate::journal::{Journal, NetLocal};
 /// answers on the channel it is given when the controller does.
 pub type ProbeRequest = std_mpsc::SyncSender<()>;
 
+/// Longest time between two readings of our table by the tamper check.
+const FULL_NET_CHECK: Duration = Duration::from_secs(30);
+
 /// The kinds whose unacknowledged result makes the local isolation win over the controller's
 /// older copy.
 pub const ISOLATION_KINDS: [ActionKind; 2] = [ActionKind::Isolate, ActionKind::ReleaseIsolation];
@@ -321,6 +324,16 @@ impl<H: Host> Executor<H> {
         let expected = needs_table(&plan(&d, &local, now_ms()));
         if !expected && local.digest.is_none() {
             return Ok(None);
+        }
+        // Read our table back only when the firewall changed, and at least every half minute
+        // (in case a change notification was missed).
+        {
+            let mut last = self.last_net_check.lock().expect("net check lock");
+            let changed = self.host().net_changed();
+            if !changed && last.is_some_and(|t| t.elapsed() < FULL_NET_CHECK) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
         }
         let now = self.host().net_status()?;
         let found = match (&now.digest, &local.digest) {

@@ -291,6 +291,10 @@ impl Host for FakeHost {
         })
     }
 
+    fn net_changed(&self) -> bool {
+        true
+    }
+
     fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError> {
         host_port
             .parse()

@@ -222,6 +222,10 @@ pub trait Host: Send + Sync + 'static {
     /// Our table as the kernel holds it now.
     fn net_status(&self) -> Result<NetStatus, HostError>;
 
+    /// Whether the firewall may have changed since the last call (true when the host cannot
+    /// tell): lets the tamper check skip reading our table while nothing happens.
+    fn net_changed(&self) -> bool;
+
     /// The socket addresses `HOST:PORT` resolves to now.
     fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError>;
 }

@@ -27,6 +27,7 @@ use target::Protection;
 pub struct LinuxHost {
     exec: ExecGuard,
     protection: Protection,
+    net_watch: net::Watch,
 }
 
 impl LinuxHost {
@@ -34,6 +35,7 @@ impl LinuxHost {
         LinuxHost {
             exec: ExecGuard::new(exec),
             protection: Protection::default(),
+            net_watch: net::Watch::default(),
         }
     }
 
@@ -161,6 +163,10 @@ impl Host for LinuxHost {
 
     fn net_status(&self) -> Result<NetStatus, HostError> {
         net::status()
+    }
+
+    fn net_changed(&self) -> bool {
+        self.net_watch.changed()
     }
 
     fn resolve(&self, host_port: &str) -> Result<Vec<std::net::SocketAddr>, HostError> {

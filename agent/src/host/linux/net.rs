@@ -135,3 +135,62 @@ pub fn gateways() -> Vec<IpAddr> {
     out.dedup();
     out
 }
+
+/// Watches nf_tables for changes: a netlink socket subscribed to the kernel's nftables
+/// multicast group, read without blocking. Any message means the ruleset changed (our own
+/// transactions too); the caller then compares our table's digest.
+#[derive(Default)]
+pub struct Watch {
+    sock: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
+}
+
+/// `NFNLGRP_NFTABLES` from linux/netfilter/nfnetlink.h.
+const NFNLGRP_NFTABLES: u32 = 7;
+
+impl Watch {
+    /// Whether the ruleset may have changed since the last call: true when it did, when
+    /// notifications were lost, and when there is no watch (yet).
+    pub fn changed(&self) -> bool {
+        use nix::errno::Errno;
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd;
+        let mut guard = self.sock.lock().expect("watch lock");
+        let Some(sock) = guard.as_ref() else {
+            *guard = open_watch().ok();
+            return true;
+        };
+        let mut buf = [0u8; 16 << 10];
+        let mut any = false;
+        loop {
+            match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return any,
+                Ok(_) => any = true,
+                Err(Errno::EAGAIN) => return any,
+                Err(Errno::ENOBUFS) => any = true, // overflowed: changes were lost
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    *guard = None;
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+fn open_watch() -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bind(
+        sock.as_raw_fd(),
+        &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
+    )?;
+    Ok(sock)
+}
