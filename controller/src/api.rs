@@ -67,17 +67,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 }
@@ -112,7 +116,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// `Json<T>` whose rejections are JSON errors too.
 pub struct Body<T>(pub T);
@@ -147,10 +151,10 @@ impl FromRequestParts<Arc<Controller>> for Principal {
         ctl: &Arc<Controller>,
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+        let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
+            // Browsers: the session cookie (and, to change anything, its CSRF token).
+            return crate::web::session::principal(parts, ctl).await;
+        };
         let token = header
             .to_str()
             .ok()
@@ -165,7 +169,7 @@ impl FromRequestParts<Arc<Controller>> for Principal {
     }
 }
 
-fn require(who: &Principal, p: Permission) -> ApiResult<()> {
+pub(crate) fn require(who: &Principal, p: Permission) -> ApiResult<()> {
     // Group-scoped principals pass here if they hold `p` somewhere; the service checks the
     // group of each object.
     if who.role.grants(p) {
@@ -178,7 +182,7 @@ fn require(who: &Principal, p: Permission) -> ApiResult<()> {
     }
 }
 
-fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
+pub(crate) fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     if who.can(p, None) {
         Ok(())
     } else {
@@ -189,15 +193,21 @@ fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "session",
+    responses((status = 200, description = "the caller: name, role, device groups")))]
 async fn whoami(who: Principal) -> Json<Principal> {
     Json(who)
 }
 
+#[utoipa::path(get, path = "/api/v1/ca", tag = "devices",
+    responses((status = 200, description = "the CA fingerprint agents pin")))]
 async fn ca(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     Ok(Json(json!({"ca_sha256": ctl.ca.fingerprint()})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, description = "devices the caller sees, with online state")))]
 async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let mut list = ctl.store.read(devices::list).await?;
@@ -208,6 +218,9 @@ async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_j
     Ok(Json(json!({"devices": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one device, its outstanding actions and desired state")))]
 async fn show_device(
     State(ctl): Ctl,
     who: Principal,
@@ -257,6 +270,9 @@ struct EventsQuery {
 
 /// The device's own reports (denied executions …), newest first: its "automated device
 /// action" history.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "what the device reported on its own (denied executions)")))]
 async fn device_events(
     State(ctl): Ctl,
     who: Principal,
@@ -293,6 +309,8 @@ struct AllowlistUpdate {
     paths: Vec<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/exec-allowlist", tag = "policy",
+    responses((status = 200, description = "replace a group's exec allowlist (admin)")))]
 async fn set_exec_allowlist(
     State(ctl): Ctl,
     who: Principal,
@@ -305,6 +323,8 @@ async fn set_exec_allowlist(
     Ok(Json(json!({"allowlist": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/exec-allowlist", tag = "policy",
+    responses((status = 200, description = "exec allowlists of the groups the caller sees")))]
 async fn list_exec_allowlists(
     State(ctl): Ctl,
     who: Principal,
@@ -315,6 +335,9 @@ async fn list_exec_allowlists(
     Ok(Json(json!({"allowlists": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/vault", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the device's quarantine vault as last reported")))]
 async fn device_vault(
     State(ctl): Ctl,
     who: Principal,
@@ -344,6 +367,8 @@ async fn device_vault(
     })))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
+    responses((status = 200, description = "request an action on one or more devices, or fleet-wide")))]
 async fn request_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -354,6 +379,9 @@ async fn request_actions(
     Ok((StatusCode::CREATED, Json(json!({"actions": records}))))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions", tag = "actions",
+    params(actions::Filter),
+    responses((status = 200, description = "actions, filtered, sorted and paged by the server")))]
 async fn list_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -375,6 +403,9 @@ struct Hop {
     actor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one action: hops, audit history, children")))]
 async fn show_action(
     State(ctl): Ctl,
     who: Principal,
@@ -467,6 +498,8 @@ struct Decision {
     comment: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/approve", tag = "actions",
+    responses((status = 200, description = "approve pending actions, all of one kind")))]
 async fn approve(
     State(ctl): Ctl,
     who: Principal,
@@ -478,6 +511,8 @@ async fn approve(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/reject", tag = "actions",
+    responses((status = 200, description = "reject pending actions, all of one kind, with a comment")))]
 async fn reject(
     State(ctl): Ctl,
     who: Principal,
@@ -489,6 +524,8 @@ async fn reject(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/cancel", tag = "actions",
+    responses((status = 200, description = "cancel outstanding actions")))]
 async fn cancel(
     State(ctl): Ctl,
     who: Principal,
@@ -500,6 +537,8 @@ async fn cancel(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/undo", tag = "actions",
+    responses((status = 200, description = "undo succeeded lasting actions of one kind")))]
 async fn undo(
     State(ctl): Ctl,
     who: Principal,
@@ -512,6 +551,9 @@ async fn undo(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions/{id}/artifacts/{name}", tag = "actions",
+    params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "download an artifact (investigate)")))]
 async fn download_artifact(
     State(ctl): Ctl,
     who: Principal,
@@ -605,6 +647,8 @@ fn default_group() -> String {
     "default".into()
 }
 
+#[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "admin",
+    responses((status = 200, description = "create an enrolment token (admin)")))]
 async fn create_enroll_token(
     State(ctl): Ctl,
     who: Principal,
@@ -639,8 +683,13 @@ struct NewUser {
     role: String,
     #[serde(default)]
     device_groups: Vec<String>,
+    /// For logging in to the web Action center (argon2-hashed).
+    #[serde(default)]
+    password: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "admin",
+    responses((status = 200, description = "add a user; returns its first API token (admin)")))]
 async fn add_user(
     State(ctl): Ctl,
     who: Principal,
@@ -648,11 +697,21 @@ async fn add_user(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require_global(&who, Permission::Admin)?;
     let role: Role = u.role.parse().map_err(ApiError::bad_request)?;
+    let hash = match u.password.clone() {
+        Some(p) => Some(crate::web::session::hash_new_password(p).await?),
+        None => None,
+    };
     let actor = who.name.clone();
     let name = u.name.clone();
     let token = ctl
         .store
-        .write(move |c| store_auth::add_user(c, &actor, &u.name, role, &u.device_groups))
+        .write(move |c| {
+            let token = store_auth::add_user(c, &actor, &u.name, role, &u.device_groups)?;
+            if let Some(hash) = hash {
+                crate::store::sessions::set_password_hash(c, &actor, &u.name, &hash)?;
+            }
+            Ok(token)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -660,6 +719,8 @@ async fn add_user(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "admin",
+    responses((status = 200, description = "users and roles (admin)")))]
 async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require_global(&who, Permission::Admin)?;
     Ok(Json(
@@ -682,6 +743,8 @@ fn star() -> String {
     "*".into()
 }
 
+#[utoipa::path(put, path = "/api/v1/policies", tag = "policy",
+    responses((status = 200, description = "set a policy row (admin)")))]
 async fn set_policy(
     State(ctl): Ctl,
     who: Principal,
@@ -701,6 +764,8 @@ async fn set_policy(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policy",
+    responses((status = 200, description = "approval policy per device group and kind")))]
 async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     Ok(Json(
@@ -717,6 +782,8 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    responses((status = 200, description = "audit records, newest first")))]
 async fn list_audit(
     State(ctl): Ctl,
     who: Principal,
@@ -729,6 +796,8 @@ async fn list_audit(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "verify the audit hash chain")))]
 async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::Verification>> {
     require_global(&who, Permission::View)?;
     Ok(Json(ctl.store.read(audit::verify).await?))

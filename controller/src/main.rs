@@ -58,6 +58,18 @@ struct Flags {
     /// Largest artifact an agent may upload, in bytes [default: 1 GiB].
     #[arg(long, global = true)]
     max_artifact_size: Option<u64>,
+    /// HTTPS for the API and web UI: auto (unless on loopback) or always [default: auto].
+    #[arg(long, global = true)]
+    api_tls: Option<String>,
+    /// PEM certificate chain for HTTPS [default: issued by the controller's CA].
+    #[arg(long, global = true)]
+    api_cert: Option<PathBuf>,
+    /// PEM private key for --api-cert.
+    #[arg(long, global = true)]
+    api_key: Option<PathBuf>,
+    /// How long a web session lasts after the login [default: 8h].
+    #[arg(long, global = true)]
+    session_ttl: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +99,10 @@ fn main() -> ExitCode {
         delivery_timeout: f.delivery_timeout,
         heartbeat: f.heartbeat,
         max_artifact_size: f.max_artifact_size,
+        api_tls: f.api_tls,
+        api_cert: f.api_cert,
+        api_key: f.api_key,
+        session_ttl: f.session_ttl,
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

@@ -791,36 +791,71 @@ pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
     Ok(changed)
 }
 
-/// Which actions to list.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// Which actions to list: the Action center's server-side filters, sort and page.
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
-    /// `pending` (awaiting approval) or `history` (everything else).
+    /// `pending` (awaiting approval), `history` (everything else) or `all`.
     pub view: Option<String>,
+    #[param(value_type = Option<String>)]
     pub kind: Option<ActionKind>,
+    #[param(value_type = Option<String>)]
     pub status: Option<ActionStatus>,
+    #[param(value_type = Option<String>)]
     pub source: Option<ActionSource>,
+    /// Device id or hostname.
     pub device: Option<String>,
     pub device_group: Option<String>,
     pub requested_by: Option<String>,
     /// Unix milliseconds: only actions created at or after.
     pub since: Option<i64>,
+    /// Unix milliseconds: only actions created before.
+    pub until: Option<i64>,
+    /// A time window ending now: `day`, `week`, `30d` or `6m` (183 days); with `since`, the
+    /// later of the two applies.
+    pub window: Option<String>,
+    /// One of the sortable columns (see the error for the list); default `id`.
     pub sort: Option<String>,
+    /// `asc` or `desc` (default).
     pub order: Option<String>,
+    /// Page size, at most 10,000; default 100.
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
 
-const SORTABLE: [&str; 9] = [
-    "id",
-    "kind",
-    "status",
-    "source",
-    "requested_by",
-    "created_at",
-    "decided_at",
-    "finished_at",
-    "hostname",
+/// The time windows the Action center offers, in milliseconds.
+pub fn window_ms(window: &str) -> Result<i64> {
+    const DAY: i64 = 86_400_000;
+    Ok(match window {
+        "day" => DAY,
+        "week" => 7 * DAY,
+        "30d" => 30 * DAY,
+        "6m" => 183 * DAY,
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "window {other:?} is not day, week, 30d or 6m"
+            )));
+        }
+    })
+}
+
+/// Sortable columns: the API name and the SQL expression.
+pub const SORTABLE: [(&str, &str); 14] = [
+    ("id", "a.id"),
+    ("kind", "a.kind"),
+    ("status", "a.status"),
+    ("source", "a.source"),
+    ("requested_by", "a.requested_by"),
+    ("created_at", "a.created_at"),
+    ("decided_by", "a.decided_by"),
+    ("decided_at", "a.decided_at"),
+    ("finished_at", "a.finished_at"),
+    ("comment", "a.comment"),
+    ("result_summary", "a.result_summary"),
+    ("hostname", "d.hostname"),
+    ("device", "d.hostname"),
+    ("device_group", "d.device_group"),
 ];
 
 /// Lists actions matching `filter`, restricted to `groups` when given, with the total count.
@@ -872,8 +907,18 @@ pub fn list(
     if let Some(r) = &filter.requested_by {
         w.add("a.requested_by = ?", vec![Text(r.clone())]);
     }
-    if let Some(since) = filter.since {
+    let since = match &filter.window {
+        Some(window) => {
+            let from = now_ms() - window_ms(window)?;
+            Some(filter.since.map_or(from, |s| s.max(from)))
+        }
+        None => filter.since,
+    };
+    if let Some(since) = since {
         w.add("a.created_at >= ?", vec![Integer(since)]);
+    }
+    if let Some(until) = filter.until {
+        w.add("a.created_at < ?", vec![Integer(until)]);
     }
     if let Some(groups) = groups {
         let marks = vec!["?"; groups.len()].join(",");
@@ -883,12 +928,12 @@ pub fn list(
         );
     }
     let sort = filter.sort.as_deref().unwrap_or("id");
-    if !SORTABLE.contains(&sort) {
+    let Some(&(_, sort_col)) = SORTABLE.iter().find(|(name, _)| *name == sort) else {
         return Err(StoreError::Invalid(format!(
             "cannot sort by {sort:?}; sortable: {}",
-            SORTABLE.join(", ")
+            SORTABLE.map(|(name, _)| name).join(", ")
         )));
-    }
+    };
     let order = match filter.order.as_deref() {
         None | Some("desc") => "DESC",
         Some("asc") => "ASC",
@@ -897,11 +942,6 @@ pub fn list(
                 "order {o:?} is not asc or desc"
             )));
         }
-    };
-    let sort_col = if sort == "hostname" {
-        "d.hostname".to_owned()
-    } else {
-        format!("a.{sort}")
     };
     let where_ = w.sql();
     let args = w.args;

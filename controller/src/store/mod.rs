@@ -15,6 +15,7 @@ pub mod desired;
 pub mod devices;
 pub mod events;
 mod schema;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};

@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 const V1: &str = r#"
@@ -162,6 +162,29 @@ CREATE INDEX actions_by_parent ON actions(parent_id);
 const V4: &str = r#"
 CREATE INDEX audit_by_action ON audit(action_id);
 CREATE INDEX actions_by_kind ON actions(kind, status);
+"#;
+
+/// Issue 8: the web Action center — password logins, browser sessions, per-user UI
+/// preferences, and indexes for sorting the history by the columns the UI offers.
+const V5: &str = r#"
+ALTER TABLE users ADD COLUMN password_hash TEXT;
+
+CREATE TABLE sessions (
+    id_hash    TEXT PRIMARY KEY,
+    user_name  TEXT NOT NULL REFERENCES users(name),
+    csrf       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX sessions_by_user ON sessions(user_name);
+
+CREATE TABLE ui_prefs (
+    user_name  TEXT NOT NULL REFERENCES users(name),
+    view       TEXT NOT NULL,
+    prefs      TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (user_name, view)
+);
 "#;
 
 #[cfg(test)]
