@@ -355,6 +355,11 @@ pub(crate) enum UsersCmd {
         groups: Vec<String>,
     },
     List,
+    /// Set a user's password for the web Action center (admins: anyone's), read from the
+    /// first line of standard input; ends the user's web sessions.
+    SetPassword {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -271,6 +271,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Users {
+            command: UsersCmd::SetPassword { name },
+        } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("no password on standard input");
+            }
+            let v = client.put(
+                &format!("/api/v1/users/{name}/password"),
+                &json!({"password": password}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!(
+                    "password of {} set; their web sessions ended",
+                    text(&v["user"])
+                );
+            }
+        }
+        Command::Users {
             command: UsersCmd::List,
         } => {
             let v = client.get("/api/v1/users", &[])?;

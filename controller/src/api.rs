@@ -415,7 +415,7 @@ async fn show_action(
     let id: ActionId = id
         .parse()
         .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
-    let (rec, history, children) = ctl
+    let (rec, history, children, undo_requests) = ctl
         .store
         .read(move |c| {
             let rec = actions::get(c, id)?;
@@ -424,7 +424,8 @@ async fn show_action(
             } else {
                 vec![]
             };
-            Ok((rec, audit::list(c, Some(id), 1000)?, children))
+            let undos = actions::undo_requests(c, id)?;
+            Ok((rec, audit::list(c, Some(id), 1000)?, children, undos))
         })
         .await?;
     // A fleet-wide parent is visible to whoever sees one of its children.
@@ -485,8 +486,13 @@ async fn show_action(
         .into_iter()
         .filter(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
         .collect();
+    let undo_requests: Vec<_> = undo_requests
+        .into_iter()
+        .map(|(id, status)| json!({"id": id, "status": status}))
+        .collect();
     Ok(Json(
-        json!({"action": rec, "timeline": timeline, "history": history, "children": children}),
+        json!({"action": rec, "timeline": timeline, "history": history,
+        "children": children, "undo_requests": undo_requests}),
     ))
 }
 

@@ -199,7 +199,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
         Some(&ctl.admin_token),
         Some(json!({"password": PASSWORD})),
     );
-    assert_eq!(status, 204, "{v}");
+    assert_eq!(status, 200, "{v}");
     let s1 = sample(&ctl, WEB1, "suspicious binary");
     let s2 = sample(&ctl, WEB2, "=HYPERLINK(\"http://evil\",\"click\")");
     let p1 = request(
@@ -394,6 +394,10 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
         assert!(hops.contains(hop), "{hop} missing from {hops}");
     }
     browser.wait_text("#detail-body", "quarantined /tmp/x");
+    browser.wait_text(
+        "#detail-undo-requests",
+        &format!("#{undo} (pending_approval)"),
+    );
     screenshot(&browser, shots.path(), "detail.png");
     browser.find("#detail-close").click();
 
@@ -423,6 +427,26 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
         "the comment column came back"
     );
     assert_eq!(browser.find("#page-size").property("value"), "25");
+
+    // The Admin page lists users and adds one with a password, who can then sign in.
+    browser.find("#nav-admin").click();
+    browser.wait_text("#users", "admin");
+    browser.find("#user-name").send_keys("carl");
+    browser.find("#user-role").select("approver");
+    browser.find("#user-groups").send_keys("db");
+    browser.find("#user-password").send_keys(PASSWORD);
+    browser.find("#user-add").click();
+    browser.wait_text("#users", "carl");
+    let (_, users) = ctl.api("GET", "/api/v1/users", Some(&ctl.admin_token), None);
+    let carl = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "carl")
+        .unwrap()
+        .clone();
+    assert_eq!(carl["role"], "approver");
+    assert_eq!(carl["device_groups"], json!(["db"]));
 
     // Logout ends the session.
     browser.find("#logout").click();
@@ -488,6 +512,33 @@ fn a_group_scoped_approver_sees_and_decides_only_its_groups_actions() {
     );
     assert_eq!(status, 404);
     assert_eq!(action(&ctl, db)["status"], "pending_approval");
+
+    // The Devices page lists the group's devices only, and requests an action on them.
+    browser.find("#nav-devices").click();
+    browser.wait_text("#devices", "web-2");
+    assert!(!browser.find("#devices").text().contains("db-1"));
+    browser
+        .find(&format!("#devices tr[data-id=\"{WEB2}\"] input.sel"))
+        .click();
+    browser.find("#req-kind").select("collect_package");
+    browser
+        .find("#req-comment")
+        .send_keys("triage from the devices page");
+    browser.find("#req-submit").click();
+    let (_, v) = eventually(Duration::from_secs(15), "the requested action", || {
+        let (s, v) = ctl.api(
+            "GET",
+            "/api/v1/actions?view=pending&kind=collect_package",
+            Some(&ctl.admin_token),
+            None,
+        );
+        (v["total"] == 1).then_some((s, v))
+    });
+    let a = &v["actions"][0];
+    assert_eq!(a["device_id"], WEB2);
+    assert_eq!(a["requested_by"], "alba");
+    assert_eq!(a["comment"], "triage from the devices page");
+    assert!(!browser.is_shown("#nav-admin"), "alba is no admin");
 }
 
 #[test]

@@ -244,6 +244,21 @@ pub fn settle_parent(conn: &Connection, parent: ActionId) -> Result<()> {
     Ok(())
 }
 
+/// The actions requested to undo `id` (its `undone_by` is set only once one succeeds).
+pub fn undo_requests(conn: &Connection, id: ActionId) -> Result<Vec<(ActionId, ActionStatus)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, status FROM actions WHERE undo_of = ?1 ORDER BY id")?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([id.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter()
+        .map(|(i, s)| {
+            let status = s.parse().map_err(|e| StoreError::Sql(format!("{e}")))?;
+            Ok((ActionId(i as u64), status))
+        })
+        .collect()
+}
+
 pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
     let mut stmt = conn
         .prepare("SELECT name, size, sha256 FROM artifacts WHERE action_id = ?1 ORDER BY name")?;
@@ -901,8 +916,13 @@ pub fn list(
         };
         w.add(&format!("a.device_id IN ({marks})"), values);
     }
+    // Group conditions go through the devices of the group, so that the actions are found
+    // by device (an index) rather than by joining every action to its device.
     if let Some(g) = &filter.device_group {
-        w.add("d.device_group = ?", vec![Text(g.clone())]);
+        w.add(
+            "a.device_id IN (SELECT id FROM devices WHERE device_group = ?)",
+            vec![Text(g.clone())],
+        );
     }
     if let Some(r) = &filter.requested_by {
         w.add("a.requested_by = ?", vec![Text(r.clone())]);
@@ -923,7 +943,7 @@ pub fn list(
     if let Some(groups) = groups {
         let marks = vec!["?"; groups.len()].join(",");
         w.add(
-            &format!("d.device_group IN ({marks})"),
+            &format!("a.device_id IN (SELECT id FROM devices WHERE device_group IN ({marks}))"),
             groups.iter().map(|g| Text(g.clone())).collect(),
         );
     }
@@ -945,25 +965,38 @@ pub fn list(
     };
     let where_ = w.sql();
     let args = w.args;
-    let from = "FROM actions a LEFT JOIN devices d ON d.id = a.device_id";
-    // Counting needs the devices table only when a clause names it.
-    let count_from = if where_.contains("d.") {
-        from
-    } else {
-        "FROM actions a"
-    };
+    // No clause names the devices table; only sorting by a device column joins it.
     let total: i64 = conn.query_row(
-        &format!("SELECT count(*) {count_from} {where_}"),
+        &format!("SELECT count(*) FROM actions a {where_}"),
         params_from_iter(args.iter()),
         |r| r.get(0),
     )?;
     let limit = filter.limit.unwrap_or(100).min(10_000);
     let offset = filter.offset.unwrap_or(0);
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} {from} {where_} ORDER BY {sort_col} {order}, a.id {order} LIMIT {limit} OFFSET {offset}"
+    // First the page's ids (the sort carries only the key and the id), then their rows.
+    let from = if sort_col.starts_with("d.") {
+        "FROM actions a LEFT JOIN devices d ON d.id = a.device_id"
+    } else {
+        "FROM actions a"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT a.id {from} {where_} ORDER BY {sort_col} {order}, a.id {order} LIMIT {limit} OFFSET {offset}"
     ))?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), from_row)?;
-    let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
+    let ids: Vec<i64> = stmt
+        .query_map(params_from_iter(args.iter()), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        let marks = vec!["?"; ids.len()].join(",");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM actions a LEFT JOIN devices d ON d.id = a.device_id WHERE a.id IN ({marks})"
+        ))?;
+        let mut by_id: std::collections::HashMap<u64, ActionRecord> = stmt
+            .query_map(params_from_iter(ids.iter()), from_row)?
+            .map(|r| r.map(|rec| (rec.id.0, rec)))
+            .collect::<Result<_, _>>()?;
+        out.extend(ids.iter().filter_map(|id| by_id.remove(&(*id as u64))));
+    }
     for rec in &mut out {
         rec.artifacts = artifacts(conn, rec.id)?;
         if rec.device_id.is_none() {

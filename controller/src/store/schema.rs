@@ -185,6 +185,23 @@ CREATE TABLE ui_prefs (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (user_name, view)
 );
+
+-- Counting and filtering a time window reads this index only; it replaces the plain one.
+DROP INDEX actions_by_created;
+CREATE INDEX actions_window ON actions(created_at, status, kind, source, requested_by, device_id);
+-- One per sortable column of the actions table, so that a page sorted by any of them walks
+-- an index and stops after a page instead of sorting the whole history.
+CREATE INDEX actions_by_kind_only ON actions(kind);
+CREATE INDEX actions_by_status_only ON actions(status);
+CREATE INDEX actions_by_source ON actions(source);
+CREATE INDEX actions_by_requester ON actions(requested_by);
+CREATE INDEX actions_by_decider ON actions(decided_by);
+CREATE INDEX actions_by_decided ON actions(decided_at);
+CREATE INDEX actions_by_finished ON actions(finished_at);
+CREATE INDEX actions_by_comment ON actions(comment);
+CREATE INDEX actions_by_result ON actions(result_summary);
+-- An action's detail links the undo requested for it.
+CREATE INDEX actions_by_undo_of ON actions(undo_of);
 "#;
 
 #[cfg(test)]

@@ -287,14 +287,14 @@ pub struct NewPassword {
 /// Ends the user's sessions.
 #[utoipa::path(put, path = "/api/v1/users/{name}/password", tag = "users",
     params(("name" = String, Path, description = "user name")),
-    responses((status = 204, description = "password set"),
+    responses((status = 200, description = "password set: {\"user\": name}"),
         (status = 403, description = "neither an admin nor the user with the current password")))]
 pub async fn set_password(
     State(ctl): State<Arc<Controller>>,
     who: Principal,
     Path(name): Path<String>,
     Body(p): Body<NewPassword>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<serde_json::Value>> {
     let admin = who.can(Permission::Admin, None);
     if !admin {
         if who.name != name {
@@ -321,6 +321,7 @@ pub async fn set_password(
     }
     let hash = hash_new_password(p.password).await?;
     let actor = who.name.clone();
+    let user = name.clone();
     ctl.store
         .write(move |c| sessions::set_password_hash(c, &actor, &name, &hash))
         .await
@@ -328,7 +329,7 @@ pub async fn set_password(
             StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             other => other.into(),
         })?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(json!({"user": user})))
 }
 
 /// Checks a new password against the policy and hashes it (on a blocking thread).

@@ -442,6 +442,9 @@ async function openDetail(id) {
     ["Parent", a.parent_id ? actionLink(a.parent_id) : null],
     ["Undo of", a.undo_of ? actionLink(a.undo_of) : null],
     ["Undone by", a.undone_by ? actionLink(a.undone_by) : null],
+    ["Undo requested", (d.undo_requests || []).length
+      ? el("span", { id: "detail-undo-requests" }, d.undo_requests.map((u) => [actionLink(u.id), ` (${u.status}) `]))
+      : null],
   ]));
   body.push(el("h3", {}, "Parameters"), el("pre", { id: "detail-params" }, JSON.stringify(a.params, null, 2)));
   body.push(el("h3", {}, "Timeline"), el("ol", { class: "timeline", id: "detail-timeline" },
