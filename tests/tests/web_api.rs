@@ -413,6 +413,38 @@ fn the_api_speaks_https_with_a_certificate_from_the_controller_ca() {
     let r = login(&https, &base, "sam", PASSWORD);
     assert!(r.header("set-cookie").unwrap().contains("Secure"));
 
+    // palisadectl trusts the controller's CA when told to.
+    let out = std::process::Command::new(palisade_tests::bin("palisadectl"))
+        .args([
+            "actions",
+            "export",
+            "--pending",
+            "--columns",
+            "id,kind,status",
+        ])
+        .env("PALISADE_URL", &base)
+        .env("PALISADE_TOKEN", &ctl.admin_token)
+        .env("PALISADE_CA_CERT", ctl.data_dir().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "\u{feff}Id,Action,Status\r\n"
+    );
+    let out = std::process::Command::new(palisade_tests::bin("palisadectl"))
+        .args(["users", "list"])
+        .env("PALISADE_URL", &base)
+        .env("PALISADE_TOKEN", &ctl.admin_token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an unknown CA is refused");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+
     // Plain HTTP gets no answer on the TLS port.
     let plain = call(
         &agent(),

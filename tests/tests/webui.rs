@@ -448,6 +448,31 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     assert_eq!(carl["role"], "approver");
     assert_eq!(carl["device_groups"], json!(["db"]));
 
+    // Policy and exec allowlist from the Admin page.
+    browser.find("#policy-group").clear().send_keys("web");
+    browser.find("#policy-kind").select("scan");
+    browser.find("#policy-four-eyes").click();
+    browser.find("#policy-save").click();
+    browser.wait_text("#policies", "scan");
+    let (_, p) = ctl.api("GET", "/api/v1/policies", Some(&ctl.admin_token), None);
+    assert!(
+        p["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["device_group"] == "web"
+                && r["kind"] == "scan"
+                && r["distinct_approver"] == true),
+        "{p}"
+    );
+    browser.find("#allow-group").clear().send_keys("web");
+    browser.find("#allow-paths").send_keys("/opt/tool/bin/run");
+    browser.find("#allow-save").click();
+    browser.wait_text("#allowlists", "/opt/tool/bin/run");
+    browser.find("#enroll-group").clear().send_keys("web");
+    browser.find("#enroll-create").click();
+    browser.wait_text("#enroll-result", "--token pal_enr_");
+
     // Logout ends the session.
     browser.find("#logout").click();
     browser.find("#login-name");

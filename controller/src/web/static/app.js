@@ -591,7 +591,7 @@ async function adminPage() {
         el("label", {}, "Kind"), select("policy-kind", [["", "* (every kind)"]].concat(KINDS.map((k) => [k, k])), ""),
         el("label", {}, "Approval required"), el("input", { type: "checkbox", id: "policy-approval", checked: true }),
         el("label", {}, "Four eyes"), el("input", { type: "checkbox", id: "policy-four-eyes" }),
-        el("span", {}, ""), el("button", { type: "button", class: "primary", onclick: async () => {
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "policy-save", onclick: async () => {
           try {
             await api("PUT", "/api/v1/policies", { device_group: $("#policy-group").value || "*", kind: $("#policy-kind").value || undefined,
               require_approval: $("#policy-approval").checked, distinct_approver: $("#policy-four-eyes").checked });
@@ -599,14 +599,26 @@ async function adminPage() {
           } catch (e) { toast(e.message, true); }
         } }, "Save policy"))),
     el("div", { class: "card" }, el("h2", {}, "Exec allowlists"),
-      el("table", {}, el("tbody", {}, (allowlists.allowlists || []).map((a) => el("tr", {}, el("td", {}, a.device_group),
-        el("td", {}, `${a.sha256.length} hashes, ${a.paths.length} paths`)))))),
+      el("table", { id: "allowlists" }, el("tbody", {}, (allowlists.allowlists || []).map((a) => el("tr", {}, el("td", {}, a.device_group),
+        el("td", {}, `${a.sha256.length} hashes, ${a.paths.length} paths`), el("td", {}, [...a.sha256, ...a.paths].join(" ")))))),
+      el("h3", {}, "Replace a group's allowlist"),
+      el("div", { class: "form-grid" },
+        el("label", {}, "Device group"), input("allow-group", { value: "default" }),
+        el("label", {}, "SHA-256 (one a line)"), el("textarea", { id: "allow-sha256" }),
+        el("label", {}, "Paths (one a line)"), el("textarea", { id: "allow-paths" }),
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "allow-save", onclick: async () => {
+          const lines = (id) => $(id).value.split("\n").map((l) => l.trim()).filter(Boolean);
+          try {
+            await api("PUT", "/api/v1/exec-allowlist", { device_group: $("#allow-group").value, sha256: lines("#allow-sha256"), paths: lines("#allow-paths") });
+            refresh();
+          } catch (e) { toast(e.message, true); }
+        } }, "Save allowlist"))),
     el("div", { class: "card" }, el("h2", {}, "Enrolment tokens"),
       el("div", { class: "form-grid" },
         el("label", {}, "Uses"), el("input", { id: "enroll-uses", type: "number", value: 1, min: 1 }),
         el("label", {}, "Expires in"), input("enroll-expires", { value: "24h" }),
         el("label", {}, "Device group"), input("enroll-group", { value: "default" }),
-        el("span", {}, ""), el("button", { type: "button", class: "primary", onclick: async () => {
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "enroll-create", onclick: async () => {
           try {
             const r = await api("POST", "/api/v1/enroll-tokens", { uses: Number($("#enroll-uses").value), expires_in: $("#enroll-expires").value,
               device_group: $("#enroll-group").value });
