@@ -24,6 +24,10 @@ pub(crate) struct Cli {
     /// Your API token.
     #[arg(long, global = true, env = "PALISADE_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// PEM CA certificate to trust for an https:// URL (the controller's `ca.pem` when it
+    /// issued its own API certificate); default: the system's roots.
+    #[arg(long, global = true, env = "PALISADE_CA_CERT")]
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -282,6 +286,8 @@ pub(crate) enum ActionsCmd {
         id: String,
     },
     Approve(DecideArgs),
+    /// Export the filtered list (every page of it) as CSV, as the Action center does.
+    Export(ExportArgs),
     /// Reject pending actions (a comment is required).
     Reject(DecideArgs),
     /// Cancel actions not yet delivered.
@@ -314,7 +320,8 @@ pub(crate) struct ListArgs {
     pub(crate) device_group: Option<String>,
     #[arg(long)]
     pub(crate) requested_by: Option<String>,
-    /// Column to sort by (id, kind, status, source, requested_by, created_at, decided_at, finished_at, hostname).
+    /// Column to sort by (id, kind, status, source, requested_by, created_at, decided_by,
+    /// decided_at, finished_at, comment, result_summary, device, device_group).
     #[arg(long, default_value = "id")]
     pub(crate) sort: String,
     /// Ascending (default descending).
@@ -324,6 +331,20 @@ pub(crate) struct ListArgs {
     pub(crate) limit: u32,
     #[arg(long, default_value_t = 0)]
     pub(crate) offset: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// The list's filters and sort (its --limit and --offset do not apply).
+    #[command(flatten)]
+    pub(crate) list: ListArgs,
+    /// Comma-separated columns (default: id, kind, device, device_group, source, status,
+    /// requested_by, created_at, comment, decided_by, decided_at, finished_at, result_summary).
+    #[arg(long)]
+    pub(crate) columns: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub(crate) output: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -373,6 +394,11 @@ pub(crate) enum UsersCmd {
         groups: Vec<String>,
     },
     List,
+    /// Set a user's password for the web Action center (admins: anyone's), read from the
+    /// first line of standard input; ends the user's web sessions.
+    SetPassword {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -38,15 +38,27 @@ fn query(pairs: &[(&str, String)]) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<&str>) -> Result<Client> {
+    pub fn new(base: &str, token: Option<&str>, ca_cert: Option<&Path>) -> Result<Client> {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--url {base:?} must start with http:// or https://");
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(600)))
-            .build()
-            .into();
+            .timeout_global(Some(std::time::Duration::from_secs(600)));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            let cert = ureq::tls::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                        cert,
+                    ])))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.map(str::to_owned),
@@ -84,6 +96,24 @@ impl Client {
             .send_json(body)
             .map_err(|e| self.unreachable(e))?;
         json_or_error(resp)
+    }
+
+    /// A GET whose answer is not JSON (CSV): the body as text, or the API's error.
+    pub fn get_text(&self, path: &str, q: &[(&str, String)]) -> Result<String> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{path}{}", self.base, query(q)))
+            .header("Authorization", self.auth()?)
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return json_or_error(resp).map(|_| String::new());
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .context("cannot read the controller's answer")
     }
 
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {

@@ -8,7 +8,7 @@ mod table;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use palisade_common::ActionParams;
 use palisade_common::action::{
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let json_out = cli.json;
-    let client = Client::new(&cli.url, cli.token.as_deref())?;
+    let client = Client::new(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?;
     let print = |v: &Value| -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
@@ -343,6 +343,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Users {
+            command: UsersCmd::SetPassword { name },
+        } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("no password on standard input");
+            }
+            let v = client.put(
+                &format!("/api/v1/users/{name}/password"),
+                &json!({"password": password}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!(
+                    "password of {} set; their web sessions ended",
+                    text(&v["user"])
+                );
+            }
+        }
+        Command::Users {
             command: UsersCmd::List,
         } => {
             let v = client.get("/api/v1/users", &[])?;
@@ -451,45 +475,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The list's query string: filters, sort and page.
+fn list_query(a: ListArgs) -> Result<Vec<(&'static str, String)>> {
+    let mut q: Vec<(&str, String)> = vec![
+        ("sort", a.sort),
+        ("order", if a.asc { "asc" } else { "desc" }.into()),
+        ("limit", a.limit.to_string()),
+        ("offset", a.offset.to_string()),
+    ];
+    if a.pending {
+        q.push(("view", "pending".into()));
+    }
+    if a.history {
+        q.push(("view", "history".into()));
+    }
+    if let Some(since) = a.since {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        q.push((
+            "since",
+            (now.saturating_sub(since).as_millis() as i64).to_string(),
+        ));
+    }
+    let opt = [
+        ("kind", a.kind.map(|k| k.to_string())),
+        ("status", a.status.map(|s| s.to_string())),
+        ("source", a.source.map(|s| s.to_string())),
+        ("device", a.device),
+        ("device_group", a.device_group),
+        ("requested_by", a.requested_by),
+    ];
+    for (k, v) in opt {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    Ok(q)
+}
+
 fn actions(client: &Client, command: ActionsCmd, json_out: bool) -> Result<ExitCode> {
     let print = |v: &Value| -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
     };
     match command {
+        ActionsCmd::Export(e) => {
+            let mut q = list_query(e.list)?;
+            q.retain(|(k, _)| *k != "limit" && *k != "offset");
+            if let Some(c) = e.columns {
+                q.push(("columns", c));
+            }
+            let csv = client.get_text("/api/v1/actions/export.csv", &q)?;
+            match e.output {
+                Some(path) => std::fs::write(&path, csv)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{csv}"),
+            }
+        }
         ActionsCmd::List(a) => {
-            let mut q: Vec<(&str, String)> = vec![
-                ("sort", a.sort),
-                ("order", if a.asc { "asc" } else { "desc" }.into()),
-                ("limit", a.limit.to_string()),
-                ("offset", a.offset.to_string()),
-            ];
-            if a.pending {
-                q.push(("view", "pending".into()));
-            }
-            if a.history {
-                q.push(("view", "history".into()));
-            }
-            if let Some(since) = a.since {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-                q.push((
-                    "since",
-                    (now.saturating_sub(since).as_millis() as i64).to_string(),
-                ));
-            }
-            let opt = [
-                ("kind", a.kind.map(|k| k.to_string())),
-                ("status", a.status.map(|s| s.to_string())),
-                ("source", a.source.map(|s| s.to_string())),
-                ("device", a.device),
-                ("device_group", a.device_group),
-                ("requested_by", a.requested_by),
-            ];
-            for (k, v) in opt {
-                if let Some(v) = v {
-                    q.push((k, v));
-                }
-            }
+            let q = list_query(a)?;
             let v = client.get("/api/v1/actions", &q)?;
             if json_out {
                 print(&v)?;

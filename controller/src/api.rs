@@ -69,17 +69,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 }
@@ -114,7 +118,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// `Json<T>` whose rejections are JSON errors too.
 pub struct Body<T>(pub T);
@@ -149,10 +153,10 @@ impl FromRequestParts<Arc<Controller>> for Principal {
         ctl: &Arc<Controller>,
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?;
+        let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
+            // Browsers: the session cookie (and, to change anything, its CSRF token).
+            return crate::web::session::principal(parts, ctl).await;
+        };
         let token = header
             .to_str()
             .ok()
@@ -167,7 +171,7 @@ impl FromRequestParts<Arc<Controller>> for Principal {
     }
 }
 
-fn require(who: &Principal, p: Permission) -> ApiResult<()> {
+pub(crate) fn require(who: &Principal, p: Permission) -> ApiResult<()> {
     // Group-scoped principals pass here if they hold `p` somewhere; the service checks the
     // group of each object.
     if who.role.grants(p) {
@@ -180,7 +184,7 @@ fn require(who: &Principal, p: Permission) -> ApiResult<()> {
     }
 }
 
-fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
+pub(crate) fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     if who.can(p, None) {
         Ok(())
     } else {
@@ -191,15 +195,21 @@ fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "session",
+    responses((status = 200, description = "the caller: name, role, device groups")))]
 async fn whoami(who: Principal) -> Json<Principal> {
     Json(who)
 }
 
+#[utoipa::path(get, path = "/api/v1/ca", tag = "devices",
+    responses((status = 200, description = "the CA fingerprint agents pin")))]
 async fn ca(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     Ok(Json(json!({"ca_sha256": ctl.ca.fingerprint()})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    responses((status = 200, description = "devices the caller sees, with online state")))]
 async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let mut list = ctl.store.read(devices::list).await?;
@@ -210,6 +220,9 @@ async fn list_devices(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_j
     Ok(Json(json!({"devices": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one device, its outstanding actions and desired state")))]
 async fn show_device(
     State(ctl): Ctl,
     who: Principal,
@@ -259,6 +272,9 @@ struct EventsQuery {
 
 /// The device's own reports (denied executions …), newest first: its "automated device
 /// action" history.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/events", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "what the device reported on its own (denied executions)")))]
 async fn device_events(
     State(ctl): Ctl,
     who: Principal,
@@ -295,6 +311,8 @@ struct AllowlistUpdate {
     paths: Vec<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/exec-allowlist", tag = "policy",
+    responses((status = 200, description = "replace a group's exec allowlist (admin)")))]
 async fn set_exec_allowlist(
     State(ctl): Ctl,
     who: Principal,
@@ -307,6 +325,8 @@ async fn set_exec_allowlist(
     Ok(Json(json!({"allowlist": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/exec-allowlist", tag = "policy",
+    responses((status = 200, description = "exec allowlists of the groups the caller sees")))]
 async fn list_exec_allowlists(
     State(ctl): Ctl,
     who: Principal,
@@ -323,6 +343,11 @@ struct BreakGlassRequest {
     valid_secs: u64,
 }
 
+/// An offline release code for an isolated device (approve permission on its group).
+#[utoipa::path(post, path = "/api/v1/devices/{id}/break-glass", tag = "devices",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, description = "{\"valid_secs\": seconds, at most 30 days}"),
+    responses((status = 200, description = "the code, its serial and expiry")))]
 async fn break_glass(
     State(ctl): Ctl,
     who: Principal,
@@ -341,12 +366,18 @@ async fn break_glass(
     })))
 }
 
+/// The containment targets in force.
+#[utoipa::path(get, path = "/api/v1/containments", tag = "devices",
+    responses((status = 200, description = "targets every other device in scope drops")))]
 async fn list_containments(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let list = ctl.store.read(crate::store::containment::list).await?;
     Ok(Json(json!({"containments": list})))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/vault", tag = "devices",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the device's quarantine vault as last reported")))]
 async fn device_vault(
     State(ctl): Ctl,
     who: Principal,
@@ -376,6 +407,8 @@ async fn device_vault(
     })))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
+    responses((status = 200, description = "request an action on one or more devices, or fleet-wide")))]
 async fn request_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -386,6 +419,9 @@ async fn request_actions(
     Ok((StatusCode::CREATED, Json(json!({"actions": records}))))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions", tag = "actions",
+    params(actions::Filter),
+    responses((status = 200, description = "actions, filtered, sorted and paged by the server")))]
 async fn list_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -407,6 +443,9 @@ struct Hop {
     actor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "one action: hops, audit history, children")))]
 async fn show_action(
     State(ctl): Ctl,
     who: Principal,
@@ -416,7 +455,7 @@ async fn show_action(
     let id: ActionId = id
         .parse()
         .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
-    let (rec, history, children) = ctl
+    let (rec, history, children, undo_requests) = ctl
         .store
         .read(move |c| {
             let rec = actions::get(c, id)?;
@@ -425,7 +464,8 @@ async fn show_action(
             } else {
                 vec![]
             };
-            Ok((rec, audit::list(c, Some(id), 1000)?, children))
+            let undos = actions::undo_requests(c, id)?;
+            Ok((rec, audit::list(c, Some(id), 1000)?, children, undos))
         })
         .await?;
     // A fleet-wide parent is visible to whoever sees one of its children.
@@ -489,8 +529,13 @@ async fn show_action(
         .into_iter()
         .filter(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
         .collect();
+    let undo_requests: Vec<_> = undo_requests
+        .into_iter()
+        .map(|(id, status)| json!({"id": id, "status": status}))
+        .collect();
     Ok(Json(
-        json!({"action": rec, "timeline": timeline, "history": history, "children": children}),
+        json!({"action": rec, "timeline": timeline, "history": history,
+        "children": children, "undo_requests": undo_requests}),
     ))
 }
 
@@ -502,6 +547,8 @@ struct Decision {
     comment: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/approve", tag = "actions",
+    responses((status = 200, description = "approve pending actions, all of one kind")))]
 async fn approve(
     State(ctl): Ctl,
     who: Principal,
@@ -513,6 +560,8 @@ async fn approve(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/reject", tag = "actions",
+    responses((status = 200, description = "reject pending actions, all of one kind, with a comment")))]
 async fn reject(
     State(ctl): Ctl,
     who: Principal,
@@ -524,6 +573,8 @@ async fn reject(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/cancel", tag = "actions",
+    responses((status = 200, description = "cancel outstanding actions")))]
 async fn cancel(
     State(ctl): Ctl,
     who: Principal,
@@ -535,6 +586,8 @@ async fn cancel(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/actions/undo", tag = "actions",
+    responses((status = 200, description = "undo succeeded lasting actions of one kind")))]
 async fn undo(
     State(ctl): Ctl,
     who: Principal,
@@ -547,6 +600,9 @@ async fn undo(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions/{id}/artifacts/{name}", tag = "actions",
+    params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "download an artifact (investigate)")))]
 async fn download_artifact(
     State(ctl): Ctl,
     who: Principal,
@@ -640,6 +696,8 @@ fn default_group() -> String {
     "default".into()
 }
 
+#[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "admin",
+    responses((status = 200, description = "create an enrolment token (admin)")))]
 async fn create_enroll_token(
     State(ctl): Ctl,
     who: Principal,
@@ -674,8 +732,13 @@ struct NewUser {
     role: String,
     #[serde(default)]
     device_groups: Vec<String>,
+    /// For logging in to the web Action center (argon2-hashed).
+    #[serde(default)]
+    password: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "admin",
+    responses((status = 200, description = "add a user; returns its first API token (admin)")))]
 async fn add_user(
     State(ctl): Ctl,
     who: Principal,
@@ -683,11 +746,21 @@ async fn add_user(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     require_global(&who, Permission::Admin)?;
     let role: Role = u.role.parse().map_err(ApiError::bad_request)?;
+    let hash = match u.password.clone() {
+        Some(p) => Some(crate::web::session::hash_new_password(p).await?),
+        None => None,
+    };
     let actor = who.name.clone();
     let name = u.name.clone();
     let token = ctl
         .store
-        .write(move |c| store_auth::add_user(c, &actor, &u.name, role, &u.device_groups))
+        .write(move |c| {
+            let token = store_auth::add_user(c, &actor, &u.name, role, &u.device_groups)?;
+            if let Some(hash) = hash {
+                crate::store::sessions::set_password_hash(c, &actor, &u.name, &hash)?;
+            }
+            Ok(token)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -695,6 +768,8 @@ async fn add_user(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "admin",
+    responses((status = 200, description = "users and roles (admin)")))]
 async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require_global(&who, Permission::Admin)?;
     Ok(Json(
@@ -717,6 +792,8 @@ fn star() -> String {
     "*".into()
 }
 
+#[utoipa::path(put, path = "/api/v1/policies", tag = "policy",
+    responses((status = 200, description = "set a policy row (admin)")))]
 async fn set_policy(
     State(ctl): Ctl,
     who: Principal,
@@ -736,6 +813,8 @@ async fn set_policy(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policy",
+    responses((status = 200, description = "approval policy per device group and kind")))]
 async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     Ok(Json(
@@ -752,6 +831,8 @@ struct AuditQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    responses((status = 200, description = "audit records, newest first")))]
 async fn list_audit(
     State(ctl): Ctl,
     who: Principal,
@@ -764,6 +845,8 @@ async fn list_audit(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "verify the audit hash chain")))]
 async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::Verification>> {
     require_global(&who, Permission::View)?;
     Ok(Json(ctl.store.read(audit::verify).await?))

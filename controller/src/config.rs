@@ -24,6 +24,11 @@ pub struct FileConfig {
     pub heartbeat: Option<String>,
     pub max_artifact_size: Option<u64>,
     pub max_contained: Option<u64>,
+    /// `auto` (HTTPS unless the API is on loopback) or `always`.
+    pub api_tls: Option<String>,
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
+    pub session_ttl: Option<String>,
 }
 
 impl FileConfig {
@@ -85,6 +90,19 @@ impl FileConfig {
             "max_contained",
             overrides.max_contained.or(self.max_contained),
             c.max_contained,
+        )?;
+        if let Some(v) = overrides.api_tls.or(self.api_tls) {
+            c.api_tls = v.parse().map_err(anyhow::Error::msg)?;
+        }
+        c.api_cert = overrides.api_cert.or(self.api_cert);
+        c.api_key = overrides.api_key.or(self.api_key);
+        if c.api_cert.is_some() != c.api_key.is_some() {
+            bail!("api_cert and api_key go together");
+        }
+        c.session_ttl = duration(
+            "session_ttl",
+            overrides.session_ttl.or(self.session_ttl),
+            c.session_ttl,
         )?;
         c.data_dir = std::path::absolute(&c.data_dir)?;
         Ok(c)

@@ -10,6 +10,7 @@ pub mod pki;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +37,41 @@ pub struct Config {
     pub max_artifact_size: u64,
     /// Most containment targets in force at once.
     pub max_contained: u64,
+    /// HTTPS for the API and the web UI: `Auto` serves TLS unless `api` is a loopback
+    /// address; `Always` serves TLS everywhere.
+    pub api_tls: ApiTls,
+    /// PEM certificate chain and key for the HTTPS listener; without them the controller
+    /// issues one from its own CA (named by `server_names`).
+    pub api_cert: Option<PathBuf>,
+    pub api_key: Option<PathBuf>,
+    /// How long a browser session lasts after the login.
+    pub session_ttl: Duration,
+}
+
+/// When the API listens with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiTls {
+    Auto,
+    Always,
+}
+
+impl std::str::FromStr for ApiTls {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ApiTls::Auto),
+            "always" => Ok(ApiTls::Always),
+            other => Err(format!("api_tls {other:?} is not auto or always")),
+        }
+    }
+}
+
+impl Config {
+    /// Whether the API is served over TLS.
+    pub fn api_uses_tls(&self) -> bool {
+        self.api_tls == ApiTls::Always || !self.api.ip().is_loopback()
+    }
 }
 
 impl Config {
@@ -50,6 +86,10 @@ impl Config {
             heartbeat: Duration::from_secs(10),
             max_artifact_size: 1 << 30,
             max_contained: 64,
+            api_tls: ApiTls::Auto,
+            api_cert: None,
+            api_key: None,
+            session_ttl: Duration::from_secs(8 * 3600),
         }
     }
 }
@@ -60,6 +100,9 @@ impl Config {
 pub struct Listening {
     pub quic: SocketAddr,
     pub api: SocketAddr,
+    /// Whether the API speaks HTTPS.
+    #[serde(default)]
+    pub api_tls: bool,
     pub ca_sha256: String,
 }
 
@@ -82,9 +125,15 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.api))?;
     let api_addr = listener.local_addr()?;
+    let api_tls = if config.api_uses_tls() {
+        Some(web::tls::server_config(&controller.ca, &config)?)
+    } else {
+        None
+    };
     let listening = Listening {
         quic: quic_addr,
         api: api_addr,
+        api_tls: api_tls.is_some(),
         ca_sha256: fingerprint.clone(),
     };
     std::fs::write(
@@ -95,9 +144,26 @@ pub async fn run(config: Config) -> Result<()> {
 
     tokio::spawn(transport::serve(endpoint.clone(), controller.clone()));
     tokio::spawn(service::sweeper(controller.clone()));
-    let app = api::router(controller.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    server.await?;
+    let app = web::app(controller.clone());
+    match api_tls {
+        Some(tls) => {
+            let listener = web::tls::TlsListener::new(listener, tls);
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<web::tls::ClientAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?
+        }
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<web::tls::ClientAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?
+        }
+    }
     endpoint.close(0u32.into(), b"controller shutting down");
     Ok(())
 }

@@ -61,6 +61,18 @@ struct Flags {
     /// Most containment targets in force at once [default: 64].
     #[arg(long, global = true)]
     max_contained: Option<u64>,
+    /// HTTPS for the API and web UI: auto (unless on loopback) or always [default: auto].
+    #[arg(long, global = true)]
+    api_tls: Option<String>,
+    /// PEM certificate chain for HTTPS [default: issued by the controller's CA].
+    #[arg(long, global = true)]
+    api_cert: Option<PathBuf>,
+    /// PEM private key for --api-cert.
+    #[arg(long, global = true)]
+    api_key: Option<PathBuf>,
+    /// How long a web session lasts after the login [default: 8h].
+    #[arg(long, global = true)]
+    session_ttl: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +103,10 @@ fn main() -> ExitCode {
         heartbeat: f.heartbeat,
         max_artifact_size: f.max_artifact_size,
         max_contained: f.max_contained,
+        api_tls: f.api_tls,
+        api_cert: f.api_cert,
+        api_key: f.api_key,
+        session_ttl: f.session_ttl,
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

@@ -113,6 +113,8 @@ pub struct Controller {
     pub ca: Ca,
     pub config: Config,
     pub registry: Registry,
+    /// The web Action center's in-memory state (login rate limits).
+    pub web: crate::web::WebState,
 }
 
 /// A refused or failed operation, as the API reports it.
@@ -169,6 +171,7 @@ impl Controller {
             ca,
             config,
             registry: Registry::default(),
+            web: crate::web::WebState::default(),
         }
     }
 

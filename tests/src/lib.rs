@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod lab;
 pub mod proxy;
 pub mod traffic;
+pub mod webdriver;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -352,6 +353,43 @@ impl Controller {
         all.extend_from_slice(args);
         let v = self.json(&all);
         v["actions"][0]["id"].as_u64().expect("created action id")
+    }
+
+    /// One call of the JSON API with a bearer token (`None`: anonymous): the status and the
+    /// JSON body (`null` when there is none).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.url());
+        let auth = token.map(|t| format!("Bearer {t}"));
+        macro_rules! go {
+            ($req:expr) => {{
+                let mut req = $req;
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req
+            }};
+        }
+        let resp = match (method, body) {
+            ("GET", _) => go!(http.get(&url)).call(),
+            ("DELETE", _) => go!(http.delete(&url)).call(),
+            ("POST", b) => go!(http.post(&url)).send_json(b.unwrap_or(Value::Null)),
+            ("PUT", b) => go!(http.put(&url)).send_json(b.unwrap_or(Value::Null)),
+            (m, _) => panic!("method {m} not supported by the harness"),
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub fn device_online(&self, device: &str) -> bool {

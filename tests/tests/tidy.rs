@@ -177,3 +177,50 @@ fn every_dependency_is_pinned_once_in_the_workspace() {
         }
     }
 }
+
+#[test]
+fn the_web_page_puts_data_into_the_page_as_text_only() {
+    // Everything the page shows comes from the API (hostnames, paths, comments that agents
+    // and users control): it goes in with textContent or text nodes, never parsed as markup,
+    // and nothing is evaluated. The content security policy (script-src 'self') is the
+    // second line.
+    let dir = root().join("controller/src/web/static");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for needle in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "setTimeout(\"",
+            "javascript:",
+        ] {
+            if text.contains(needle) {
+                bad.push(format!("{}: {needle}", path.display()));
+            }
+        }
+        if path.extension().is_some_and(|e| e == "html") {
+            let handler = text.match_indices(" on").any(|(i, _)| {
+                let rest = &text[i + 3..];
+                let name = rest.len()
+                    - rest
+                        .trim_start_matches(|c: char| c.is_ascii_lowercase())
+                        .len();
+                name > 0 && rest[name..].starts_with('=')
+            });
+            assert!(
+                !text.contains("<script>") && !handler,
+                "{}: inline script or handler (the CSP forbids them)",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "markup or code built from strings: {bad:#?}"
+    );
+}

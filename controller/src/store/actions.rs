@@ -290,6 +290,21 @@ pub fn settle_parent(conn: &Connection, parent: ActionId) -> Result<()> {
     Ok(())
 }
 
+/// The actions requested to undo `id` (its `undone_by` is set only once one succeeds).
+pub fn undo_requests(conn: &Connection, id: ActionId) -> Result<Vec<(ActionId, ActionStatus)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, status FROM actions WHERE undo_of = ?1 ORDER BY id")?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([id.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.into_iter()
+        .map(|(i, s)| {
+            let status = s.parse().map_err(|e| StoreError::Sql(format!("{e}")))?;
+            Ok((ActionId(i as u64), status))
+        })
+        .collect()
+}
+
 pub fn artifacts(conn: &Connection, id: ActionId) -> Result<Vec<ArtifactRef>> {
     let mut stmt = conn
         .prepare("SELECT name, size, sha256 FROM artifacts WHERE action_id = ?1 ORDER BY name")?;
@@ -890,36 +905,71 @@ pub fn sweep(conn: &Connection, now: i64) -> Result<Vec<ActionRecord>> {
     Ok(changed)
 }
 
-/// Which actions to list.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// Which actions to list: the Action center's server-side filters, sort and page.
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
-    /// `pending` (awaiting approval) or `history` (everything else).
+    /// `pending` (awaiting approval), `history` (everything else) or `all`.
     pub view: Option<String>,
+    #[param(value_type = Option<String>)]
     pub kind: Option<ActionKind>,
+    #[param(value_type = Option<String>)]
     pub status: Option<ActionStatus>,
+    #[param(value_type = Option<String>)]
     pub source: Option<ActionSource>,
+    /// Device id or hostname.
     pub device: Option<String>,
     pub device_group: Option<String>,
     pub requested_by: Option<String>,
     /// Unix milliseconds: only actions created at or after.
     pub since: Option<i64>,
+    /// Unix milliseconds: only actions created before.
+    pub until: Option<i64>,
+    /// A time window ending now: `day`, `week`, `30d` or `6m` (183 days); with `since`, the
+    /// later of the two applies.
+    pub window: Option<String>,
+    /// One of the sortable columns (see the error for the list); default `id`.
     pub sort: Option<String>,
+    /// `asc` or `desc` (default).
     pub order: Option<String>,
+    /// Page size, at most 10,000; default 100.
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
 
-const SORTABLE: [&str; 9] = [
-    "id",
-    "kind",
-    "status",
-    "source",
-    "requested_by",
-    "created_at",
-    "decided_at",
-    "finished_at",
-    "hostname",
+/// The time windows the Action center offers, in milliseconds.
+pub fn window_ms(window: &str) -> Result<i64> {
+    const DAY: i64 = 86_400_000;
+    Ok(match window {
+        "day" => DAY,
+        "week" => 7 * DAY,
+        "30d" => 30 * DAY,
+        "6m" => 183 * DAY,
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "window {other:?} is not day, week, 30d or 6m"
+            )));
+        }
+    })
+}
+
+/// Sortable columns: the API name and the SQL expression.
+pub const SORTABLE: [(&str, &str); 14] = [
+    ("id", "a.id"),
+    ("kind", "a.kind"),
+    ("status", "a.status"),
+    ("source", "a.source"),
+    ("requested_by", "a.requested_by"),
+    ("created_at", "a.created_at"),
+    ("decided_by", "a.decided_by"),
+    ("decided_at", "a.decided_at"),
+    ("finished_at", "a.finished_at"),
+    ("comment", "a.comment"),
+    ("result_summary", "a.result_summary"),
+    ("hostname", "d.hostname"),
+    ("device", "d.hostname"),
+    ("device_group", "d.device_group"),
 ];
 
 /// Lists actions matching `filter`, restricted to `groups` when given, with the total count.
@@ -965,29 +1015,44 @@ pub fn list(
         };
         w.add(&format!("a.device_id IN ({marks})"), values);
     }
+    // Group conditions go through the devices of the group, so that the actions are found
+    // by device (an index) rather than by joining every action to its device.
     if let Some(g) = &filter.device_group {
-        w.add("d.device_group = ?", vec![Text(g.clone())]);
+        w.add(
+            "a.device_id IN (SELECT id FROM devices WHERE device_group = ?)",
+            vec![Text(g.clone())],
+        );
     }
     if let Some(r) = &filter.requested_by {
         w.add("a.requested_by = ?", vec![Text(r.clone())]);
     }
-    if let Some(since) = filter.since {
+    let since = match &filter.window {
+        Some(window) => {
+            let from = now_ms() - window_ms(window)?;
+            Some(filter.since.map_or(from, |s| s.max(from)))
+        }
+        None => filter.since,
+    };
+    if let Some(since) = since {
         w.add("a.created_at >= ?", vec![Integer(since)]);
+    }
+    if let Some(until) = filter.until {
+        w.add("a.created_at < ?", vec![Integer(until)]);
     }
     if let Some(groups) = groups {
         let marks = vec!["?"; groups.len()].join(",");
         w.add(
-            &format!("d.device_group IN ({marks})"),
+            &format!("a.device_id IN (SELECT id FROM devices WHERE device_group IN ({marks}))"),
             groups.iter().map(|g| Text(g.clone())).collect(),
         );
     }
     let sort = filter.sort.as_deref().unwrap_or("id");
-    if !SORTABLE.contains(&sort) {
+    let Some(&(_, sort_col)) = SORTABLE.iter().find(|(name, _)| *name == sort) else {
         return Err(StoreError::Invalid(format!(
             "cannot sort by {sort:?}; sortable: {}",
-            SORTABLE.join(", ")
+            SORTABLE.map(|(name, _)| name).join(", ")
         )));
-    }
+    };
     let order = match filter.order.as_deref() {
         None | Some("desc") => "DESC",
         Some("asc") => "ASC",
@@ -997,32 +1062,40 @@ pub fn list(
             )));
         }
     };
-    let sort_col = if sort == "hostname" {
-        "d.hostname".to_owned()
-    } else {
-        format!("a.{sort}")
-    };
     let where_ = w.sql();
     let args = w.args;
-    let from = "FROM actions a LEFT JOIN devices d ON d.id = a.device_id";
-    // Counting needs the devices table only when a clause names it.
-    let count_from = if where_.contains("d.") {
-        from
-    } else {
-        "FROM actions a"
-    };
+    // No clause names the devices table; only sorting by a device column joins it.
     let total: i64 = conn.query_row(
-        &format!("SELECT count(*) {count_from} {where_}"),
+        &format!("SELECT count(*) FROM actions a {where_}"),
         params_from_iter(args.iter()),
         |r| r.get(0),
     )?;
     let limit = filter.limit.unwrap_or(100).min(10_000);
     let offset = filter.offset.unwrap_or(0);
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} {from} {where_} ORDER BY {sort_col} {order}, a.id {order} LIMIT {limit} OFFSET {offset}"
+    // First the page's ids (the sort carries only the key and the id), then their rows.
+    let from = if sort_col.starts_with("d.") {
+        "FROM actions a LEFT JOIN devices d ON d.id = a.device_id"
+    } else {
+        "FROM actions a"
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT a.id {from} {where_} ORDER BY {sort_col} {order}, a.id {order} LIMIT {limit} OFFSET {offset}"
     ))?;
-    let rows = stmt.query_map(params_from_iter(args.iter()), from_row)?;
-    let mut out: Vec<ActionRecord> = rows.collect::<Result<_, _>>()?;
+    let ids: Vec<i64> = stmt
+        .query_map(params_from_iter(args.iter()), |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    if !ids.is_empty() {
+        let marks = vec!["?"; ids.len()].join(",");
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM actions a LEFT JOIN devices d ON d.id = a.device_id WHERE a.id IN ({marks})"
+        ))?;
+        let mut by_id: std::collections::HashMap<u64, ActionRecord> = stmt
+            .query_map(params_from_iter(ids.iter()), from_row)?
+            .map(|r| r.map(|rec| (rec.id.0, rec)))
+            .collect::<Result<_, _>>()?;
+        out.extend(ids.iter().filter_map(|id| by_id.remove(&(*id as u64))));
+    }
     for rec in &mut out {
         rec.artifacts = artifacts(conn, rec.id)?;
         if rec.is_fleet_parent() {

@@ -1,0 +1,643 @@
+// Palisade Action center: a small client of the controller's JSON API.
+//
+// Everything shown comes from the API and is put into the page as text (textContent, text
+// nodes, attribute values), never as markup: hostnames, paths, comments and results that
+// agents or users report cannot inject anything. The API checks every permission; this page
+// only hides what the API would refuse anyway.
+"use strict";
+
+const COLUMNS = [
+  { key: "id", label: "Id", sort: "id" },
+  { key: "kind", label: "Action", sort: "kind" },
+  { key: "device", label: "Device", sort: "device" },
+  { key: "device_group", label: "Device group", sort: "device_group" },
+  { key: "source", label: "Action source", sort: "source" },
+  { key: "status", label: "Status", sort: "status" },
+  { key: "requested_by", label: "Requested by", sort: "requested_by" },
+  { key: "created_at", label: "Requested at", sort: "created_at" },
+  { key: "comment", label: "Comment", sort: "comment" },
+  { key: "decided_by", label: "Decided by", sort: "decided_by" },
+  { key: "decided_at", label: "Decided at", sort: "decided_at" },
+  { key: "finished_at", label: "Finished at", sort: "finished_at" },
+  { key: "result_summary", label: "Result summary", sort: "result_summary" },
+];
+const DEFAULT_COLUMNS = {
+  pending: ["id", "kind", "device", "device_group", "source", "requested_by", "created_at", "comment"],
+  history: ["id", "kind", "device", "device_group", "source", "status", "requested_by", "created_at",
+    "comment", "decided_by", "finished_at", "result_summary"],
+};
+const KINDS = ["isolate", "release_isolation", "contain", "uncontain", "quarantine", "release_quarantine",
+  "scan", "restrict_execution", "release_execution", "collect_package", "request_sample", "offboard"];
+const UNDOABLE = ["isolate", "contain", "quarantine", "restrict_execution"];
+const STATUSES = ["pending_approval", "approved", "delivered", "acknowledged", "in_progress", "succeeded",
+  "failed", "rejected", "cancelled", "expired", "timed_out", "undone"];
+const SOURCES = {
+  manual_device_action: "Manual device action",
+  automated_device_action: "Automated device action",
+  manual_live_response_action: "Manual live response action",
+  live_response_action_via_api: "Live response action via API",
+  api_action: "API action",
+};
+const WINDOWS = [["day", "Last day"], ["week", "Last week"], ["30d", "Last 30 days"], ["6m", "Last 6 months"], ["", "All time"]];
+const PAGE_SIZES = [25, 50, 100, 200];
+const PARAM_TEMPLATES = {
+  isolate: { selective: false, exceptions: [] },
+  contain: { ip: "192.0.2.10" },
+  quarantine: { path: "/tmp/suspicious" },
+  release_quarantine: { sha256: "" },
+  scan: { mode: "quick" },
+  request_sample: { path: "/etc/hostname" },
+};
+
+let me = null; // { user, csrf, permissions }
+let view = null; // state of the Action center tab shown
+
+// ---------------------------------------------------------------- helpers
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+function fmtTime(ms) {
+  if (ms === null || ms === undefined) return "";
+  return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+function can(p) {
+  return !!me && me.permissions.includes(p);
+}
+
+function toast(message, bad) {
+  const t = $("#toast");
+  t.textContent = message;
+  t.className = bad ? "bad" : "";
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 5000);
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && me && me.csrf) headers["X-CSRF-Token"] = me.csrf;
+  const r = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (r.status === 204) return null;
+  let data = null;
+  try { data = await r.json(); } catch (_) { data = null; }
+  if (!r.ok) {
+    const err = (data && data.error) || {};
+    if (r.status === 401 && path !== "/api/v1/session") showLogin("Your session has ended; sign in again.");
+    throw new ApiError(r.status, err.code || "error", err.message || `HTTP ${r.status}`);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------- session
+
+function showLogin(message) {
+  me = null;
+  $("#top").hidden = true;
+  $("#main").replaceChildren();
+  $("#detail").hidden = true;
+  $("#login").hidden = false;
+  $("#login-error").textContent = message || "";
+  $("#login-name").focus();
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  $("#login-error").textContent = "";
+  try {
+    const s = await api("POST", "/api/v1/session", {
+      name: $("#login-name").value, password: $("#login-password").value,
+    });
+    $("#login-password").value = "";
+    await started(s);
+  } catch (e) {
+    $("#login-error").textContent = e.message;
+  }
+}
+
+async function started(session) {
+  const s = session.permissions ? session : await api("GET", "/api/v1/session");
+  me = { user: s.user, csrf: s.csrf, permissions: s.permissions };
+  $("#login").hidden = true;
+  $("#top").hidden = false;
+  const groups = me.user.device_groups.length ? ` · ${me.user.device_groups.join(", ")}` : "";
+  $("#whoami").textContent = `${me.user.name} (${me.user.role}${groups})`;
+  $("#nav-admin").hidden = !can("admin");
+  route();
+}
+
+async function logout() {
+  try { await api("DELETE", "/api/v1/session"); } catch (_) { /* ended anyway */ }
+  showLogin("Signed out.");
+}
+
+// ---------------------------------------------------------------- routing
+
+function route() {
+  if (!me) return;
+  const hash = location.hash || "#/pending";
+  const [, page, arg] = hash.split("/");
+  for (const a of $$("#top nav a")) a.classList.remove("active");
+  if (page === "devices") { $("#nav-devices").classList.add("active"); return devicesPage(); }
+  if (page === "admin") { $("#nav-admin").classList.add("active"); return adminPage(); }
+  $("#nav-actions").classList.add("active");
+  if (page === "action" && arg) {
+    if (!view) actionCenter("history");
+    return openDetail(arg);
+  }
+  return actionCenter(page === "history" ? "history" : "pending");
+}
+
+// ---------------------------------------------------------------- Action center
+
+async function actionCenter(tab) {
+  let prefs = {};
+  try { prefs = await api("GET", `/api/v1/ui-prefs/${tab}`); } catch (_) { prefs = {}; }
+  view = {
+    tab,
+    columns: Array.isArray(prefs.columns) && prefs.columns.length
+      ? prefs.columns.filter((c) => COLUMNS.some((k) => k.key === c)) : DEFAULT_COLUMNS[tab].slice(),
+    pageSize: PAGE_SIZES.includes(prefs.page_size) ? prefs.page_size : 50,
+    sort: prefs.sort || (tab === "pending" ? "created_at" : "id"),
+    order: prefs.order === "asc" ? "asc" : "desc",
+    window: prefs.window !== undefined ? prefs.window : (tab === "pending" ? "" : "30d"),
+    filters: {},
+    offset: 0,
+    rows: [],
+    selected: new Set(),
+    total: 0,
+  };
+  renderActionCenter();
+  await loadActions();
+}
+
+function savePrefs() {
+  const p = { columns: view.columns, page_size: view.pageSize, sort: view.sort, order: view.order, window: view.window };
+  api("PUT", `/api/v1/ui-prefs/${view.tab}`, p).catch((e) => toast(e.message, true));
+}
+
+function query(withPage) {
+  const q = new URLSearchParams();
+  q.set("view", view.tab);
+  if (view.window) q.set("window", view.window);
+  for (const [k, v] of Object.entries(view.filters)) if (v) q.set(k, v);
+  q.set("sort", view.sort);
+  q.set("order", view.order);
+  if (withPage) { q.set("limit", view.pageSize); q.set("offset", view.offset); }
+  return q;
+}
+
+function select(id, options, value, attrs) {
+  return el("select", { id, ...attrs },
+    options.map(([v, label]) => el("option", { value: v, selected: v === value }, label)));
+}
+
+function renderActionCenter() {
+  const tab = view.tab;
+  const main = $("#main");
+  const tabs = el("div", { class: "tabs", role: "tablist" },
+    el("a", { href: "#/pending", id: "tab-pending", class: tab === "pending" ? "active" : null, role: "tab" }, "Pending"),
+    el("a", { href: "#/history", id: "tab-history", class: tab === "history" ? "active" : null, role: "tab" }, "History"));
+
+  const any = [["", "any"]];
+  const filters = el("div", { class: "toolbar" },
+    el("label", {}, "Time ", select("f-window", WINDOWS, view.window)),
+    el("label", {}, "Action ", select("f-kind", any.concat(KINDS.map((k) => [k, k])), "")),
+    tab === "history" ? el("label", {}, "Status ", select("f-status", any.concat(STATUSES.filter((s) => s !== "pending_approval").map((s) => [s, s])), "")) : null,
+    el("label", {}, "Source ", select("f-source", any.concat(Object.entries(SOURCES)), "")),
+    el("label", {}, "Device ", el("input", { id: "f-device", type: "text", size: 12, placeholder: "hostname or id" })),
+    el("label", {}, "Group ", el("input", { id: "f-group", type: "text", size: 10 })),
+    el("label", {}, "Requester ", el("input", { id: "f-requester", type: "text", size: 10 })),
+    el("button", { type: "button", id: "apply", class: "primary", onclick: applyFilters }, "Apply"),
+    el("span", { class: "spacer" }),
+    el("label", {}, "Rows ", select("page-size", PAGE_SIZES.map((n) => [String(n), String(n)]), String(view.pageSize),
+      { onchange: (e) => { view.pageSize = Number(e.target.value); view.offset = 0; savePrefs(); loadActions(); } })),
+    el("button", { type: "button", id: "columns-toggle", onclick: () => { $("#columns-menu").hidden = !$("#columns-menu").hidden; } }, "Columns"),
+    el("a", { id: "export", href: "#", class: "link", download: "" }, "Export CSV"));
+  $("#f-window", filters).addEventListener("change", (e) => { view.window = e.target.value; savePrefs(); applyFilters(); });
+  for (const input of $$("input", filters)) input.addEventListener("keydown", (e) => { if (e.key === "Enter") applyFilters(); });
+
+  const menu = el("div", { id: "columns-menu", class: "columns-menu", hidden: true },
+    COLUMNS.map((c) => el("label", {},
+      el("input", {
+        type: "checkbox", dataset: { col: c.key }, checked: view.columns.includes(c.key),
+        onchange: (e) => {
+          if (e.target.checked) view.columns = COLUMNS.map((k) => k.key).filter((k) => k === c.key || view.columns.includes(k));
+          else view.columns = view.columns.filter((k) => k !== c.key);
+          savePrefs(); renderTable();
+        },
+      }), " ", c.label)));
+
+  const bulk = el("div", { class: "bulk" },
+    el("input", { type: "text", id: "bulk-comment", placeholder: tab === "pending" ? "Comment (required to reject)" : "Comment (required to undo)" }),
+    tab === "pending" && can("approve") ? [
+      el("button", { type: "button", id: "bulk-approve", class: "primary", onclick: () => decide(true) }, "Approve selected"),
+      el("button", { type: "button", id: "bulk-reject", class: "danger", onclick: () => decide(false) }, "Reject selected"),
+    ] : null,
+    tab === "history" && can("approve") ? el("button", { type: "button", id: "bulk-undo", onclick: undoSelected }, "Undo selected") : null,
+    el("span", { id: "bulk-msg", role: "alert" }));
+  if (!can("approve")) $("#bulk-comment", bulk).hidden = true;
+
+  const table = el("table", { id: "actions" }, el("thead"), el("tbody"));
+  const pager = el("div", { class: "pager" },
+    el("button", { type: "button", id: "prev", onclick: () => { view.offset = Math.max(0, view.offset - view.pageSize); loadActions(); } }, "‹ Previous"),
+    el("span", { id: "page-info" }),
+    el("button", { type: "button", id: "next", onclick: () => { view.offset += view.pageSize; loadActions(); } }, "Next ›"));
+  main.replaceChildren(tabs, filters, menu, bulk, table, pager);
+}
+
+function applyFilters() {
+  const v = (id) => { const e = $(id); return e ? e.value.trim() : ""; };
+  view.filters = {
+    kind: v("#f-kind"), status: v("#f-status"), source: v("#f-source"),
+    device: v("#f-device"), device_group: v("#f-group"), requested_by: v("#f-requester"),
+  };
+  view.offset = 0;
+  loadActions();
+}
+
+async function loadActions() {
+  const tab = view.tab;
+  try {
+    const r = await api("GET", `/api/v1/actions?${query(true)}`);
+    if (!view || view.tab !== tab) return;
+    view.rows = r.actions;
+    view.total = r.total;
+    view.selected = new Set([...view.selected].filter((id) => r.actions.some((a) => a.id === id)));
+    renderTable();
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+function cellValue(a, key) {
+  switch (key) {
+    case "device": return a.hostname || (a.device_id ? a.device_id : `fleet-wide (${a.children ? a.children.total : 0} devices)`);
+    case "device_group": return a.device_group || "";
+    case "source": return SOURCES[a.source] || a.source;
+    case "created_at": case "decided_at": case "finished_at": return fmtTime(a[key]);
+    default: return a[key] === null || a[key] === undefined ? "" : String(a[key]);
+  }
+}
+
+function renderTable() {
+  const cols = view.columns.map((k) => COLUMNS.find((c) => c.key === k)).filter(Boolean);
+  const selectable = can("approve");
+  const head = el("tr", {},
+    selectable ? el("th", {}, el("input", { type: "checkbox", id: "select-all", "aria-label": "Select all", onchange: (e) => {
+      view.selected = e.target.checked ? new Set(view.rows.map((a) => a.id)) : new Set();
+      renderTable();
+    } })) : null,
+    cols.map((c) => el("th", {
+      class: "sortable", dataset: { col: c.key },
+      "aria-sort": view.sort === c.sort ? (view.order === "asc" ? "ascending" : "descending") : null,
+      onclick: () => {
+        if (view.sort === c.sort) view.order = view.order === "asc" ? "desc" : "asc";
+        else { view.sort = c.sort; view.order = "asc"; }
+        view.offset = 0; savePrefs(); loadActions();
+      },
+    }, c.label)),
+    selectable ? el("th", {}, "") : null);
+  const rows = view.rows.map((a) => {
+    const sel = view.selected.has(a.id);
+    return el("tr", { dataset: { id: a.id, kind: a.kind }, class: sel ? "selected" : null },
+      selectable ? el("td", {}, el("input", { type: "checkbox", class: "sel", checked: sel, "aria-label": `Select action ${a.id}`, onchange: (e) => {
+        if (e.target.checked) view.selected.add(a.id); else view.selected.delete(a.id);
+        e.target.closest("tr").classList.toggle("selected", e.target.checked);
+        updateBulk();
+      } })) : null,
+      cols.map((c) => {
+        if (c.key === "id") return el("td", { dataset: { col: "id" } }, el("button", { type: "button", class: "link open-detail", onclick: () => openDetail(a.id) }, String(a.id)));
+        if (c.key === "status") return el("td", { dataset: { col: "status" } }, el("span", { class: `status ${a.status}` }, a.status));
+        return el("td", { dataset: { col: c.key } }, cellValue(a, c.key));
+      }),
+      selectable ? el("td", {}, rowButtons(a)) : null);
+  });
+  $("#actions thead").replaceChildren(head);
+  $("#actions tbody").replaceChildren(...rows);
+  if (!rows.length) $("#actions tbody").append(el("tr", {}, el("td", { colspan: cols.length + 2, class: "muted" }, "No actions match.")));
+  const from = view.total ? view.offset + 1 : 0;
+  $("#page-info").textContent = `${from}–${view.offset + view.rows.length} of ${view.total}`;
+  $("#prev").disabled = view.offset === 0;
+  $("#next").disabled = view.offset + view.rows.length >= view.total;
+  const cq = query(false);
+  cq.set("columns", view.columns.join(","));
+  $("#export").setAttribute("href", `/api/v1/actions/export.csv?${cq}`);
+  updateBulk();
+}
+
+function rowButtons(a) {
+  if (view.tab === "pending") {
+    return el("button", { type: "button", class: "approve-one", onclick: () => decide(true, [a.id]) }, "Approve");
+  }
+  if (UNDOABLE.includes(a.kind) && a.status === "succeeded" && a.device_id) {
+    return el("button", { type: "button", class: "undo-one", onclick: () => undoSelected([a.id]) }, "Undo");
+  }
+  return null;
+}
+
+/// Several actions can be decided or undone together only when they are all of one kind.
+function selectionProblem(ids) {
+  const kinds = new Set(view.rows.filter((a) => ids.includes(a.id)).map((a) => a.kind));
+  if (!ids.length) return "Select one or more actions.";
+  if (kinds.size > 1) return `Selected actions are of different kinds (${[...kinds].sort().join(", ")}): approve, reject or undo one kind at a time.`;
+  return null;
+}
+
+function updateBulk() {
+  const ids = [...view.selected];
+  const problem = ids.length ? selectionProblem(ids) : null;
+  $("#bulk-msg").textContent = problem || (ids.length ? `${ids.length} selected` : "");
+  for (const b of $$("#bulk-approve, #bulk-reject, #bulk-undo")) b.disabled = !ids.length || !!problem;
+  const all = $("#select-all");
+  if (all) all.checked = ids.length > 0 && ids.length === view.rows.length;
+}
+
+async function decide(approve, ids) {
+  ids = ids || [...view.selected];
+  const problem = selectionProblem(ids);
+  if (problem) { $("#bulk-msg").textContent = problem; return; }
+  const comment = $("#bulk-comment").value.trim();
+  if (!approve && !comment) { $("#bulk-msg").textContent = "A comment is required to reject."; $("#bulk-comment").focus(); return; }
+  try {
+    const r = await api("POST", `/api/v1/actions/${approve ? "approve" : "reject"}`, { ids, comment });
+    toast(`${approve ? "Approved" : "Rejected"} ${r.actions.filter((a) => ids.includes(a.id)).length || ids.length} action(s).`);
+    $("#bulk-comment").value = "";
+    view.selected = new Set();
+    await loadActions();
+  } catch (e) {
+    $("#bulk-msg").textContent = e.message;
+  }
+}
+
+async function undoSelected(ids) {
+  ids = ids || [...view.selected];
+  const problem = selectionProblem(ids);
+  if (problem) { $("#bulk-msg").textContent = problem; return; }
+  const comment = $("#bulk-comment").value.trim();
+  if (!comment) { $("#bulk-msg").textContent = "A comment is required to undo."; $("#bulk-comment").focus(); return; }
+  try {
+    const r = await api("POST", "/api/v1/actions/undo", { ids, comment });
+    toast(`Requested undo: action(s) ${r.actions.map((a) => a.id).join(", ")}.`);
+    $("#bulk-comment").value = "";
+    view.selected = new Set();
+    await loadActions();
+  } catch (e) {
+    $("#bulk-msg").textContent = e.message;
+  }
+}
+
+// ---------------------------------------------------------------- detail panel
+
+function kv(pairs) {
+  return el("dl", { class: "kv" }, pairs.filter(([, v]) => v !== null && v !== undefined && v !== "")
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function actionLink(id) {
+  return el("button", { type: "button", class: "link", onclick: () => openDetail(id) }, `#${id}`);
+}
+
+async function openDetail(id) {
+  let d;
+  try { d = await api("GET", `/api/v1/actions/${encodeURIComponent(id)}`); } catch (e) { toast(e.message, true); return; }
+  const a = d.action;
+  $("#detail-title").textContent = `Action ${a.id} · ${a.kind}`;
+  const body = [];
+  body.push(kv([
+    ["Status", el("span", { class: `status ${a.status}` }, a.status)],
+    ["Device", a.hostname ? `${a.hostname} (${a.device_id})` : (a.device_id || "fleet-wide")],
+    ["Device group", a.device_group],
+    ["Action source", SOURCES[a.source] || a.source],
+    ["Requested by", a.requested_by],
+    ["Comment", a.comment],
+    ["Decided by", a.decided_by],
+    ["Decision comment", a.decision_comment],
+    ["Cancelled by", a.cancelled_by],
+    ["External id", a.external_id],
+    ["Parent", a.parent_id ? actionLink(a.parent_id) : null],
+    ["Undo of", a.undo_of ? actionLink(a.undo_of) : null],
+    ["Undone by", a.undone_by ? actionLink(a.undone_by) : null],
+    ["Undo requested", (d.undo_requests || []).length
+      ? el("span", { id: "detail-undo-requests" }, d.undo_requests.map((u) => [actionLink(u.id), ` (${u.status}) `]))
+      : null],
+  ]));
+  body.push(el("h3", {}, "Parameters"), el("pre", { id: "detail-params" }, JSON.stringify(a.params, null, 2)));
+  body.push(el("h3", {}, "Timeline"), el("ol", { class: "timeline", id: "detail-timeline" },
+    d.timeline.map((h) => el("li", { class: h.at ? "done" : null, dataset: { hop: h.hop } },
+      el("strong", {}, h.hop), " ", h.at ? fmtTime(h.at) : "—", h.actor && h.at ? ` · ${h.actor}` : ""))));
+  body.push(el("h3", {}, "Result"), kv([["Summary", a.result_summary || "(none yet)"], ["Progress", a.progress]]));
+  if (a.result_detail) body.push(el("pre", { id: "detail-result" }, JSON.stringify(a.result_detail, null, 2)));
+  if (a.artifacts.length) {
+    body.push(el("h3", {}, "Artifacts"), el("ul", { id: "detail-artifacts" }, a.artifacts.map((f) => el("li", {},
+      can("investigate")
+        ? el("a", { href: `/api/v1/actions/${a.id}/artifacts/${encodeURIComponent(f.name)}`, download: "" }, f.name)
+        : el("span", { title: "needs the investigate permission" }, f.name),
+      ` · ${f.size} bytes · sha256 ${f.sha256}`))));
+  }
+  if (a.children) {
+    const c = a.children;
+    body.push(el("h3", {}, "Devices"), el("p", {}, `${c.total} devices: ${c.succeeded} succeeded, ${c.failed} failed, ${c.pending} pending, ${c.not_run} not run`));
+    body.push(el("table", { id: "detail-children" }, el("tbody", {}, d.children.map((ch) => el("tr", {},
+      el("td", {}, actionLink(ch.id)), el("td", {}, ch.hostname || ch.device_id), el("td", {}, el("span", { class: `status ${ch.status}` }, ch.status)),
+      el("td", {}, ch.result_summary || ""))))));
+  }
+  if (UNDOABLE.includes(a.kind) && a.status === "succeeded" && a.device_id && can("approve")) {
+    body.push(el("h3", {}, "Undo"), el("div", { class: "bulk" },
+      el("input", { type: "text", id: "detail-undo-comment", placeholder: "Comment (required)" }),
+      el("button", { type: "button", id: "detail-undo", onclick: async () => {
+        const comment = $("#detail-undo-comment").value.trim();
+        if (!comment) { toast("A comment is required to undo.", true); return; }
+        try {
+          const r = await api("POST", "/api/v1/actions/undo", { ids: [a.id], comment });
+          toast(`Requested undo: action ${r.actions[0].id}.`);
+          openDetail(a.id);
+          if (view) loadActions();
+        } catch (e) { toast(e.message, true); }
+      } }, "Undo")));
+  }
+  body.push(el("h3", {}, "Audit"), el("ol", { class: "timeline" }, d.history.map((h) =>
+    el("li", { class: "done" }, `${fmtTime(h.at)} · ${h.actor} · ${h.event}`))));
+  $("#detail-body").replaceChildren(...body);
+  $("#detail").hidden = false;
+}
+
+// ---------------------------------------------------------------- devices
+
+function deviceState(d) {
+  const o = d.observed || {};
+  const parts = [];
+  if (o.isolated) parts.push("isolated");
+  if (Array.isArray(o.contained) && o.contained.length) parts.push(`containing ${o.contained.length}`);
+  if (o.restrict_execution) parts.push("execution restricted");
+  if (o.drift) parts.push(`drift: ${o.drift}`);
+  return parts.length ? parts.join(", ") : "normal";
+}
+
+async function devicesPage() {
+  view = null;
+  let list = [];
+  try { list = (await api("GET", "/api/v1/devices")).devices; } catch (e) { toast(e.message, true); }
+  const selected = new Set();
+  const table = el("table", { id: "devices" },
+    el("thead", {}, el("tr", {}, can("respond") ? el("th", {}, "") : null,
+      ["Hostname", "Device id", "Group", "Online", "Last seen", "Agent", "State", "Rules", "Status"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, list.map((d) => el("tr", { dataset: { id: d.id } },
+      can("respond") ? el("td", {}, el("input", { type: "checkbox", class: "sel", "aria-label": `Select ${d.hostname}`, onchange: (e) => {
+        if (e.target.checked) selected.add(d.id); else selected.delete(d.id);
+      } })) : null,
+      el("td", { dataset: { col: "hostname" } }, d.hostname),
+      el("td", {}, el("code", {}, d.id)),
+      el("td", {}, d.device_group),
+      el("td", {}, d.online ? "online" : "offline"),
+      el("td", {}, fmtTime(d.last_seen)),
+      el("td", {}, d.agent_version),
+      el("td", {}, deviceState(d)),
+      el("td", { class: "muted" }, "—"),
+      el("td", {}, d.status)))));
+  const parts = [el("div", { class: "card" }, el("h2", {}, `Devices (${list.length})`), table)];
+  if (can("respond")) {
+    const kind = select("req-kind", KINDS.map((k) => [k, k]), "request_sample", {
+      onchange: (e) => { $("#req-params").value = JSON.stringify(PARAM_TEMPLATES[e.target.value] || {}, null, 2); },
+    });
+    parts.push(el("div", { class: "card" }, el("h2", {}, "Request an action on the selected devices"),
+      el("div", { class: "form-grid" },
+        el("label", { for: "req-kind" }, "Action"), kind,
+        el("label", { for: "req-params" }, "Parameters (JSON)"), el("textarea", { id: "req-params" }, JSON.stringify(PARAM_TEMPLATES.request_sample, null, 2)),
+        el("label", { for: "req-comment" }, "Comment"), el("input", { id: "req-comment", type: "text", required: true }),
+        el("span", {}, ""), el("label", {}, el("input", { type: "checkbox", id: "req-fleet" }), " fleet-wide (one parent, a child per device; none selected = every device I may act on)"),
+        el("span", {}, ""), el("button", { type: "button", id: "req-submit", class: "primary", onclick: async () => {
+          let params;
+          try { params = JSON.parse($("#req-params").value || "{}"); } catch (e) { toast(`Parameters: ${e.message}`, true); return; }
+          params.kind = $("#req-kind").value;
+          const body = { devices: [...selected], params, comment: $("#req-comment").value, fleet: $("#req-fleet").checked };
+          if (!body.comment.trim()) { toast("A comment is required.", true); return; }
+          try {
+            const r = await api("POST", "/api/v1/actions", body);
+            toast(`Requested action(s) ${r.actions.map((a) => a.id).join(", ")}.`);
+          } catch (e) { toast(e.message, true); }
+        } }, "Request"))));
+  }
+  $("#main").replaceChildren(...parts);
+}
+
+// ---------------------------------------------------------------- admin
+
+async function adminPage() {
+  view = null;
+  if (!can("admin")) { $("#main").replaceChildren(el("p", {}, "The admin page needs the admin permission.")); return; }
+  const [users, policies, allowlists, devices] = await Promise.all([
+    api("GET", "/api/v1/users"), api("GET", "/api/v1/policies"), api("GET", "/api/v1/exec-allowlist"), api("GET", "/api/v1/devices"),
+  ].map((p) => p.catch((e) => { toast(e.message, true); return {}; })));
+  const groups = {};
+  for (const d of devices.devices || []) groups[d.device_group] = (groups[d.device_group] || 0) + 1;
+  const refresh = () => adminPage();
+  const input = (id, attrs) => el("input", { id, type: "text", ...attrs });
+  $("#main").replaceChildren(
+    el("div", { class: "card" }, el("h2", {}, "Users and roles"),
+      el("table", { id: "users" }, el("thead", {}, el("tr", {}, ["Name", "Role", "Device groups", "Created by", "Created at"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, (users.users || []).map((u) => el("tr", {}, el("td", {}, u.name), el("td", {}, u.role),
+          el("td", {}, u.device_groups.length ? u.device_groups.join(", ") : "all"), el("td", {}, u.created_by), el("td", {}, fmtTime(u.created_at)))))),
+      el("h3", {}, "Add a user"),
+      el("div", { class: "form-grid" },
+        el("label", {}, "Name"), input("user-name"),
+        el("label", {}, "Role"), select("user-role", ["viewer", "responder", "approver", "investigator", "admin"].map((r) => [r, r]), "viewer"),
+        el("label", {}, "Device groups"), input("user-groups", { placeholder: "comma-separated; empty = all" }),
+        el("label", {}, "Password"), el("input", { id: "user-password", type: "password", autocomplete: "new-password" }),
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "user-add", onclick: async () => {
+          const groupsList = $("#user-groups").value.split(",").map((s) => s.trim()).filter(Boolean);
+          try {
+            const r = await api("POST", "/api/v1/users", { name: $("#user-name").value, role: $("#user-role").value,
+              device_groups: groupsList, password: $("#user-password").value || undefined });
+            toast(`User ${r.name} added; API token: ${r.token}`);
+            refresh();
+          } catch (e) { toast(e.message, true); }
+        } }, "Add user"))),
+    el("div", { class: "card" }, el("h2", {}, "Device groups"),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Group"), el("th", {}, "Devices"))),
+        el("tbody", {}, Object.entries(groups).map(([g, n]) => el("tr", {}, el("td", {}, g), el("td", {}, String(n)))))),
+      el("p", { class: "muted" }, "Devices join the group named by their enrolment token.")),
+    el("div", { class: "card" }, el("h2", {}, "Approval policy"),
+      el("table", { id: "policies" }, el("thead", {}, el("tr", {}, ["Device group", "Kind", "Approval required", "Four eyes"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, (policies.policies || []).map((p) => el("tr", {}, el("td", {}, p.device_group), el("td", {}, p.kind),
+          el("td", {}, p.require_approval ? "yes" : "no"), el("td", {}, p.distinct_approver ? "yes" : "no"))))),
+      el("h3", {}, "Set a policy"),
+      el("div", { class: "form-grid" },
+        el("label", {}, "Device group"), input("policy-group", { value: "*" }),
+        el("label", {}, "Kind"), select("policy-kind", [["", "* (every kind)"]].concat(KINDS.map((k) => [k, k])), ""),
+        el("label", {}, "Approval required"), el("input", { type: "checkbox", id: "policy-approval", checked: true }),
+        el("label", {}, "Four eyes"), el("input", { type: "checkbox", id: "policy-four-eyes" }),
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "policy-save", onclick: async () => {
+          try {
+            await api("PUT", "/api/v1/policies", { device_group: $("#policy-group").value || "*", kind: $("#policy-kind").value || undefined,
+              require_approval: $("#policy-approval").checked, distinct_approver: $("#policy-four-eyes").checked });
+            refresh();
+          } catch (e) { toast(e.message, true); }
+        } }, "Save policy"))),
+    el("div", { class: "card" }, el("h2", {}, "Exec allowlists"),
+      el("table", { id: "allowlists" }, el("tbody", {}, (allowlists.allowlists || []).map((a) => el("tr", {}, el("td", {}, a.device_group),
+        el("td", {}, `${a.sha256.length} hashes, ${a.paths.length} paths`), el("td", {}, [...a.sha256, ...a.paths].join(" ")))))),
+      el("h3", {}, "Replace a group's allowlist"),
+      el("div", { class: "form-grid" },
+        el("label", {}, "Device group"), input("allow-group", { value: "default" }),
+        el("label", {}, "SHA-256 (one a line)"), el("textarea", { id: "allow-sha256" }),
+        el("label", {}, "Paths (one a line)"), el("textarea", { id: "allow-paths" }),
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "allow-save", onclick: async () => {
+          const lines = (id) => $(id).value.split("\n").map((l) => l.trim()).filter(Boolean);
+          try {
+            await api("PUT", "/api/v1/exec-allowlist", { device_group: $("#allow-group").value, sha256: lines("#allow-sha256"), paths: lines("#allow-paths") });
+            refresh();
+          } catch (e) { toast(e.message, true); }
+        } }, "Save allowlist"))),
+    el("div", { class: "card" }, el("h2", {}, "Enrolment tokens"),
+      el("div", { class: "form-grid" },
+        el("label", {}, "Uses"), el("input", { id: "enroll-uses", type: "number", value: 1, min: 1 }),
+        el("label", {}, "Expires in"), input("enroll-expires", { value: "24h" }),
+        el("label", {}, "Device group"), input("enroll-group", { value: "default" }),
+        el("span", {}, ""), el("button", { type: "button", class: "primary", id: "enroll-create", onclick: async () => {
+          try {
+            const r = await api("POST", "/api/v1/enroll-tokens", { uses: Number($("#enroll-uses").value), expires_in: $("#enroll-expires").value,
+              device_group: $("#enroll-group").value });
+            $("#enroll-result").textContent = `palisade-agent enroll --token ${r.token.token} --ca-sha256 ${r.ca_sha256} --controller HOST:7443`;
+          } catch (e) { toast(e.message, true); }
+        } }, "Create token")),
+      el("pre", { id: "enroll-result" })));
+}
+
+// ---------------------------------------------------------------- start
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("#login-form").addEventListener("submit", login);
+  $("#logout").addEventListener("click", logout);
+  $("#detail-close").addEventListener("click", () => { $("#detail").hidden = true; });
+  window.addEventListener("hashchange", () => { $("#detail").hidden = true; route(); });
+  try {
+    await started(await api("GET", "/api/v1/session"));
+  } catch (_) {
+    showLogin("");
+  }
+});

@@ -1,0 +1,603 @@
+//! The web Action center in a real browser: headless Chromium driven over WebDriver against
+//! the real controller binary. Devices are written straight into the controller's database
+//! (no agents needed: the UI only reads and decides).
+//!
+//! `PALISADE_SCREENSHOTS=1` also writes the screenshots into `docs/screenshots/` for the
+//! README.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use palisade_tests::webdriver::Browser;
+use palisade_tests::{Controller, eventually, sqlite3};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+const WEB1: &str = "00000000-0000-4000-8000-00000000000a";
+const WEB2: &str = "00000000-0000-4000-8000-00000000000b";
+const DB1: &str = "00000000-0000-4000-8000-00000000000c";
+const EVIL: &str = "00000000-0000-4000-8000-00000000000d";
+const EVIL_NAME: &str = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>";
+
+/// Three devices in two groups, one of them with a hostname made to inject markup.
+fn devices(ctl: &Controller) {
+    let all: Vec<&str> = vec![
+        "isolate",
+        "release_isolation",
+        "contain",
+        "uncontain",
+        "quarantine",
+        "release_quarantine",
+        "scan",
+        "restrict_execution",
+        "release_execution",
+        "collect_package",
+        "request_sample",
+        "offboard",
+    ];
+    let caps = serde_json::to_string(&all).unwrap();
+    let mut sql = String::new();
+    for (id, host, group) in [
+        (WEB1, "web-1", "web"),
+        (WEB2, "web-2", "web"),
+        (DB1, "db-1", "db"),
+        (EVIL, EVIL_NAME, "web"),
+    ] {
+        sql.push_str(&format!(
+            "INSERT INTO devices (id, hostname, device_group, agent_version, capabilities, inventory, cert_serial, enrolled_at, last_seen)
+             VALUES ('{id}', '{}', '{group}', '0.1.0', '{caps}', '{{}}', 'serial-{id}', 0, 1764000000000);",
+            host.replace('\'', "''")
+        ));
+    }
+    sqlite3(&ctl.db(), &sql);
+}
+
+fn request(ctl: &Controller, device: &str, params: Value, comment: &str) -> u64 {
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions",
+        Some(&ctl.admin_token),
+        Some(json!({"devices": [device], "params": params, "comment": comment})),
+    );
+    assert_eq!(status, 201, "{v}");
+    v["actions"][0]["id"].as_u64().unwrap()
+}
+
+fn sample(ctl: &Controller, device: &str, comment: &str) -> u64 {
+    request(
+        ctl,
+        device,
+        json!({"kind": "request_sample", "path": "/etc/hostname"}),
+        comment,
+    )
+}
+
+fn action(ctl: &Controller, id: u64) -> Value {
+    let (status, v) = ctl.api(
+        "GET",
+        &format!("/api/v1/actions/{id}"),
+        Some(&ctl.admin_token),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    v["action"].clone()
+}
+
+/// Adds a user with a password and returns its API token.
+fn user(ctl: &Controller, name: &str, role: &str, groups: &[&str]) -> String {
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/users",
+        Some(&ctl.admin_token),
+        Some(json!({"name": name, "role": role, "device_groups": groups, "password": PASSWORD})),
+    );
+    assert_eq!(status, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn login(browser: &Browser, ctl: &Controller, name: &str) {
+    browser.goto(&ctl.url());
+    browser.find("#login-name").send_keys(name);
+    browser.find("#login-password").send_keys(PASSWORD);
+    browser.find("#login-submit").click();
+    browser.wait_text("#whoami", name);
+}
+
+/// The ids of the rows shown in the actions table.
+fn row_ids(browser: &Browser) -> Vec<u64> {
+    browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#actions tbody tr[data-id]')).map(r => Number(r.dataset.id));",
+            vec![],
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+fn column(browser: &Browser, col: &str) -> Vec<String> {
+    browser
+        .execute(
+            "return Array.from(document.querySelectorAll(`#actions tbody td[data-col=\"${arguments[0]}\"]`)).map(td => td.textContent);",
+            vec![json!(col)],
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_rows(browser: &Browser, what: &str, f: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+    eventually(Duration::from_secs(15), what, || {
+        let ids = row_ids(browser);
+        f(&ids).then_some(ids)
+    })
+}
+
+fn select_rows(browser: &Browser, ids: &[u64]) {
+    for id in ids {
+        browser
+            .find(&format!("#actions tr[data-id=\"{id}\"] input.sel"))
+            .click();
+    }
+}
+
+fn screenshot(browser: &Browser, dir: &Path, name: &str) {
+    let path = dir.join(name);
+    browser.screenshot(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"), "{name} is not a PNG");
+    if std::env::var_os("PALISADE_SCREENSHOTS").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        std::fs::write(docs.join(name), &bytes).unwrap();
+    }
+}
+
+/// RFC 4180: records of fields, quoted fields may hold commas, quotes and line breaks.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = vec![];
+    let mut row = vec![];
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') if chars.peek() == Some(&'\n') => {
+                chars.next();
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    assert!(
+        field.is_empty() && row.is_empty(),
+        "the last record has no CRLF"
+    );
+    rows
+}
+
+#[test]
+fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let (status, v) = ctl.api(
+        "PUT",
+        "/api/v1/users/admin/password",
+        Some(&ctl.admin_token),
+        Some(json!({"password": PASSWORD})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let s1 = sample(&ctl, WEB1, "suspicious binary");
+    let s2 = sample(&ctl, WEB2, "=HYPERLINK(\"http://evil\",\"click\")");
+    let p1 = request(
+        &ctl,
+        DB1,
+        json!({"kind": "collect_package"}),
+        "triage, db side",
+    );
+    let s3 = sample(&ctl, DB1, "second look");
+    // A succeeded quarantine, as an agent would have reported it, to undo from History.
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, created_at, expires_at,
+               decided_by, decided_at, finished_at, result_summary, result_detail)
+             VALUES ('quarantine', '{{\"kind\":\"quarantine\",\"path\":\"/tmp/x\"}}', '{WEB1}', 'manual_device_action',
+               'succeeded', 'admin', 'contain the dropper', {now}, {now}, 'admin', {now}, {now}, 'quarantined /tmp/x',
+               '{{\"vault_entry\":\"e-1\"}}');",
+            now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                - 60_000
+        ),
+    );
+    let q = 5;
+
+    let browser = Browser::start();
+    let shots = tempfile::tempdir().unwrap();
+
+    // Log in: wrong password first.
+    browser.goto(&ctl.url());
+    browser.find("#login-name").send_keys("admin");
+    browser
+        .find("#login-password")
+        .send_keys("not the password");
+    browser.find("#login-submit").click();
+    browser.wait_text("#login-error", "wrong user name or password");
+    browser.find("#login-password").clear().send_keys(PASSWORD);
+    browser.find("#login-submit").click();
+    browser.wait_text("#whoami", "admin");
+
+    // The pending actions made through the API are there.
+    let ids = wait_rows(&browser, "four pending actions", |ids| ids.len() == 4);
+    for id in [s1, s2, p1, s3] {
+        assert!(ids.contains(&id), "{id} not in {ids:?}");
+    }
+    screenshot(&browser, shots.path(), "pending.png");
+
+    // A mixed-kind selection is refused, by the page and by the API.
+    select_rows(&browser, &[s1, p1]);
+    browser.wait_text("#bulk-msg", "different kinds");
+    assert_eq!(browser.find("#bulk-approve").property("disabled"), true);
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&ctl.admin_token),
+        Some(json!({"ids": [s1, p1]})),
+    );
+    assert_eq!(status, 409, "{v}");
+    select_rows(&browser, &[p1]); // unselect the package
+
+    // Two of the same kind approved together.
+    select_rows(&browser, &[s2]);
+    browser.wait_text("#bulk-msg", "2 selected");
+    browser.find("#bulk-approve").click();
+    wait_rows(&browser, "the approved ones to leave Pending", |ids| {
+        !ids.contains(&s1) && !ids.contains(&s2) && ids.len() == 2
+    });
+    for id in [s1, s2] {
+        let a = action(&ctl, id);
+        assert_eq!(a["status"], "approved", "{a}");
+        assert_eq!(a["decided_by"], "admin");
+    }
+
+    // Reject needs a comment.
+    select_rows(&browser, &[s3]);
+    browser.find("#bulk-reject").click();
+    browser.wait_text("#bulk-msg", "A comment is required to reject");
+    assert_eq!(action(&ctl, s3)["status"], "pending_approval");
+    browser
+        .find("#bulk-comment")
+        .send_keys("not needed after all");
+    browser.find("#bulk-reject").click();
+    wait_rows(&browser, "the rejected one to leave Pending", |ids| {
+        ids == [p1]
+    });
+    let a = action(&ctl, s3);
+    assert_eq!(a["status"], "rejected");
+    assert_eq!(a["decision_comment"], "not needed after all");
+
+    // History: sort by any column, both ways.
+    browser.find("#tab-history").click();
+    browser.find("#f-window").select("");
+    wait_rows(&browser, "the history", |ids| ids.len() == 4);
+    screenshot(&browser, shots.path(), "history.png");
+    browser.find("th[data-col=\"id\"]").click();
+    wait_rows(&browser, "ids ascending", |ids| ids == [s1, s2, s3, q]);
+    browser.find("th[data-col=\"id\"]").click();
+    wait_rows(&browser, "ids descending", |ids| ids == [q, s3, s2, s1]);
+    browser.find("th[data-col=\"device\"]").click();
+    eventually(Duration::from_secs(15), "sorted by device", || {
+        let hosts = column(&browser, "device");
+        (hosts == ["db-1", "web-1", "web-1", "web-2"]).then_some(())
+    });
+
+    // Filter by kind (and status) on the server.
+    browser.find("#f-kind").select("request_sample");
+    browser.find("#apply").click();
+    wait_rows(&browser, "only samples", |ids| ids.len() == 3);
+    assert!(
+        column(&browser, "kind")
+            .iter()
+            .all(|k| k == "request_sample")
+    );
+    browser.find("#f-status").select("rejected");
+    browser.find("#apply").click();
+    wait_rows(&browser, "only the rejected sample", |ids| ids == [s3]);
+    browser.find("#f-status").select("");
+    browser.find("#apply").click();
+    wait_rows(&browser, "the samples again", |ids| ids.len() == 3);
+
+    // Export the filtered view and read the file.
+    browser.find("#export").click();
+    let file = eventually(Duration::from_secs(20), "the CSV download", || {
+        std::fs::read_dir(browser.downloads.path())
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "csv"))
+    });
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text
+        .strip_prefix('\u{feff}')
+        .expect("a UTF-8 byte-order mark");
+    let rows = parse_csv(text);
+    assert_eq!(rows[0][0], "Id");
+    assert!(
+        rows[0].contains(&"Action source".to_owned()),
+        "{:?}",
+        rows[0]
+    );
+    assert_eq!(rows.len(), 4, "header and three samples: {rows:?}");
+    let comment = rows[0].iter().position(|h| h == "Comment").unwrap();
+    let evil = rows.iter().find(|r| r[0] == s2.to_string()).unwrap();
+    assert_eq!(
+        evil[comment], "'=HYPERLINK(\"http://evil\",\"click\")",
+        "a formula is neutralised"
+    );
+    let source = rows[0].iter().position(|h| h == "Action source").unwrap();
+    assert_eq!(rows[1][source], "Manual device action");
+
+    // Undo from History (with the comment it needs).
+    browser.find("#f-kind").select("");
+    browser.find("#apply").click();
+    wait_rows(&browser, "the whole history", |ids| ids.contains(&q));
+    browser.find("#bulk-comment").send_keys("false positive");
+    browser
+        .find(&format!("#actions tr[data-id=\"{q}\"] button.undo-one"))
+        .click();
+    let undo = eventually(Duration::from_secs(15), "the undo action", || {
+        action(&ctl, q)["undone_by"].as_u64().or_else(|| {
+            let (_, v) = ctl.api(
+                "GET",
+                "/api/v1/actions?view=pending&kind=release_quarantine",
+                Some(&ctl.admin_token),
+                None,
+            );
+            v["actions"][0]["id"].as_u64()
+        })
+    });
+    let u = action(&ctl, undo);
+    assert_eq!(u["kind"], "release_quarantine");
+    assert_eq!(u["undo_of"], q);
+    assert_eq!(u["comment"], "false positive");
+
+    // The detail panel: parameters, hop timeline, result, the undo link.
+    browser
+        .find(&format!("#actions tr[data-id=\"{q}\"] button.open-detail"))
+        .click();
+    browser.wait_text("#detail-title", &format!("Action {q}"));
+    browser.wait_text("#detail-params", "/tmp/x");
+    let hops = browser.find("#detail-timeline").text();
+    for hop in [
+        "created",
+        "approved",
+        "delivered",
+        "acknowledged",
+        "started",
+        "finished",
+    ] {
+        assert!(hops.contains(hop), "{hop} missing from {hops}");
+    }
+    browser.wait_text("#detail-body", "quarantined /tmp/x");
+    browser.wait_text(
+        "#detail-undo-requests",
+        &format!("#{undo} (pending_approval)"),
+    );
+    screenshot(&browser, shots.path(), "detail.png");
+    browser.find("#detail-close").click();
+
+    // Column choice and page size persist for the user.
+    browser.find("#columns-toggle").click();
+    browser
+        .find("#columns-menu input[data-col=\"comment\"]")
+        .click();
+    browser.find("#page-size").select("25");
+    eventually(Duration::from_secs(10), "the preferences saved", || {
+        let (_, v) = ctl.api(
+            "GET",
+            "/api/v1/ui-prefs/history",
+            Some(&ctl.admin_token),
+            None,
+        );
+        (v["page_size"] == 25
+            && v["columns"]
+                .as_array()
+                .is_some_and(|c| !c.contains(&json!("comment"))))
+        .then_some(())
+    });
+    browser.goto(&format!("{}/#/history", ctl.url()));
+    browser.find("#actions th[data-col=\"id\"]");
+    assert!(
+        !browser.is_shown("th[data-col=\"comment\"]"),
+        "the comment column came back"
+    );
+    assert_eq!(browser.find("#page-size").property("value"), "25");
+
+    // The Admin page lists users and adds one with a password, who can then sign in.
+    browser.find("#nav-admin").click();
+    browser.wait_text("#users", "admin");
+    browser.find("#user-name").send_keys("carl");
+    browser.find("#user-role").select("approver");
+    browser.find("#user-groups").send_keys("db");
+    browser.find("#user-password").send_keys(PASSWORD);
+    browser.find("#user-add").click();
+    browser.wait_text("#users", "carl");
+    let (_, users) = ctl.api("GET", "/api/v1/users", Some(&ctl.admin_token), None);
+    let carl = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "carl")
+        .unwrap()
+        .clone();
+    assert_eq!(carl["role"], "approver");
+    assert_eq!(carl["device_groups"], json!(["db"]));
+
+    // Policy and exec allowlist from the Admin page.
+    browser.find("#policy-group").clear().send_keys("web");
+    browser.find("#policy-kind").select("scan");
+    browser.find("#policy-four-eyes").click();
+    browser.find("#policy-save").click();
+    browser.wait_text("#policies", "scan");
+    let (_, p) = ctl.api("GET", "/api/v1/policies", Some(&ctl.admin_token), None);
+    assert!(
+        p["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["device_group"] == "web"
+                && r["kind"] == "scan"
+                && r["distinct_approver"] == true),
+        "{p}"
+    );
+    browser.find("#allow-group").clear().send_keys("web");
+    browser.find("#allow-paths").send_keys("/opt/tool/bin/run");
+    browser.find("#allow-save").click();
+    browser.wait_text("#allowlists", "/opt/tool/bin/run");
+    browser.find("#enroll-group").clear().send_keys("web");
+    browser.find("#enroll-create").click();
+    browser.wait_text("#enroll-result", "--token pal_enr_");
+
+    // Logout ends the session.
+    browser.find("#logout").click();
+    browser.find("#login-name");
+    browser.goto(&ctl.url());
+    browser.find("#login-name");
+}
+
+#[test]
+fn a_viewer_sees_no_approve_button_and_the_api_refuses_the_viewer() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let id = sample(&ctl, WEB1, "look");
+    let token = user(&ctl, "vera", "viewer", &[]);
+    let browser = Browser::start();
+    login(&browser, &ctl, "vera");
+    wait_rows(&browser, "the pending action", |ids| ids == [id]);
+    assert!(!browser.is_shown("#bulk-approve"));
+    assert!(!browser.is_shown("button.approve-one"));
+    assert!(!browser.is_shown("input.sel"));
+    assert!(!browser.is_shown("#nav-admin"));
+
+    // The API refuses the viewer whatever the page shows: with the session, and with the token.
+    let status = browser.execute(
+        "return fetch('/api/v1/actions/approve', {method: 'POST', headers: {'Content-Type': 'application/json',
+           'X-CSRF-Token': me.csrf}, body: JSON.stringify({ids: [arguments[0]], comment: ''})}).then(r => r.status);",
+        vec![json!(id)],
+    );
+    assert_eq!(status, 403);
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&token),
+        Some(json!({"ids": [id]})),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], "forbidden");
+    assert_eq!(action(&ctl, id)["status"], "pending_approval");
+}
+
+#[test]
+fn a_group_scoped_approver_sees_and_decides_only_its_groups_actions() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let web = sample(&ctl, WEB1, "web side");
+    let db = sample(&ctl, DB1, "db side");
+    let token = user(&ctl, "alba", "approver", &["web"]);
+    let browser = Browser::start();
+    login(&browser, &ctl, "alba");
+    wait_rows(&browser, "only the web action", |ids| ids == [web]);
+    assert!(browser.is_shown("#bulk-approve"));
+
+    // Neither listing, nor showing, nor deciding the other group's action works.
+    let (_, v) = ctl.api("GET", "/api/v1/actions?view=pending", Some(&token), None);
+    assert_eq!(v["total"], 1, "{v}");
+    let (status, _) = ctl.api("GET", &format!("/api/v1/actions/{db}"), Some(&token), None);
+    assert_eq!(status, 404);
+    let (status, _) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&token),
+        Some(json!({"ids": [db]})),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(action(&ctl, db)["status"], "pending_approval");
+
+    // The Devices page lists the group's devices only, and requests an action on them.
+    browser.find("#nav-devices").click();
+    browser.wait_text("#devices", "web-2");
+    assert!(!browser.find("#devices").text().contains("db-1"));
+    browser
+        .find(&format!("#devices tr[data-id=\"{WEB2}\"] input.sel"))
+        .click();
+    browser.find("#req-kind").select("collect_package");
+    browser
+        .find("#req-comment")
+        .send_keys("triage from the devices page");
+    browser.find("#req-submit").click();
+    let (_, v) = eventually(Duration::from_secs(15), "the requested action", || {
+        let (s, v) = ctl.api(
+            "GET",
+            "/api/v1/actions?view=pending&kind=collect_package",
+            Some(&ctl.admin_token),
+            None,
+        );
+        (v["total"] == 1).then_some((s, v))
+    });
+    let a = &v["actions"][0];
+    assert_eq!(a["device_id"], WEB2);
+    assert_eq!(a["requested_by"], "alba");
+    assert_eq!(a["comment"], "triage from the devices page");
+    assert!(!browser.is_shown("#nav-admin"), "alba is no admin");
+}
+
+#[test]
+fn what_agents_report_is_shown_as_text_never_as_markup() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let id = request(
+        &ctl,
+        EVIL,
+        json!({"kind": "request_sample", "path": "/tmp/<b>bold</b>"}),
+        "<script>window.__xss=3</script>",
+    );
+    user(&ctl, "ana", "admin", &[]);
+    let browser = Browser::start();
+    login(&browser, &ctl, "ana");
+    wait_rows(&browser, "the action", |ids| ids == [id]);
+    assert_eq!(column(&browser, "device"), [EVIL_NAME]);
+    assert_eq!(
+        column(&browser, "comment"),
+        ["<script>window.__xss=3</script>"]
+    );
+    browser
+        .find(&format!("#actions tr[data-id=\"{id}\"] button.open-detail"))
+        .click();
+    browser.wait_text("#detail-params", "/tmp/<b>bold</b>");
+    browser.find("#nav-devices").click();
+    browser.wait_text("#devices", EVIL_NAME);
+    let injected = browser.execute(
+        "return [window.__xss === undefined, document.querySelectorAll('main img, main script, #detail b').length];",
+        vec![],
+    );
+    assert_eq!(
+        injected,
+        json!([true, 0]),
+        "markup from a device ran or rendered"
+    );
+}
