@@ -151,7 +151,10 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
                         session.submit_result(report);
                         stats.results.fetch_add(1, Ordering::Relaxed);
                     }
-                    AgentEvent::ResultAcked(_) | AgentEvent::Desired(_) => {}
+                    AgentEvent::ResultAcked(_)
+                    | AgentEvent::Desired(_)
+                    | AgentEvent::Rules(_)
+                    | AgentEvent::Cancel(_) => {}
                     AgentEvent::Closed(_) => {}
                 }
             }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod desired;
 pub mod devices;
 pub mod events;
+pub mod scan;
 mod schema;
 
 use std::path::{Path, PathBuf};

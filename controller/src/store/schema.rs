@@ -3,7 +3,7 @@
 use rusqlite_migration::{M, Migrations};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 const V1: &str = r#"
@@ -162,6 +162,31 @@ CREATE INDEX actions_by_parent ON actions(parent_id);
 const V4: &str = r#"
 CREATE INDEX audit_by_action ON audit(action_id);
 CREATE INDEX actions_by_kind ON actions(kind, status);
+"#;
+
+/// Issue 5: uploaded rule sets (the compiled bundle agents fetch), the version each device's
+/// scanner enforces, and each device group's automation level for detections.
+const V5: &str = r#"
+CREATE TABLE rule_sets (
+    version      INTEGER PRIMARY KEY,
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    comment      TEXT NOT NULL,
+    files        TEXT NOT NULL,
+    yara_rules   INTEGER NOT NULL,
+    hash_entries INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    bundle       BLOB NOT NULL
+);
+ALTER TABLE devices ADD COLUMN rules_version INTEGER;
+CREATE TABLE automation (
+    device_group TEXT PRIMARY KEY,
+    level        TEXT NOT NULL,
+    updated_by   TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX actions_by_device_kind ON actions(device_id, kind, status);
 "#;
 
 #[cfg(test)]

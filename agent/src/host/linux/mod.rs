@@ -5,6 +5,7 @@ pub mod exec;
 mod files;
 mod inventory;
 mod procs;
+pub mod scan;
 pub mod target;
 pub mod vault;
 
@@ -147,6 +148,10 @@ impl Host for LinuxHost {
 
     fn exec_status(&self) -> ExecStatus {
         self.exec.status()
+    }
+
+    fn scan(&self, job: &super::ScanJob, sink: &dyn super::ScanSink) -> super::Walked {
+        scan::scan(job, sink)
     }
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
