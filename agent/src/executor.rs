@@ -1,27 +1,36 @@
 //! Runs actions on the host and reports what it found enforced. Blocking: the runtime calls
 //! it on a blocking thread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use palisade_common::action::{
-    ActionReport, ActionSpec, ArtifactRef, Outcome, QuarantineParams, ReleaseQuarantineParams,
+    ActionReport, ActionSpec, ArtifactRef, Outcome, Progress, QuarantineParams,
+    ReleaseQuarantineParams, ScanParams,
 };
 use palisade_common::wire::{DesiredState, ObservedState, VaultEntry};
 use palisade_common::{ActionId, ActionKind, ActionParams};
 use serde_json::json;
 
-use crate::host::{CollectLimits, ExecPolicy, ExecStatus, Host, HostError, Quarantined, Snapshot};
+use crate::host::{
+    CollectLimits, ExecPolicy, ExecStatus, Host, HostError, Quarantined, ScanJob, ScanMode,
+    Snapshot,
+};
 use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
 use crate::package;
+use crate::scan::{CleanCache, Engine, Exclusions, Scan};
 use crate::vault::{EntryMeta, entry_id};
 
 /// The action kinds this agent carries out. The controller refuses the others for it.
-pub const CAPABILITIES: [ActionKind; 9] = [
+pub const CAPABILITIES: [ActionKind; 10] = [
     ActionKind::Isolate,
     ActionKind::ReleaseIsolation,
+    ActionKind::Scan,
     ActionKind::RequestSample,
     ActionKind::CollectPackage,
     ActionKind::Offboard,
@@ -90,6 +99,62 @@ pub struct Upload {
     pub cleanup: Vec<PathBuf>,
 }
 
+/// Reports an action's progress while it runs (sent on, not journaled).
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+
+/// The scanner's lasting state: the engine of the rule set enforced now, the clean-file
+/// cache shared by every scan, the running scans (to cancel them) and the limits.
+pub struct Scanner {
+    engine: RwLock<Arc<Engine>>,
+    pub cache: CleanCache,
+    running: Mutex<HashMap<ActionId, Arc<AtomicBool>>>,
+    pub threads: usize,
+    pub max_file_size: u64,
+    pub file_timeout: Duration,
+}
+
+impl Default for Scanner {
+    fn default() -> Scanner {
+        Scanner {
+            engine: RwLock::new(Arc::new(Engine::builtin())),
+            cache: CleanCache::new(4_000_000),
+            running: Mutex::new(HashMap::new()),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_file_size: 128 << 20,
+            file_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Scanner {
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|_| Arc::new(Engine::builtin()))
+    }
+
+    /// The rule-set version enforced now (0: built-in EICAR detection only).
+    pub fn version(&self) -> u64 {
+        self.engine().version
+    }
+
+    pub fn set_engine(&self, engine: Engine) {
+        if let Ok(mut e) = self.engine.write() {
+            *e = Arc::new(engine);
+        }
+    }
+
+    /// Asks a running scan to stop; false if none runs under that id.
+    pub fn cancel(&self, id: ActionId) -> bool {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&id).map(|c| c.store(true, Ordering::Relaxed)))
+            .is_some()
+    }
+}
+
 pub struct Executor<H> {
     host: H,
     spool: PathBuf,
@@ -111,6 +176,7 @@ pub struct Executor<H> {
     pub verify_within: std::time::Duration,
     /// When the tamper check last read our table back.
     pub(crate) last_net_check: Mutex<Option<std::time::Instant>>,
+    pub scanner: Scanner,
 }
 
 impl<H: Host> Executor<H> {
@@ -128,6 +194,7 @@ impl<H: Host> Executor<H> {
             prober: Mutex::new(None),
             verify_within: std::time::Duration::from_secs(5),
             last_net_check: Mutex::new(None),
+            scanner: Scanner::default(),
         }
     }
 
@@ -245,8 +312,9 @@ impl<H: Host> Executor<H> {
     }
 
     /// Carries out `spec` and returns its report and the uploads it needs.
-    pub fn run(&self, spec: &ActionSpec) -> (ActionReport, Vec<Upload>) {
+    pub fn run(&self, spec: &ActionSpec, progress: ProgressFn<'_>) -> (ActionReport, Vec<Upload>) {
         match &spec.params {
+            ActionParams::Scan(p) => (self.scan(spec, p, progress), vec![]),
             ActionParams::RequestSample(p) => self.sample(spec, &p.path),
             ActionParams::CollectPackage {} => self.package(spec),
             ActionParams::Isolate(p) => (self.isolate(spec, p), vec![]),
@@ -274,6 +342,80 @@ impl<H: Host> Executor<H> {
                 vec![],
             ),
         }
+    }
+
+    /// Runs an antivirus scan with the rules enforced now, reporting progress every second.
+    /// Detections do not fail the scan; a cancelled scan fails with what it did.
+    fn scan(&self, spec: &ActionSpec, p: &ScanParams, progress: ProgressFn<'_>) -> ActionReport {
+        let mode = match p.mode.as_str() {
+            "quick" => ScanMode::Quick,
+            "full" => ScanMode::Full,
+            "custom" => ScanMode::Custom,
+            other => {
+                return report(
+                    spec,
+                    Outcome::Failed,
+                    format!("unknown scan mode {other:?}"),
+                    json!({}),
+                );
+            }
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Ok(mut r) = self.scanner.running.lock() {
+            r.insert(spec.id, cancel.clone());
+        }
+        let job = ScanJob {
+            mode,
+            paths: p.paths.iter().map(PathBuf::from).collect(),
+            threads: self.scanner.threads,
+            max_file_size: self.scanner.max_file_size,
+        };
+        // The agent's own state (vault, rules, journal) is never scanned.
+        let mut exclusions = p.exclusions.clone();
+        if let Some(state) = self.spool.parent() {
+            exclusions.push(state.to_string_lossy().into_owned());
+        }
+        let out = run_scan(
+            &self.host,
+            &self.scanner,
+            &job,
+            &exclusions,
+            &cancel,
+            Some(progress),
+        );
+        if let Ok(mut r) = self.scanner.running.lock() {
+            r.remove(&spec.id);
+        }
+        let c = out.counts;
+        let mb = c.bytes as f64 / 1e6;
+        let cancelled = cancel.load(Ordering::Relaxed);
+        let found = match out.detections.len() {
+            0 => "nothing found".to_owned(),
+            1 => format!(
+                "1 detection: {} ({})",
+                out.detections[0].path,
+                out.detections[0].matches.join(", ")
+            ),
+            n => format!("{n} detections"),
+        };
+        let summary = format!(
+            "{} scan{}: {} files ({mb:.1} MB, {} unchanged since a clean scan) in {:.1} s, rules v{}; {found}",
+            p.mode,
+            if cancelled { " cancelled" } else { "" },
+            c.files,
+            c.cached,
+            out.duration.as_secs_f64(),
+            out.rules_version,
+        );
+        let outcome = if cancelled {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        let mut detail = out.detail();
+        detail["mode"] = json!(p.mode);
+        detail["cancelled"] = json!(cancelled);
+        report(spec, outcome, summary, detail)
     }
 
     /// The vault's entries as the controller lists them.
@@ -691,6 +833,97 @@ pub fn listing(e: &EntryMeta) -> VaultEntry {
     }
 }
 
+/// What one scan did.
+pub struct ScanOutcome {
+    pub counts: crate::scan::Counts,
+    pub detections: Vec<crate::scan::Detection>,
+    pub walked: crate::host::Walked,
+    pub problems: Vec<String>,
+    pub duration: Duration,
+    pub rules_version: u64,
+    pub yara_rules: usize,
+    pub hash_entries: usize,
+}
+
+impl ScanOutcome {
+    /// The result detail: what the controller stores and remediates from.
+    pub fn detail(&self) -> serde_json::Value {
+        let mut roots = self.walked.roots.clone();
+        let more_roots = roots.len().saturating_sub(100);
+        roots.truncate(100);
+        let mut errors = self.walked.errors.clone();
+        errors.extend(self.problems.iter().cloned());
+        json!({
+            "rules_version": self.rules_version,
+            "yara_rules": self.yara_rules,
+            "hash_entries": self.hash_entries,
+            "counts": self.counts,
+            "directories": self.walked.directories,
+            "duration_ms": self.duration.as_millis() as u64,
+            "roots": roots,
+            "more_roots": more_roots,
+            "errors": errors,
+            "detections": self.detections,
+        })
+    }
+}
+
+/// One scan of `job` with the scanner's current engine and cache; `progress` (if any) hears
+/// the counts every second. Used by the scan action and by `palisade-agent scan`.
+pub fn run_scan<H: Host>(
+    host: &H,
+    scanner: &Scanner,
+    job: &ScanJob,
+    exclusions: &[String],
+    cancel: &AtomicBool,
+    progress: Option<ProgressFn<'_>>,
+) -> ScanOutcome {
+    let engine = scanner.engine();
+    let mut scan = Scan::new(&engine, &scanner.cache, Exclusions::new(exclusions), cancel);
+    scan.file_timeout = scanner.file_timeout;
+    let start = Instant::now();
+    let finished = AtomicBool::new(false);
+    let walked = std::thread::scope(|s| {
+        if let Some(progress) = progress {
+            let (scan, finished) = (&scan, &finished);
+            s.spawn(move || {
+                let mut last = Instant::now();
+                while !finished.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= Duration::from_secs(1) {
+                        last = Instant::now();
+                        let c = scan.tally.counts();
+                        progress(Progress {
+                            message: format!(
+                                "scanning: {} files, {:.1} MB, {} detections so far",
+                                c.files,
+                                c.bytes as f64 / 1e6,
+                                c.detections
+                            ),
+                            permille: None,
+                        });
+                    }
+                }
+            });
+        }
+        let walked = host.scan(job, &scan);
+        finished.store(true, Ordering::Relaxed);
+        walked
+    });
+    let mut detections = scan.take_detections();
+    detections.dedup_by(|a, b| a.path == b.path);
+    ScanOutcome {
+        counts: scan.tally.counts(),
+        detections,
+        walked,
+        problems: scan.problems.lock().map(|p| p.clone()).unwrap_or_default(),
+        duration: start.elapsed(),
+        rules_version: engine.version,
+        yara_rules: engine.yara_rules(),
+        hash_entries: engine.hash_entries(),
+    }
+}
+
 pub fn report(
     spec: &ActionSpec,
     outcome: Outcome,
@@ -723,7 +956,7 @@ mod tests {
     #[test]
     fn a_sample_becomes_an_upload_and_a_report_naming_its_hash() {
         let (_dir, ex) = executor(FakeHost::default().with_file("/bin/evil", b"MZ evil"));
-        let (r, uploads) = ex.run(&sample(5, "/bin/evil"));
+        let (r, uploads) = ex.run(&sample(5, "/bin/evil"), &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded);
         assert_eq!(uploads.len(), 1);
         assert_eq!(
@@ -735,14 +968,14 @@ mod tests {
             b"MZ evil"
         );
         // Running it again (after a restart) replaces the old copy instead of failing.
-        let (again, _) = ex.run(&sample(5, "/bin/evil"));
+        let (again, _) = ex.run(&sample(5, "/bin/evil"), &|_| {});
         assert_eq!(again, r);
     }
 
     #[test]
     fn a_refused_sample_fails_with_the_reason() {
         let (_dir, ex) = executor(FakeHost::default());
-        let (r, uploads) = ex.run(&sample(6, "/nope"));
+        let (r, uploads) = ex.run(&sample(6, "/nope"), &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("/nope does not exist"), "{}", r.summary);
         assert!(uploads.is_empty());
@@ -770,7 +1003,7 @@ mod tests {
                 roots: vec!["/opt".into()],
             }),
         );
-        let (r, _) = ex.run(&q);
+        let (r, _) = ex.run(&q, &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
         assert_eq!(detail["files"].as_array().unwrap().len(), 2);
@@ -782,7 +1015,7 @@ mod tests {
                 .contains_key(Path::new("/opt/b/good"))
         );
         // After a restart the search finds nothing, the vault still has both.
-        let (again, _) = ex.run(&q);
+        let (again, _) = ex.run(&q, &|_| {});
         let d2: serde_json::Value = serde_json::from_str(&again.detail).unwrap();
         assert_eq!(d2["files"].as_array().unwrap().len(), 2, "{d2}");
         assert_eq!(ex.vault_listing().len(), 2);
@@ -796,7 +1029,7 @@ mod tests {
                 overwrite: false,
             }),
         );
-        let (r, _) = ex.run(&rel);
+        let (r, _) = ex.run(&rel, &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("fits only one"), "{}", r.summary);
     }
@@ -810,14 +1043,17 @@ mod tests {
             1 << 20,
             dir.path().join("journal.sqlite"),
         );
-        let (r, _) = ex.run(&spec(
-            3,
-            ActionParams::Quarantine(QuarantineParams {
-                path: Some("/bin/evil".into()),
-                sha256: None,
-                roots: vec![],
-            }),
-        ));
+        let (r, _) = ex.run(
+            &spec(
+                3,
+                ActionParams::Quarantine(QuarantineParams {
+                    path: Some("/bin/evil".into()),
+                    sha256: None,
+                    roots: vec![],
+                }),
+            ),
+            &|_| {},
+        );
         let d: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
         assert_eq!(d["vault_entry"], entry_id(3, "/bin/evil"));
         assert_eq!(d["path"], "/bin/evil");
@@ -833,14 +1069,14 @@ mod tests {
                 }),
             )
         };
-        let (r, _) = ex.run(&rel(4));
+        let (r, _) = ex.run(&rel(4), &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert_eq!(
             ex.host().files.lock().unwrap()[Path::new("/bin/evil")],
             b"MZ"
         );
         // Re-run after a restart: the tombstone answers.
-        let (again, _) = ex.run(&rel(4));
+        let (again, _) = ex.run(&rel(4), &|_| {});
         assert_eq!(again.outcome, Outcome::Succeeded, "{}", again.summary);
     }
 
@@ -857,7 +1093,7 @@ mod tests {
             id: ActionId(9),
             params: ActionParams::CollectPackage {},
         };
-        let (r, uploads) = ex.run(&spec);
+        let (r, uploads) = ex.run(&spec, &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert_eq!(uploads.len(), 1);
         assert_eq!(r.artifacts[0].name, "package.tar.gz");
@@ -869,7 +1105,7 @@ mod tests {
         assert_eq!(detail["counts"]["failed"], 1);
         assert_eq!(detail["collectors"][1]["error"], "nft is not installed");
         // The re-run after a restart takes the spooled package: same bytes, no new collection.
-        let (again, _) = ex.run(&spec);
+        let (again, _) = ex.run(&spec, &|_| {});
         assert_eq!(again, r);
         let calls = ex.host().calls.lock().unwrap().clone();
         assert_eq!(calls.iter().filter(|c| *c == "collect_package").count(), 1);
@@ -889,7 +1125,7 @@ mod tests {
             id: ActionId(3),
             params: ActionParams::CollectPackage {},
         };
-        let (r, uploads) = ex.run(&spec);
+        let (r, uploads) = ex.run(&spec, &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(
             r.summary.contains("exceeds the agent's limit of 10"),
@@ -907,17 +1143,20 @@ mod tests {
     #[test]
     fn kinds_outside_the_capabilities_fail_rather_than_pretend() {
         let (_dir, ex) = executor(FakeHost::default());
+        // Contain runs on the controller; an agent handed one says it does not do it.
         let spec = ActionSpec {
             id: ActionId(1),
-            params: ActionParams::Scan(palisade_common::action::ScanParams {
-                mode: "quick".into(),
-                paths: vec![],
-                exclusions: vec![],
+            params: ActionParams::Contain(palisade_common::action::ContainParams {
+                device: None,
+                ip: Some("192.0.2.1".parse().unwrap()),
+                mac: None,
+                force: false,
             }),
         };
-        let (r, _) = ex.run(&spec);
+        let (r, _) = ex.run(&spec, &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
-        assert!(!CAPABILITIES.contains(&ActionKind::Scan));
+        assert!(r.summary.contains("not implemented"), "{}", r.summary);
+        assert!(!CAPABILITIES.contains(&ActionKind::Contain));
     }
 
     fn executor(host: FakeHost) -> (tempfile::TempDir, Executor<FakeHost>) {
@@ -947,7 +1186,7 @@ mod tests {
             ..Default::default()
         };
         journal.set_desired(&allow).unwrap();
-        let (r, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}));
+        let (r, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}), &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert!(r.summary.contains("1 hash(es)"), "{}", r.summary);
         assert!(ex.host().exec.lock().unwrap().restrict);
@@ -955,10 +1194,10 @@ mod tests {
         assert!(d.restrict_execution, "the restriction is journaled");
         assert_eq!(d.revision, 4, "the agent never invents a revision");
         // Running it again (after a restart) is harmless.
-        let (again, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}));
+        let (again, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}), &|_| {});
         assert_eq!(again.outcome, Outcome::Succeeded);
 
-        let (r, _) = ex.run(&spec(2, ActionParams::ReleaseExecution {}));
+        let (r, _) = ex.run(&spec(2, ActionParams::ReleaseExecution {}), &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert!(!ex.host().exec.lock().unwrap().restrict);
         assert!(!journal.desired().unwrap().unwrap().restrict_execution);
@@ -969,7 +1208,7 @@ mod tests {
         let host = FakeHost::default();
         *host.exec_fails.lock().unwrap() = Some("no fanotify here".into());
         let (dir, ex) = executor(host);
-        let (r, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}));
+        let (r, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}), &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("no fanotify here"), "{}", r.summary);
         let journal = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
@@ -982,7 +1221,7 @@ mod tests {
         let journal = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
         let restrict = spec(1, ActionParams::RestrictExecution {});
         journal.record(&restrict).unwrap();
-        let (r, _) = ex.run(&restrict);
+        let (r, _) = ex.run(&restrict, &|_| {});
         // Before the controller committed the result, it still sends its old state.
         let stale = DesiredState {
             revision: 1,

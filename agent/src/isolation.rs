@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn isolation_is_applied_journaled_verified_and_reported_by_digest() {
         let (_d, ex) = executor(true);
-        let (r, _) = ex.run(&isolate(1, Some(3600)));
+        let (r, _) = ex.run(&isolate(1, Some(3600)), &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         let table = ex.host().net.lock().unwrap().clone().expect("a table");
         assert!(table.contains("policy drop"), "{table}");
@@ -467,7 +467,7 @@ mod tests {
         assert!(o.isolated && o.drift.is_none(), "{o:?}");
         assert_eq!(o.net_digest, Some(digest));
         // A repeat after a restart keeps its time box.
-        let (again, _) = ex.run(&isolate(1, Some(3600)));
+        let (again, _) = ex.run(&isolate(1, Some(3600)), &|_| {});
         let again: serde_json::Value = serde_json::from_str(&again.detail).unwrap();
         assert_eq!(again["until_ms"].as_i64(), Some(until));
         // Release removes our table.
@@ -475,7 +475,7 @@ mod tests {
             id: ActionId(2),
             params: ActionParams::ReleaseIsolation {},
         };
-        let (r, _) = ex.run(&release);
+        let (r, _) = ex.run(&release, &|_| {});
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert_eq!(*ex.host().net.lock().unwrap(), None);
         assert!(!ex.observed(&journal(&ex)).unwrap().isolated);
@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn an_isolation_the_controller_cannot_answer_through_is_rolled_back() {
         let (_d, ex) = executor(false);
-        let (r, _) = ex.run(&isolate(1, None));
+        let (r, _) = ex.run(&isolate(1, None), &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("did not answer"), "{}", r.summary);
         assert!(r.summary.contains("rules rolled back"), "{}", r.summary);
@@ -500,7 +500,7 @@ mod tests {
     fn nft_failure_fails_the_isolation_and_changes_nothing() {
         let (_d, ex) = executor(true);
         *ex.host().net_fails.lock().unwrap() = Some("nft: syntax error".into());
-        let (r, _) = ex.run(&isolate(1, None));
+        let (r, _) = ex.run(&isolate(1, None), &|_| {});
         assert_eq!(r.outcome, Outcome::Failed);
         assert!(r.summary.contains("nft: syntax error"), "{}", r.summary);
         assert!(
@@ -514,7 +514,7 @@ mod tests {
     #[test]
     fn tamper_is_found_and_undone() {
         let (_d, ex) = executor(true);
-        ex.run(&isolate(1, None));
+        ex.run(&isolate(1, None), &|_| {});
         let j = journal(&ex);
         assert_eq!(ex.check_net(&j).unwrap(), None, "untouched");
         let applied = ex.host().net.lock().unwrap().clone();
@@ -536,7 +536,7 @@ mod tests {
     #[test]
     fn a_time_box_ends_the_isolation_locally_until_the_controller_has_heard() {
         let (_d, ex) = executor(true);
-        ex.run(&isolate(1, Some(3600)));
+        ex.run(&isolate(1, Some(3600)), &|_| {});
         let j = journal(&ex);
         assert!(!ex.expire_isolation(&j).unwrap(), "not yet");
         let mut d = j.desired().unwrap().unwrap();
@@ -584,7 +584,7 @@ mod tests {
         };
         let later = (now_ms() / 1000) as u64 + 3600;
         let (_d, ex) = executor(true);
-        ex.run(&isolate(1, None));
+        ex.run(&isolate(1, None), &|_| {});
         let err = |r: Result<String>| format!("{:#}", r.unwrap_err());
         assert!(
             err(ex.breakglass_release(&me, &public, &code(&other, 1, later)))

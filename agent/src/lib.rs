@@ -10,6 +10,7 @@ pub mod isolation;
 pub mod journal;
 pub mod package;
 pub mod runtime;
+pub mod scan;
 pub mod transport;
 pub mod vault;
 

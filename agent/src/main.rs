@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use palisade_agent::config::FileConfig;
 use palisade_agent::host::linux::LinuxHost;
@@ -87,6 +88,29 @@ enum Command {
     Vault {
         #[command(subcommand)]
         command: VaultCmd,
+    },
+    /// Scan paths on this machine now, without the controller, and print the result as JSON
+    /// (one line per run). Uses the rule set the agent last fetched (or --rules BUNDLE); it
+    /// never compiles rules. EICAR is always detected.
+    Scan {
+        /// Files or directories to scan.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// A rules bundle (as fetched from the controller) instead of the state directory's.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Worker threads [default: one per CPU].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Files above this many bytes are skipped [default: 128 MiB].
+        #[arg(long)]
+        max_file_size: Option<u64>,
+        /// A path or glob to leave out. Repeatable.
+        #[arg(long = "exclude")]
+        exclusions: Vec<String>,
+        /// Scan this many times in one process: runs after the first use the clean-file cache.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
     },
     /// Test aid: moves PATH into the vault and back in a loop through the real vault code,
     /// so that a test can kill -9 it at any moment and check `vault recover`.
@@ -195,6 +219,23 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::VaultDrill { path, moves } => return drill(&settings.state_dir, &path, moves),
+        Command::Scan {
+            paths,
+            rules,
+            threads,
+            max_file_size,
+            exclusions,
+            repeat,
+        } => {
+            return local_scan(
+                &rules.unwrap_or_else(|| settings.state_dir.join("rules").join("bundle.bin")),
+                paths,
+                threads,
+                max_file_size,
+                &exclusions,
+                repeat,
+            );
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -230,12 +271,62 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
             Command::Validate
             | Command::Vault { .. }
             | Command::VaultDrill { .. }
-            | Command::ReleaseIsolation { .. } => {
+            | Command::ReleaseIsolation { .. }
+            | Command::Scan { .. } => {
                 unreachable!("handled above")
             }
         }
         Ok(())
     })
+}
+
+fn local_scan(
+    rules: &std::path::Path,
+    paths: Vec<PathBuf>,
+    threads: Option<usize>,
+    max_file_size: Option<u64>,
+    exclusions: &[String],
+    repeat: u32,
+) -> anyhow::Result<()> {
+    use palisade_agent::executor::{Scanner, run_scan};
+    use palisade_agent::host::{ScanJob, ScanMode};
+    let mut scanner = Scanner::default();
+    match std::fs::read(rules) {
+        Ok(bytes) => scanner.set_engine(
+            palisade_agent::scan::Engine::from_bundle(&bytes)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("cannot load rules from {}", rules.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "palisade-agent: no rules at {}; built-in EICAR detection only",
+                rules.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", rules.display())),
+    }
+    if let Some(t) = threads {
+        scanner.threads = t.max(1);
+    }
+    if let Some(m) = max_file_size {
+        scanner.max_file_size = m;
+    }
+    for p in &paths {
+        anyhow::ensure!(p.is_absolute(), "{} is not an absolute path", p.display());
+    }
+    let job = ScanJob {
+        mode: ScanMode::Custom,
+        paths,
+        threads: scanner.threads,
+        max_file_size: scanner.max_file_size,
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let host = LinuxHost::default();
+    for _ in 0..repeat.max(1) {
+        let out = run_scan(&host, &scanner, &job, exclusions, &cancel, None);
+        println!("{}", out.detail());
+    }
+    Ok(())
 }
 
 fn vault(state_dir: &std::path::Path, command: VaultCmd) -> anyhow::Result<()> {

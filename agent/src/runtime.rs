@@ -67,6 +67,12 @@ pub enum Exit {
 enum ExecEvent {
     /// The report, and the spool files to delete once it is journaled.
     Finished(ActionReport, Vec<PathBuf>),
+    /// A running action's progress, to pass on.
+    Progress(palisade_common::ActionId, Progress),
+    /// A new rule set is loaded: tell the controller.
+    RulesLoaded(u64),
+    /// Fetching or loading a rule set failed; it is tried again at the next announcement.
+    RulesFailed(u64),
 }
 
 pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
@@ -80,9 +86,12 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     executor.collect = settings.collect;
     executor.controller = Some(identity.info.controller.clone());
     executor.verify_within = settings.verify_isolation;
+    load_rules(&executor, &settings.state_dir);
     let executor = Arc::new(executor);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<ProbeRequest>();
     executor.set_prober(probe_tx);
+    // The rule-set version being fetched, so that repeated announcements fetch it once.
+    let mut fetching: Option<u64> = None;
     let (exec_tx, mut exec_rx) = mpsc::unbounded_channel::<ExecEvent>();
     let (uploader_tx, uploader_rx) = watch::channel::<Option<Uploader>>(None);
     tracing::info!(device = %identity.info.device_id, controller = %identity.info.controller, "agent starting");
@@ -190,6 +199,17 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                             session.vault(executor.vault_listing());
                         }
                     }
+                    Some(ExecEvent::Progress(id, p)) => session.progress(id, p),
+                    Some(ExecEvent::RulesLoaded(version)) => {
+                        fetching = None;
+                        tracing::info!(version, "rules loaded");
+                        session.rules_enforced(version);
+                    }
+                    Some(ExecEvent::RulesFailed(version)) => {
+                        // Tried again at the next announcement (every reconnect).
+                        tracing::warn!(version, "rules not loaded");
+                        fetching = None;
+                    }
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
@@ -259,6 +279,25 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         }
                         tracing::info!(device = %w.device_id, "session established");
                         session.vault(executor.vault_listing());
+                        session.rules_enforced(executor.scanner.version());
+                    }
+                    AgentEvent::Rules(info) => {
+                        if info.version != executor.scanner.version()
+                            && fetching != Some(info.version)
+                        {
+                            fetching = Some(info.version);
+                            spawn_rules_fetch(
+                                executor.clone(),
+                                settings.state_dir.clone(),
+                                info,
+                                link.uploader(),
+                                exec_tx.clone(),
+                            );
+                        }
+                    }
+                    AgentEvent::Cancel(id) => {
+                        let running = executor.scanner.cancel(id);
+                        tracing::warn!(action = %id, running, "cancel requested");
                     }
                     AgentEvent::Received(spec) => {
                         journal.record(&spec)?;
@@ -371,18 +410,24 @@ fn spawn_execution<H: Host>(
     tokio::spawn(async move {
         let ex = executor.clone();
         let s = spec.clone();
-        let (mut report, uploads) = match tokio::task::spawn_blocking(move || ex.run(&s)).await {
-            Ok(r) => r,
-            Err(e) => (
-                crate::executor::report(
-                    &spec,
-                    Outcome::Failed,
-                    format!("the action crashed: {e}"),
-                    serde_json::json!({}),
-                ),
-                vec![],
-            ),
+        let tx = done.clone();
+        let id = spec.id;
+        let progress = move |p: Progress| {
+            let _ = tx.send(ExecEvent::Progress(id, p));
         };
+        let (mut report, uploads) =
+            match tokio::task::spawn_blocking(move || ex.run(&s, &progress)).await {
+                Ok(r) => r,
+                Err(e) => (
+                    crate::executor::report(
+                        &spec,
+                        Outcome::Failed,
+                        format!("the action crashed: {e}"),
+                        serde_json::json!({}),
+                    ),
+                    vec![],
+                ),
+            };
         let mut cleanup = Vec::new();
         for upload in uploads {
             if let Err(e) = upload_until_done(&spec, &upload, uploader.clone()).await {
@@ -397,6 +442,79 @@ fn spawn_execution<H: Host>(
             tracing::warn!("offboard requested: waiting for the controller to confirm");
         }
         let _ = done.send(ExecEvent::Finished(report, cleanup));
+    });
+}
+
+/// Largest rule-set bundle an agent accepts.
+const MAX_RULES_BUNDLE: u64 = 1 << 30;
+
+fn rules_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("rules").join("bundle.bin")
+}
+
+/// Loads the rule set fetched before the restart, if any: scans enforce it before the
+/// controller is reachable.
+fn load_rules<H: Host>(executor: &Executor<H>, state_dir: &std::path::Path) {
+    let path = rules_path(state_dir);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return;
+    };
+    match crate::scan::Engine::from_bundle(&bytes) {
+        Ok(engine) => {
+            tracing::info!(
+                version = engine.version,
+                yara_rules = engine.yara_rules(),
+                hash_entries = engine.hash_entries(),
+                "rules loaded from the state directory"
+            );
+            executor.scanner.set_engine(engine);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot load the saved rules; waiting for the controller's")
+        }
+    }
+}
+
+/// Fetches an announced rule set, keeps it in the state directory (written whole, then
+/// renamed), loads it and reports the new version.
+fn spawn_rules_fetch<H: Host>(
+    executor: Arc<Executor<H>>,
+    state_dir: PathBuf,
+    info: palisade_common::wire::RulesInfo,
+    uploader: Uploader,
+    done: mpsc::UnboundedSender<ExecEvent>,
+) {
+    tokio::spawn(async move {
+        let version = info.version;
+        let result: Result<u64> = async {
+            let bytes = uploader.fetch_rules(&info, MAX_RULES_BUNDLE).await?;
+            let loaded = tokio::task::spawn_blocking(move || -> Result<u64> {
+                let engine =
+                    crate::scan::Engine::from_bundle(&bytes).map_err(anyhow::Error::msg)?;
+                let path = rules_path(&state_dir);
+                let dir = path.parent().context("rules path")?;
+                identity::private_dir(dir)?;
+                let tmp = dir.join("bundle.tmp");
+                std::fs::write(&tmp, &bytes).context("cannot save the rules")?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path).context("cannot save the rules")?;
+                let v = engine.version;
+                executor.scanner.set_engine(engine);
+                Ok(v)
+            })
+            .await??;
+            Ok(loaded)
+        }
+        .await;
+        match result {
+            Ok(v) => {
+                let _ = done.send(ExecEvent::RulesLoaded(v));
+            }
+            Err(e) => {
+                tracing::error!(version, error = %format!("{e:#}"), "cannot fetch the rules");
+                let _ = done.send(ExecEvent::RulesFailed(version));
+            }
+        }
     });
 }
 

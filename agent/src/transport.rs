@@ -15,7 +15,7 @@ use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::wire::{
     ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, EnrollRequest, EnrollResponse,
-    Hello, Opening, UploadBegin, UploadReply, close_code,
+    Hello, Opening, RulesInfo, RulesReply, RulesRequest, UploadBegin, UploadReply, close_code,
 };
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -364,6 +364,58 @@ pub struct Uploader {
 
 impl Uploader {
     /// Sends the file from wherever the controller says it already holds up to the end.
+    /// Downloads the rule-set bundle `info` announced, checks its size and SHA-256, and
+    /// returns its bytes.
+    pub async fn fetch_rules(&self, info: &RulesInfo, max: u64) -> Result<Vec<u8>> {
+        if info.size > max {
+            bail!(
+                "rule set {} is {} bytes, above this agent's limit of {max}",
+                info.version,
+                info.size
+            );
+        }
+        let (mut send, mut recv) = self.conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &Opening::Rules(RulesRequest {
+                version: info.version,
+            }),
+        )
+        .await?;
+        send.finish()?;
+        let reply: RulesReply = read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| anyhow!("rules stream closed"))?;
+        let (size, sha256) = match reply {
+            RulesReply::Bundle {
+                version,
+                size,
+                sha256,
+            } if version == info.version && size == info.size => (size, sha256),
+            RulesReply::Bundle { version, size, .. } => {
+                bail!(
+                    "asked for rule set {} ({} bytes), got {version} ({size} bytes)",
+                    info.version,
+                    info.size
+                )
+            }
+            RulesReply::Refused { reason } => bail!("rules refused: {reason}"),
+        };
+        let bytes = recv.read_to_end(size as usize + 1).await?;
+        if bytes.len() as u64 != size {
+            bail!(
+                "rule set {}: got {} of {size} bytes",
+                info.version,
+                bytes.len()
+            );
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        if digest.as_ref() != sha256 || sha256 != info.sha256 {
+            bail!("rule set {}: sha256 mismatch", info.version);
+        }
+        Ok(bytes)
+    }
+
     pub async fn upload(
         &self,
         action: ActionId,

@@ -75,6 +75,17 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AllowlistCmd,
     },
+    /// Antivirus rule sets: YARA rules and ClamAV hash lists, compiled on the controller.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCmd,
+    },
+    /// What a detection leads to, per device group: full (quarantine at once), semi
+    /// (quarantine pending approval) or none (recorded only).
+    Automation {
+        #[command(subcommand)]
+        command: AutomationCmd,
+    },
     /// The hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -290,7 +301,7 @@ pub(crate) enum ActionsCmd {
     Export(ExportArgs),
     /// Reject pending actions (a comment is required).
     Reject(DecideArgs),
-    /// Cancel actions not yet delivered.
+    /// Cancel actions not yet delivered, or stop running scans.
     Cancel(DecideArgs),
     /// Undo succeeded lasting actions (creates linked actions).
     Undo(DecideArgs),
@@ -428,4 +439,31 @@ pub(crate) enum AuditCmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RulesCmd {
+    /// Upload a new rule set made of these files (.yar/.yara, .hdb/.hsb); it replaces the
+    /// current one on every agent. Compile errors name the file and line.
+    Upload {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// The rule-set versions, and which one each device enforces.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AutomationCmd {
+    /// Set a group's level (or * for the default of every group without its own).
+    Set {
+        #[arg(long = "group", default_value = "*")]
+        device_group: String,
+        /// full, semi or none.
+        #[arg(long)]
+        level: String,
+    },
+    List,
 }

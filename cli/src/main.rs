@@ -42,6 +42,97 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Ok(())
     };
     match cli.command {
+        Command::Rules {
+            command: RulesCmd::Upload { files, comment },
+        } => {
+            let mut list = Vec::new();
+            for path in &files {
+                let content = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {} as text", path.display()))?;
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .with_context(|| format!("{} has no usable file name", path.display()))?;
+                list.push(json!({"name": name, "content": content}));
+            }
+            let v = client.post("/api/v1/rules", &json!({"files": list, "comment": comment}))?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let r = &v["rule_set"];
+                println!(
+                    "rule set version {}: {} YARA rules, {} hash entries, {} bytes compiled (sha256 {})",
+                    text(&r["version"]),
+                    text(&r["yara_rules"]),
+                    text(&r["hash_entries"]),
+                    text(&r["size"]),
+                    text(&r["sha256"])
+                );
+            }
+        }
+        Command::Rules {
+            command: RulesCmd::List,
+        } => {
+            let v = client.get("/api/v1/rules", &[])?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let mut t = Table::new(&[
+                    "version",
+                    "uploaded",
+                    "by",
+                    "yara rules",
+                    "hash entries",
+                    "files",
+                ]);
+                for r in v["rule_sets"].as_array().into_iter().flatten() {
+                    let files: Vec<String> = r["files"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| text(&f["name"]))
+                        .collect();
+                    t.row(vec![
+                        text(&r["version"]),
+                        ts(&r["created_at"]),
+                        text(&r["created_by"]),
+                        text(&r["yara_rules"]),
+                        text(&r["hash_entries"]),
+                        files.join(" "),
+                    ]);
+                }
+                t.print();
+                let mut d = Table::new(&["device", "hostname", "enforces"]);
+                for e in v["devices"].as_array().into_iter().flatten() {
+                    d.row(vec![
+                        text(&e["device"]),
+                        text(&e["hostname"]),
+                        text(&e["rules_version"]),
+                    ]);
+                }
+                println!();
+                d.print();
+            }
+        }
+        Command::Automation {
+            command:
+                AutomationCmd::Set {
+                    device_group,
+                    level,
+                },
+        } => {
+            let v = client.put(
+                "/api/v1/automation",
+                &json!({"device_group": device_group, "level": level}),
+            )?;
+            automation_out(&v, json_out)?;
+        }
+        Command::Automation {
+            command: AutomationCmd::List,
+        } => {
+            let v = client.get("/api/v1/automation", &[])?;
+            automation_out(&v, json_out)?;
+        }
         Command::Whoami => {
             let v = client.get("/api/v1/whoami", &[])?;
             if json_out {
@@ -669,4 +760,26 @@ fn contain(t: ContainTarget, force: bool) -> (Common, ContainParams) {
             force,
         },
     )
+}
+
+fn automation_out(v: &Value, json_out: bool) -> Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["group", "level", "set by", "at"]);
+    for a in v["automation"].as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&a["device_group"]),
+            text(&a["level"]),
+            text(&a["updated_by"]),
+            ts(&a["updated_at"]),
+        ]);
+    }
+    t.print();
+    println!(
+        "groups without a level of their own (and no * row): {}",
+        text(&v["default"])
+    );
+    Ok(())
 }

@@ -184,6 +184,35 @@ pub(crate) fn show_action(v: &Value) {
                 text(&a["id"])
             );
         }
+    } else if let Some(detections) = detail["detections"].as_array() {
+        // A scan: what it covered and what it found.
+        let c = &detail["counts"];
+        println!(
+            "\nscanned: {} files, {} bytes ({} unchanged since a clean scan), {} directories; skipped: {} too large, {} special, {} vanished, {} unreadable; {} excluded; rules v{}",
+            text(&c["files"]),
+            text(&c["bytes"]),
+            text(&c["cached"]),
+            text(&detail["directories"]),
+            text(&c["too_large"]),
+            text(&c["special"]),
+            text(&c["vanished"]),
+            text(&c["unreadable"]),
+            text(&c["excluded"]),
+            text(&detail["rules_version"]),
+        );
+        if !detections.is_empty() {
+            println!("\ndetections:");
+            let mut t = Table::new(&["path", "size", "sha256", "matched"]);
+            for d in detections {
+                t.row(vec![
+                    text(&d["path"]),
+                    text(&d["size"]),
+                    text(&d["sha256"]),
+                    list(&d["matches"]),
+                ]);
+            }
+            t.print();
+        }
     } else if !detail.is_null() {
         println!("\nresult detail: {detail}");
     }

@@ -26,6 +26,28 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// What decoding a rules bundle may allocate. Bundles are not frames: they travel as raw bytes
+/// on a rules stream (docs/protocol.md), checked against a SHA-256 first.
+const BUNDLE_LIMIT: usize = 1 << 30;
+
+fn bundle_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<BUNDLE_LIMIT>()
+}
+
+/// Encodes a rules bundle (see [`crate::sigs::RulesBundle`]).
+pub fn encode_bundle(value: &crate::sigs::RulesBundle) -> Result<Vec<u8>, CodecError> {
+    Ok(bincode::encode_to_vec(value, bundle_config())?)
+}
+
+/// Decodes a whole rules bundle; leftover bytes are an error.
+pub fn decode_bundle(bytes: &[u8]) -> Result<crate::sigs::RulesBundle, CodecError> {
+    let (value, used) = bincode::decode_from_slice(bytes, bundle_config())?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
 pub fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::encode_to_vec(value, config())?)
 }

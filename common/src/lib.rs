@@ -12,6 +12,7 @@ pub mod frame;
 pub mod ids;
 pub mod net;
 pub mod session;
+pub mod sigs;
 pub mod wire;
 
 pub use action::{ActionKind, ActionParams, ActionSource, ActionStatus, Outcome};

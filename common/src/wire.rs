@@ -38,6 +38,37 @@ pub enum Opening {
     Enroll(EnrollRequest),
     Session(Hello),
     Upload(UploadBegin),
+    /// Fetch the current rules bundle (see [`RulesRequest`]).
+    Rules(RulesRequest),
+}
+
+/// Opens a rules stream: the agent asks for the rule set the controller announced. The
+/// controller answers with one [`RulesReply`] frame, then (for `Bundle`) `size` raw bytes and
+/// FIN. The bytes are a `codec::encode_bundle` of a `sigs::RulesBundle`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RulesRequest {
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum RulesReply {
+    Bundle {
+        version: u64,
+        size: u64,
+        sha256: [u8; 32],
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// The rule set a device should enforce (sent after `Welcome` and on every upload, only to
+/// agents that declared the `scan` capability).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RulesInfo {
+    pub version: u64,
+    pub size: u64,
+    pub sha256: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -207,6 +238,11 @@ pub enum AgentMessage {
     /// Everything in the agent's quarantine vault now: sent after every (re)connect and after
     /// every quarantine or release.
     Vault(Vec<VaultEntry>),
+    /// The rule-set version the agent's scanner enforces now (0: none, built-in EICAR only).
+    /// Sent after every `Welcome` and whenever it loads a new set.
+    RulesEnforced {
+        version: u64,
+    },
 }
 
 /// One file held in an agent's quarantine vault.
@@ -244,6 +280,12 @@ pub enum ControllerMessage {
         id: ActionId,
     },
     Desired(DesiredState),
+    /// The current rule set: fetch it on a rules stream unless already enforced.
+    Rules(RulesInfo),
+    /// Stop a running action (today: a scan) as soon as possible; it reports what it did.
+    Cancel {
+        id: ActionId,
+    },
 }
 
 /// Opens an upload stream. The controller answers with [`UploadReply::Resume`], the agent sends

@@ -19,7 +19,7 @@ use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
     AgentMessage, ControllerMessage, DesiredState, DeviceEvent, EnrollRequest, EnrollResponse,
     ExecAllowlist, ExecDenial, Hello, Inventory, Isolation, LocalRelease, ObservedState, Opening,
-    UploadBegin, UploadReply, VaultEntry, Welcome,
+    RulesInfo, RulesReply, RulesRequest, UploadBegin, UploadReply, VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -339,6 +339,7 @@ fn opening() -> impl Strategy<Value = Opening> {
                 sha256,
             })
         ),
+        any::<u64>().prop_map(|version| Opening::Rules(RulesRequest { version })),
     ]
 }
 
@@ -408,6 +409,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         inventory().prop_map(AgentMessage::Inventory),
         short_vec(device_event()).prop_map(AgentMessage::Events),
         short_vec(vault_entry()).prop_map(AgentMessage::Vault),
+        any::<u64>().prop_map(|version| AgentMessage::RulesEnforced { version }),
     ]
 }
 
@@ -443,6 +445,14 @@ fn controller_message() -> impl Strategy<Value = ControllerMessage> {
         action_spec().prop_map(ControllerMessage::Deliver),
         action_id().prop_map(|id| ControllerMessage::ResultAck { id }),
         desired().prop_map(ControllerMessage::Desired),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>()).prop_map(|(version, size, sha256)| {
+            ControllerMessage::Rules(RulesInfo {
+                version,
+                size,
+                sha256,
+            })
+        }),
+        action_id().prop_map(|id| ControllerMessage::Cancel { id }),
     ]
 }
 
@@ -790,6 +800,51 @@ fn golden_agent_heartbeat() {
     assert_golden(&golden_heartbeat(), GOLDEN_HEARTBEAT);
 }
 
+/// Issue 5: the rules announcement (tag 5), cancel (tag 6), the enforced version (tag 8), the
+/// rules stream's opening (tag 3) and reply.
+const GOLDEN_RULES_INFO: &str = concat!(
+    "0000002601",
+    "0502fb2c01", // Rules, version 2, size 300
+    "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+);
+const GOLDEN_RULES_BUNDLE: &str = concat!(
+    "0000002601",
+    "0002fb2c01", // Bundle, version 2, size 300
+    "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
+);
+
+#[test]
+fn golden_rules_messages() {
+    assert_golden(
+        &ControllerMessage::Rules(RulesInfo {
+            version: 2,
+            size: 300,
+            sha256: [0xcd; 32],
+        }),
+        GOLDEN_RULES_INFO,
+    );
+    assert_golden(
+        &RulesReply::Bundle {
+            version: 2,
+            size: 300,
+            sha256: [0xcd; 32],
+        },
+        GOLDEN_RULES_BUNDLE,
+    );
+    assert_golden(
+        &ControllerMessage::Cancel { id: ActionId(42) },
+        "0000000301062a",
+    );
+    assert_golden(
+        &AgentMessage::RulesEnforced { version: 3 },
+        "00000003010803",
+    );
+    assert_golden(
+        &Opening::Rules(RulesRequest { version: 2 }),
+        "00000003010302",
+    );
+}
+
 #[test]
 fn golden_agent_vault() {
     assert_golden(&golden_vault(), GOLDEN_VAULT);
@@ -958,11 +1013,11 @@ fn a_frame_cut_short_inside_its_declared_length_is_malformed() {
 
 #[test]
 fn unknown_variants_and_invalid_values_are_refused() {
-    // Variant 8 of AgentMessage does not exist (Heartbeat..Vault are 0..=7).
+    // Variant 9 of AgentMessage does not exist (Heartbeat..RulesEnforced are 0..=8).
     assert!(matches!(
-        decode_err::<AgentMessage>(&framed(&[8, 0])),
+        decode_err::<AgentMessage>(&framed(&[9, 0])),
         FrameError::Codec(CodecError::Decode(DecodeError::UnexpectedVariant {
-            found: 8,
+            found: 9,
             ..
         }))
     ));

@@ -16,6 +16,7 @@ use crate::auth::{Permission, Principal, Role};
 use crate::service::{ActionRequest, Controller, ServiceError};
 use crate::store::{
     StoreError, actions, audit, auth as store_auth, desired, devices, events as store_events,
+    scan as store_scan,
 };
 
 type Ctl = State<Arc<Controller>>;
@@ -47,6 +48,16 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/enroll-tokens", post(create_enroll_token))
         .route("/api/v1/users", get(list_users).post(add_user))
         .route("/api/v1/policies", get(list_policies).put(set_policy))
+        .route(
+            "/api/v1/rules",
+            get(list_rules)
+                .post(upload_rules)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_RULES_UPLOAD)),
+        )
+        .route(
+            "/api/v1/automation",
+            get(list_automation).put(set_automation),
+        )
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -850,4 +861,68 @@ async fn list_audit(
 async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::Verification>> {
     require_global(&who, Permission::View)?;
     Ok(Json(ctl.store.read(audit::verify).await?))
+}
+
+/// Largest rule upload accepted (all files of one request, as JSON).
+const MAX_RULES_UPLOAD: usize = 128 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesUpload {
+    files: Vec<crate::rules::RuleFile>,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn upload_rules(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(u): Body<RulesUpload>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_global(&who, Permission::Admin)?;
+    let set = ctl.upload_rules(&who, u.files, u.comment).await?;
+    Ok((StatusCode::CREATED, Json(json!({"rule_set": set}))))
+}
+
+async fn list_rules(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let sets = ctl.store.read(store_scan::list).await?;
+    let mut devices = ctl.store.read(devices::list).await?;
+    devices.retain(|d| who.sees_group(&d.device_group) && d.status == "active");
+    let enforced: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|d| json!({"device": d.id, "hostname": d.hostname, "rules_version": d.rules_version}))
+        .collect();
+    Ok(Json(
+        json!({"current": sets.first().map(|s| s.version), "rule_sets": sets, "devices": enforced}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutomationUpdate {
+    #[serde(default = "star")]
+    device_group: String,
+    level: store_scan::AutomationLevel,
+}
+
+async fn set_automation(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(u): Body<AutomationUpdate>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let actor = who.name.clone();
+    ctl.store
+        .write(move |c| store_scan::set_automation(c, &actor, &u.device_group, u.level))
+        .await?;
+    list_automation(State(ctl), who).await
+}
+
+async fn list_automation(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    Ok(Json(json!({
+        "default": store_scan::AutomationLevel::DEFAULT,
+        "automation": ctl.store.read(store_scan::list_automation).await?,
+    })))
 }

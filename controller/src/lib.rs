@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod fsutil;
 pub mod pki;
+pub mod rules;
 pub mod service;
 pub mod store;
 pub mod transport;

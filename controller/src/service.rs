@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_common::action::ActionSpec;
-use palisade_common::wire::DesiredState;
+use palisade_common::wire::{DesiredState, RulesInfo};
 use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -26,6 +26,10 @@ pub enum SessionCommand {
     Deliver(ActionSpec),
     /// The device's desired state changed: send it.
     Desired(DesiredState),
+    /// A new rule set (sent on to agents with the scan capability).
+    Rules(RulesInfo),
+    /// Stop a running action (a scan).
+    Cancel(ActionId),
     Close(String),
 }
 
@@ -96,6 +100,14 @@ impl Registry {
 
     pub fn online_count(&self) -> usize {
         self.sessions.lock().expect("registry lock").len()
+    }
+
+    /// Sends to every live connection.
+    pub fn broadcast(&self, cmd: impl Fn() -> SessionCommand) {
+        let sessions = self.sessions.lock().expect("registry lock");
+        for (_, tx) in sessions.values() {
+            let _ = tx.send(cmd());
+        }
     }
 
     /// Sends to the device's connection, if it has one.
@@ -646,6 +658,38 @@ impl Controller {
             )
         });
         let actor = who.name.clone();
+        // A scan already on its device is stopped there: the agent ends it at once and reports
+        // what it scanned (failed, "cancelled").
+        let running = |r: &ActionRecord| {
+            r.kind == palisade_common::ActionKind::Scan
+                && matches!(
+                    r.status,
+                    ActionStatus::Delivered | ActionStatus::Acknowledged | ActionStatus::InProgress
+                )
+        };
+        if records.iter().any(running) {
+            if !records.iter().all(running) {
+                return Err(ServiceError::Invalid(
+                    "stop running scans in a request of their own".into(),
+                ));
+            }
+            if let Some(r) = records.iter().find(|r| !any && r.requested_by != who.name) {
+                return Err(ServiceError::Conflict(format!(
+                    "action {} was requested by {}; cancelling others' actions needs the approve permission",
+                    r.id, r.requested_by
+                )));
+            }
+            let list = records.clone();
+            self.store
+                .write(move |c| store::scan::stop_requested(c, &list, &actor, &comment))
+                .await?;
+            for r in &records {
+                if let Some(device) = &r.device_id {
+                    self.registry.send(device, SessionCommand::Cancel(r.id));
+                }
+            }
+            return Ok(records);
+        }
         Ok(self
             .store
             .write(move |c| actions::cancel(c, &ids, &actor, &comment, any))
@@ -817,6 +861,54 @@ impl Controller {
         Ok(list)
     }
 
+    /// Compiles an upload into a new rule-set version, stores it and announces it to every
+    /// online agent (the others hear of it when they connect).
+    pub async fn upload_rules(
+        &self,
+        who: &Principal,
+        files: Vec<crate::rules::RuleFile>,
+        comment: String,
+    ) -> Result<store::scan::RuleSet> {
+        if !who.can(Permission::Admin, None) {
+            return Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the admin permission for all device groups",
+                who.name, who.role
+            )));
+        }
+        let compiled = tokio::task::spawn_blocking(move || crate::rules::compile(&files))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("rule compiler crashed: {e}")))?
+            .map_err(|errors| {
+                ServiceError::Invalid(format!(
+                    "rules refused ({} problem{}): {}",
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" },
+                    errors.join("; ")
+                ))
+            })?;
+        let new = store::scan::NewRuleSet {
+            created_by: who.name.clone(),
+            comment,
+            files: compiled.files.clone(),
+            yara_rules: compiled.yara_rules,
+            hash_entries: compiled.hashes.len() as u64,
+        };
+        let set = self
+            .store
+            .write(move |c| store::scan::insert(c, new, |v| compiled.bundle(v)))
+            .await?;
+        let info = rules_info(&set)?;
+        tracing::info!(
+            version = set.version,
+            yara_rules = set.yara_rules,
+            hash_entries = set.hash_entries,
+            "rule set uploaded"
+        );
+        self.registry
+            .broadcast(|| SessionCommand::Rules(info.clone()));
+        Ok(set)
+    }
+
     /// Hands approved actions to their devices' live connections; offline devices get them
     /// when they connect.
     pub fn dispatch(&self, records: &[ActionRecord]) {
@@ -830,6 +922,18 @@ impl Controller {
             }
         }
     }
+}
+
+/// The announcement of a stored rule set.
+pub fn rules_info(set: &store::scan::RuleSet) -> Result<RulesInfo> {
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(&set.sha256, &mut sha256)
+        .map_err(|e| ServiceError::Internal(format!("stored rule-set hash: {e}")))?;
+    Ok(RulesInfo {
+        version: set.version,
+        size: set.size,
+        sha256,
+    })
 }
 
 /// Whether `device` can be given an action of `kind` now: it is active and its agent

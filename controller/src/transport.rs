@@ -15,8 +15,8 @@ use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::session::{ControllerEvent, ControllerSession};
 use palisade_common::wire::{
-    AgentMessage, EnrollRequest, EnrollResponse, Hello, Opening, UploadBegin, UploadReply, Welcome,
-    close_code,
+    AgentMessage, EnrollRequest, EnrollResponse, Hello, Opening, RulesReply, RulesRequest,
+    UploadBegin, UploadReply, Welcome, close_code,
 };
 use palisade_common::{ActionKind, DeviceId};
 use quinn::{Connection, RecvStream, SendStream};
@@ -24,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::service::{Controller, SessionCommand};
-use crate::store::{actions, containment, desired, devices, events, now_ms};
+use crate::store::{actions, containment, desired, devices, events, now_ms, scan};
 
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
@@ -139,6 +139,14 @@ async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>) -> Result<(
                 tokio::spawn(async move {
                     if let Err(e) = upload(ctl, device.clone(), begin, send, recv).await {
                         tracing::warn!(%device, error = %format!("{e:#}"), "upload failed");
+                    }
+                });
+            }
+            Opening::Rules(req) => {
+                let (ctl, device) = (ctl.clone(), device.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = rules_stream(ctl, req, send).await {
+                        tracing::warn!(%device, error = %format!("{e:#}"), "rules download failed");
                     }
                 });
             }
@@ -272,6 +280,10 @@ async fn session(
     );
     let d = device.clone();
     session.desired(ctl.store.read(move |c| desired::get(c, &d)).await?);
+    let scans = hello.capabilities.contains(&ActionKind::Scan);
+    if scans && let Some(set) = ctl.store.read(scan::current).await? {
+        session.rules(crate::service::rules_info(&set)?);
+    }
     let d = device.clone();
     for spec in ctl.store.read(move |c| actions::outstanding(c, &d)).await? {
         deliver(&ctl, &device, &mut session, spec).await?;
@@ -303,6 +315,9 @@ async fn session(
                 cmd = commands.recv() => match cmd {
                     Some(SessionCommand::Deliver(spec)) => deliver(&ctl, &device, &mut session, spec).await?,
                     Some(SessionCommand::Desired(state)) => session.desired(state),
+                    // Only an agent that scans understands these messages.
+                    Some(SessionCommand::Rules(info)) => if scans { session.rules(info) },
+                    Some(SessionCommand::Cancel(id)) => if scans { session.cancel(id) },
                     Some(SessionCommand::Close(reason)) => {
                         conn.close(close_code::REPLACED.into(), reason.as_bytes());
                         return Ok(());
@@ -366,11 +381,27 @@ async fn handle_event(
         }
         ControllerEvent::Result(report) => {
             let id = report.id;
-            let (rec, changed) = ctl
+            let deadlines = ctl.deadlines();
+            let (rec, changed, remediation) = ctl
                 .store
-                .write(move |c| actions::result(c, &d, &report))
+                .write(move |c| {
+                    let (rec, changed) = actions::result(c, &d, &report)?;
+                    // Detections become quarantine actions in the result's own transaction.
+                    let remediation = if changed && rec.kind == ActionKind::Scan {
+                        scan::remediate(c, &rec, deadlines)?
+                    } else {
+                        vec![]
+                    };
+                    Ok((rec, changed, remediation))
+                })
                 .await?;
             session.result_committed(id);
+            for r in remediation {
+                tracing::info!(%device, action = %r.id, status = %r.status, scan = %id, "detection: quarantine requested");
+                if r.status == palisade_common::ActionStatus::Approved {
+                    deliver(ctl, device, session, r.spec()).await?;
+                }
+            }
             if changed
                 && rec.status == palisade_common::ActionStatus::Succeeded
                 && desired::changed_by(rec.kind)
@@ -434,11 +465,51 @@ async fn handle_event(
                 .write(move |c| devices::set_vault(c, &d, &entries))
                 .await?;
         }
+        ControllerEvent::RulesEnforced(version) => {
+            ctl.store
+                .write(move |c| scan::set_enforced(c, &d, version))
+                .await?;
+            tracing::info!(%device, version, "rules enforced");
+        }
         ControllerEvent::Closed(reason) => {
             tracing::info!(%device, %reason, "session closed");
         }
     }
     Ok(None)
+}
+
+/// Sends a rule-set bundle: one `RulesReply` frame, then the raw bytes, then FIN.
+async fn rules_stream(ctl: Arc<Controller>, req: RulesRequest, mut send: SendStream) -> Result<()> {
+    let version = req.version;
+    let found = ctl
+        .store
+        .read(move |c| Ok((scan::get(c, version)?, scan::bundle(c, version)?)))
+        .await?;
+    let (Some(set), Some(bytes)) = found else {
+        write_frame(
+            &mut send,
+            &RulesReply::Refused {
+                reason: format!("no rule set version {version}"),
+            },
+        )
+        .await?;
+        send.finish()?;
+        return Ok(());
+    };
+    let info = crate::service::rules_info(&set)?;
+    write_frame(
+        &mut send,
+        &RulesReply::Bundle {
+            version: info.version,
+            size: bytes.len() as u64,
+            sha256: info.sha256,
+        },
+    )
+    .await?;
+    send.write_all(&bytes).await?;
+    send.finish()?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), send.stopped()).await;
+    Ok(())
 }
 
 async fn upload(

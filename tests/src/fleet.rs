@@ -154,7 +154,9 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
                     }
                     AgentEvent::ResultAcked(_)
                     | AgentEvent::Desired(_)
-                    | AgentEvent::ProbeAnswered(_) => {}
+                    | AgentEvent::ProbeAnswered(_)
+                    | AgentEvent::Rules(_)
+                    | AgentEvent::Cancel(_) => {}
                     AgentEvent::Closed(_) => {}
                 }
             }

@@ -597,6 +597,11 @@ fn kinds_the_agent_does_not_implement_are_refused_at_request_time() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
+    // An older agent: it declared fewer kinds at enrolment (this one has not connected since).
+    sqlite3(
+        &ctl.db(),
+        &format!("UPDATE devices SET capabilities = '[\"request_sample\"]' WHERE id = '{device}'"),
+    );
     let err = ctl.ctl_fails(
         &ctl.admin_token,
         &[

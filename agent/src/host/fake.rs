@@ -8,8 +8,8 @@ use palisade_common::wire::{ExecDenial, Inventory};
 use ring::digest;
 
 use super::{
-    CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, Host,
-    HostError, NetStatus, Quarantined, Snapshot,
+    CollectLimits, CollectStatus, Collected, CollectedFile, ExecPolicy, ExecStatus, FileMeta, Host,
+    HostError, NetStatus, Quarantined, ScanJob, ScanMode, ScanSink, Snapshot, Walked,
 };
 use crate::vault::{EntryMeta, Released};
 
@@ -44,6 +44,50 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
+    /// Scans the fake files under the custom paths (every file for quick and full scans),
+    /// one worker, in path order.
+    fn scan(&self, job: &ScanJob, sink: &dyn ScanSink) -> Walked {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("scan {:?}", job.mode));
+        let mut files: Vec<(PathBuf, Vec<u8>)> = self
+            .files
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| {
+                job.mode != ScanMode::Custom || job.paths.iter().any(|r| p.starts_with(r))
+            })
+            .map(|(p, b)| (p.clone(), b.clone()))
+            .collect();
+        files.sort();
+        let mut worker = sink.worker();
+        for (i, (path, bytes)) in files.into_iter().enumerate() {
+            if sink.cancelled() {
+                break;
+            }
+            if sink.excluded(&path) {
+                continue;
+            }
+            let meta = FileMeta {
+                path,
+                dev: 1,
+                ino: i as u64 + 1,
+                size: bytes.len() as u64,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            };
+            if worker.wants(&meta) {
+                worker.scan(&meta, &bytes);
+            }
+        }
+        Walked {
+            roots: job.paths.iter().map(|p| p.display().to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     fn inventory(&self) -> Inventory {
         Inventory {
             hostname: "fake-host".into(),

@@ -152,6 +152,81 @@ pub struct NetStatus {
     pub committed_at_ms: Option<i64>,
 }
 
+/// Identity and change times of a file met by a scan: the clean-file cache's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+/// Why a scan did not read a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Above the per-file size cap.
+    TooLarge,
+    /// Not a regular file when opened (FIFO, device, socket …): never read.
+    Special,
+    /// Gone between listing and opening.
+    Vanished,
+    /// Could not be opened or read.
+    Unreadable(String),
+}
+
+/// The scan's logic as the host's walker sees it (see `crate::scan::Scan`).
+pub trait ScanSink: Sync {
+    /// Leave this path (and, for a directory, everything under it) out.
+    fn excluded(&self, path: &Path) -> bool;
+    /// Stop as soon as possible.
+    fn cancelled(&self) -> bool;
+    /// State for one worker thread (its own YARA scanner).
+    fn worker(&self) -> Box<dyn ScanWorker + '_>;
+}
+
+pub trait ScanWorker {
+    /// Whether the file must be read: false if it is known clean.
+    fn wants(&mut self, meta: &FileMeta) -> bool;
+    /// The file's bytes (up to the size cap).
+    fn scan(&mut self, meta: &FileMeta, data: &[u8]);
+    fn skipped(&mut self, path: &Path, why: Skip);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanMode {
+    /// Where malware lives and starts from: temp dirs, `/dev/shm`, home dirs to a depth,
+    /// cron and systemd unit dirs, `ld.so.preload`, running processes' executables.
+    Quick,
+    /// Every local filesystem, pseudo filesystems skipped.
+    Full,
+    /// The given paths.
+    Custom,
+}
+
+/// What to walk and how.
+#[derive(Debug, Clone)]
+pub struct ScanJob {
+    pub mode: ScanMode,
+    /// For `Custom`.
+    pub paths: Vec<PathBuf>,
+    pub threads: usize,
+    /// Files above this many bytes are skipped, not read.
+    pub max_file_size: u64,
+}
+
+/// What a walk covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Walked {
+    /// The roots walked (directories and single files).
+    pub roots: Vec<String>,
+    /// Directories that could not be listed, roots that do not exist.
+    pub errors: Vec<String>,
+    pub directories: u64,
+}
+
 pub trait Host: Send + Sync + 'static {
     /// What the device is now: names, addresses, size.
     fn inventory(&self) -> Inventory;
@@ -209,6 +284,12 @@ pub trait Host: Send + Sync + 'static {
 
     /// What is enforced now.
     fn exec_status(&self) -> ExecStatus;
+
+    /// Walks what `job` names in parallel (`job.threads` workers, each with its own
+    /// `sink.worker()`), reads every regular file up to the size cap (read, never mapped),
+    /// never follows symlinks, never opens FIFOs or devices for reading, and tolerates files
+    /// that vanish or cannot be read. Returns when done or when `sink.cancelled()`.
+    fn scan(&self, job: &ScanJob, sink: &dyn ScanSink) -> Walked;
 
     /// Denials since the last call (at most a bounded backlog; older ones are counted in
     /// the second value, the number dropped).

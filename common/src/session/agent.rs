@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
-    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Hello, ObservedState, VaultEntry,
-    Welcome,
+    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Hello, ObservedState, RulesInfo,
+    VaultEntry, Welcome,
 };
 
 use super::{DEFAULT_HEARTBEAT, SILENCE_LIMIT};
@@ -25,6 +25,10 @@ pub enum AgentEvent {
     Desired(DesiredState),
     /// The controller answered the probe of this number over the live connection.
     ProbeAnswered(u64),
+    /// The rule set to enforce: fetch it unless already loaded.
+    Rules(RulesInfo),
+    /// Stop this running action.
+    Cancel(ActionId),
     /// The controller is silent or broke the protocol: drop the connection and reconnect.
     Closed(String),
 }
@@ -141,6 +145,12 @@ impl AgentSession {
             (State::Ready, ControllerMessage::Desired(d)) => {
                 self.events.push_back(AgentEvent::Desired(d));
             }
+            (State::Ready, ControllerMessage::Rules(info)) => {
+                self.events.push_back(AgentEvent::Rules(info));
+            }
+            (State::Ready, ControllerMessage::Cancel { id }) => {
+                self.events.push_back(AgentEvent::Cancel(id));
+            }
             (State::Closed, _) => {}
         }
     }
@@ -210,6 +220,15 @@ impl AgentSession {
     pub fn vault(&mut self, entries: Vec<VaultEntry>) {
         if self.state == State::Ready {
             self.transmit.push_back(AgentMessage::Vault(entries));
+        }
+    }
+
+    /// The rule-set version the scanner enforces now: sent if the session is up (the driver
+    /// sends it again after every reconnect).
+    pub fn rules_enforced(&mut self, version: u64) {
+        if self.state == State::Ready {
+            self.transmit
+                .push_back(AgentMessage::RulesEnforced { version });
         }
     }
 
@@ -292,5 +311,7 @@ fn name(msg: &ControllerMessage) -> &'static str {
         ControllerMessage::Deliver(_) => "delivery",
         ControllerMessage::ResultAck { .. } => "result ack",
         ControllerMessage::Desired(_) => "desired state",
+        ControllerMessage::Rules(_) => "rules",
+        ControllerMessage::Cancel { .. } => "cancel",
     }
 }

@@ -8,7 +8,7 @@ use crate::action::{ActionReport, ActionSpec, Progress};
 use crate::ids::ActionId;
 use crate::wire::{
     AgentMessage, ControllerMessage, DesiredState, DeviceEvent, Inventory, ObservedState,
-    VaultEntry, Welcome,
+    RulesInfo, VaultEntry, Welcome,
 };
 
 use super::SILENCE_LIMIT;
@@ -26,6 +26,8 @@ pub enum ControllerEvent {
     /// Record these in the device's history.
     Events(Vec<DeviceEvent>),
     Vault(Vec<VaultEntry>),
+    /// The rule-set version the device's scanner now enforces.
+    RulesEnforced(u64),
     /// Drop the connection.
     Closed(String),
 }
@@ -76,6 +78,10 @@ impl ControllerSession {
             AgentMessage::Inventory(i) => self.events.push_back(ControllerEvent::Inventory(i)),
             AgentMessage::Events(e) => self.events.push_back(ControllerEvent::Events(e)),
             AgentMessage::Vault(v) => self.events.push_back(ControllerEvent::Vault(v)),
+            AgentMessage::RulesEnforced { version } => {
+                self.events
+                    .push_back(ControllerEvent::RulesEnforced(version));
+            }
         }
     }
 
@@ -96,6 +102,20 @@ impl ControllerSession {
     pub fn desired(&mut self, state: DesiredState) {
         if !self.closed {
             self.transmit.push_back(ControllerMessage::Desired(state));
+        }
+    }
+
+    /// Announces the current rule set (only to an agent that declared the scan capability).
+    pub fn rules(&mut self, info: RulesInfo) {
+        if !self.closed {
+            self.transmit.push_back(ControllerMessage::Rules(info));
+        }
+    }
+
+    /// Asks the agent to stop a running action.
+    pub fn cancel(&mut self, id: ActionId) {
+        if !self.closed {
+            self.transmit.push_back(ControllerMessage::Cancel { id });
         }
     }
 

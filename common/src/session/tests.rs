@@ -330,3 +330,30 @@ fn a_probe_is_answered_over_the_live_link_and_only_a_probe_is_announced() {
     p.to_controller.clear();
     assert!(!answered(&mut p).contains(&lost));
 }
+
+#[test]
+fn rules_announcements_cancels_and_the_enforced_version_reach_the_other_side() {
+    let mut p = Pair::connect(Instant::now(), Durable::default());
+    p.run();
+    let info = crate::wire::RulesInfo {
+        version: 4,
+        size: 10,
+        sha256: [7; 32],
+    };
+    p.controller.rules(info.clone());
+    p.controller.cancel(ActionId(9));
+    p.agent.rules_enforced(4);
+    p.flush();
+    for m in std::mem::take(&mut p.to_agent) {
+        p.agent.handle_message(p.now, m);
+    }
+    for m in std::mem::take(&mut p.to_controller) {
+        p.controller.handle_message(p.now, m);
+    }
+    assert_eq!(p.agent.poll_event(), Some(AgentEvent::Rules(info)));
+    assert_eq!(p.agent.poll_event(), Some(AgentEvent::Cancel(ActionId(9))));
+    assert_eq!(
+        p.controller.poll_event(),
+        Some(ControllerEvent::RulesEnforced(4))
+    );
+}

@@ -336,6 +336,27 @@ fn set_status(
 /// Creates an action. With no approval required by policy it is approved at once, by
 /// "policy", and the audit log says so.
 pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result<ActionRecord> {
+    create_as(conn, new, deadlines, None)
+}
+
+/// Creates an action the controller raises itself (a detection's quarantine): the device
+/// group's automation level, not the kind's policy, decides whether it is approved at once
+/// (`Some(true)`, by "automation") or waits for an approver (`Some(false)`).
+pub fn create_automated(
+    conn: &Connection,
+    new: NewAction,
+    deadlines: Deadlines,
+    approve: bool,
+) -> Result<ActionRecord> {
+    create_as(conn, new, deadlines, Some(approve))
+}
+
+fn create_as(
+    conn: &Connection,
+    new: NewAction,
+    deadlines: Deadlines,
+    automated: Option<bool>,
+) -> Result<ActionRecord> {
     let policy = policy_for(conn, &new.device_group, new.params.kind())?;
     let now = now_ms();
     conn.execute(
@@ -366,19 +387,27 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
             "comment": new.comment, "external_id": new.external_id, "undo_of": new.undo_of,
             "parent": new.parent}),
     )?;
-    if !policy.require_approval && new.parent.is_none() {
+    let approve = automated.unwrap_or(!policy.require_approval) && new.parent.is_none();
+    if approve {
+        let (by, why) = match automated {
+            Some(_) => (
+                "automation",
+                "approved by the device group's full automation level",
+            ),
+            None => ("policy", "approval not required by policy"),
+        };
         conn.execute(
-            "UPDATE actions SET status = 'approved', decided_by = 'policy', decided_at = ?2,
-             decision_comment = 'approval not required by policy', deadline_at = ?3 WHERE id = ?1",
-            params![id.0 as i64, now, now + deadlines.delivery_ms],
+            "UPDATE actions SET status = 'approved', decided_by = ?4, decided_at = ?2,
+             decision_comment = ?5, deadline_at = ?3 WHERE id = ?1",
+            params![id.0 as i64, now, now + deadlines.delivery_ms, by, why],
         )?;
         audit::append(
             conn,
-            "policy",
+            by,
             "approved",
             Some(id),
             new.device.as_ref(),
-            &serde_json::json!({"comment": "approval not required by policy"}),
+            &serde_json::json!({"comment": why}),
         )?;
         if new.params.kind().runs_on_controller() {
             return super::containment::execute(conn, id);

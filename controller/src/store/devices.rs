@@ -25,6 +25,8 @@ pub struct Device {
     /// Approved actions waiting for this device.
     pub queued: i64,
     pub observed: serde_json::Value,
+    /// The rule-set version the device's scanner last said it enforces.
+    pub rules_version: Option<i64>,
 }
 
 /// Identity facts the transport needs on every connection.
@@ -283,7 +285,8 @@ pub fn offboard(conn: &Connection, id: &DeviceId, actor: &str, reason: &str) -> 
 
 const SELECT: &str = "SELECT d.id, d.hostname, d.device_group, d.agent_version, d.capabilities, d.inventory,
     d.enrolled_at, d.last_seen, d.status, d.observed,
-    (SELECT count(*) FROM actions a WHERE a.device_id = d.id AND a.status IN ('approved','delivered','acknowledged','in_progress'))
+    (SELECT count(*) FROM actions a WHERE a.device_id = d.id AND a.status IN ('approved','delivered','acknowledged','in_progress')),
+    d.rules_version
     FROM devices d";
 
 fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, String, String)> {
@@ -310,6 +313,7 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, Str
             online: false,
             queued: r.get(10)?,
             observed: serde_json::Value::Null,
+            rules_version: r.get(11)?,
         },
         r.get(4)?,
         r.get(5)?,

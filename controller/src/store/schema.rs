@@ -10,6 +10,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
     ])
 }
 
@@ -236,6 +237,31 @@ CREATE INDEX actions_by_comment ON actions(comment);
 CREATE INDEX actions_by_result ON actions(result_summary);
 -- An action's detail links the undo requested for it.
 CREATE INDEX actions_by_undo_of ON actions(undo_of);
+"#;
+
+/// Issue 5: uploaded rule sets (the compiled bundle agents fetch), the version each device's
+/// scanner enforces, and each device group's automation level for detections.
+const V7: &str = r#"
+CREATE TABLE rule_sets (
+    version      INTEGER PRIMARY KEY,
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    comment      TEXT NOT NULL,
+    files        TEXT NOT NULL,
+    yara_rules   INTEGER NOT NULL,
+    hash_entries INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    bundle       BLOB NOT NULL
+);
+ALTER TABLE devices ADD COLUMN rules_version INTEGER;
+CREATE TABLE automation (
+    device_group TEXT PRIMARY KEY,
+    level        TEXT NOT NULL,
+    updated_by   TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX actions_by_device_kind ON actions(device_id, kind, status);
 "#;
 
 #[cfg(test)]

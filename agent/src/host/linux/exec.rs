@@ -333,12 +333,12 @@ impl Drop for ExecGuard {
 
 /// One line of /proc/self/mountinfo that matters here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Mount {
-    point: PathBuf,
-    fstype: String,
+pub(super) struct Mount {
+    pub(super) point: PathBuf,
+    pub(super) fstype: String,
 }
 
-fn mounts() -> Result<Vec<Mount>, HostError> {
+pub(super) fn mounts() -> Result<Vec<Mount>, HostError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
     Ok(parse_mountinfo(&text))

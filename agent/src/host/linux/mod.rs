@@ -6,6 +6,7 @@ mod files;
 mod inventory;
 mod net;
 mod procs;
+pub mod scan;
 pub mod target;
 pub mod vault;
 
@@ -151,6 +152,10 @@ impl Host for LinuxHost {
 
     fn exec_status(&self) -> ExecStatus {
         self.exec.status()
+    }
+
+    fn scan(&self, job: &super::ScanJob, sink: &dyn super::ScanSink) -> super::Walked {
+        scan::scan(job, sink)
     }
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {

@@ -1,0 +1,493 @@
+//! The antivirus scanner side by side with the tools people already time it against, in one
+//! run, with the same thread count: our `palisade-agent scan` (cold, then again with its
+//! clean-file cache), `yara -r -p N` (Debian's yara 4.2) with the same YARA rules, `clamscan`
+//! with the same hash list and the same strings as ClamAV body signatures (`.ndb`), N
+//! processes over N shares of the corpus (clamscan has no threads), and `sha256sum` over the
+//! corpus (N processes through `xargs -P`) as the floor.
+//!
+//! The corpus (≥ 2 GB, ≥ 20,000 files: small text and binary files, medium and large files,
+//! pieces of the system's executables, random bytes, planted matches) and the rule set (120
+//! YARA rules, 10,000 MD5 hash-list entries) are generated once, deterministically, in
+//! `PALISADE_BENCH_DIR` (default `/var/tmp/palisade-scan-bench`) and reused. The rules are
+//! compiled by a real controller from an upload, as in production. Every tool runs once over
+//! a warm page cache (a `sha256sum` pass warms it first). Peak RSS is from `wait4`.
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p palisade-tests --bench scan`
+//!
+//! Environment: `PALISADE_BENCH_THREADS` (default: the CPUs), `PALISADE_BENCH_DIR`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_tests::{Controller, bin, sqlite3};
+
+const SMALL: usize = 20_000;
+const MEDIUM: usize = 900;
+const LARGE: usize = 60;
+const RULES: usize = 120;
+const HASHES: usize = 10_000;
+
+/// xorshift64*: deterministic bytes without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    fn word(&mut self, len: usize) -> String {
+        (0..len)
+            .map(|_| (b'a' + self.below(26) as u8) as char)
+            .collect()
+    }
+}
+
+/// Distinct strings per rule: an ASCII word and a hex pattern with a wildcard and a jump,
+/// each expressible both as YARA and as a ClamAV body signature.
+struct Sig {
+    name: String,
+    text: String,
+    hex: Vec<u8>,
+}
+
+fn signatures() -> Vec<Sig> {
+    let mut rng = Rng(0x5ca9_0001);
+    (0..RULES)
+        .map(|i| {
+            let mut hex = vec![0u8; 10];
+            rng.fill(&mut hex);
+            Sig {
+                name: format!("bench_family_{i:03}"),
+                text: format!("{}-{}-{}", rng.word(6), rng.word(5), rng.word(7)),
+                hex,
+            }
+        })
+        .collect()
+}
+
+fn yara_rules(sigs: &[Sig]) -> String {
+    let mut s = String::new();
+    for g in sigs {
+        let h: Vec<String> = g.hex.iter().map(|b| format!("{b:02X}")).collect();
+        // bytes 0-3, a wildcard byte, bytes 5-6, a 0-4 byte jump, bytes 7-9
+        s += &format!(
+            "rule {} {{\n  strings:\n    $t = \"{}\"\n    $h = {{ {} {} {} {} ?? {} {} [0-4] {} {} {} }}\n  condition:\n    any of them\n}}\n",
+            g.name, g.text, h[0], h[1], h[2], h[3], h[5], h[6], h[7], h[8], h[9]
+        );
+    }
+    s
+}
+
+/// The same strings as ClamAV extended body signatures (`Name:Target:Offset:Hex`).
+fn ndb(sigs: &[Sig]) -> String {
+    let mut s = String::new();
+    for g in sigs {
+        let h: Vec<String> = g.hex.iter().map(|b| format!("{b:02x}")).collect();
+        s += &format!("{}.t:0:*:{}\n", g.name, hex::encode(g.text.as_bytes()));
+        s += &format!(
+            "{}.h:0:*:{}{}{}{}??{}{}{{0-4}}{}{}{}\n",
+            g.name, h[0], h[1], h[2], h[3], h[5], h[6], h[7], h[8], h[9]
+        );
+    }
+    s
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(data))
+}
+
+/// Builds the corpus and the rule files once; returns (corpus dir, files, bytes).
+fn prepare(base: &Path, sigs: &[Sig]) -> (PathBuf, u64, u64) {
+    let corpus = base.join("corpus");
+    let done = base.join("corpus.done");
+    let rules = base.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("bench.yar"), yara_rules(sigs)).unwrap();
+    std::fs::write(rules.join("bench.ndb"), ndb(sigs)).unwrap();
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&corpus);
+        eprintln!("building the corpus in {} …", corpus.display());
+        let mut rng = Rng(0xc0_4b05);
+        // Pieces of real executables, for realistic binary content.
+        let mut exe_pool = Vec::new();
+        for p in ["/usr/bin", "/usr/lib/x86_64-linux-gnu"] {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if exe_pool.len() > 64 << 20 {
+                    break;
+                }
+                if let Ok(m) = e.metadata()
+                    && m.is_file()
+                    && m.len() < 8 << 20
+                    && let Ok(b) = std::fs::read(e.path())
+                {
+                    exe_pool.extend_from_slice(&b);
+                }
+            }
+        }
+        assert!(exe_pool.len() > 1 << 20, "no executables to sample");
+        let words: Vec<String> = (0..4000)
+            .map(|_| {
+                let len = 3 + rng.below(8) as usize;
+                rng.word(len)
+            })
+            .collect();
+        let mut hash_lines = String::new();
+        let mut n = 0usize;
+        let write = |rng: &mut Rng, size: usize, n: &mut usize| -> Vec<u8> {
+            let mut data = vec![0u8; size];
+            match rng.below(3) {
+                0 => rng.fill(&mut data),
+                1 => {
+                    let mut t = Vec::with_capacity(size + 16);
+                    while t.len() < size {
+                        t.extend_from_slice(
+                            words[rng.below(words.len() as u64) as usize].as_bytes(),
+                        );
+                        t.push(if rng.below(12) == 0 { b'\n' } else { b' ' });
+                    }
+                    t.truncate(size);
+                    data = t;
+                }
+                _ => {
+                    let start =
+                        rng.below((exe_pool.len() - size.min(exe_pool.len() - 1)) as u64) as usize;
+                    let end = (start + size).min(exe_pool.len());
+                    data[..end - start].copy_from_slice(&exe_pool[start..end]);
+                }
+            }
+            let dir = corpus
+                .join(format!("d{:03}", *n % 200))
+                .join(format!("s{:02}", *n % 7));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("f{:06}", *n)), &data).unwrap();
+            *n += 1;
+            data
+        };
+        for _ in 0..SMALL {
+            let size = 1024 + rng.below(100 << 10) as usize;
+            write(&mut rng, size, &mut n);
+        }
+        for _ in 0..MEDIUM {
+            let size = (512 << 10) + rng.below(2 << 20) as usize;
+            write(&mut rng, size, &mut n);
+        }
+        for _ in 0..LARGE {
+            let size = (4 << 20) + rng.below(4 << 20) as usize;
+            write(&mut rng, size, &mut n);
+        }
+        // Planted: 30 files matching a rule's text, 30 its hex pattern, 30 the hash list.
+        let planted = corpus.join("planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        for i in 0..30 {
+            let g = &sigs[i * 3];
+            let mut data = vec![0u8; 20_000];
+            rng.fill(&mut data);
+            data[5000..5000 + g.text.len()].copy_from_slice(g.text.as_bytes());
+            std::fs::write(planted.join(format!("text{i}")), &data).unwrap();
+            let mut data = vec![0u8; 20_000];
+            rng.fill(&mut data);
+            let mut pat = g.hex[..4].to_vec();
+            pat.push(0x99);
+            pat.extend_from_slice(&g.hex[5..7]);
+            pat.extend_from_slice(&[1, 2]);
+            pat.extend_from_slice(&g.hex[7..10]);
+            data[7000..7000 + pat.len()].copy_from_slice(&pat);
+            std::fs::write(planted.join(format!("hex{i}")), &data).unwrap();
+            let mut data = vec![0u8; 3000 + i];
+            rng.fill(&mut data);
+            hash_lines += &format!("{}:{}:Bench.Hash.{i}\n", md5_hex(&data), data.len());
+            std::fs::write(planted.join(format!("hash{i}")), &data).unwrap();
+        }
+        // The rest of the hash list: files that do not exist, of plausible sizes.
+        for i in 30..HASHES {
+            let mut d = [0u8; 16];
+            rng.fill(&mut d);
+            hash_lines += &format!(
+                "{}:{}:Bench.Absent.{i}\n",
+                hex::encode(d),
+                1024 + rng.below(100 << 10)
+            );
+        }
+        std::fs::write(rules.join("bench.hdb"), hash_lines).unwrap();
+        std::fs::write(&done, format!("{n}")).unwrap();
+    }
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack = vec![corpus.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    (corpus, files, bytes)
+}
+
+/// Wall time and peak RSS (KiB) of one command, its output kept in `out`.
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which also gives its rusage
+fn measure(cmd: &mut Command, out: &Path) -> (Duration, u64) {
+    let file = std::fs::File::create(out).unwrap();
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let (status, rss) = wait4(child.id() as i32);
+    let took = start.elapsed();
+    assert!(
+        status == 0 || cmd.get_program() == "clamscan" && status == 1,
+        "{cmd:?} exited with {status}"
+    );
+    (took, rss)
+}
+
+/// Reaps `pid` and returns its exit code and peak RSS in KiB (children it waited for
+/// included).
+fn wait4(pid: i32) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped; both pointers are valid for writes.
+    let r = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4 failed");
+    let code = if nix::libc::WIFEXITED(status) {
+        nix::libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, ru.ru_maxrss as u64)
+}
+
+struct Row {
+    tool: String,
+    took: Duration,
+    rss_kib: u64,
+    found: String,
+}
+
+#[allow(clippy::zombie_processes)] // the clamscan children are reaped by `wait4`
+fn main() {
+    let threads: usize = std::env::var("PALISADE_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let base = PathBuf::from(
+        std::env::var("PALISADE_BENCH_DIR")
+            .unwrap_or_else(|_| "/var/tmp/palisade-scan-bench".into()),
+    );
+    let sigs = signatures();
+    let (corpus, files, bytes) = prepare(&base, &sigs);
+    let rules = base.join("rules");
+    eprintln!(
+        "corpus: {files} files, {:.2} GB; {RULES} YARA rules, {HASHES} hash entries; {threads} threads",
+        bytes as f64 / 1e9
+    );
+    assert!(
+        files >= 20_000 && bytes >= 2_000_000_000,
+        "corpus below the goal size"
+    );
+
+    // The controller compiles the upload, as in production; the bundle is what agents fetch.
+    let ctl = Controller::start();
+    let v = ctl.json(&[
+        "rules",
+        "upload",
+        rules.join("bench.yar").to_str().unwrap(),
+        rules.join("bench.hdb").to_str().unwrap(),
+    ]);
+    assert_eq!(v["rule_set"]["yara_rules"], RULES as u64, "{v}");
+    let bundle = base.join("bundle.bin");
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "SELECT writefile('{}', bundle) FROM rule_sets ORDER BY version DESC LIMIT 1",
+            bundle.display()
+        ),
+    );
+    let clamdb = base.join("clamdb");
+    let _ = std::fs::remove_dir_all(&clamdb);
+    std::fs::create_dir_all(&clamdb).unwrap();
+    std::fs::copy(rules.join("bench.hdb"), clamdb.join("bench.hdb")).unwrap();
+    std::fs::copy(rules.join("bench.ndb"), clamdb.join("bench.ndb")).unwrap();
+    let outs = base.join("out");
+    std::fs::create_dir_all(&outs).unwrap();
+    let t = threads.to_string();
+    let sha_cmd = format!(
+        "find {} -type f -print0 | xargs -0 -P {t} -n 256 sha256sum",
+        corpus.display()
+    );
+    // Warm the page cache.
+    measure(
+        Command::new("sh").args(["-c", &sha_cmd]),
+        &outs.join("warmup.txt"),
+    );
+
+    let mut rows = Vec::new();
+    let (took, rss) = measure(
+        Command::new("sh").args(["-c", &sha_cmd]),
+        &outs.join("sha256sum.txt"),
+    );
+    rows.push(Row {
+        tool: format!("sha256sum (xargs -P {t})"),
+        took,
+        rss_kib: rss,
+        found: "—".into(),
+    });
+
+    let state = tempfile::tempdir().unwrap();
+    let (took, rss) = measure(
+        Command::new(bin("palisade-agent"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["scan", "--threads", &t, "--repeat", "2", "--rules"])
+            .arg(&bundle)
+            .arg(&corpus),
+        &outs.join("palisade.json"),
+    );
+    let runs: Vec<serde_json::Value> = std::fs::read_to_string(outs.join("palisade.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ms = |v: &serde_json::Value| Duration::from_millis(v["duration_ms"].as_u64().unwrap());
+    let found = |v: &serde_json::Value| v["detections"].as_array().unwrap().len();
+    let first = ms(&runs[0]);
+    rows.push(Row {
+        tool: format!("palisade-agent scan --threads {t}"),
+        // The process's time minus the second (cached) run: load + first scan.
+        took: took.saturating_sub(ms(&runs[1])),
+        rss_kib: rss,
+        found: format!("{} files", found(&runs[0])),
+    });
+    rows.push(Row {
+        tool: "palisade-agent scan, again (clean cache)".into(),
+        took: ms(&runs[1]),
+        rss_kib: rss,
+        found: format!(
+            "{} files ({} of {} from the cache)",
+            found(&runs[1]),
+            runs[1]["counts"]["cached"],
+            runs[1]["counts"]["files"]
+        ),
+    });
+    eprintln!("palisade: first scan {first:?} inside the process");
+
+    let (took, rss) = measure(
+        Command::new("yara")
+            .args(["-r", "-w", "-p", &t])
+            .arg(rules.join("bench.yar"))
+            .arg(&corpus),
+        &outs.join("yara.txt"),
+    );
+    let yara_files: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(outs.join("yara.txt"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(_, p)| p.to_owned()))
+            .collect();
+    rows.push(Row {
+        tool: format!("yara -r -p {t} (4.2, YARA rules only)"),
+        took,
+        rss_kib: rss,
+        found: format!("{} files", yara_files.len()),
+    });
+
+    // clamscan: one process per share of the top-level directories, all at once.
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    let lists: Vec<PathBuf> = (0..threads)
+        .map(|i| {
+            let p = base.join(format!("clam-share-{i}.txt"));
+            let mut f = std::fs::File::create(&p).unwrap();
+            for d in dirs.iter().skip(i).step_by(threads) {
+                writeln!(f, "{}", d.display()).unwrap();
+            }
+            p
+        })
+        .collect();
+    let start = Instant::now();
+    let children: Vec<_> = lists
+        .iter()
+        .enumerate()
+        .map(|(i, list)| {
+            Command::new("clamscan")
+                .args(["-r", "--infected", "--no-summary", "-d"])
+                .arg(&clamdb)
+                .arg("--file-list")
+                .arg(list)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(outs.join(format!("clamscan-{i}.txt"))).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("clamscan (apt-get install clamav)")
+        })
+        .collect();
+    let mut clam_rss = 0;
+    for c in children {
+        let (code, rss) = wait4(c.id() as i32);
+        assert!(code == 0 || code == 1, "clamscan exited with {code}");
+        clam_rss += rss;
+    }
+    let took = start.elapsed();
+    let clam_found: usize = (0..threads)
+        .map(|i| {
+            std::fs::read_to_string(outs.join(format!("clamscan-{i}.txt")))
+                .unwrap()
+                .lines()
+                .filter(|l| l.ends_with("FOUND"))
+                .count()
+        })
+        .sum();
+    rows.push(Row {
+        tool: format!("clamscan × {t} (1.4, .hdb + .ndb)"),
+        took,
+        rss_kib: clam_rss,
+        found: format!("{clam_found} files"),
+    });
+
+    let ours = rows[1].took.as_secs_f64();
+    println!("\n| tool | wall s | MB/s | files/s | peak RSS MiB | ours is × faster | detections |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let s = r.took.as_secs_f64();
+        println!(
+            "| {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+            r.tool,
+            s,
+            bytes as f64 / 1e6 / s,
+            files as f64 / s,
+            r.rss_kib as f64 / 1024.0,
+            s / ours,
+            r.found
+        );
+    }
+    let mut summary = BTreeMap::new();
+    summary.insert("files", files);
+    summary.insert("bytes", bytes);
+    println!("\n{summary:?}, {threads} threads");
+}
