@@ -350,6 +350,17 @@ fn the_openapi_document_describes_the_routes_the_ui_uses() {
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
     }
+    assert_eq!(
+        r.body["paths"]["/api/v1/actions/approve"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Decision"
+    );
+    let request = &r.body["components"]["schemas"]["ActionRequest"];
+    assert_eq!(
+        request["required"],
+        json!(["devices", "params", "comment"]),
+        "{request}"
+    );
     let params: Vec<&str> = r.body["paths"]["/api/v1/actions"]["get"]["parameters"]
         .as_array()
         .unwrap()

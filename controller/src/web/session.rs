@@ -138,7 +138,7 @@ pub async fn principal(parts: &Parts, ctl: &Arc<Controller>) -> ApiResult<Princi
     Ok(session.principal)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     name: String,
@@ -156,6 +156,7 @@ fn cookie_header(ctl: &Controller, value: &str, max_age: u64) -> String {
 
 /// Logs in with a user name and password; sets the session cookie and returns the CSRF token.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session",
+    request_body = Login,
     responses((status = 200, description = "logged in: the principal, the CSRF token and the expiry; sets the session cookie"),
         (status = 401, description = "wrong user name or password"),
         (status = 429, description = "too many failed logins")))]
@@ -274,7 +275,7 @@ pub async fn logout(
     Ok(r)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
     password: String,
@@ -287,6 +288,7 @@ pub struct NewPassword {
 /// Ends the user's sessions.
 #[utoipa::path(put, path = "/api/v1/users/{name}/password", tag = "users",
     params(("name" = String, Path, description = "user name")),
+    request_body = NewPassword,
     responses((status = 200, description = "password set: {\"user\": name}"),
         (status = 403, description = "neither an admin nor the user with the current password")))]
 pub async fn set_password(
