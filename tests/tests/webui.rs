@@ -665,6 +665,7 @@ fn the_detail_shows_a_fleet_actions_children_and_artifacts_for_investigators_onl
 
     // A viewer sees the artifact's name but no link, and the API refuses the download.
     browser.find("#logout").click();
+    browser.wait_text("#login-error", "Signed out");
     login(&browser, &ctl, "vic");
     browser.goto(&format!("{}/#/action/{id}", ctl.url()));
     browser.wait_text("#detail-artifacts", "sample.bin");

@@ -165,7 +165,9 @@ pub async fn login(
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     Body(login): Body<Login>,
 ) -> ApiResult<Response> {
-    let user_key = format!("user:{}", login.name);
+    // User names have at most 64 characters: a longer one is nobody, and must not make the
+    // limiter keep a large key.
+    let user_key = format!("user:{}", login.name.chars().take(65).collect::<String>());
     let keys = [
         (user_key.clone(), PER_USER),
         (format!("ip:{}", peer.ip()), PER_ADDRESS),
@@ -188,13 +190,15 @@ pub async fn login(
         .store
         .read(move |c| sessions::password_hash(c, &name))
         .await?;
-    let ok =
-        tokio::task::spawn_blocking(move || password::verify(&login.password, stored.as_deref()))
-            .await
-            .unwrap_or(false);
+    let ok = login.password.len() <= password::MAX_LEN
+        && tokio::task::spawn_blocking(move || {
+            password::verify(&login.password, stored.as_deref())
+        })
+        .await
+        .unwrap_or(false);
     if !ok {
         ctl.web.limiter.failed(&keys, Instant::now());
-        tracing::warn!(user = %login.name, %peer, "failed login");
+        tracing::warn!(key = %user_key, %peer, "failed login");
         return Err(unauthorized("wrong user name or password"));
     }
     ctl.web.limiter.succeeded(&user_key);
