@@ -312,9 +312,9 @@ async fn device_events(
     Ok(Json(json!({"device": device.id, "events": list})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AllowlistUpdate {
+pub(crate) struct AllowlistUpdate {
     device_group: String,
     #[serde(default)]
     sha256: Vec<String>,
@@ -323,6 +323,7 @@ struct AllowlistUpdate {
 }
 
 #[utoipa::path(put, path = "/api/v1/exec-allowlist", tag = "policy",
+    request_body = AllowlistUpdate,
     responses((status = 200, description = "replace a group's exec allowlist (admin)")))]
 async fn set_exec_allowlist(
     State(ctl): Ctl,
@@ -419,6 +420,7 @@ async fn device_vault(
 }
 
 #[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
+    request_body = crate::service::ActionRequest,
     responses((status = 200, description = "request an action on one or more devices, or fleet-wide")))]
 async fn request_actions(
     State(ctl): Ctl,
@@ -550,15 +552,17 @@ async fn show_action(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Decision {
+pub(crate) struct Decision {
+    #[schema(value_type = Vec<u64>)]
     ids: Vec<ActionId>,
     #[serde(default)]
     comment: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/actions/approve", tag = "actions",
+    request_body = Decision,
     responses((status = 200, description = "approve pending actions, all of one kind")))]
 async fn approve(
     State(ctl): Ctl,
@@ -572,6 +576,7 @@ async fn approve(
 }
 
 #[utoipa::path(post, path = "/api/v1/actions/reject", tag = "actions",
+    request_body = Decision,
     responses((status = 200, description = "reject pending actions, all of one kind, with a comment")))]
 async fn reject(
     State(ctl): Ctl,
@@ -585,6 +590,7 @@ async fn reject(
 }
 
 #[utoipa::path(post, path = "/api/v1/actions/cancel", tag = "actions",
+    request_body = Decision,
     responses((status = 200, description = "cancel outstanding actions")))]
 async fn cancel(
     State(ctl): Ctl,
@@ -598,6 +604,7 @@ async fn cancel(
 }
 
 #[utoipa::path(post, path = "/api/v1/actions/undo", tag = "actions",
+    request_body = Decision,
     responses((status = 200, description = "undo succeeded lasting actions of one kind")))]
 async fn undo(
     State(ctl): Ctl,
@@ -685,9 +692,9 @@ async fn download_artifact(
     Ok((headers, axum::body::Body::from_stream(stream)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewEnrollToken {
+pub(crate) struct NewEnrollToken {
     #[serde(default = "one")]
     uses: u32,
     /// e.g. "24h", "7d"
@@ -708,6 +715,7 @@ fn default_group() -> String {
 }
 
 #[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "admin",
+    request_body = NewEnrollToken,
     responses((status = 200, description = "create an enrolment token (admin)")))]
 async fn create_enroll_token(
     State(ctl): Ctl,
@@ -736,9 +744,9 @@ async fn create_enroll_token(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+pub(crate) struct NewUser {
     name: String,
     role: String,
     #[serde(default)]
@@ -749,6 +757,7 @@ struct NewUser {
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "admin",
+    request_body = NewUser,
     responses((status = 200, description = "add a user; returns its first API token (admin)")))]
 async fn add_user(
     State(ctl): Ctl,
@@ -788,12 +797,13 @@ async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_jso
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PolicyUpdate {
+pub(crate) struct PolicyUpdate {
     #[serde(default = "star")]
     device_group: String,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     kind: Option<ActionKind>,
     require_approval: bool,
     distinct_approver: bool,
@@ -804,6 +814,7 @@ fn star() -> String {
 }
 
 #[utoipa::path(put, path = "/api/v1/policies", tag = "policy",
+    request_body = PolicyUpdate,
     responses((status = 200, description = "set a policy row (admin)")))]
 async fn set_policy(
     State(ctl): Ctl,

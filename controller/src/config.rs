@@ -147,6 +147,22 @@ mod tests {
             .resolve(FileConfig::default())
             .unwrap_err();
         assert!(format!("{err:#}").contains("approval_expiry"), "{err:#}");
+        let err = FileConfig::parse("api_cert = \"/etc/palisade/api.crt\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("api_cert and api_key"), "{err}");
+        let err = FileConfig::parse("api_tls = \"sometimes\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("auto or always"), "{err}");
+        let c = FileConfig::parse("api = \"0.0.0.0:7480\"\nsession_ttl = \"1h\"")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap();
+        assert!(c.api_uses_tls(), "HTTPS off loopback");
+        assert_eq!(c.session_ttl, Duration::from_secs(3600));
         let err = FileConfig::parse("heartbeat = \"0s\"")
             .unwrap()
             .resolve(FileConfig::default())

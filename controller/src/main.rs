@@ -114,10 +114,15 @@ fn main() -> ExitCode {
     };
     if let Some(Command::Validate) = cli.command {
         println!(
-            "configuration valid: data_dir {}, quic {}, api {}",
+            "configuration valid: data_dir {}, quic {}, api {} ({})",
             config.data_dir.display(),
             config.listen,
-            config.api
+            config.api,
+            if config.api_uses_tls() {
+                "https"
+            } else {
+                "http"
+            }
         );
         return ExitCode::SUCCESS;
     }

@@ -158,13 +158,16 @@ impl From<StoreError> for ServiceError {
 type Result<T, E = ServiceError> = std::result::Result<T, E>;
 
 /// An operator's request for one action on one or more devices.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub devices: Vec<String>,
+    /// `{"kind": "<action kind>", …the kind's parameters}`.
+    #[schema(value_type = Object)]
     pub params: ActionParams,
     pub comment: String,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub source: Option<ActionSource>,
     #[serde(default)]
     pub external_id: Option<String>,

@@ -350,6 +350,17 @@ fn the_openapi_document_describes_the_routes_the_ui_uses() {
     ] {
         assert!(paths.contains_key(p), "{p} is not documented");
     }
+    assert_eq!(
+        r.body["paths"]["/api/v1/actions/approve"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Decision"
+    );
+    let request = &r.body["components"]["schemas"]["ActionRequest"];
+    assert_eq!(
+        request["required"],
+        json!(["devices", "params", "comment"]),
+        "{request}"
+    );
     let params: Vec<&str> = r.body["paths"]["/api/v1/actions"]["get"]["parameters"]
         .as_array()
         .unwrap()
@@ -454,4 +465,40 @@ fn the_api_speaks_https_with_a_certificate_from_the_controller_ca() {
         None,
     );
     assert!(plain.is_err() || plain.unwrap().status >= 400);
+}
+
+#[test]
+fn the_api_serves_the_certificate_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let ctl = Controller::start_with(&[
+        "--api-tls",
+        "always",
+        "--api-cert",
+        cert_path.to_str().unwrap(),
+        "--api-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let root = ureq::tls::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
+    let https: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![root])))
+                .build(),
+        )
+        .build()
+        .into();
+    let r = call(&https, "GET", &format!("https://{}/", ctl.api), &[], None).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
 }

@@ -601,3 +601,78 @@ fn what_agents_report_is_shown_as_text_never_as_markup() {
         "markup from a device ran or rendered"
     );
 }
+
+#[test]
+fn the_detail_shows_a_fleet_actions_children_and_artifacts_for_investigators_only() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions",
+        Some(&ctl.admin_token),
+        Some(
+            json!({"devices": [WEB1, WEB2], "fleet": true, "comment": "sweep",
+                    "params": {"kind": "collect_package"}}),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    let parent = v["actions"][0]["id"].as_u64().unwrap();
+    let child = v["actions"][1]["id"].as_u64().unwrap();
+    // A finished sample with an artifact, as an agent would have uploaded it.
+    let id = sample(&ctl, WEB1, "evidence");
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "UPDATE actions SET status = 'succeeded', decided_by = 'admin', decided_at = created_at,
+               finished_at = created_at, result_summary = 'uploaded' WHERE id = {id};
+             INSERT INTO artifacts (action_id, name, sha256, size, stored_at)
+               VALUES ({id}, 'sample.bin', '{}', 3, 0);",
+            "ab".repeat(32)
+        ),
+    );
+    user(&ctl, "ivy", "investigator", &[]);
+    user(&ctl, "vic", "viewer", &[]);
+
+    let browser = Browser::start();
+    login(&browser, &ctl, "ivy");
+    wait_rows(&browser, "the fleet parent and its children", |ids| {
+        ids.contains(&parent) && ids.contains(&child)
+    });
+    browser.goto(&format!("{}/#/action/{parent}", ctl.url()));
+    browser.wait_text("#detail-title", &format!("Action {parent}"));
+    browser.wait_text(
+        "#detail-body",
+        "2 devices: 0 succeeded, 0 failed, 2 pending, 0 not run",
+    );
+    let children = browser.find("#detail-children").text();
+    assert!(
+        children.contains("web-1") && children.contains("web-2"),
+        "{children}"
+    );
+
+    browser.goto(&format!("{}/#/action/{id}", ctl.url()));
+    browser.wait_text("#detail-title", &format!("Action {id}"));
+    let href = browser
+        .find("#detail-artifacts a")
+        .property("href")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        href.ends_with(&format!("/api/v1/actions/{id}/artifacts/sample.bin")),
+        "{href}"
+    );
+
+    // A viewer sees the artifact's name but no link, and the API refuses the download.
+    browser.find("#logout").click();
+    browser.wait_text("#login-error", "Signed out");
+    login(&browser, &ctl, "vic");
+    browser.goto(&format!("{}/#/action/{id}", ctl.url()));
+    browser.wait_text("#detail-artifacts", "sample.bin");
+    assert!(!browser.is_shown("#detail-artifacts a"));
+    let status = browser.execute(
+        "return fetch(arguments[0]).then(r => r.status);",
+        vec![json!(format!("/api/v1/actions/{id}/artifacts/sample.bin"))],
+    );
+    assert_eq!(status, 403);
+}

@@ -746,6 +746,13 @@ fn print_instructions(layout: &Layout, api: &Api, ctl_bin: &Path, device_id: &st
     println!("  palisadectl actions approve <ACTION-ID> --comment ok");
     println!();
     println!(
+        "The Action center is at {}/ once the admin has a password:",
+        api.base
+    );
+    println!();
+    println!("  echo 'a long passphrase' | palisadectl users set-password admin");
+    println!();
+    println!(
         "Press ctrl-c to stop both. Running the same command again reuses {}.",
         layout.data.display()
     );

@@ -115,4 +115,20 @@ mod tests {
         }
         assert!(checked > 20, "found only {checked} routes");
     }
+
+    /// Every call that takes a body says what the body is.
+    #[test]
+    fn every_post_and_put_describes_its_body() {
+        let doc = ApiDoc::openapi();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [("post", &item.post), ("put", &item.put)] {
+                if let Some(op) = op {
+                    assert!(
+                        op.request_body.is_some(),
+                        "{method} {path} has no request body in the document"
+                    );
+                }
+            }
+        }
+    }
 }

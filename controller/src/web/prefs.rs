@@ -46,6 +46,7 @@ pub async fn get_prefs(
 /// Replaces the caller's preferences for a view (a JSON object of at most 8 KiB).
 #[utoipa::path(put, path = "/api/v1/ui-prefs/{view}", tag = "ui",
     params(("view" = String, Path, description = "pending, history or devices")),
+    request_body(content = Object, description = "e.g. {\"columns\": [\"id\", \"kind\"], \"page_size\": 50}"),
     responses((status = 200, description = "the saved preferences")))]
 pub async fn put_prefs(
     State(ctl): State<Arc<Controller>>,

@@ -138,7 +138,7 @@ pub async fn principal(parts: &Parts, ctl: &Arc<Controller>) -> ApiResult<Princi
     Ok(session.principal)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     name: String,
@@ -156,6 +156,7 @@ fn cookie_header(ctl: &Controller, value: &str, max_age: u64) -> String {
 
 /// Logs in with a user name and password; sets the session cookie and returns the CSRF token.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session",
+    request_body = Login,
     responses((status = 200, description = "logged in: the principal, the CSRF token and the expiry; sets the session cookie"),
         (status = 401, description = "wrong user name or password"),
         (status = 429, description = "too many failed logins")))]
@@ -164,7 +165,9 @@ pub async fn login(
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     Body(login): Body<Login>,
 ) -> ApiResult<Response> {
-    let user_key = format!("user:{}", login.name);
+    // User names have at most 64 characters: a longer one is nobody, and must not make the
+    // limiter keep a large key.
+    let user_key = format!("user:{}", login.name.chars().take(65).collect::<String>());
     let keys = [
         (user_key.clone(), PER_USER),
         (format!("ip:{}", peer.ip()), PER_ADDRESS),
@@ -187,13 +190,15 @@ pub async fn login(
         .store
         .read(move |c| sessions::password_hash(c, &name))
         .await?;
-    let ok =
-        tokio::task::spawn_blocking(move || password::verify(&login.password, stored.as_deref()))
-            .await
-            .unwrap_or(false);
+    let ok = login.password.len() <= password::MAX_LEN
+        && tokio::task::spawn_blocking(move || {
+            password::verify(&login.password, stored.as_deref())
+        })
+        .await
+        .unwrap_or(false);
     if !ok {
         ctl.web.limiter.failed(&keys, Instant::now());
-        tracing::warn!(user = %login.name, %peer, "failed login");
+        tracing::warn!(key = %user_key, %peer, "failed login");
         return Err(unauthorized("wrong user name or password"));
     }
     ctl.web.limiter.succeeded(&user_key);
@@ -274,7 +279,7 @@ pub async fn logout(
     Ok(r)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
     password: String,
@@ -287,6 +292,7 @@ pub struct NewPassword {
 /// Ends the user's sessions.
 #[utoipa::path(put, path = "/api/v1/users/{name}/password", tag = "users",
     params(("name" = String, Path, description = "user name")),
+    request_body = NewPassword,
     responses((status = 200, description = "password set: {\"user\": name}"),
         (status = 403, description = "neither an admin nor the user with the current password")))]
 pub async fn set_password(
