@@ -34,6 +34,12 @@ pub struct Settings {
     /// First reconnect delay; doubles up to `max_backoff`, with jitter.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Scanner worker threads.
+    pub scan_threads: usize,
+    /// Files above this many bytes are skipped by scans.
+    pub scan_max_file_size: u64,
+    /// Share of each scan worker's time spent working (100: no limit).
+    pub scan_cpu_percent: u8,
 }
 
 impl Settings {
@@ -46,6 +52,9 @@ impl Settings {
             link_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            scan_max_file_size: 128 << 20,
+            scan_cpu_percent: 100,
         }
     }
 }
@@ -79,6 +88,9 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let mut executor = Executor::new(host, spool.clone(), settings.max_sample, journal_path);
     executor.max_package = settings.max_package;
     executor.collect = settings.collect;
+    executor.scanner.threads = settings.scan_threads;
+    executor.scanner.max_file_size = settings.scan_max_file_size;
+    executor.scanner.cpu_percent = settings.scan_cpu_percent;
     load_rules(&executor, &settings.state_dir);
     let executor = Arc::new(executor);
     // The rule-set version being fetched, so that repeated announcements fetch it once.
