@@ -597,7 +597,7 @@ fn kinds_the_agent_does_not_implement_are_refused_at_request_time() {
     let ctl = Controller::start();
     let agent = ctl.enroll_agent();
     let device = agent.device_id();
-    for kind in [vec!["isolate"], vec!["scan", "--mode", "quick"]] {
+    for kind in [vec!["isolate"], vec!["release-isolation"]] {
         let mut args = vec!["action"];
         args.extend(kind.iter().copied());
         args.extend([device.as_str(), "--comment", "x"]);
