@@ -29,6 +29,12 @@ pub struct FileConfig {
     /// Paths (files or directories) that quarantine refuses, besides the agent's own files,
     /// `/proc`, `/sys` and the built-in list.
     pub protect: Option<Vec<PathBuf>>,
+    /// Scanner worker threads (default: one per CPU).
+    pub scan_threads: Option<u64>,
+    /// Files above this many bytes are skipped by scans.
+    pub scan_max_file_size: Option<u64>,
+    /// Share of each scan worker's time spent working, 1 to 100 (like a CPU limit).
+    pub scan_cpu_percent: Option<u64>,
 }
 
 impl FileConfig {
@@ -118,6 +124,25 @@ impl FileConfig {
             overrides.verify_isolation.or(self.verify_isolation),
             settings.verify_isolation,
         )?;
+        settings.scan_threads = positive(
+            "scan_threads",
+            overrides.scan_threads.or(self.scan_threads),
+            settings.scan_threads as u64,
+        )? as usize;
+        settings.scan_max_file_size = positive(
+            "scan_max_file_size",
+            overrides.scan_max_file_size.or(self.scan_max_file_size),
+            settings.scan_max_file_size,
+        )?;
+        let cpu = positive(
+            "scan_cpu_percent",
+            overrides.scan_cpu_percent.or(self.scan_cpu_percent),
+            u64::from(settings.scan_cpu_percent),
+        )?;
+        if cpu > 100 {
+            bail!("scan_cpu_percent must be 1 to 100, not {cpu}");
+        }
+        settings.scan_cpu_percent = cpu as u8;
         Ok(settings)
     }
 }
@@ -135,6 +160,7 @@ mod tests {
             .unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/palisade-agent"));
         assert_eq!(s.max_sample, 256 << 20);
+        assert_eq!((s.scan_max_file_size, s.scan_cpu_percent), (128 << 20, 100));
         let file = FileConfig::parse(text).unwrap();
         assert_eq!(
             file.protect(&FileConfig::default()).unwrap(),
@@ -174,6 +200,12 @@ mod tests {
         assert_eq!((s.max_sample, s.state_dir), (20, PathBuf::from("/srv/a")));
         let err = FileConfig::parse("state = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `state`"), "{err}");
+        assert!(
+            FileConfig::parse("scan_cpu_percent = 150")
+                .unwrap()
+                .resolve(FileConfig::default())
+                .is_err()
+        );
         assert!(
             FileConfig::parse("max_sample = 0")
                 .unwrap()

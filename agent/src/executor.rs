@@ -111,6 +111,8 @@ pub struct Scanner {
     pub threads: usize,
     pub max_file_size: u64,
     pub file_timeout: Duration,
+    /// Share of each worker's time spent working (100: no limit).
+    pub cpu_percent: u8,
 }
 
 impl Default for Scanner {
@@ -122,6 +124,7 @@ impl Default for Scanner {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_file_size: 128 << 20,
             file_timeout: Duration::from_secs(30),
+            cpu_percent: 100,
         }
     }
 }
@@ -369,6 +372,7 @@ impl<H: Host> Executor<H> {
             paths: p.paths.iter().map(PathBuf::from).collect(),
             threads: self.scanner.threads,
             max_file_size: self.scanner.max_file_size,
+            cpu_percent: self.scanner.cpu_percent,
         };
         // The agent's own state (vault, rules, journal) is never scanned.
         let mut exclusions = p.exclusions.clone();

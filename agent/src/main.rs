@@ -74,6 +74,15 @@ enum Command {
         /// files, /proc, /sys and the built-in list. Repeatable [default: none].
         #[arg(long = "protect", value_name = "PATH")]
         protect: Vec<PathBuf>,
+        /// Scanner worker threads [default: one per CPU].
+        #[arg(long)]
+        scan_threads: Option<u64>,
+        /// Files above this many bytes are skipped by scans [default: 128 MiB].
+        #[arg(long)]
+        scan_max_file_size: Option<u64>,
+        /// Share of each scan worker's time spent working, 1-100 [default: 100, no limit].
+        #[arg(long)]
+        scan_cpu_percent: Option<u64>,
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
@@ -169,6 +178,9 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         exec_mark,
         exec_system_path,
         protect,
+        scan_threads,
+        scan_max_file_size,
+        scan_cpu_percent,
     } = &cli.command
     {
         overrides.verify_isolation = verify_isolation.clone();
@@ -181,6 +193,9 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         overrides.exec_system_paths =
             (!exec_system_path.is_empty()).then(|| exec_system_path.clone());
         overrides.protect = (!protect.is_empty()).then(|| protect.clone());
+        overrides.scan_threads = *scan_threads;
+        overrides.scan_max_file_size = *scan_max_file_size;
+        overrides.scan_cpu_percent = *scan_cpu_percent;
     }
     let protect = file.protect(&overrides)?;
     let (settings, exec) = file.resolve_with_exec(overrides)?;
@@ -319,6 +334,7 @@ fn local_scan(
         paths,
         threads: scanner.threads,
         max_file_size: scanner.max_file_size,
+        cpu_percent: 100,
     };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let host = LinuxHost::default();

@@ -38,6 +38,12 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// How long a new isolation may take to prove the controller still answers.
     pub verify_isolation: Duration,
+    /// Scanner worker threads.
+    pub scan_threads: usize,
+    /// Files above this many bytes are skipped by scans.
+    pub scan_max_file_size: u64,
+    /// Share of each scan worker's time spent working (100: no limit).
+    pub scan_cpu_percent: u8,
 }
 
 impl Settings {
@@ -51,6 +57,9 @@ impl Settings {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             verify_isolation: Duration::from_secs(5),
+            scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            scan_max_file_size: 128 << 20,
+            scan_cpu_percent: 100,
         }
     }
 }
@@ -86,6 +95,9 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     executor.collect = settings.collect;
     executor.controller = Some(identity.info.controller.clone());
     executor.verify_within = settings.verify_isolation;
+    executor.scanner.threads = settings.scan_threads;
+    executor.scanner.max_file_size = settings.scan_max_file_size;
+    executor.scanner.cpu_percent = settings.scan_cpu_percent;
     load_rules(&executor, &settings.state_dir);
     let executor = Arc::new(executor);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<ProbeRequest>();

@@ -141,7 +141,13 @@ pub(crate) fn show_action(v: &Value) {
         ]);
     }
     if !a["progress"].is_null() {
-        t.row(vec!["progress".into(), text(&a["progress"])]);
+        // Stored as the agent's JSON (`{"message", "permille"}`); show its message.
+        let raw = text(&a["progress"]);
+        let message = serde_json::from_str::<Value>(&raw)
+            .ok()
+            .and_then(|p| p["message"].as_str().map(str::to_owned))
+            .unwrap_or(raw);
+        t.row(vec!["progress".into(), message]);
     }
     t.print();
     println!("\ntimeline:");

@@ -885,6 +885,11 @@ struct RulesUpload {
     comment: String,
 }
 
+/// A new rule set (YARA sources, ClamAV hash lists), compiled here; admin only.
+#[utoipa::path(post, path = "/api/v1/rules", tag = "scan",
+    request_body(content = serde_json::Value, description = "{\"files\": [{\"name\", \"text\"}], \"comment\"}"),
+    responses((status = 201, description = "the new rule-set version"),
+        (status = 400, description = "every problem as file:line: message")))]
 async fn upload_rules(
     State(ctl): Ctl,
     who: Principal,
@@ -895,6 +900,9 @@ async fn upload_rules(
     Ok((StatusCode::CREATED, Json(json!({"rule_set": set}))))
 }
 
+/// Rule-set versions, and the version each device enforces.
+#[utoipa::path(get, path = "/api/v1/rules", tag = "scan",
+    responses((status = 200, description = "rule sets and enforced versions")))]
 async fn list_rules(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     let sets = ctl.store.read(store_scan::list).await?;
@@ -917,6 +925,10 @@ struct AutomationUpdate {
     level: store_scan::AutomationLevel,
 }
 
+/// A device group's automation level for detections (full, semi, none); admin only.
+#[utoipa::path(put, path = "/api/v1/automation", tag = "scan",
+    request_body(content = serde_json::Value, description = "{\"device_group\": \"*\" or a group, \"level\": \"full\" | \"semi\" | \"none\"}"),
+    responses((status = 200, description = "every group's level")))]
 async fn set_automation(
     State(ctl): Ctl,
     who: Principal,
@@ -930,6 +942,9 @@ async fn set_automation(
     list_automation(State(ctl), who).await
 }
 
+/// Every group's automation level.
+#[utoipa::path(get, path = "/api/v1/automation", tag = "scan",
+    responses((status = 200, description = "every group's level and the default")))]
 async fn list_automation(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
     Ok(Json(json!({

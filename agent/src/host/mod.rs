@@ -215,6 +215,8 @@ pub struct ScanJob {
     pub threads: usize,
     /// Files above this many bytes are skipped, not read.
     pub max_file_size: u64,
+    /// Each worker rests so that it works this share of its time (100: never rests).
+    pub cpu_percent: u8,
 }
 
 /// What a walk covered.

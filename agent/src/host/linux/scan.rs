@@ -254,6 +254,7 @@ pub fn scan(job: &ScanJob, sink: &dyn ScanSink) -> Walked {
                 let mut worker = sink.worker();
                 let mut buf = Vec::new();
                 while let Some(j) = queue.next(sink) {
+                    let started = std::time::Instant::now();
                     match j {
                         Job::Dir { path, depth, dev } => {
                             let found =
@@ -275,6 +276,11 @@ pub fn scan(job: &ScanJob, sink: &dyn ScanSink) -> Walked {
                         }
                     }
                     queue.done();
+                    // A CPU limit as a duty cycle: rest in proportion to the work just done.
+                    if job.cpu_percent > 0 && job.cpu_percent < 100 {
+                        let p = u32::from(job.cpu_percent);
+                        std::thread::sleep(started.elapsed() * (100 - p) / p);
+                    }
                 }
             });
         }
