@@ -15,8 +15,9 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
-/// Agent settings that keep a collection to seconds and notice a dead link quickly.
-const AGENT_ARGS: &[&str] = &["--collector-timeout", "4s", "--link-timeout", "3s"];
+/// Agent settings that bound a collection and notice a dead link quickly (collectors get 20 s:
+/// under a loaded full test run, hashing the temp dirs took more than 4).
+const AGENT_ARGS: &[&str] = &["--collector-timeout", "20s", "--link-timeout", "3s"];
 
 /// Things planted on the host for the package to show, removed on drop.
 struct Planted {
