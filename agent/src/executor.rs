@@ -269,6 +269,19 @@ impl<H: Host> Executor<H> {
         ))
     }
 
+    /// Why the exec restriction differs from the desired state, if it does. Cheap: the
+    /// network rules are watched by `check_net`, not re-read here.
+    pub fn exec_drift(&self, journal: &Journal) -> Result<Option<String>> {
+        let desired = journal.desired()?.unwrap_or_default();
+        Ok(observed(
+            &desired,
+            &self.host.exec_status(),
+            &NetObserved::default(),
+            None,
+        )
+        .drift)
+    }
+
     /// The network part of the observed state: what the plan asks, against the table the
     /// kernel holds.
     fn net_observed(&self, journal: &Journal, d: &DesiredState) -> Result<NetObserved> {

@@ -263,11 +263,13 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     }
                     // Self-healing: a restriction whose listener died is put back (retried at
                     // most every HEAL_EVERY, so a lasting failure does not flood the log).
-                    let now = executor.observed(&journal)?;
-                    if now.drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
+                    // (Exec only: the network rules have their own check above, and reading
+                    // them back every second would run nft every second.)
+                    let drift = executor.exec_drift(&journal)?;
+                    if drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
                         last_heal = Some(Instant::now());
                         let healed = executor.reconcile(&journal, None)?;
-                        tracing::warn!(drift = ?now.drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
+                        tracing::warn!(?drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
                         session.observed(healed);
                     }
                 }
