@@ -57,6 +57,27 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Spawns `cmd`, retrying while the kernel says the program is busy.
+///
+/// A program the test has just written can still be open for writing in a
+/// child that another test thread forked in that instant (the descriptor is
+/// close-on-exec, so it goes away as soon as that child execs); `execve`
+/// refuses it with `ETXTBSY` until then.
+pub fn spawn_written_program(cmd: &mut Command) -> Child {
+    let start = Instant::now();
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && start.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.expect("spawn"),
+        }
+    }
+}
+
 /// A child process whose stderr is captured to a file, killed on drop.
 pub struct Proc {
     child: Child,

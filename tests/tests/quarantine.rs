@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_tests::{Controller, Proc, bin, eventually, sha256_hex};
+use palisade_tests::{Controller, Proc, bin, eventually, sha256_hex, spawn_written_program};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -118,7 +118,7 @@ fn a_running_binary_is_killed_quarantined_and_released_identical() {
     let sha = sha256_hex(&bytes);
 
     // One process runs it, another only has it open.
-    let mut runner = Command::new(&evil).arg("600").spawn().unwrap();
+    let mut runner = spawn_written_program(Command::new(&evil).arg("600"));
     let mut holder = Command::new("sh")
         .args(["-c", "exec 3<\"$0\"; exec sleep 600"])
         .arg(&evil)
@@ -210,7 +210,7 @@ fn a_running_binary_is_killed_quarantined_and_released_identical() {
         get_xattr(&evil, "user.palisade.case").as_deref(),
         Some(&b"case-42"[..])
     );
-    let status = Command::new(&evil).arg("0").status().unwrap();
+    let status = spawn_written_program(Command::new(&evil).arg("0")).wait().unwrap();
     assert!(
         status.success(),
         "the released binary does not run: {status}"
