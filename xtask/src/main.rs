@@ -315,12 +315,15 @@ fn build(release: bool) -> Result<HashMap<String, PathBuf>> {
     ));
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
+        // The whole workspace, as the test command builds it: with `-p` for the three
+        // binaries alone, cargo unifies features differently and builds yara-x and wasmtime
+        // a second time.
         .args([
             "build",
+            "--workspace",
             "--bins",
             "--message-format=json-render-diagnostics",
         ])
-        .args(["-p", CONTROLLER_BIN, "-p", AGENT_BIN, "-p", CTL_BIN])
         .args(release.then_some("--release"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
