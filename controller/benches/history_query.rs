@@ -6,15 +6,16 @@
 
 use std::time::Instant;
 
+mod common;
+
 use palisade_common::{ActionKind, ActionSource, ActionStatus};
 use palisade_controller::store::Store;
 use palisade_controller::store::actions::{self, Filter};
 
+use common::knob;
+
 fn main() {
-    let n: u64 = std::env::var("PALISADE_HISTORY_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = knob("PALISADE_HISTORY_N", 1_000_000, 5_000) as u64;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("controller.sqlite");
     let store = Store::open(&path).unwrap();

@@ -21,11 +21,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use palisade_common::action::{ActionReport, Outcome, Progress, RequestSampleParams};
 use palisade_common::wire::Inventory;
 use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
 use palisade_controller::store::actions::{self, Deadlines, NewAction};
 use palisade_controller::store::{Result as StoreResult, Store, audit, devices};
+
+use common::knob;
 
 /// Committed state changes per action: create, approve, delivered, acknowledged, started, result.
 const TRANSITIONS_PER_ACTION: usize = 6;
@@ -34,15 +38,6 @@ const DEADLINES: Deadlines = Deadlines {
     approval_ms: 7 * 24 * 3600 * 1000,
     delivery_ms: 14 * 24 * 3600 * 1000,
 };
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// `target/` of this build: the bench runs as `target/<profile>/deps/<exe>`.
 fn target_dir() -> PathBuf {
@@ -240,16 +235,8 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a plain `cargo test --benches` run passes nothing and
-    // should not spend a minute here.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "store_transitions: run with `cargo bench -p palisade-controller --bench store_transitions`"
-        );
-        return;
-    }
-    let n_actions = env_usize("PALISADE_BENCH_ACTIONS", 3400).max(1);
-    let tasks = env_usize("PALISADE_BENCH_TASKS", 64).max(1);
+    let n_actions = knob("PALISADE_BENCH_ACTIONS", 3400, 100).max(1);
+    let tasks = knob("PALISADE_BENCH_TASKS", 64, 8).max(1);
     let base = target_dir().join("bench-tmp");
     std::fs::create_dir_all(&base).expect("create target/bench-tmp");
     let dir = tempfile::tempdir_in(&base).expect("temp dir under target/");

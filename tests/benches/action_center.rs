@@ -10,21 +10,13 @@
 
 use std::time::Instant;
 
+use palisade_tests::bench::knob;
 use palisade_tests::{Controller, sqlite3};
 use serde_json::json;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
 fn main() {
-    let n = env_usize("PALISADE_BENCH_N", 100_000);
-    let rounds = env_usize("PALISADE_BENCH_ROUNDS", 50);
+    let n = knob("PALISADE_BENCH_N", 100_000, 2_000);
+    let rounds = knob("PALISADE_BENCH_ROUNDS", 50, 2);
     let ctl = Controller::start();
 
     // 500 devices in 10 groups, then n actions over six months, every kind, status, source

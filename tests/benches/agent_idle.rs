@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use palisade_tests::Controller;
-use palisade_tests::bench::env_usize;
+use palisade_tests::bench::knob;
 
 /// (RSS in KiB, CPU time in clock ticks) of a process.
 fn sample(pid: i32) -> (u64, u64) {
@@ -30,14 +30,7 @@ fn sample(pid: i32) -> (u64, u64) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "agent_idle: run with `cargo build --release --workspace --bins && \
-             cargo bench -p palisade-tests --bench agent_idle`"
-        );
-        return;
-    }
-    let secs = env_usize("PALISADE_IDLE_SECS", 600).max(5) as u64;
+    let secs = knob("PALISADE_IDLE_SECS", 600, 5).max(5) as u64;
     let ctl = Controller::start();
     let agent = ctl.enroll_agent().started();
     let device = agent.device_id();

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use palisade_tests::bench::{Api, env_usize, stats, unix_ms};
+use palisade_tests::bench::{Api, env_usize, knob, stats, unix_ms};
 use palisade_tests::{Controller, eventually};
 use serde_json::{Value, json};
 
@@ -122,16 +122,7 @@ fn one_action(
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it (and with
-    // debug binaries that are not what we measure), so say how to run it and stop.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "approve_latency: run with `cargo build --release --workspace --bins && \
-             cargo bench -p palisade-tests --bench approve_latency`"
-        );
-        return;
-    }
-    let n = env_usize("PALISADE_BENCH_N", 1000).max(1);
+    let n = knob("PALISADE_BENCH_N", 1000, 20).max(1);
     let size = env_usize("PALISADE_BENCH_SAMPLE_BYTES", 4096);
     let poll = Duration::from_micros(env_usize("PALISADE_BENCH_POLL_US", 1000) as u64);
 

@@ -11,15 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use palisade_tests::Controller;
+use palisade_tests::bench::{knob, smoke};
 use palisade_tests::fleet::{self, Stats};
 use serde_json::{Value, json};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// (CPU seconds used so far, RSS in MiB) of a process.
 fn usage(pid: i32) -> (f64, f64) {
@@ -71,6 +65,14 @@ fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {
         .map_or(0, |d| d.iter().filter(|d| d["online"] == true).count())
 }
 
+/// In a smoke run, a scenario that did not complete fails the run.
+fn complete(scenario: &str, done: usize, n: usize) {
+    assert!(
+        !smoke() || done == n,
+        "{scenario}: only {done} of {n} within the time limit"
+    );
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -79,8 +81,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn main() {
-    let n = env("PALISADE_FLEET_N", 1000) as usize;
-    let idle_secs = env("PALISADE_FLEET_IDLE_SECS", 60);
+    let n = knob("PALISADE_FLEET_N", 1000, 40);
+    let idle_secs = knob("PALISADE_FLEET_IDLE_SECS", 60, 1) as u64;
+    // How long each scenario may take. A smoke run (under `cargo test`) must complete every
+    // scenario in that time; a measurement prints how far it got.
+    let limit = Duration::from_secs(if smoke() { 60 } else { 600 });
     let mut ctl = Controller::start_with(&["--heartbeat", "30s"]);
     let pid = ctl.proc.as_ref().unwrap().pid();
     let url = ctl.url();
@@ -125,11 +130,14 @@ fn main() {
     for (i, id) in ids.into_iter().enumerate() {
         rt.spawn(fleet::run(id, i, stats.clone(), stop.clone()));
     }
-    while stats.connected.load(Ordering::Relaxed) < n as u64
-        && t.elapsed() < Duration::from_secs(600)
-    {
+    while stats.connected.load(Ordering::Relaxed) < n as u64 && t.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(20));
     }
+    complete(
+        "connect storm",
+        stats.connected.load(Ordering::Relaxed) as usize,
+        n,
+    );
     let storm = t.elapsed().as_secs_f64();
     println!(
         "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts",
@@ -191,7 +199,7 @@ fn main() {
     assert!(approved.status().is_success());
     let approve_call = t.elapsed().as_secs_f64();
     let mut done = 0u64;
-    while t.elapsed() < Duration::from_secs(600) {
+    while t.elapsed() < limit {
         let v: Value = api
             .get(format!("{url}/api/v1/actions?status=succeeded&limit=1"))
             .header("Authorization", format!("Bearer {token}"))
@@ -232,6 +240,7 @@ fn main() {
                 .filter_map(|a| Some(a["delivered_at"].as_i64()? - a["decided_at"].as_i64()?)),
         );
     }
+    complete("fleet-wide action", done as usize, n);
     latencies.sort();
     println!(
         "fleet-wide action: {done}/{n} results in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent",
@@ -246,9 +255,10 @@ fn main() {
     ctl.kill9();
     let t = Instant::now();
     ctl.restart();
-    while online(&api, &url, &token) < n && t.elapsed() < Duration::from_secs(600) {
+    while online(&api, &url, &token) < n && t.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(200));
     }
+    complete("reconnect storm", online(&api, &url, &token), n);
     println!(
         "reconnect storm: {} of {n} back online {:.1} s after kill -9 (restart included); {} new sessions",
         online(&api, &url, &token),

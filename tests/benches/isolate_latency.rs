@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use palisade_tests::Controller;
-use palisade_tests::bench::{Api, env_usize, stats};
+use palisade_tests::bench::{Api, knob, stats};
 use palisade_tests::lab::Lab;
 use serde_json::{Value, json};
 
@@ -65,14 +65,7 @@ fn one(api: &Api, device: &str, params: Value) -> Times {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "isolate_latency: run as root with `cargo build --release --workspace --bins && \
-             cargo bench -p palisade-tests --bench isolate_latency`"
-        );
-        return;
-    }
-    let n = env_usize("PALISADE_BENCH_N", 200).max(1);
+    let n = knob("PALISADE_BENCH_N", 200, 3).max(1);
     let lab = Lab::up(&["a"]).expect("lab up (needs root)");
     let ctl = Controller::start_on(&format!("{}:0", lab.gateway_v4), &[]);
     let mut agent = ctl.enroll_agent();

@@ -8,6 +8,20 @@ use crate::Controller;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether this benchmark binary runs as a smoke test. `cargo bench` passes `--bench`: measure
+/// with the full knobs and release binaries. `cargo test` runs every bench target too (`test =
+/// true` in the manifest) without it: a short run with small knobs and the debug binaries, which
+/// checks that the benchmark still works and measures nothing.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// A numeric knob from the environment, or its default: `full` under `cargo bench`, `smoke`
+/// under `cargo test`.
+pub fn knob(name: &str, full: usize, smoke: usize) -> usize {
+    env_usize(name, if self::smoke() { smoke } else { full })
+}
+
 /// A numeric knob from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod bench;
 mod lab;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -60,6 +61,9 @@ enum Task {
     Quickstart(QuickstartArgs),
     /// Build the .deb packages (release binaries) into target/debian/.
     Deb(DebArgs),
+    /// Build the release binaries, run the benchmarks (all, or those named) and write their
+    /// output into docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// A controller and agents in network namespaces on this host (root).
     Lab {
         #[command(subcommand)]
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Quickstart(args) => quickstart(args),
         Task::Deb(args) => deb(args),
+        Task::Bench(args) => bench::run(args, &workspace_root()),
         Task::Lab { command } => {
             return match lab::run(command) {
                 Ok(code) => code,
@@ -308,52 +313,25 @@ fn step(message: String) {
 /// Builds the three binaries (debug profile) and returns their paths by name, as cargo reports
 /// them (so `CARGO_TARGET_DIR`, `build.target-dir` and the like are all respected).
 fn build(release: bool) -> Result<HashMap<String, PathBuf>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let root = workspace_root();
     step(format!(
         "building {CONTROLLER_BIN}, {AGENT_BIN} and {CTL_BIN}"
     ));
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
-        // The whole workspace, as the test command builds it: with `-p` for the three
-        // binaries alone, cargo unifies features differently and builds yara-x and wasmtime
-        // a second time.
-        .args([
-            "build",
-            "--workspace",
-            "--bins",
-            "--message-format=json-render-diagnostics",
-        ])
-        .args(release.then_some("--release"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // `cargo run` gave us the variables it sets for the xtask package. Build scripts (ring's,
-    // through cc) track some of them, so passing them on would rebuild ring and all that
-    // depends on it on every quickstart.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "CARGO_TARGET_TMPDIR"
-            )
-        {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "cannot run {} (set CARGO to the cargo binary to use)",
-            Path::new(&cargo).display()
-        )
-    })?;
+    let mut cmd = cargo();
+    // The whole workspace, as the test command builds it: with `-p` for the three binaries
+    // alone, cargo unifies features differently and builds yara-x and wasmtime a second time.
+    cmd.args([
+        "build",
+        "--workspace",
+        "--bins",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(release.then_some("--release"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .context("cannot run cargo (set CARGO to the cargo binary to use)")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let reader = thread::spawn(move || -> Result<HashMap<String, PathBuf>> {
         let mut bins = HashMap::new();
@@ -415,6 +393,33 @@ fn build(release: bool) -> Result<HashMap<String, PathBuf>> {
 }
 
 /// The workspace root: the parent of xtask's own manifest directory.
+/// A `cargo` command in the workspace root, without the variables `cargo run` set for xtask:
+/// build scripts (ring's, through cc) track some of them, so passing them on would rebuild
+/// ring and all that depends on it every time.
+pub(crate) fn cargo() -> Command {
+    let mut cmd =
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    cmd.current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 fn workspace_root() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
