@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod deb;
 pub mod fleet;
+pub mod fuzz;
 pub mod lab;
 pub mod proxy;
 pub mod traffic;
