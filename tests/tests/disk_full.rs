@@ -61,7 +61,7 @@ fn a_full_controller_data_dir_refuses_writes_with_507_and_recovers_when_space_re
     let fs = Tmpfs::mount(&dir.path().join("data"), "24m");
     let ctl = Controller::start_in(dir.clone(), "127.0.0.1:0", &[]);
     no_approval(&ctl);
-    let agent = ctl.enroll_agent().started();
+    let mut agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let evidence = dir.path().join("evidence.txt");
     std::fs::write(&evidence, b"what the responder wants").unwrap();
@@ -72,7 +72,27 @@ fn a_full_controller_data_dir_refuses_writes_with_507_and_recovers_when_space_re
     let first = v["actions"][0]["id"].as_u64().unwrap();
     ctl.wait_status(first, "succeeded", T);
 
+    // An action approved while the agent is away, whose delivery (a write) meets the full
+    // disk when the agent comes back.
+    agent.kill9();
+    let (status, v) = request(&ctl, sample_body(&device, evidence, "while away"));
+    assert_eq!(status, 201, "{v}");
+    let away = v["actions"][0]["id"].as_u64().unwrap();
     let filler = fs.fill();
+    agent.start();
+    // The session's writes (hello, delivery, receipt) fail: the session ends, the agent
+    // reconnects, and nothing goes out that is not recorded.
+    eventually(T, "the agent's session to meet the full disk", || {
+        ctl.log()
+            .contains("error=the data directory is full")
+            .then_some(())
+    });
+    let status = ctl.status(away);
+    assert!(
+        ["approved", "delivered", "acknowledged"].contains(&status.as_str()),
+        "an action cannot finish while its result cannot be recorded: {status}"
+    );
+
     // SQLite may still fit a few transactions into pages it already has: ask until refused.
     let mut accepted = Vec::new();
     let refusal = (0..2000)
@@ -109,7 +129,7 @@ fn a_full_controller_data_dir_refuses_writes_with_507_and_recovers_when_space_re
     assert_eq!(status, 201, "space is back: {v}");
     let after = v["actions"][0]["id"].as_u64().unwrap();
     // Everything accepted, before, during and after, finishes.
-    for id in accepted.iter().copied().chain([after]) {
+    for id in accepted.iter().copied().chain([away, after]) {
         ctl.wait_status(id, "succeeded", T);
     }
     audit_verifies(&ctl);
