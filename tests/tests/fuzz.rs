@@ -626,6 +626,59 @@ fn fuzz_hash_list_parser() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What operators type: isolation exceptions and break-glass codes
+
+fn operator_text_target(bytes: &[u8]) -> Check {
+    let text = String::from_utf8_lossy(bytes);
+    let mut any = false;
+    if let Ok(e) = palisade_common::net::Exception::parse(&text) {
+        any = true;
+        let again = e.to_string();
+        let back = palisade_common::net::Exception::parse(&again)
+            .map_err(|err| format!("{e:?} printed as {again:?} does not parse: {err}"))?;
+        if back != e {
+            return Err(format!("{text:?} → {e:?} → {again:?} → {back:?}"));
+        }
+    }
+    if let Ok(code) = palisade_common::breakglass::Code::parse(&text) {
+        any = true;
+        let again = code.to_text();
+        if palisade_common::breakglass::Code::parse(&again).as_ref() != Ok(&code) {
+            return Err(format!("code {text:?} does not survive to_text {again:?}"));
+        }
+    }
+    Ok(if any {
+        Verdict::Accepted
+    } else {
+        Verdict::Rejected
+    })
+}
+
+#[test]
+fn fuzz_operator_text() {
+    let code = palisade_common::breakglass::Code {
+        serial: 7,
+        not_after: 1_800_000_000,
+        signature: [0x42; palisade_common::breakglass::SIGNATURE_LEN],
+    };
+    let seeds = vec![
+        b"198.51.100.0/24 tcp 443 out".to_vec(),
+        b"2001:db8::/32 udp 53".to_vec(),
+        b"192.0.2.7 icmp in".to_vec(),
+        code.to_text().into_bytes(),
+        code.to_text().to_lowercase().replace('-', " ").into_bytes(),
+    ];
+    let r = fuzz::run(
+        "operator text",
+        seeds,
+        512,
+        fuzz::budget(SMOKE),
+        operator_text_target,
+    );
+    assert!(r.accepted > 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration files
 
 fn packaged(name: &str) -> Vec<u8> {
