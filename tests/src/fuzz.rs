@@ -82,8 +82,8 @@ pub fn seed() -> u64 {
     }
 }
 
-/// Byte values that sit on edges: bincode's varint tags (251–254), signed and unsigned limits,
-/// ASCII separators the text formats care about.
+/// Byte values that sit on edges: the payload codec's varint tags (251–254), signed and
+/// unsigned limits, ASCII separators the text formats care about.
 const INTERESTING: &[u8] = &[
     0, 1, 2, 0x7f, 0x80, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff, b':', b'*', b'#', b'\n', b'"', b'{',
     b'}', b'[', b']', b'=', b'\\', b'.', b'-', b'0', b'9',
