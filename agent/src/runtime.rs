@@ -2,7 +2,7 @@
 //! run it, upload its artifacts, and keep its result in the outbox until acknowledged.
 //! Executions run on their own tasks and outlive reconnects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,6 +145,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     }
 
     let mut backoff = Backoff::new(settings.min_backoff, settings.max_backoff);
+    // Results not yet in the journal's outbox (e.g. the disk is full): journaled, then sent,
+    // as soon as the journal takes them. Until then they are neither sent nor forgotten.
+    let mut unjournaled: VecDeque<(ActionReport, Vec<PathBuf>)> = VecDeque::new();
+    let mut journal_failing = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let hello = Hello {
@@ -188,7 +192,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         let mut last_heal: Option<Instant> = None;
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        let end = loop {
+        let end = 'session: loop {
             let deadline = session
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
@@ -199,18 +203,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("connection reader stopped".into()),
                 },
                 ev = exec_rx.recv() => match ev {
-                    Some(ExecEvent::Finished(report, cleanup)) => {
-                        journal.finish(&report)?;
-                        for path in cleanup {
-                            let _ = std::fs::remove_file(path);
-                        }
-                        tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
-                        let kind = journal.kind_of(report.id)?;
-                        session.submit_result(report);
-                        if matches!(kind, Some(ActionKind::Quarantine | ActionKind::ReleaseQuarantine)) {
-                            session.vault(executor.vault_listing());
-                        }
-                    }
+                    Some(ExecEvent::Finished(report, cleanup)) => unjournaled.push_back((report, cleanup)),
                     Some(ExecEvent::Progress(id, p)) => session.progress(id, p),
                     Some(ExecEvent::RulesLoaded(version)) => {
                         fetching = None;
@@ -276,6 +269,31 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                 _ = tokio::signal::ctrl_c() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
                 _ = term.recv() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
             }
+            while let Some((report, _)) = unjournaled.front() {
+                if let Err(e) = journal.finish(report) {
+                    if !journal_failing {
+                        tracing::error!(action = %report.id, error = %format!("{e:#}"), "cannot journal the result; retrying every second");
+                    }
+                    journal_failing = true;
+                    break;
+                }
+                journal_failing = false;
+                let Some((report, cleanup)) = unjournaled.pop_front() else {
+                    break;
+                };
+                for path in cleanup {
+                    let _ = std::fs::remove_file(path);
+                }
+                tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
+                let kind = journal.kind_of(report.id)?;
+                session.submit_result(report);
+                if matches!(
+                    kind,
+                    Some(ActionKind::Quarantine | ActionKind::ReleaseQuarantine)
+                ) {
+                    session.vault(executor.vault_listing());
+                }
+            }
             let mut offboarded = false;
             while let Some(event) = session.poll_event() {
                 match event {
@@ -314,7 +332,15 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         tracing::warn!(action = %id, running, "cancel requested");
                     }
                     AgentEvent::Received(spec) => {
-                        journal.record(&spec)?;
+                        // Not journaled, not confirmed: the controller delivers it again on
+                        // the next connection (e.g. once the full disk has room).
+                        if let Err(e) = journal.record(&spec) {
+                            tracing::error!(action = %spec.id, error = %format!("{e:#}"), "cannot journal the action; reconnecting to receive it again");
+                            break 'session LinkEnd::Lost(format!(
+                                "cannot journal action {}",
+                                spec.id
+                            ));
+                        }
                         session.receipt_persisted(spec.id);
                         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "action received");
                         session.progress(
@@ -332,14 +358,31 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         );
                     }
                     AgentEvent::ResultAcked(id) => {
-                        journal.acknowledged(id)?;
+                        // Still in the outbox if this fails: replayed and acknowledged again
+                        // on the next connection.
+                        if let Err(e) = journal.acknowledged(id) {
+                            tracing::error!(action = %id, error = %format!("{e:#}"), "cannot journal the acknowledgement; reconnecting");
+                            break 'session LinkEnd::Lost(format!(
+                                "cannot journal the ack of {id}"
+                            ));
+                        }
                         if journal.kind_of(id)? == Some(ActionKind::Offboard) {
                             offboarded = true;
                         }
                     }
                     AgentEvent::Desired(desired) => {
                         let revision = desired.revision;
-                        let observed = executor.reconcile(&journal, Some(desired))?;
+                        // Journaled by `reconcile`; if that fails, the next connection's
+                        // `Desired` tries again.
+                        let observed = match executor.reconcile(&journal, Some(desired)) {
+                            Ok(o) => o,
+                            Err(e) => {
+                                tracing::error!(revision, error = %format!("{e:#}"), "cannot apply the desired state; reconnecting");
+                                break 'session LinkEnd::Lost(format!(
+                                    "cannot apply desired revision {revision}"
+                                ));
+                            }
+                        };
                         tracing::info!(revision, restrict_execution = observed.restrict_execution, drift = ?observed.drift, "desired state applied");
                         session.observed(observed);
                     }

@@ -119,6 +119,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Internal(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }
+            ServiceError::Full(m) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
         }
     }
 }

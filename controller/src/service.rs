@@ -142,6 +142,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// The data directory is full: retry once an admin has made room.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl From<StoreError> for ServiceError {
@@ -150,6 +153,7 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound(m) => ServiceError::NotFound(m),
             StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::Invalid(m) => ServiceError::Invalid(m),
+            full @ StoreError::Full(_) => ServiceError::Full(full.to_string()),
             other => ServiceError::Internal(other.to_string()),
         }
     }

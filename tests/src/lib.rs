@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod deb;
 pub mod fleet;
+pub mod fuzz;
 pub mod lab;
 pub mod proxy;
 pub mod traffic;
@@ -115,6 +116,11 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM, and wait up to 10 s for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let _ = nix::sys::signal::kill(
@@ -170,7 +176,16 @@ impl Controller {
     /// A controller whose QUIC endpoint listens on `quic` (e.g. a lab's bridge address); the
     /// API stays on loopback.
     pub fn start_on(quic: &str, extra: &[&str]) -> Controller {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Controller::start_in(
+            Arc::new(tempfile::tempdir().expect("temp dir")),
+            quic,
+            extra,
+        )
+    }
+
+    /// A controller whose data directory is `dir/data`, which the caller may have prepared
+    /// (e.g. mounted a small filesystem there).
+    pub fn start_in(dir: Arc<TempDir>, quic: &str, extra: &[&str]) -> Controller {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (proc, quic, api, ca) = Controller::launch(dir.path(), quic, "127.0.0.1:0", &args, 0);
         let admin_token = std::fs::read_to_string(dir.path().join("data/admin.token"))
@@ -794,6 +809,87 @@ impl Drop for ExecLab {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
         // unshare's child (the holder) goes with it: the namespace and its tmpfs end.
+    }
+}
+
+/// A small tmpfs mounted on a directory for one test (to fill it: disk-full tests), lazily
+/// unmounted when dropped.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `16m`) on `path`, keeping what was there: the
+    /// directory's files are copied onto the new filesystem.
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).expect("mount point");
+        let saved = path.with_extension("before-tmpfs");
+        let kept = std::fs::read_dir(path)
+            .expect("mount point")
+            .next()
+            .is_some();
+        if kept {
+            std::fs::rename(path, &saved).expect("move the directory aside");
+            std::fs::create_dir(path).expect("mount point");
+        }
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "palisade-test",
+            ])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if kept {
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", saved.display()))
+                .arg(path)
+                .output()
+                .expect("run cp");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::remove_dir_all(&saved).expect("remove the copy");
+        }
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+
+    /// Fills the filesystem with `filler` until the kernel says ENOSPC; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0x5a_u8; chunk];
+            loop {
+                match f.write_all(&buf) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                    Err(e) => panic!("filling {}: {e}", self.path.display()),
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 

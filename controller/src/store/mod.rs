@@ -42,10 +42,16 @@ pub enum StoreError {
     Invalid(String),
     #[error("store is shut down")]
     Closed,
+    /// The disk holding the database is full: nothing was written.
+    #[error("the data directory is full: {0}")]
+    Full(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::Full(e.to_string());
+        }
         StoreError::Sql(e.to_string())
     }
 }
