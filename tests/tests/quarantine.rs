@@ -558,6 +558,27 @@ fn kill_9_at_random_moments_never_loses_the_file_nor_leaves_a_half_copy() {
         seed ^= seed << 17;
         seed
     };
+    // Calibrate the kill window to this machine's speed (a loaded machine may take longer to
+    // start the drill than an idle one takes for dozens of moves): time a drill of two moves,
+    // there and back, then kill within a quarter of that to twice that.
+    let calibration = Instant::now();
+    let status = Command::new(bin("palisade-agent"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("vault-drill")
+        .arg(&file)
+        .args(["--moves", "2"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "calibration drill: {status}");
+    let two_moves = calibration.elapsed().as_micros() as u64;
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        payload,
+        "two moves: back in place"
+    );
+    eprintln!("a drill of two moves took {two_moves} µs");
     let started = Instant::now();
     let (mut in_place, mut in_vault) = (0, 0);
     let mut steps = std::collections::BTreeMap::new();
@@ -570,7 +591,9 @@ fn kill_9_at_random_moments_never_loses_the_file_nor_leaves_a_half_copy() {
             .arg(&file)
             .stdout(Stdio::null());
         let mut drill = Proc::start(&mut cmd, log);
-        std::thread::sleep(Duration::from_micros(2_000 + rand() % 30_000));
+        std::thread::sleep(Duration::from_micros(
+            two_moves / 4 + rand() % (two_moves * 7 / 4),
+        ));
         drill.kill9();
 
         // What the agent does at start.
