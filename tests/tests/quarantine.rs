@@ -210,7 +210,9 @@ fn a_running_binary_is_killed_quarantined_and_released_identical() {
         get_xattr(&evil, "user.palisade.case").as_deref(),
         Some(&b"case-42"[..])
     );
-    let status = spawn_written_program(Command::new(&evil).arg("0")).wait().unwrap();
+    let status = spawn_written_program(Command::new(&evil).arg("0"))
+        .wait()
+        .unwrap();
     assert!(
         status.success(),
         "the released binary does not run: {status}"
