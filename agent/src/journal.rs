@@ -247,7 +247,7 @@ impl Journal {
 }
 
 /// A journaled desired state, also as an older agent wrote it: fields are appended at the
-/// end (bincode, no lengths), so a copy from before the last appended flag
+/// end (the encoding has no lengths), so a copy from before the last appended flag
 /// (`realtime_protection`) decodes with that flag off.
 fn decode_desired(b: &[u8]) -> Result<DesiredState> {
     codec::decode(b)
