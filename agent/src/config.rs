@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub scan_max_file_size: Option<u64>,
     /// Share of each scan worker's time spent working, 1 to 100 (like a CPU limit).
     pub scan_cpu_percent: Option<u64>,
+    /// Directories real-time protection watches, with everything below them, when the
+    /// controller turns it on for the device's group (default: temp dirs, `/dev/shm`, home
+    /// directories).
+    pub realtime_paths: Option<Vec<PathBuf>>,
 }
 
 impl FileConfig {
@@ -143,6 +147,12 @@ impl FileConfig {
             bail!("scan_cpu_percent must be 1 to 100, not {cpu}");
         }
         settings.scan_cpu_percent = cpu as u8;
+        if let Some(paths) = overrides.realtime_paths.or(self.realtime_paths) {
+            if paths.is_empty() || paths.iter().any(|p| !p.is_absolute()) {
+                bail!("realtime_paths must list absolute directories");
+            }
+            settings.realtime_paths = paths;
+        }
         Ok(settings)
     }
 }
@@ -161,6 +171,12 @@ mod tests {
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/palisade-agent"));
         assert_eq!(s.max_sample, 256 << 20);
         assert_eq!((s.scan_max_file_size, s.scan_cpu_percent), (128 << 20, 100));
+        assert_eq!(
+            s.realtime_paths,
+            ["/tmp", "/var/tmp", "/dev/shm", "/home", "/root"]
+                .map(PathBuf::from)
+                .to_vec()
+        );
         let file = FileConfig::parse(text).unwrap();
         assert_eq!(
             file.protect(&FileConfig::default()).unwrap(),
@@ -206,6 +222,11 @@ mod tests {
                 .resolve(FileConfig::default())
                 .is_err()
         );
+        let err = FileConfig::parse("realtime_paths = [\"tmp\"]")
+            .unwrap()
+            .resolve(FileConfig::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("realtime_paths"), "{err}");
         assert!(
             FileConfig::parse("max_sample = 0")
                 .unwrap()

@@ -77,6 +77,7 @@ pub fn observed(
         contained: net.contained.clone(),
         net_digest: net.digest.clone(),
         local_releases: net.local_releases.clone(),
+        realtime_protection: false,
     }
 }
 
@@ -180,6 +181,9 @@ pub struct Executor<H> {
     /// When the tamper check last read our table back.
     pub(crate) last_net_check: Mutex<Option<std::time::Instant>>,
     pub scanner: Scanner,
+    /// Whether real-time protection is watching now (set by the runtime, reported in the
+    /// observed state).
+    pub realtime_active: AtomicBool,
 }
 
 impl<H: Host> Executor<H> {
@@ -198,6 +202,7 @@ impl<H: Host> Executor<H> {
             verify_within: std::time::Duration::from_secs(5),
             last_net_check: Mutex::new(None),
             scanner: Scanner::default(),
+            realtime_active: AtomicBool::new(false),
         }
     }
 
@@ -250,23 +255,27 @@ impl<H: Host> Executor<H> {
             errors.push(format!("cannot enforce the network rules: {e:#}"));
         }
         let error = (!errors.is_empty()).then(|| errors.join("; "));
-        Ok(observed(
+        let mut o = observed(
             &desired,
             &self.host.exec_status(),
             &self.net_observed(journal, &desired)?,
             error,
-        ))
+        );
+        o.realtime_protection = self.realtime_active.load(Ordering::Relaxed);
+        Ok(o)
     }
 
     /// What is enforced now, against the journaled desired state; changes nothing.
     pub fn observed(&self, journal: &Journal) -> Result<ObservedState> {
         let desired = journal.desired()?.unwrap_or_default();
-        Ok(observed(
+        let mut o = observed(
             &desired,
             &self.host.exec_status(),
             &self.net_observed(journal, &desired)?,
             None,
-        ))
+        );
+        o.realtime_protection = self.realtime_active.load(Ordering::Relaxed);
+        Ok(o)
     }
 
     /// Why the exec restriction differs from the desired state, if it does. Cheap: the

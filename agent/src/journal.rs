@@ -234,8 +234,7 @@ impl Journal {
                 r.get(0)
             })
             .optional()?;
-        blob.map(|b| codec::decode(&b).context("corrupt desired state"))
-            .transpose()
+        blob.map(|b| decode_desired(&b)).transpose()
     }
 
     pub fn set_desired(&self, d: &DesiredState) -> Result<()> {
@@ -245,6 +244,19 @@ impl Journal {
         )?;
         Ok(())
     }
+}
+
+/// A journaled desired state, also as an older agent wrote it: fields are appended at the
+/// end (the encoding has no lengths), so a copy from before the last appended flag
+/// (`realtime_protection`) decodes with that flag off.
+fn decode_desired(b: &[u8]) -> Result<DesiredState> {
+    codec::decode(b)
+        .or_else(|e| {
+            let mut older = b.to_vec();
+            older.push(0);
+            codec::decode(&older).map_err(|_| e)
+        })
+        .context("corrupt desired state")
 }
 
 #[cfg(test)]
@@ -293,5 +305,24 @@ mod tests {
         assert_eq!(j.outbox().unwrap(), vec![report(1)]);
         assert_eq!(j.unfinished().unwrap(), vec![spec(3)]);
         assert_eq!(j.stage(ActionId(2)).unwrap(), Some(Stage::Acknowledged));
+    }
+
+    #[test]
+    fn a_desired_state_journaled_before_the_realtime_flag_still_decodes() {
+        let d = DesiredState {
+            revision: 4,
+            restrict_execution: true,
+            realtime_protection: false,
+            ..Default::default()
+        };
+        let mut older = codec::encode(&d).unwrap();
+        assert_eq!(older.pop(), Some(0), "the flag is the last byte");
+        assert_eq!(decode_desired(&older).unwrap(), d);
+        let on = DesiredState {
+            realtime_protection: true,
+            ..d
+        };
+        assert_eq!(decode_desired(&codec::encode(&on).unwrap()).unwrap(), on);
+        assert!(decode_desired(&[1, 2]).is_err());
     }
 }

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod isolation;
 pub mod journal;
 pub mod package;
+pub mod realtime;
 pub mod runtime;
 pub mod scan;
 pub mod transport;

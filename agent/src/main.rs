@@ -83,6 +83,10 @@ enum Command {
         /// Share of each scan worker's time spent working, 1-100 [default: 100, no limit].
         #[arg(long)]
         scan_cpu_percent: Option<u64>,
+        /// A directory real-time protection watches (with everything below it) when the
+        /// controller turns it on. Repeatable [default: /tmp /var/tmp /dev/shm /home /root].
+        #[arg(long = "realtime-path", value_name = "DIR")]
+        realtime_path: Vec<PathBuf>,
     },
     /// Check the configuration (and the enrolment) and exit: 0 if the agent can run.
     Validate,
@@ -181,6 +185,7 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         scan_threads,
         scan_max_file_size,
         scan_cpu_percent,
+        realtime_path,
     } = &cli.command
     {
         overrides.verify_isolation = verify_isolation.clone();
@@ -196,6 +201,7 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
         overrides.scan_threads = *scan_threads;
         overrides.scan_max_file_size = *scan_max_file_size;
         overrides.scan_cpu_percent = *scan_cpu_percent;
+        overrides.realtime_paths = (!realtime_path.is_empty()).then(|| realtime_path.clone());
     }
     let protect = file.protect(&overrides)?;
     let (settings, exec) = file.resolve_with_exec(overrides)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
 use palisade_common::session::{AgentEvent, AgentSession};
-use palisade_common::wire::{DeviceEvent, Hello};
+use palisade_common::wire::{Detection, DeviceEvent, Hello, ObservedState};
 use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
@@ -20,6 +20,7 @@ use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
 use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
+use crate::realtime::Realtime;
 use crate::transport::{self, LinkEnd, UploadError, Uploader};
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,9 @@ pub struct Settings {
     pub scan_max_file_size: u64,
     /// Share of each scan worker's time spent working (100: no limit).
     pub scan_cpu_percent: u8,
+    /// Directories real-time protection watches (with everything below them) when the
+    /// controller turns it on.
+    pub realtime_paths: Vec<PathBuf>,
 }
 
 impl Settings {
@@ -60,6 +64,10 @@ impl Settings {
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             scan_max_file_size: 128 << 20,
             scan_cpu_percent: 100,
+            realtime_paths: crate::realtime::DEFAULT_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -124,7 +132,20 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     if executor.expire_isolation(&journal)? {
         tracing::warn!("an isolation's time box ran out while the agent was down; released");
     }
-    let observed = executor.reconcile(&journal, None)?;
+    let (detected_tx, mut detected_rx) =
+        mpsc::channel::<Vec<Detection>>(crate::realtime::DETECTIONS_CAPACITY);
+    let mut realtime: Option<Realtime> = None;
+    // Detections not yet sent (kept while the controller is unreachable, bounded).
+    let mut unsent_detections: Vec<Detection> = Vec::new();
+    let mut observed = executor.reconcile(&journal, None)?;
+    apply_realtime(
+        &executor,
+        &journal,
+        &settings,
+        &mut realtime,
+        &detected_tx,
+        &mut observed,
+    )?;
     match &observed.drift {
         Some(drift) => tracing::error!(%drift, "cannot enforce the desired state"),
         None => tracing::info!(
@@ -218,6 +239,17 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("executor stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
+                found = detected_rx.recv() => if let Some(found) = found {
+                    unsent_detections.extend(found);
+                    if unsent_detections.len() > MAX_UNSENT_DETECTIONS {
+                        let extra = unsent_detections.len() - MAX_UNSENT_DETECTIONS;
+                        tracing::warn!(dropped = extra, "real-time detections not sent: too many while the controller is unreachable");
+                        unsent_detections.drain(..extra);
+                    }
+                    if let Err(back) = session.detections(std::mem::take(&mut unsent_detections)) {
+                        unsent_detections = back;
+                    }
+                },
                 req = probe_rx.recv() => if let Some(req) = req {
                     match session.probe() {
                         Some(seq) => { probes.insert(seq, req); }
@@ -312,6 +344,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         tracing::info!(device = %w.device_id, "session established");
                         session.vault(executor.vault_listing());
                         session.rules_enforced(executor.scanner.version());
+                        if let Err(back) =
+                            session.detections(std::mem::take(&mut unsent_detections))
+                        {
+                            unsent_detections = back;
+                        }
                     }
                     AgentEvent::Rules(info) => {
                         if info.version != executor.scanner.version()
@@ -374,7 +411,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         let revision = desired.revision;
                         // Journaled by `reconcile`; if that fails, the next connection's
                         // `Desired` tries again.
-                        let observed = match executor.reconcile(&journal, Some(desired)) {
+                        let mut observed = match executor.reconcile(&journal, Some(desired)) {
                             Ok(o) => o,
                             Err(e) => {
                                 tracing::error!(revision, error = %format!("{e:#}"), "cannot apply the desired state; reconnecting");
@@ -383,6 +420,14 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                                 ));
                             }
                         };
+                        apply_realtime(
+                            &executor,
+                            &journal,
+                            &settings,
+                            &mut realtime,
+                            &detected_tx,
+                            &mut observed,
+                        )?;
                         tracing::info!(revision, restrict_execution = observed.restrict_execution, drift = ?observed.drift, "desired state applied");
                         session.observed(observed);
                     }
@@ -444,6 +489,58 @@ const INVENTORY_EVERY: Duration = Duration::from_secs(5);
 const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events kept while the controller is unreachable.
 const MAX_UNSENT_EVENTS: usize = 200;
+/// Real-time detections kept while the controller is unreachable (the oldest go first).
+const MAX_UNSENT_DETECTIONS: usize = 1000;
+
+/// Starts or stops real-time protection as the journaled desired state says, and puts in
+/// `observed` whether it watches (and, if it should but cannot, why, as drift).
+fn apply_realtime<H: Host>(
+    executor: &Arc<Executor<H>>,
+    journal: &Journal,
+    settings: &Settings,
+    realtime: &mut Option<Realtime>,
+    detected: &mpsc::Sender<Vec<Detection>>,
+    observed: &mut ObservedState,
+) -> Result<()> {
+    let wanted = journal.desired()?.unwrap_or_default().realtime_protection;
+    let mut problem = None;
+    match (wanted, realtime.is_some()) {
+        (true, false) => {
+            let own = vec![settings.state_dir.to_string_lossy().into_owned()];
+            match crate::realtime::start(
+                executor.clone(),
+                settings.realtime_paths.clone(),
+                own,
+                detected.clone(),
+            ) {
+                Ok(rt) => {
+                    tracing::info!(paths = ?settings.realtime_paths, skipped = ?rt.skipped, "real-time protection on");
+                    *realtime = Some(rt);
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot start real-time protection");
+                    problem = Some(format!(
+                        "real-time protection should be on but cannot start: {e:#}"
+                    ));
+                }
+            }
+        }
+        (false, true) => {
+            *realtime = None;
+            tracing::info!("real-time protection off");
+        }
+        _ => {}
+    }
+    let active = realtime.is_some();
+    executor
+        .realtime_active
+        .store(active, std::sync::atomic::Ordering::Relaxed);
+    observed.realtime_protection = active;
+    if observed.drift.is_none() {
+        observed.drift = problem;
+    }
+    Ok(())
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

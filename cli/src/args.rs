@@ -86,6 +86,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AutomationCmd,
     },
+    /// Real-time protection per device group: files in the watched directories are scanned as
+    /// their writers finish, and detections go the automation's way.
+    Realtime {
+        #[command(subcommand)]
+        command: RealtimeCmd,
+    },
     /// The hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -452,6 +458,20 @@ pub(crate) enum RulesCmd {
         comment: String,
     },
     /// The rule-set versions, and which one each device enforces.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RealtimeCmd {
+    /// Turn it on or off for a group (or * for the default of every group without its own).
+    Set {
+        #[arg(long = "group", default_value = "*")]
+        device_group: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Each group's setting and whether each device's protection is watching.
     List,
 }
 

@@ -133,6 +133,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v = client.get("/api/v1/automation", &[])?;
             automation_out(&v, json_out)?;
         }
+        Command::Realtime {
+            command:
+                RealtimeCmd::Set {
+                    device_group,
+                    state,
+                },
+        } => {
+            let v = client.put(
+                "/api/v1/realtime",
+                &json!({"device_group": device_group, "enabled": state == "on"}),
+            )?;
+            realtime_out(&v, json_out)?;
+        }
+        Command::Realtime {
+            command: RealtimeCmd::List,
+        } => {
+            let v = client.get("/api/v1/realtime", &[])?;
+            realtime_out(&v, json_out)?;
+        }
         Command::Whoami => {
             let v = client.get("/api/v1/whoami", &[])?;
             if json_out {
@@ -760,6 +779,41 @@ fn contain(t: ContainTarget, force: bool) -> (Common, ContainParams) {
             force,
         },
     )
+}
+
+fn realtime_out(v: &Value, json_out: bool) -> Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["group", "real-time", "set by", "at"]);
+    for a in v["realtime"].as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&a["device_group"]),
+            if a["enabled"] == true { "on" } else { "off" }.to_owned(),
+            text(&a["updated_by"]),
+            ts(&a["updated_at"]),
+        ]);
+    }
+    t.print();
+    println!("groups without a setting of their own (and no * row): off");
+    let mut d = Table::new(&["device", "hostname", "group", "watching"]);
+    for e in v["devices"].as_array().into_iter().flatten() {
+        d.row(vec![
+            text(&e["device"]),
+            text(&e["hostname"]),
+            text(&e["device_group"]),
+            match e["active"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            }
+            .to_owned(),
+        ]);
+    }
+    println!();
+    d.print();
+    Ok(())
 }
 
 fn automation_out(v: &Value, json_out: bool) -> Result<()> {

@@ -137,6 +137,9 @@ pub struct DesiredState {
     /// MAC addresses (lowercase, colon-separated) of contained targets: frames from them are
     /// dropped on the local segment, whatever IP address they use.
     pub contained_macs: Vec<String>,
+    /// Real-time protection: scan files in the watched directories as their writers finish
+    /// (the device group's setting).
+    pub realtime_protection: bool,
 }
 
 /// An isolation in force: the action that asked for it (so that a local release of it —
@@ -214,6 +217,8 @@ pub struct ObservedState {
     pub net_digest: Option<String>,
     /// Isolations ended on the device without the controller.
     pub local_releases: Vec<LocalRelease>,
+    /// Whether real-time protection is watching now.
+    pub realtime_protection: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -243,6 +248,22 @@ pub enum AgentMessage {
     RulesEnforced {
         version: u64,
     },
+    /// Files real-time protection found (not durable: lost if the agent dies before sending
+    /// them; the files stay where they are).
+    Detected(Vec<Detection>),
+}
+
+/// A file real-time protection found, as a scan's result detail describes one.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Detection {
+    pub path: String,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    /// `builtin:…`, `yara:RULE`, `hash:NAME`.
+    pub matches: Vec<String>,
+    /// Unix milliseconds, agent clock.
+    pub at_ms: i64,
 }
 
 /// One file held in an agent's quarantine vault.

@@ -17,9 +17,10 @@ use palisade_common::codec::CodecError;
 use palisade_common::frame::{self, FrameError, HEADER_LEN, MAX_FRAME_LEN, WIRE_VERSION};
 use palisade_common::ids::{ActionId, DeviceId};
 use palisade_common::wire::{
-    AgentMessage, ControllerMessage, DesiredState, DeviceEvent, EnrollRequest, EnrollResponse,
-    ExecAllowlist, ExecDenial, Hello, Inventory, Isolation, LocalRelease, ObservedState, Opening,
-    RulesInfo, RulesReply, RulesRequest, UploadBegin, UploadReply, VaultEntry, Welcome,
+    AgentMessage, ControllerMessage, DesiredState, Detection, DeviceEvent, EnrollRequest,
+    EnrollResponse, ExecAllowlist, ExecDenial, Hello, Inventory, Isolation, LocalRelease,
+    ObservedState, Opening, RulesInfo, RulesReply, RulesRequest, UploadBegin, UploadReply,
+    VaultEntry, Welcome,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -177,6 +178,7 @@ fn observed() -> impl Strategy<Value = ObservedState> {
                 drift,
                 net_digest,
                 local_releases,
+                realtime_protection: restrict_execution,
             },
         )
 }
@@ -232,6 +234,7 @@ fn desired() -> impl Strategy<Value = DesiredState> {
                     restrict_execution,
                     exec_allowlist: ExecAllowlist { sha256, paths },
                     contained_macs,
+                    realtime_protection: restrict_execution,
                 }
             },
         )
@@ -410,7 +413,24 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
         short_vec(device_event()).prop_map(AgentMessage::Events),
         short_vec(vault_entry()).prop_map(AgentMessage::Vault),
         any::<u64>().prop_map(|version| AgentMessage::RulesEnforced { version }),
+        short_vec(detection()).prop_map(AgentMessage::Detected),
     ]
+}
+
+fn detection() -> impl Strategy<Value = Detection> {
+    (
+        (text(), text()),
+        any::<u64>(),
+        short_vec(text()),
+        any::<i64>(),
+    )
+        .prop_map(|((path, sha256), size, matches, at_ms)| Detection {
+            path,
+            sha256,
+            size,
+            matches,
+            at_ms,
+        })
 }
 
 fn vault_entry() -> impl Strategy<Value = VaultEntry> {
@@ -636,11 +656,12 @@ fn golden_hello() -> Opening {
             drift: None,
             net_digest: None,
             local_releases: vec![],
+            realtime_protection: true,
         },
     })
 }
 const GOLDEN_HELLO: &str = concat!(
-    "0000006b",                                 // length 107
+    "0000006c",                                 // length 108
     "01",                                       // wire version
     "01",                                       // Opening::Session
     "05302e312e30",                             // agent_version "0.1.0"
@@ -657,8 +678,8 @@ const GOLDEN_HELLO: &str = concat!(
     "fc00f15365",                               // boot_time_unix 1_700_000_000 (u32 varint)
     "00",                                       // no gateways
     // observed: revision 3, not isolated, none contained, no restriction, no drift, no
-    // table digest, no local releases
-    "03000000000000",
+    // table digest, no local releases, real-time protection on (appended)
+    "0300000000000001",
 );
 
 fn golden_result() -> AgentMessage {
@@ -712,17 +733,19 @@ fn golden_desired() -> ControllerMessage {
             paths: vec!["/opt/x".into()],
         },
         contained_macs: vec!["02:00:5e:10:00:01".into()],
+        realtime_protection: true,
     })
 }
 /// tag 4, revision 3, no isolation, no peers, restricted, one sha256 (32 raw bytes), one path,
-/// one contained MAC.
+/// one contained MAC, real-time protection on.
 const GOLDEN_DESIRED: &str = concat!(
-    "0000004201",
+    "0000004301",
     "0403000001",
     "01abababababababababababababababababababababababababababababababab",
     "01062f6f70742f78",
     "0111", // one MAC of 17 bytes
     "30323a30303a35653a31303a30303a3031",
+    "01", // realtime_protection
 );
 
 fn golden_result_ack() -> ControllerMessage {
@@ -842,6 +865,22 @@ fn golden_rules_messages() {
     assert_golden(
         &Opening::Rules(RulesRequest { version: 2 }),
         "00000003010302",
+    );
+}
+
+/// Real-time protection: `Detected` (tag 9), one detection: path "/x", sha256 "ab", size 3,
+/// one match "m", at_ms 5 (zigzag 0x0a).
+#[test]
+fn golden_agent_detected() {
+    assert_golden(
+        &AgentMessage::Detected(vec![Detection {
+            path: "/x".into(),
+            sha256: "ab".into(),
+            size: 3,
+            matches: vec!["m".into()],
+            at_ms: 5,
+        }]),
+        concat!("0000000e01", "0901022f7802616203", "01016d0a"),
     );
 }
 
@@ -1013,11 +1052,11 @@ fn a_frame_cut_short_inside_its_declared_length_is_malformed() {
 
 #[test]
 fn unknown_variants_and_invalid_values_are_refused() {
-    // Variant 9 of AgentMessage does not exist (Heartbeat..RulesEnforced are 0..=8).
+    // Variant 10 of AgentMessage does not exist (Heartbeat..Detected are 0..=9).
     assert!(matches!(
-        decode_err::<AgentMessage>(&framed(&[9, 0])),
+        decode_err::<AgentMessage>(&framed(&[10, 0])),
         FrameError::Codec(CodecError::Decode(DecodeError::UnexpectedVariant {
-            found: 9,
+            found: 10,
             ..
         }))
     ));

@@ -58,6 +58,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
             "/api/v1/automation",
             get(list_automation).put(set_automation),
         )
+        .route("/api/v1/realtime", get(list_realtime).put(set_realtime))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -943,6 +944,50 @@ async fn set_automation(
         .write(move |c| store_scan::set_automation(c, &actor, &u.device_group, u.level))
         .await?;
     list_automation(State(ctl), who).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RealtimeUpdate {
+    #[serde(default = "star")]
+    device_group: String,
+    enabled: bool,
+}
+
+/// Turns real-time protection on or off for a device group (`*`: every group without its
+/// own setting); admin only. The group's devices get the new desired state at once.
+#[utoipa::path(put, path = "/api/v1/realtime", tag = "scan",
+    request_body(content = serde_json::Value, description = "{\"device_group\": \"*\" or a group, \"enabled\": true | false}"),
+    responses((status = 200, description = "every group's setting")))]
+async fn set_realtime(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(u): Body<RealtimeUpdate>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    ctl.set_realtime(&who, u.device_group, u.enabled).await?;
+    list_realtime(State(ctl), who).await
+}
+
+/// Every group's real-time protection setting, and whether each device's is watching.
+#[utoipa::path(get, path = "/api/v1/realtime", tag = "scan",
+    responses((status = 200, description = "settings per group, the default, and each device's state")))]
+async fn list_realtime(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require(&who, Permission::View)?;
+    let mut devices = ctl.store.read(devices::list).await?;
+    devices.retain(|d| who.sees_group(&d.device_group) && d.status == "active");
+    let states: Vec<serde_json::Value> = devices
+        .iter()
+        .map(|d| {
+            json!({"device": d.id, "hostname": d.hostname, "device_group": d.device_group,
+                "active": d.observed.get("realtime_protection").cloned()})
+        })
+        .collect();
+    Ok(Json(json!({
+        "default": false,
+        "realtime": ctl.store.read(store_scan::list_realtime).await?,
+        "devices": states,
+    })))
 }
 
 /// Every group's automation level.

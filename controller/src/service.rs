@@ -868,6 +868,26 @@ impl Controller {
         Ok(list)
     }
 
+    /// Turns real-time protection on or off for a device group (`*`: the default) and sends
+    /// the new desired state to the online devices it may change.
+    pub async fn set_realtime(&self, who: &Principal, group: String, enabled: bool) -> Result<()> {
+        if !who.can(Permission::Admin, None) {
+            return Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the admin permission for all device groups",
+                who.name, who.role
+            )));
+        }
+        let actor = who.name.clone();
+        let changed = self
+            .store
+            .write(move |c| store::scan::set_realtime(c, &actor, &group, enabled))
+            .await?;
+        for (device, state) in changed {
+            self.registry.send(&device, SessionCommand::Desired(state));
+        }
+        Ok(())
+    }
+
     /// Compiles an upload into a new rule-set version, stores it and announces it to every
     /// online agent (the others hear of it when they connect).
     pub async fn upload_rules(

@@ -471,6 +471,21 @@ async fn handle_event(
                 .await?;
             tracing::info!(%device, version, "rules enforced");
         }
+        ControllerEvent::Detected(found) => {
+            let n = found.len();
+            let deadlines = ctl.deadlines();
+            let created = ctl
+                .store
+                .write(move |c| scan::remediate_realtime(c, &d, &found, deadlines))
+                .await?;
+            tracing::info!(%device, detections = n, actions = created.len(), "real-time protection detections recorded");
+            for r in created {
+                tracing::info!(%device, action = %r.id, status = %r.status, "real-time detection: quarantine requested");
+                if r.status == palisade_common::ActionStatus::Approved {
+                    deliver(ctl, device, session, r.spec()).await?;
+                }
+            }
+        }
         ControllerEvent::Closed(reason) => {
             tracing::info!(%device, %reason, "session closed");
         }

@@ -27,7 +27,12 @@ pub struct FakeHost {
     pub net: Mutex<Option<String>>,
     /// Make `apply_net` fail with this message.
     pub net_fails: Mutex<Option<String>>,
+    /// The feed of the last `watch`, for a test to play the kernel.
+    pub watch_feed: Mutex<Option<crate::realtime::Feed>>,
 }
+
+struct FakeWatching;
+impl super::Watching for FakeWatching {}
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, bytes))
@@ -305,6 +310,16 @@ impl Host for FakeHost {
             allowlist_paths: p.allow_paths.len(),
             ..Default::default()
         }
+    }
+
+    fn watch(
+        &self,
+        roots: &[PathBuf],
+        feed: crate::realtime::Feed,
+    ) -> Result<(Box<dyn super::Watching>, Vec<String>), HostError> {
+        self.calls.lock().unwrap().push(format!("watch {roots:?}"));
+        *self.watch_feed.lock().unwrap() = Some(feed);
+        Ok((Box::new(FakeWatching), vec![]))
     }
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {

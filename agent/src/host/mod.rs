@@ -219,6 +219,19 @@ pub struct ScanJob {
     pub cpu_percent: u8,
 }
 
+/// What real-time protection's watcher reports (see `crate::realtime`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A file's writer closed it after writing, or a file or directory was moved in.
+    Written(PathBuf),
+    /// Events under this watched root may have been lost (the kernel's queue or ours
+    /// overflowed): the root must be scanned again.
+    Overflow(PathBuf),
+}
+
+/// Stops watching when dropped.
+pub trait Watching: Send {}
+
 /// What a walk covered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Walked {
@@ -292,6 +305,17 @@ pub trait Host: Send + Sync + 'static {
     /// never follows symlinks, never opens FIFOs or devices for reading, and tolerates files
     /// that vanish or cannot be read. Returns when done or when `sink.cancelled()`.
     fn scan(&self, job: &ScanJob, sink: &dyn ScanSink) -> Walked;
+
+    /// Watches `roots` and every directory below them (now and later) for files whose
+    /// writer is done (close after writing, moved in), and hands each to `feed` without ever
+    /// blocking (a full feed flags its root for a rescan instead). Roots that do not exist
+    /// are skipped and named in the returned list. Watching stops when the returned guard is
+    /// dropped.
+    fn watch(
+        &self,
+        roots: &[PathBuf],
+        feed: crate::realtime::Feed,
+    ) -> Result<(Box<dyn Watching>, Vec<String>), HostError>;
 
     /// Denials since the last call (at most a bounded backlog; older ones are counted in
     /// the second value, the number dropped).

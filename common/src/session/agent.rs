@@ -244,6 +244,21 @@ impl AgentSession {
         Ok(())
     }
 
+    /// Files real-time protection found. Sent only while the session is up: returns them
+    /// back if it is not, so that the driver can keep them for the next session.
+    pub fn detections(
+        &mut self,
+        found: Vec<crate::wire::Detection>,
+    ) -> Result<(), Vec<crate::wire::Detection>> {
+        if self.state != State::Ready {
+            return Err(found);
+        }
+        if !found.is_empty() {
+            self.transmit.push_back(AgentMessage::Detected(found));
+        }
+        Ok(())
+    }
+
     /// Asks the controller for an immediate answer over this connection (a heartbeat out of
     /// turn): proof that the link works, e.g. after new firewall rules. Returns the probe's
     /// number, announced by [`AgentEvent::ProbeAnswered`]; `None` before the welcome.

@@ -28,6 +28,8 @@ pub enum ControllerEvent {
     Vault(Vec<VaultEntry>),
     /// The rule-set version the device's scanner now enforces.
     RulesEnforced(u64),
+    /// Files real-time protection found: remediate them like a scan's detections.
+    Detected(Vec<crate::wire::Detection>),
     /// Drop the connection.
     Closed(String),
 }
@@ -82,6 +84,7 @@ impl ControllerSession {
                 self.events
                     .push_back(ControllerEvent::RulesEnforced(version));
             }
+            AgentMessage::Detected(d) => self.events.push_back(ControllerEvent::Detected(d)),
         }
     }
 

@@ -60,6 +60,7 @@ pub fn to_json(d: &DesiredState) -> serde_json::Value {
             "sha256": d.exec_allowlist.sha256.iter().map(hex::encode).collect::<Vec<_>>(),
             "paths": d.exec_allowlist.paths,
         },
+        "realtime_protection": d.realtime_protection,
     })
 }
 
@@ -92,6 +93,7 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
         contained_macs: super::containment::macs_dropped_by(conn, id)?,
         restrict_execution: own.restrict_execution,
         exec_allowlist: allowlist(conn, &group)?.wire()?,
+        realtime_protection: super::scan::realtime_for(conn, &group)?,
     })
 }
 

@@ -59,6 +59,7 @@ pub fn observed_json(o: &ObservedState) -> serde_json::Value {
         "drift": o.drift,
         "net_digest": o.net_digest,
         "local_releases": o.local_releases,
+        "realtime_protection": o.realtime_protection,
     })
 }
 

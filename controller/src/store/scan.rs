@@ -267,10 +267,8 @@ pub struct Detection {
 }
 
 /// Turns the detections of a scan's stored result into what the device group's automation
-/// level asks for: every detection is recorded in the device's history; with `full` or
-/// `semi` each also gets a *stop and quarantine* action (source automated device action),
-/// approved at once or pending, unless an open quarantine of the same path on the same device
-/// exists. Runs in the transaction that records the result. Returns the actions created.
+/// level asks for (see [`remediate_detections`]). Runs in the transaction that records the
+/// result. Returns the actions created.
 pub fn remediate(
     conn: &Connection,
     scan: &ActionRecord,
@@ -285,11 +283,97 @@ pub fn remediate(
         .and_then(|d| d.get("detections"))
         .and_then(|d| serde_json::from_value(d.clone()).ok())
         .unwrap_or_default();
+    remediate_detections(
+        conn,
+        device,
+        group,
+        Origin::Scan(scan.id),
+        detections,
+        deadlines,
+    )
+}
+
+/// Most detections of one real-time report acted on; the rest are only counted in the log.
+pub const MAX_REALTIME_DETECTIONS: usize = 1000;
+
+/// Turns what a device's real-time protection found into what its group's automation level
+/// asks for, exactly as a scan's detections. Returns the actions created.
+pub fn remediate_realtime(
+    conn: &Connection,
+    device: &DeviceId,
+    found: &[palisade_common::wire::Detection],
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
+    let group: Option<String> = conn
+        .query_row(
+            "SELECT device_group FROM devices WHERE id = ?1 AND status = 'active'",
+            [device.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(group) = group else {
+        return Ok(vec![]);
+    };
+    let detections = found
+        .iter()
+        .take(MAX_REALTIME_DETECTIONS)
+        .map(|d| Detection {
+            path: d.path.clone(),
+            sha256: d.sha256.clone(),
+            size: d.size,
+            matches: d.matches.clone(),
+        })
+        .collect();
+    remediate_detections(
+        conn,
+        device,
+        &group,
+        Origin::Realtime,
+        detections,
+        deadlines,
+    )
+}
+
+/// Where detections come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A scan action's result.
+    Scan(palisade_common::ActionId),
+    /// The device's real-time protection.
+    Realtime,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Scan(id) => write!(f, "scan {id}"),
+            Origin::Realtime => f.write_str("real-time protection"),
+        }
+    }
+}
+
+/// Every detection is recorded in the device's history (source automated device action);
+/// with `full` or `semi` each also gets a *stop and quarantine* action (source automated
+/// device action), approved at once or pending, unless an open quarantine of the same path
+/// on the same device exists. Detections a quarantine could not act on (not an absolute
+/// path, not a SHA-256) are recorded only.
+pub fn remediate_detections(
+    conn: &Connection,
+    device: &DeviceId,
+    group: &str,
+    origin: Origin,
+    detections: Vec<Detection>,
+    deadlines: Deadlines,
+) -> Result<Vec<ActionRecord>> {
     if detections.is_empty() {
         return Ok(vec![]);
     }
     let level = automation_for(conn, group)?;
     let now = now_ms();
+    let scan_id = match origin {
+        Origin::Scan(id) => Some(id),
+        Origin::Realtime => None,
+    };
     let mut created = Vec::new();
     for det in detections {
         if palisade_common::action::check_sha256(&det.sha256).is_err() || !det.path.starts_with('/')
@@ -298,6 +382,10 @@ pub fn remediate(
         }
         let names = det.matches.join(", ");
         let summary = format!("{} detected in {} ({} bytes)", names, det.path, det.size);
+        let summary = match origin {
+            Origin::Scan(_) => summary,
+            Origin::Realtime => format!("real-time protection: {summary}"),
+        };
         let params = ActionParams::Quarantine(QuarantineParams {
             path: Some(det.path.clone()),
             sha256: Some(det.sha256.clone()),
@@ -320,15 +408,19 @@ pub fn remediate(
             (_, Some(id)) => Some(("duplicate", id as u64)),
             (_, None) if params.validate().is_err() => None,
             (level, None) => {
+                let comment = match origin {
+                    Origin::Scan(id) => format!("scan {id}: {summary}"),
+                    Origin::Realtime => summary.clone(),
+                };
                 let rec = actions::create_automated(
                     conn,
                     NewAction {
                         params,
                         device: Some(device.clone()),
-                        device_group: group.clone(),
+                        device_group: group.to_owned(),
                         source: ActionSource::AutomatedDeviceAction,
                         requested_by: "scanner".into(),
-                        comment: format!("scan {}: {summary}", scan.id),
+                        comment,
                         external_id: None,
                         undo_of: None,
                         parent: None,
@@ -342,7 +434,8 @@ pub fn remediate(
             }
         };
         let detail = serde_json::json!({
-            "scan": scan.id, "path": det.path, "sha256": det.sha256, "size": det.size,
+            "scan": scan_id, "origin": origin.to_string(),
+            "path": det.path, "sha256": det.sha256, "size": det.size,
             "matches": det.matches, "automation": level,
             "quarantine": action.map(|(how, id)| serde_json::json!({"action": id, "how": how})),
         });
@@ -357,16 +450,101 @@ pub fn remediate(
                 now
             ],
         )?;
-        audit::append(
-            conn,
-            "scanner",
-            "detection",
-            Some(scan.id),
-            Some(device),
-            &detail,
-        )?;
+        audit::append(conn, "scanner", "detection", scan_id, Some(device), &detail)?;
     }
     Ok(created)
+}
+
+/// Whether real-time protection is on for a group: its own setting, else the `*` row, else
+/// off (it watches directories on every device of the group: an admin turns it on).
+pub fn realtime_for(conn: &Connection, group: &str) -> Result<bool> {
+    let on: Option<bool> = conn
+        .query_row(
+            "SELECT enabled FROM realtime WHERE device_group IN (?1, '*')
+             ORDER BY device_group = '*' LIMIT 1",
+            [group],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(on.unwrap_or(false))
+}
+
+/// A group's real-time protection setting, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealtimeSetting {
+    pub device_group: String,
+    pub enabled: bool,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+pub fn list_realtime(conn: &Connection) -> Result<Vec<RealtimeSetting>> {
+    let mut stmt = conn.prepare(
+        "SELECT device_group, enabled, updated_by, updated_at FROM realtime ORDER BY device_group",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RealtimeSetting {
+            device_group: r.get(0)?,
+            enabled: r.get(1)?,
+            updated_by: r.get(2)?,
+            updated_at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Turns real-time protection on or off for a group (`*`: every group without its own
+/// setting) and bumps the desired revision of every active device it may change; returns
+/// those devices with their new desired state, to be pushed.
+pub fn set_realtime(
+    conn: &Connection,
+    actor: &str,
+    group: &str,
+    enabled: bool,
+) -> Result<Vec<(DeviceId, palisade_common::wire::DesiredState)>> {
+    if group.is_empty() || group.len() > 64 {
+        return Err(StoreError::Invalid(
+            "a device group name is 1 to 64 characters (or * for the default)".into(),
+        ));
+    }
+    conn.execute(
+        "INSERT INTO realtime (device_group, enabled, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_group) DO UPDATE SET enabled = ?2, updated_by = ?3, updated_at = ?4",
+        params![group, enabled, actor, now_ms()],
+    )?;
+    audit::append(
+        conn,
+        actor,
+        "realtime_set",
+        None,
+        None,
+        &serde_json::json!({"device_group": group, "enabled": enabled}),
+    )?;
+    let ids: Vec<String> = if group == "*" {
+        let mut stmt =
+            conn.prepare("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        let mut stmt = conn.prepare(
+            "SELECT id FROM devices WHERE device_group = ?1 AND status = 'active' ORDER BY id",
+        )?;
+        stmt.query_map([group], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::new();
+    for i in ids {
+        let id: DeviceId = i
+            .parse()
+            .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
+        conn.execute(
+            "UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1",
+            [id.as_str()],
+        )?;
+        let d = super::desired::get(conn, &id)?;
+        out.push((id, d));
+    }
+    Ok(out)
 }
 
 /// Audits an operator's request to stop running scans (the agents report the end).

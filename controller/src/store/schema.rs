@@ -11,6 +11,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V5),
         M::up(V6),
         M::up(V7),
+        M::up(V8),
     ])
 }
 
@@ -262,6 +263,16 @@ CREATE TABLE automation (
     updated_at   INTEGER NOT NULL
 );
 CREATE INDEX actions_by_device_kind ON actions(device_id, kind, status);
+"#;
+
+/// Real-time protection, on or off per device group (`*`: the default for the others).
+const V8: &str = r#"
+CREATE TABLE realtime (
+    device_group TEXT PRIMARY KEY,
+    enabled      INTEGER NOT NULL,
+    updated_by   TEXT NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
 "#;
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         crate::api::list_rules,
         crate::api::set_automation,
         crate::api::list_automation,
+        crate::api::set_realtime,
+        crate::api::list_realtime,
         crate::api::list_exec_allowlists,
         crate::api::set_exec_allowlist,
         crate::api::list_actions,

@@ -6,6 +6,7 @@ mod files;
 mod inventory;
 mod net;
 mod procs;
+pub mod realtime;
 pub mod scan;
 pub mod target;
 pub mod vault;
@@ -156,6 +157,14 @@ impl Host for LinuxHost {
 
     fn scan(&self, job: &super::ScanJob, sink: &dyn super::ScanSink) -> super::Walked {
         scan::scan(job, sink)
+    }
+
+    fn watch(
+        &self,
+        roots: &[PathBuf],
+        feed: crate::realtime::Feed,
+    ) -> Result<(Box<dyn super::Watching>, Vec<String>), HostError> {
+        realtime::watch(roots, feed)
     }
 
     fn take_exec_denials(&self) -> (Vec<ExecDenial>, u64) {
