@@ -840,7 +840,13 @@ mod tests {
         );
         // The entry is still there, and releases where it may.
         let done = vault
-            .release("q1-test", Some(&r.join("work/restored")), false, 3, &protection)
+            .release(
+                "q1-test",
+                Some(&r.join("work/restored")),
+                false,
+                3,
+                &protection,
+            )
             .unwrap();
         assert_eq!(done.restored_to, r.join("work/restored").to_string_lossy());
         assert_eq!(std::fs::read(r.join("work/restored")).unwrap(), b"malware");
