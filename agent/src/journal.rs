@@ -71,6 +71,19 @@ fn now() -> i64 {
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
+        // Owner-only before SQLite opens it, so that its -wal and -shm files are too (SQLite
+        // gives them the database file's mode).
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create journal {}", path.display()))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         let mut conn = Connection::open(path)
             .with_context(|| format!("cannot open journal {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

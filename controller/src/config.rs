@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub api_cert: Option<PathBuf>,
     pub api_key: Option<PathBuf>,
     pub session_ttl: Option<String>,
+    pub max_pending_per_source: Option<u64>,
+    pub retry_above: Option<u64>,
 }
 
 impl FileConfig {
@@ -104,6 +106,16 @@ impl FileConfig {
             overrides.session_ttl.or(self.session_ttl),
             c.session_ttl,
         )?;
+        c.max_pending_per_source = palisade_common::config::positive(
+            "max_pending_per_source",
+            overrides
+                .max_pending_per_source
+                .or(self.max_pending_per_source),
+            c.max_pending_per_source,
+        )?;
+        if let Some(v) = overrides.retry_above.or(self.retry_above) {
+            c.retry_above = v;
+        }
         c.data_dir = std::path::absolute(&c.data_dir)?;
         Ok(c)
     }

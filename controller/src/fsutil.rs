@@ -22,6 +22,21 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Creates `path` owner-only (0600) if it does not exist, and makes it so if it does. For
+/// files others then write into: SQLite gives a database's `-wal` and `-shm` files the
+/// database file's mode.
+pub fn create_private(path: &Path) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict permissions of {}", path.display()))
+}
+
 /// Makes an existing file owner-only (0600).
 pub fn restrict(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))

@@ -47,6 +47,12 @@ pub struct Config {
     pub api_key: Option<PathBuf>,
     /// How long a browser session lasts after the login.
     pub session_ttl: Duration,
+    /// Connections one source address may hold that are not yet a verified device
+    /// (handshaking, or anonymous for enrolment); more are refused.
+    pub max_pending_per_source: u64,
+    /// Handshakes in progress above which a new connection must first prove its address with
+    /// a QUIC retry (0: always).
+    pub retry_above: u64,
 }
 
 /// When the API listens with TLS.
@@ -91,6 +97,8 @@ impl Config {
             api_cert: None,
             api_key: None,
             session_ttl: Duration::from_secs(8 * 3600),
+            max_pending_per_source: 32,
+            retry_above: 64,
         }
     }
 }

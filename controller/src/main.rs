@@ -73,6 +73,14 @@ struct Flags {
     /// How long a web session lasts after the login [default: 8h].
     #[arg(long, global = true)]
     session_ttl: Option<String>,
+    /// Connections one source address may hold before they are a verified device
+    /// (handshaking or enrolling); more are refused [default: 32].
+    #[arg(long, global = true)]
+    max_pending_per_source: Option<u64>,
+    /// Handshakes in progress above which new connections must prove their address with a
+    /// QUIC retry; 0 = always [default: 64].
+    #[arg(long, global = true)]
+    retry_above: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +115,8 @@ fn main() -> ExitCode {
         api_cert: f.api_cert,
         api_key: f.api_key,
         session_ttl: f.session_ttl,
+        max_pending_per_source: f.max_pending_per_source,
+        retry_above: f.retry_above,
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

@@ -14,6 +14,8 @@ struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Value,
+    /// The body as sent (a CSV export is not JSON).
+    text: String,
 }
 
 impl Reply {
@@ -74,6 +76,7 @@ fn call(
         status: resp.status().as_u16(),
         headers,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
     })
 }
 
@@ -501,4 +504,298 @@ fn the_api_serves_the_certificate_it_is_given() {
             .unwrap()
             .contains("script-src 'self'")
     );
+}
+
+/// A valid body for each operation that takes one: a refusal must come from the permission
+/// check, not from a malformed request. A new POST or PUT route fails the test until it has one
+/// here, and then its check is tested like the others'.
+fn body_for(method: &str, path: &str, device: &str, action: u64) -> Option<Value> {
+    let decision = json!({"ids": [action], "comment": "walk"});
+    let body = match (method, path) {
+        ("get" | "delete", _) => return None,
+        ("post", "/api/v1/session") => json!({"name": "nobody", "password": "x"}),
+        ("post", "/api/v1/devices/{id}/break-glass") => json!({"valid_secs": 600}),
+        ("put", "/api/v1/exec-allowlist") => {
+            json!({"device_group": "default", "paths": ["/usr/local/bin/tool"]})
+        }
+        ("post", "/api/v1/actions") => json!({
+            "devices": [device],
+            "params": {"kind": "request_sample", "path": "/etc/hosts"},
+            "comment": "walk"
+        }),
+        ("post", "/api/v1/actions/approve" | "/api/v1/actions/reject")
+        | ("post", "/api/v1/actions/cancel" | "/api/v1/actions/undo") => decision,
+        ("post", "/api/v1/enroll-tokens") => json!({"uses": 1, "expires_in": "1h"}),
+        ("post", "/api/v1/users") => json!({"name": "walker", "role": "admin"}),
+        ("put", "/api/v1/users/{name}/password") => json!({"password": "a brand new passphrase"}),
+        ("put", "/api/v1/policies") => {
+            json!({"require_approval": false, "distinct_approver": false})
+        }
+        ("post", "/api/v1/rules") => {
+            json!({"files": [{"name": "x.yar", "content": "rule x { condition: false }"}]})
+        }
+        ("put", "/api/v1/automation") => json!({"level": "full"}),
+        ("put", "/api/v1/ui-prefs/{view}") => json!({"page_size": 25}),
+        (m, p) => panic!("{m} {p}: give it a valid body in body_for"),
+    };
+    Some(body)
+}
+
+/// The concrete URL of a documented path.
+fn concrete(path: &str, device: &str, action: u64) -> String {
+    let path = if path.starts_with("/api/v1/devices/") {
+        path.replace("{id}", device)
+    } else {
+        path.replace("{id}", &action.to_string())
+    };
+    path.replace("/artifacts/{name}", "/artifacts/sample")
+        .replace("/users/{name}", "/users/admin")
+        .replace("{view}", "history")
+}
+
+const ROLES: [(&str, &[&str]); 4] = [
+    ("viewer", &["view"]),
+    ("responder", &["view", "respond"]),
+    ("approver", &["view", "respond", "approve"]),
+    ("investigator", &["view", "respond", "investigate"]),
+];
+
+/// A refusal: the status, and the JSON error body every refusal carries.
+fn assert_refused(r: &Reply, status: u16, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    assert_eq!(
+        r.body["error"]["status"], status,
+        "{what}: not a JSON error: {}",
+        r.body
+    );
+}
+
+/// Walks every operation of the OpenAPI document the controller serves (a unit test keeps
+/// every route in it, with the permission it needs), and calls each one as everyone who must
+/// be refused: nobody, an unknown token, a forged session cookie, every role that lacks the
+/// permission (with a token and with a session), an admin of another device group, and a
+/// session without its CSRF token. A new route without a check fails here.
+#[test]
+fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups() {
+    let ctl = Controller::start();
+    let http = agent();
+    let base = ctl.url();
+    let device = ctl.enroll_agent().device_id();
+    let marker = "walk-marker-3f9c";
+    let action = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        marker,
+    ]);
+    let bearer = |t: &str| format!("Bearer {t}");
+    let mut tokens = vec![];
+    let mut sessions = vec![];
+    let mut users: Vec<(&str, &str, &[&str])> = ROLES.iter().map(|(r, p)| (*r, *r, *p)).collect();
+    users.push((
+        "outsider",
+        "admin",
+        &["view", "respond", "approve", "investigate", "admin"][..],
+    ));
+    for (name, role, _) in &users {
+        let groups: &[&str] = if *name == "outsider" {
+            &["elsewhere"]
+        } else {
+            &[]
+        };
+        let (status, v) = ctl.api(
+            "POST",
+            "/api/v1/users",
+            Some(&ctl.admin_token),
+            Some(
+                json!({"name": name, "role": role, "device_groups": groups, "password": PASSWORD}),
+            ),
+        );
+        assert_eq!(status, 201, "{v}");
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+        let r = login(&http, &base, name, PASSWORD);
+        assert_eq!(r.status, 200, "{}", r.body);
+        sessions.push((r.cookie(), r.body["csrf"].as_str().unwrap().to_owned()));
+    }
+    let (status, v) = ctl.api(
+        "PUT",
+        "/api/v1/users/admin/password",
+        Some(&ctl.admin_token),
+        Some(json!({"password": PASSWORD})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let admin = login(&http, &base, "admin", PASSWORD);
+    let admin_cookie = admin.cookie();
+
+    let doc = call(
+        &http,
+        "GET",
+        &format!("{base}/api/v1/openapi.json"),
+        &[],
+        None,
+    )
+    .unwrap();
+    let paths = doc.body["paths"].as_object().unwrap().clone();
+    let mut walked = 0;
+    for (path, item) in &paths {
+        for (method, op) in item.as_object().unwrap() {
+            let url = format!("{base}{}", concrete(path, &device, action));
+            let body = body_for(method, path, &device, action);
+            let m = method.to_uppercase();
+            let what = |who: &str| format!("{m} {path} as {who}");
+            let send = |headers: &[(&str, &str)]| {
+                // A fresh connection each time: a refusal before the body is read may close
+                // a pooled one.
+                call(&agent(), &m, &url, headers, body.clone())
+                    .unwrap_or_else(|e| panic!("{m} {url}: {e}"))
+            };
+            walked += 1;
+            let Some(security) = op["security"].as_array() else {
+                // Public: only logging in and the document itself.
+                assert!(
+                    matches!(
+                        (method.as_str(), path.as_str()),
+                        ("post", "/api/v1/session") | ("get", "/api/v1/openapi.json")
+                    ),
+                    "{m} {path} declares no security: only the login and the document are public"
+                );
+                continue;
+            };
+            let scopes: Vec<&str> = security[0]["bearer"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{m} {path}: {security:?}"))
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect();
+            let needs = scopes.iter().find(|s| **s != "unscoped").copied();
+            let unscoped_only = scopes.contains(&"unscoped");
+
+            assert_refused(&send(&[]), 401, &what("nobody"));
+            assert_refused(
+                &send(&[("Authorization", "Bearer pal_forged")]),
+                401,
+                &what("an unknown token"),
+            );
+            let forged = format!("{}={}", "palisade_session", "ab".repeat(32));
+            assert_refused(
+                &send(&[("Cookie", &forged), ("X-CSRF-Token", "x")]),
+                401,
+                &what("a forged session cookie"),
+            );
+            if m != "GET" {
+                // Even an admin's live session changes nothing without its CSRF token.
+                let r = send(&[("Cookie", &admin_cookie)]);
+                assert_refused(&r, 403, &what("a session without CSRF token"));
+                assert_eq!(r.body["error"]["code"], "csrf", "{}", r.body);
+            }
+            for (i, (name, _, grants)) in users.iter().enumerate() {
+                let lacks = needs.is_some_and(|p| !grants.contains(&p));
+                let outsider = *name == "outsider";
+                if !lacks && !outsider {
+                    continue; // allowed: calling it would change what the others are refused
+                }
+                let token = bearer(&tokens[i]);
+                let (cookie, csrf) = &sessions[i];
+                for (how, headers) in [
+                    ("token", vec![("Authorization", token.as_str())]),
+                    (
+                        "session",
+                        vec![("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())],
+                    ),
+                ] {
+                    if how == "session"
+                        && (method.as_str(), path.as_str()) == ("delete", "/api/v1/session")
+                    {
+                        continue; // a logout: the session is needed for the other routes
+                    }
+                    let who = what(&format!("{name} ({how})"));
+                    let r = send(&headers);
+                    if lacks || (outsider && unscoped_only) {
+                        assert_refused(&r, 403, &who);
+                    } else if outsider {
+                        // Another group's admin may call it, but learns nothing of this group
+                        // and changes nothing in it.
+                        let text = &r.text;
+                        if r.status < 400 {
+                            assert!(
+                                !text.contains(&device) && !text.contains(marker),
+                                "{who}: another group's data in {text}"
+                            );
+                        } else {
+                            assert_refused(&r, r.status, &who);
+                            assert!(
+                                r.status != 401 && r.status < 500 && !text.contains(marker),
+                                "{who}: {text}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(walked >= 35, "walked only {walked} operations");
+    // Nothing the refused calls asked for happened.
+    assert_eq!(ctl.status(action), "pending_approval");
+    assert_eq!(ctl.json(&["actions", "list"])["total"], 1);
+}
+
+/// Session fixation: the controller never adopts a session id it was sent, not even a live one;
+/// every login mints a fresh id.
+#[test]
+fn a_login_mints_a_new_session_id_and_never_adopts_one_it_was_sent() {
+    let ctl = Controller::start();
+    let base = ctl.url();
+    let http = agent();
+    add_user(&ctl, "olga", "approver");
+    add_user(&ctl, "mallory", "viewer");
+    let whoami = |cookie: &str| {
+        call(
+            &http,
+            "GET",
+            &format!("{base}/api/v1/session"),
+            &[("Cookie", cookie)],
+            None,
+        )
+        .unwrap()
+    };
+    let login_with = |cookie: &str, name: &str| {
+        call(
+            &http,
+            "POST",
+            &format!("{base}/api/v1/session"),
+            &[("Cookie", cookie)],
+            Some(json!({"name": name, "password": PASSWORD})),
+        )
+        .unwrap()
+    };
+
+    // An id the attacker made up and planted.
+    let planted = format!("palisade_session={}", "ab".repeat(32));
+    let r = login_with(&planted, "olga");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_ne!(r.cookie(), planted);
+    assert_eq!(
+        whoami(&planted).status,
+        401,
+        "the planted id became a session"
+    );
+    assert_eq!(whoami(&r.cookie()).body["user"]["name"], "olga");
+
+    // The attacker's own live session, planted in the victim's browser.
+    let mallory = login(&http, &base, "mallory", PASSWORD).cookie();
+    let r = login_with(&mallory, "olga");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_ne!(r.cookie(), mallory);
+    assert_eq!(whoami(&r.cookie()).body["user"]["name"], "olga");
+    assert_eq!(
+        whoami(&mallory).body["user"]["name"],
+        "mallory",
+        "the attacker's session must not turn into the victim's"
+    );
+
+    // Two logins, two ids.
+    let again = login(&http, &base, "olga", PASSWORD).cookie();
+    assert_ne!(again, r.cookie());
 }

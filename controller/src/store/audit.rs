@@ -204,22 +204,74 @@ mod tests {
         assert!(v.first_broken.is_none());
     }
 
+    fn broken(c: &Connection) -> (i64, String) {
+        let b = verify(c).unwrap().first_broken.expect("tampering found");
+        (b.seq, b.reason)
+    }
+
+    /// The record's stored hash, recomputed over its (edited) content.
+    fn rehash(c: &Connection, seq: i64) {
+        let rec = c
+            .query_row(
+                "SELECT seq, at, actor, event, action_id, device_id, detail, prev_hash, hash
+                 FROM audit WHERE seq = ?1",
+                [seq],
+                from_row,
+            )
+            .unwrap();
+        c.execute(
+            "UPDATE audit SET hash = ?1 WHERE seq = ?2",
+            params![hash(&rec), seq],
+        )
+        .unwrap();
+    }
+
     #[test]
-    fn edited_deleted_and_reordered_rows_are_found() {
+    fn an_edited_row_is_found() {
         let c = db();
         c.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3", [])
             .unwrap();
-        assert_eq!(verify(&c).unwrap().first_broken.unwrap().seq, 3);
+        let (seq, reason) = broken(&c);
+        assert_eq!(seq, 3);
+        assert!(reason.contains("edited"), "{reason}");
+        // Recomputing the edited row's hash moves the break to the next record.
+        rehash(&c, 3);
+        let (seq, reason) = broken(&c);
+        assert_eq!(seq, 4);
+        assert!(reason.contains("does not link"), "{reason}");
+    }
 
+    #[test]
+    fn a_deleted_row_is_found_even_when_the_gap_is_closed() {
         let c = db();
         c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
-        assert_eq!(verify(&c).unwrap().first_broken.unwrap().seq, 3);
+        let (seq, reason) = broken(&c);
+        assert_eq!(seq, 3);
+        assert!(reason.contains("deleted or reordered"), "{reason}");
 
+        // The later rows renumbered so that the sequence has no hole.
         let c = db();
-        c.execute("DELETE FROM audit WHERE seq = 5", []).unwrap();
-        c.execute("UPDATE audit SET seq = 5 WHERE seq = 4", [])
-            .unwrap();
-        assert_eq!(verify(&c).unwrap().first_broken.unwrap().seq, 5);
+        c.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+        for seq in 3..=5 {
+            c.execute("UPDATE audit SET seq = ?1 WHERE seq = ?2", [seq - 1, seq])
+                .unwrap();
+        }
+        assert_eq!(broken(&c).0, 2);
+    }
+
+    #[test]
+    fn reordered_rows_are_found() {
+        let c = db();
+        // Swap records 2 and 3 (their contents and hashes travel with them).
+        c.execute_batch(
+            "UPDATE audit SET seq = 100 WHERE seq = 2;
+             UPDATE audit SET seq = 2 WHERE seq = 3;
+             UPDATE audit SET seq = 3 WHERE seq = 100;",
+        )
+        .unwrap();
+        let (seq, reason) = broken(&c);
+        assert_eq!(seq, 2);
+        assert!(reason.contains("does not link"), "{reason}");
     }
 
     #[test]

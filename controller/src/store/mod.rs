@@ -78,6 +78,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating as needed) the database at `path` and starts the writer.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
+        // Owner-only before SQLite opens it, so that its -wal and -shm files are too.
+        crate::fsutil::create_private(path)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

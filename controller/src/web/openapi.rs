@@ -62,8 +62,59 @@ pub struct ApiDoc;
 
 struct Security;
 
+/// Who may call each operation, as the OpenAPI `security` of the operation: the scopes are the
+/// permission the caller's role must grant (none: any authenticated caller), and `unscoped`
+/// when only users of every device group may call it. Operations absent here are public (only
+/// `PUBLIC`); a unit test checks that every documented operation is in exactly one of the
+/// two, and `tests/tests/web_api.rs` checks that the API refuses everyone else.
+pub const ACCESS: &[(&str, &str, &[&str])] = &[
+    ("get", "/api/v1/whoami", &[]),
+    ("get", "/api/v1/session", &[]),
+    ("delete", "/api/v1/session", &[]),
+    ("put", "/api/v1/users/{name}/password", &[]),
+    ("get", "/api/v1/ui-prefs/{view}", &["view"]),
+    ("put", "/api/v1/ui-prefs/{view}", &["view"]),
+    ("get", "/api/v1/ca", &["view"]),
+    ("get", "/api/v1/devices", &["view"]),
+    ("get", "/api/v1/devices/{id}", &["view"]),
+    ("get", "/api/v1/devices/{id}/vault", &["view"]),
+    ("get", "/api/v1/devices/{id}/events", &["view"]),
+    ("post", "/api/v1/devices/{id}/break-glass", &["approve"]),
+    ("get", "/api/v1/containments", &["view"]),
+    ("get", "/api/v1/exec-allowlist", &["view"]),
+    ("put", "/api/v1/exec-allowlist", &["admin", "unscoped"]),
+    ("get", "/api/v1/actions", &["view"]),
+    ("post", "/api/v1/actions", &["respond"]),
+    ("get", "/api/v1/actions/export.csv", &["view"]),
+    ("post", "/api/v1/actions/approve", &["approve"]),
+    ("post", "/api/v1/actions/reject", &["approve"]),
+    ("post", "/api/v1/actions/cancel", &["respond"]),
+    ("post", "/api/v1/actions/undo", &["approve"]),
+    ("get", "/api/v1/actions/{id}", &["view"]),
+    (
+        "get",
+        "/api/v1/actions/{id}/artifacts/{name}",
+        &["investigate"],
+    ),
+    ("post", "/api/v1/enroll-tokens", &["admin", "unscoped"]),
+    ("get", "/api/v1/users", &["admin", "unscoped"]),
+    ("post", "/api/v1/users", &["admin", "unscoped"]),
+    ("get", "/api/v1/policies", &["view"]),
+    ("put", "/api/v1/policies", &["admin", "unscoped"]),
+    ("get", "/api/v1/rules", &["view"]),
+    ("post", "/api/v1/rules", &["admin", "unscoped"]),
+    ("get", "/api/v1/automation", &["view"]),
+    ("put", "/api/v1/automation", &["admin", "unscoped"]),
+    ("get", "/api/v1/audit", &["view", "unscoped"]),
+    ("get", "/api/v1/audit/verify", &["view", "unscoped"]),
+];
+
+/// The operations anyone may call: logging in, and this document.
+pub const PUBLIC: &[(&str, &str)] = &[("post", "/api/v1/session"), ("get", "/api/v1/openapi.json")];
+
 impl utoipa::Modify for Security {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::SecurityRequirement;
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -73,6 +124,25 @@ impl utoipa::Modify for Security {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(super::session::COOKIE))),
         );
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+            ] {
+                let (Some(op), Some((_, _, scopes))) = (
+                    op.as_mut(),
+                    ACCESS.iter().find(|(m, p, _)| *m == method && p == path),
+                ) else {
+                    continue;
+                };
+                op.security = Some(vec![
+                    SecurityRequirement::new("bearer", scopes.iter().copied()),
+                    SecurityRequirement::new("session", scopes.iter().copied()),
+                ]);
+            }
+        }
     }
 }
 
@@ -120,6 +190,36 @@ mod tests {
             }
         }
         assert!(checked > 20, "found only {checked} routes");
+    }
+
+    /// Every documented operation says who may call it, or is one of the few public ones; and
+    /// the access table names no operation that does not exist.
+    #[test]
+    fn every_operation_declares_who_may_call_it() {
+        let doc = ApiDoc::openapi();
+        let mut seen = 0;
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("get", &item.get),
+                ("post", &item.post),
+                ("put", &item.put),
+                ("delete", &item.delete),
+            ] {
+                let Some(op) = op else { continue };
+                seen += 1;
+                let public = PUBLIC.contains(&(method, path.as_str()));
+                assert_eq!(
+                    op.security.is_some(),
+                    !public,
+                    "{method} {path}: add it to ACCESS (its permission) or, if anyone may call it, to PUBLIC"
+                );
+            }
+        }
+        assert_eq!(
+            seen,
+            ACCESS.len() + PUBLIC.len(),
+            "ACCESS or PUBLIC names an operation that is not documented"
+        );
     }
 
     /// Every call that takes a body says what the body is.

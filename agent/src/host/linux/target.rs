@@ -243,3 +243,58 @@ pub fn mode(bits: u32) -> Mode {
 pub fn lossy(name: &std::ffi::OsStr) -> String {
     String::from_utf8_lossy(name.as_bytes()).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(path: &Path, protection: &Protection) -> String {
+        match open(path, protection) {
+            Ok(_) => panic!("{} was opened", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn dot_dot_and_symlinked_directories_on_the_way_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("state/identity")).unwrap();
+        std::fs::write(r.join("state/identity/key.der"), b"secret").unwrap();
+        std::fs::create_dir(r.join("work")).unwrap();
+        std::fs::write(r.join("work/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(r.join("state"), r.join("work/link")).unwrap();
+        let protection = Protection {
+            state_dir: r.join("state"),
+            paths: vec![],
+        };
+        let err = refusal(&r.join("work/../state/identity/key.der"), &protection);
+        assert!(err.contains("without '.' or '..'"), "{err}");
+        let err = refusal(&r.join("work/link/identity/key.der"), &protection);
+        assert!(err.contains("resolves through a symbolic link"), "{err}");
+        assert!(open(&r.join("work/file"), &protection).is_ok());
+    }
+
+    /// What is checked is what is used: once open, the target is the descriptors, so a
+    /// directory on the way swapped for a symlink afterwards changes nothing.
+    #[test]
+    fn a_parent_swapped_for_a_symlink_after_the_open_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir(r.join("work")).unwrap();
+        std::fs::write(r.join("work/file"), b"the target").unwrap();
+        std::fs::create_dir(r.join("victim")).unwrap();
+        std::fs::write(r.join("victim/file"), b"the victim").unwrap();
+        let t = open(&r.join("work/file"), &Protection::default()).unwrap();
+        std::fs::rename(r.join("work"), r.join("moved")).unwrap();
+        std::os::unix::fs::symlink(r.join("victim"), r.join("work")).unwrap();
+        let victim = std::fs::metadata(r.join("victim/file")).unwrap();
+        let now = stat_at(&t.dir, &t.name).expect("the name in the opened directory");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((now.st_dev, now.st_ino), (t.stat.st_dev, t.stat.st_ino));
+        assert_ne!(now.st_ino, victim.ino());
+        // And a new open of the path refuses the swapped-in link.
+        let err = refusal(&r.join("work/file"), &Protection::default());
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+}

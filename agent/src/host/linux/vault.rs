@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, RenameFlags, ResolveFlag, openat2, renameat, renameat2};
@@ -631,6 +631,14 @@ fn check_destination(dest: &Path, protection: &Protection) -> Result<(), HostErr
     if !dest.is_absolute() {
         return Err(refuse("not an absolute path"));
     }
+    // `..` is resolved by the kernel even without symlinks: it would carry the file past the
+    // checks below (`/tmp/../<state dir>/identity/key.der`).
+    if dest
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(refuse("not an absolute path without '.' or '..'"));
+    }
     for special in ["/proc", "/sys"] {
         if dest.starts_with(special) {
             return Err(refuse("is under /proc or /sys"));
@@ -787,4 +795,86 @@ pub fn find_by_hash(
     found.sort();
     found.dedup();
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarantined(r: &Path) -> (Vault, EntryMeta) {
+        let vault = Vault::open(&r.join("state")).unwrap();
+        std::fs::create_dir_all(r.join("work")).unwrap();
+        std::fs::write(r.join("work/file"), b"malware").unwrap();
+        let t = target::open(&r.join("work/file"), &Protection::default()).unwrap();
+        let meta = vault.quarantine(&t, "q1-test", 1).unwrap();
+        (vault, meta)
+    }
+
+    #[test]
+    fn a_release_is_refused_a_destination_with_dot_dot_or_a_symlink_on_the_way() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let (vault, _) = quarantined(r);
+        std::fs::create_dir_all(r.join("state/identity")).unwrap();
+        std::fs::write(r.join("state/identity/key.der"), b"secret").unwrap();
+        std::os::unix::fs::symlink(r.join("state/identity"), r.join("work/link")).unwrap();
+        let protection = Protection {
+            state_dir: r.join("state"),
+            paths: vec![],
+        };
+        for (dest, why) in [
+            (r.join("work/../state/identity/key.der"), "'..'"),
+            (r.join("work/link/key.der"), "symbolic link"),
+            (r.join("state/identity/key.der"), "agent's own files"),
+        ] {
+            let err = vault
+                .release("q1-test", Some(&dest), true, 2, &protection)
+                .err()
+                .unwrap_or_else(|| panic!("{} was released into", dest.display()))
+                .to_string();
+            assert!(err.contains(why), "{}: {err}", dest.display());
+        }
+        assert_eq!(
+            std::fs::read(r.join("state/identity/key.der")).unwrap(),
+            b"secret"
+        );
+        // The entry is still there, and releases where it may.
+        let done = vault
+            .release(
+                "q1-test",
+                Some(&r.join("work/restored")),
+                false,
+                3,
+                &protection,
+            )
+            .unwrap();
+        assert_eq!(done.restored_to, r.join("work/restored").to_string_lossy());
+        assert_eq!(std::fs::read(r.join("work/restored")).unwrap(), b"malware");
+    }
+
+    /// A directory swapped for a symlink between the open and the move: the opened file goes
+    /// into the vault, the file the link leads to is untouched.
+    #[test]
+    fn a_quarantine_moves_the_file_it_opened_even_if_the_path_changes_meanwhile() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let vault = Vault::open(&r.join("state")).unwrap();
+        std::fs::create_dir_all(r.join("work")).unwrap();
+        std::fs::write(r.join("work/file"), b"malware").unwrap();
+        std::fs::create_dir(r.join("victim")).unwrap();
+        std::fs::write(r.join("victim/file"), b"precious").unwrap();
+        let t = target::open(&r.join("work/file"), &Protection::default()).unwrap();
+        std::fs::rename(r.join("work"), r.join("moved")).unwrap();
+        std::os::unix::fs::symlink(r.join("victim"), r.join("work")).unwrap();
+        let meta = vault.quarantine(&t, "q2-test", 2).unwrap();
+        assert_eq!(
+            meta.sha256,
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, b"malware"))
+        );
+        assert_eq!(std::fs::read(r.join("victim/file")).unwrap(), b"precious");
+        assert!(
+            !r.join("moved/file").exists(),
+            "the opened file was moved into the vault"
+        );
+    }
 }
