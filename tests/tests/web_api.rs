@@ -535,6 +535,7 @@ fn body_for(method: &str, path: &str, device: &str, action: u64) -> Option<Value
             json!({"files": [{"name": "x.yar", "content": "rule x { condition: false }"}]})
         }
         ("put", "/api/v1/automation") => json!({"level": "full"}),
+        ("put", "/api/v1/realtime") => json!({"device_group": "*", "enabled": false}),
         ("put", "/api/v1/ui-prefs/{view}") => json!({"page_size": 25}),
         (m, p) => panic!("{m} {p}: give it a valid body in body_for"),
     };

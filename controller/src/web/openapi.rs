@@ -105,6 +105,8 @@ pub const ACCESS: &[(&str, &str, &[&str])] = &[
     ("post", "/api/v1/rules", &["admin", "unscoped"]),
     ("get", "/api/v1/automation", &["view"]),
     ("put", "/api/v1/automation", &["admin", "unscoped"]),
+    ("get", "/api/v1/realtime", &["view"]),
+    ("put", "/api/v1/realtime", &["admin", "unscoped"]),
     ("get", "/api/v1/audit", &["view", "unscoped"]),
     ("get", "/api/v1/audit/verify", &["view", "unscoped"]),
 ];
