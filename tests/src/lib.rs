@@ -298,6 +298,26 @@ impl Controller {
     }
 
     /// Runs `palisadectl --json …`, asserts success, parses stdout.
+    /// Lets `kinds` run without approval (no kind: the default policy, every kind without its
+    /// own).
+    pub fn without_approval(&self, kinds: &[&str]) {
+        let mut args = vec!["policy", "set"];
+        let flags = [
+            "--require-approval",
+            "false",
+            "--distinct-approver",
+            "false",
+        ];
+        if kinds.is_empty() {
+            self.json(&[args.as_slice(), &flags].concat());
+        }
+        for kind in kinds {
+            args.truncate(2);
+            args.extend(["--kind", kind]);
+            self.json(&[args.as_slice(), &flags].concat());
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         self.json_as(&self.admin_token, args)
     }

@@ -174,31 +174,13 @@ fn a_stream_of_actions_survives_kills_cut_links_and_lossy_links() {
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let lab = Lab::up(&name_refs).expect("lab up (needs root)");
     let mut ctl = Controller::start_on(&format!("{}:0", lab.gateway_v4), &[]);
-    ctl.json(&[
-        "policy",
-        "set",
-        "--require-approval",
-        "false",
-        "--distinct-approver",
-        "false",
-    ]);
-    for kind in [
+    ctl.without_approval(&[]);
+    ctl.without_approval(&[
         "isolate",
         "release_isolation",
         "quarantine",
         "request_sample",
-    ] {
-        ctl.json(&[
-            "policy",
-            "set",
-            "--kind",
-            kind,
-            "--require-approval",
-            "false",
-            "--distinct-approver",
-            "false",
-        ]);
-    }
+    ]);
     let mut agents: Vec<Agent> = Vec::new();
     let mut devices = Vec::new();
     for name in &names {

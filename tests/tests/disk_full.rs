@@ -12,17 +12,6 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 
-fn no_approval(ctl: &Controller) {
-    ctl.json(&[
-        "policy",
-        "set",
-        "--require-approval",
-        "false",
-        "--distinct-approver",
-        "false",
-    ]);
-}
-
 fn sample_body(device: &str, path: &str, comment: &str) -> Value {
     json!({
         "devices": [device],
@@ -60,7 +49,7 @@ fn a_full_controller_data_dir_refuses_writes_with_507_and_recovers_when_space_re
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let fs = Tmpfs::mount(&dir.path().join("data"), "24m");
     let ctl = Controller::start_in(dir.clone(), "127.0.0.1:0", &[]);
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let mut agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let evidence = dir.path().join("evidence.txt");
@@ -146,7 +135,7 @@ fn a_full_controller_data_dir_refuses_writes_with_507_and_recovers_when_space_re
 fn a_full_agent_state_dir_delays_the_action_and_it_finishes_when_space_returns() {
     require_root("the disk-full test").unwrap();
     let ctl = Controller::start();
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let mut agent = ctl.enroll_agent();
     let fs = Tmpfs::mount(&agent.state_dir, "16m");
     agent.start();

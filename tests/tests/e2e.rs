@@ -73,14 +73,7 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
 #[test]
 fn a_sample_of_something_that_is_not_a_regular_file_fails_with_the_reason() {
     let ctl = Controller::start_with(&[]);
-    ctl.json(&[
-        "policy",
-        "set",
-        "--require-approval",
-        "false",
-        "--distinct-approver",
-        "false",
-    ]);
+    ctl.without_approval(&[]);
     let agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let dir = ctl.dir.path().to_str().unwrap().to_owned();

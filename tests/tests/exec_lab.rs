@@ -12,18 +12,7 @@ const T: Duration = Duration::from_secs(20);
 /// `lab`.
 fn setup(lab: &ExecLab) -> (Controller, Agent, String) {
     let ctl = Controller::start();
-    for kind in ["restrict_execution", "release_execution"] {
-        ctl.json(&[
-            "policy",
-            "set",
-            "--kind",
-            kind,
-            "--require-approval",
-            "false",
-            "--distinct-approver",
-            "false",
-        ]);
-    }
+    ctl.without_approval(&["restrict_execution", "release_execution"]);
     let mut agent = ctl.enroll_agent();
     agent.start_in_exec_lab(lab);
     let device = agent.device_id();

@@ -16,18 +16,7 @@ const T: Duration = Duration::from_secs(30);
 fn setup(hosts: &[&str], agents: &[&str]) -> (Lab, Controller, Vec<Agent>) {
     let lab = Lab::up(hosts).expect("lab up (needs root)");
     let ctl = Controller::start_on(&format!("{}:0", lab.gateway_v4), &[]);
-    for kind in ["isolate", "release_isolation", "contain", "uncontain"] {
-        ctl.json(&[
-            "policy",
-            "set",
-            "--kind",
-            kind,
-            "--require-approval",
-            "false",
-            "--distinct-approver",
-            "false",
-        ]);
-    }
+    ctl.without_approval(&["isolate", "release_isolation", "contain", "uncontain"]);
     for h in &lab.hosts {
         serve_echo(h);
     }

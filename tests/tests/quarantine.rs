@@ -18,17 +18,6 @@ fn require_root() {
     );
 }
 
-fn no_approval(ctl: &Controller) {
-    ctl.json(&[
-        "policy",
-        "set",
-        "--require-approval",
-        "false",
-        "--distinct-approver",
-        "false",
-    ]);
-}
-
 fn detail(v: &Value) -> &Value {
     &v["action"]["result_detail"]
 }
@@ -95,7 +84,7 @@ fn run_ok(cmd: &mut Command) {
 fn a_running_binary_is_killed_quarantined_and_released_identical() {
     require_root();
     let ctl = Controller::start();
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let work = ctl.dir.path().join("work");
@@ -232,7 +221,7 @@ fn quarantine_fails(ctl: &Controller, device: &str, path: &str) -> u64 {
 fn every_refusal_is_clear_and_leaves_the_file_in_place() {
     require_root();
     let ctl = Controller::start();
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let work = ctl.dir.path().join("work");
     let protected = work.join("protected");
     std::fs::create_dir_all(&protected).unwrap();
@@ -330,7 +319,7 @@ fn every_refusal_is_clear_and_leaves_the_file_in_place() {
 fn release_refuses_to_overwrite_a_different_file_and_restores_elsewhere_or_over_it() {
     require_root();
     let ctl = Controller::start();
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let work = ctl.dir.path().join("work");
@@ -677,7 +666,7 @@ fn kill_9_at_random_moments_never_loses_the_file_nor_leaves_a_half_copy() {
 fn the_real_agent_killed_mid_quarantine_finishes_the_action_after_restart() {
     require_root();
     let ctl = Controller::start();
-    no_approval(&ctl);
+    ctl.without_approval(&[]);
     let mut agent = ctl.enroll_agent().started();
     let device = agent.device_id();
     let work = ctl.dir.path().join("work");

@@ -58,16 +58,7 @@ fn lab() -> Lab {
 /// [`lab`], with extra arguments of `palisade-agent run`.
 fn lab_with(run_args: &[&str]) -> Lab {
     let ctl = Controller::start();
-    ctl.json(&[
-        "policy",
-        "set",
-        "--kind",
-        "scan",
-        "--require-approval",
-        "false",
-        "--distinct-approver",
-        "false",
-    ]);
+    ctl.without_approval(&["scan"]);
     let agent = ctl.enroll_agent().with_run_args(run_args).started();
     let device = agent.device_id();
     let rules_dir = tempfile::tempdir().unwrap();
