@@ -110,7 +110,8 @@ pub struct EntryFiles {
 /// What is at an entry's original path, compared with the metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Original {
-    /// The very file that was copied (same device, inode and size).
+    /// The very file that was copied (same device, inode, size and sha256: a later file can
+    /// reuse the inode number).
     Same,
     /// Nothing, or some other file.
     NotIt,

@@ -513,9 +513,13 @@ impl Vault {
             Some(m) if files.bin && !files.release && !files.done => {
                 match target::open_parent(Path::new(&m.path)) {
                     Ok((dir, name)) => match target::stat_at(&dir, &name) {
+                        // A finished quarantine leaves no mark, so the original is told
+                        // apart from a later file by identity *and* bytes: a new file can
+                        // reuse the freed inode number with the same size.
                         Some(st)
                             if (st.st_dev, st.st_ino, st.st_size as u64)
-                                == (m.dev, m.ino, m.size) =>
+                                == (m.dev, m.ino, m.size)
+                                && hash_at(&dir, &name).as_deref() == Some(&m.sha256) =>
                         {
                             Original::Same
                         }
@@ -800,6 +804,7 @@ pub fn find_by_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn quarantined(r: &Path) -> (Vault, EntryMeta) {
         let vault = Vault::open(&r.join("state")).unwrap();
@@ -850,6 +855,39 @@ mod tests {
             .unwrap();
         assert_eq!(done.restored_to, r.join("work/restored").to_string_lossy());
         assert_eq!(std::fs::read(r.join("work/restored")).unwrap(), b"malware");
+    }
+
+    /// A later file at the original path with the same device, inode number and size (the
+    /// kernel reuses freed inode numbers) is not the quarantined file: neither a release nor
+    /// recovery after a restart removes it.
+    #[test]
+    fn a_new_file_reusing_the_inode_number_is_never_taken_for_the_original() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let vault = Vault::open(&r.join("state")).unwrap();
+        std::fs::create_dir_all(r.join("work")).unwrap();
+        std::fs::write(r.join("work/file"), b"malware").unwrap();
+        // A second link keeps the inode alive, standing in for the kernel handing its number
+        // to the next file.
+        std::fs::hard_link(r.join("work/file"), r.join("work/keep")).unwrap();
+        let t = target::open(&r.join("work/file"), &Protection::default()).unwrap();
+        let meta = vault.quarantine(&t, "q3-test", 3).unwrap();
+        std::fs::write(r.join("work/keep"), b"MALWARE").unwrap();
+        std::fs::rename(r.join("work/keep"), r.join("work/file")).unwrap();
+        let st = std::fs::metadata(r.join("work/file")).unwrap();
+        assert_eq!(
+            (st.dev(), st.ino(), st.len()),
+            (meta.dev, meta.ino, meta.size)
+        );
+
+        let reopened = Vault::open(&r.join("state")).unwrap();
+        reopened.recover().unwrap();
+        let err = reopened
+            .release("q3-test", None, false, 4, &Protection::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a different file is there"), "{err}");
+        assert_eq!(std::fs::read(r.join("work/file")).unwrap(), b"MALWARE");
     }
 
     /// A directory swapped for a symlink between the open and the move: the opened file goes
