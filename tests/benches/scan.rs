@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use palisade_tests::scan_rules::{
+    HASHES, RULES, Rng, Sig, absent_hash_lines, ndb, signatures, yara_rules,
+};
 use palisade_tests::{Controller, bench, bin, sqlite3};
 
-const RULES: usize = 120;
-const HASHES: usize = 10_000;
 /// Planted files per kind: matching a rule's text, its hex pattern, a hash-list line.
 const PLANTED: usize = 30;
 
@@ -55,82 +56,6 @@ impl Sizes {
             }
         }
     }
-}
-
-/// xorshift64*: deterministic bytes without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    fn word(&mut self, len: usize) -> String {
-        (0..len)
-            .map(|_| (b'a' + self.below(26) as u8) as char)
-            .collect()
-    }
-}
-
-/// Distinct strings per rule: an ASCII word and a hex pattern with a wildcard and a jump,
-/// each expressible both as YARA and as a ClamAV body signature.
-struct Sig {
-    name: String,
-    text: String,
-    hex: Vec<u8>,
-}
-
-fn signatures() -> Vec<Sig> {
-    let mut rng = Rng(0x5ca9_0001);
-    (0..RULES)
-        .map(|i| {
-            let mut hex = vec![0u8; 10];
-            rng.fill(&mut hex);
-            Sig {
-                name: format!("bench_family_{i:03}"),
-                text: format!("{}-{}-{}", rng.word(6), rng.word(5), rng.word(7)),
-                hex,
-            }
-        })
-        .collect()
-}
-
-fn yara_rules(sigs: &[Sig]) -> String {
-    let mut s = String::new();
-    for g in sigs {
-        let h: Vec<String> = g.hex.iter().map(|b| format!("{b:02X}")).collect();
-        // bytes 0-3, a wildcard byte, bytes 5-6, a 0-4 byte jump, bytes 7-9
-        s += &format!(
-            "rule {} {{\n  strings:\n    $t = \"{}\"\n    $h = {{ {} {} {} {} ?? {} {} [0-4] {} {} {} }}\n  condition:\n    any of them\n}}\n",
-            g.name, g.text, h[0], h[1], h[2], h[3], h[5], h[6], h[7], h[8], h[9]
-        );
-    }
-    s
-}
-
-/// The same strings as ClamAV extended body signatures (`Name:Target:Offset:Hex`).
-fn ndb(sigs: &[Sig]) -> String {
-    let mut s = String::new();
-    for g in sigs {
-        let h: Vec<String> = g.hex.iter().map(|b| format!("{b:02x}")).collect();
-        s += &format!("{}.t:0:*:{}\n", g.name, hex::encode(g.text.as_bytes()));
-        s += &format!(
-            "{}.h:0:*:{}{}{}{}??{}{}{{0-4}}{}{}{}\n",
-            g.name, h[0], h[1], h[2], h[3], h[5], h[6], h[7], h[8], h[9]
-        );
-    }
-    s
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -241,15 +166,7 @@ fn prepare(base: &Path, sigs: &[Sig], sizes: &Sizes) -> (PathBuf, u64, u64) {
             std::fs::write(planted.join(format!("hash{i}")), &data).unwrap();
         }
         // The rest of the hash list: files that do not exist, of plausible sizes.
-        for i in PLANTED..HASHES {
-            let mut d = [0u8; 16];
-            rng.fill(&mut d);
-            hash_lines += &format!(
-                "{}:{}:Bench.Absent.{i}\n",
-                hex::encode(d),
-                1024 + rng.below(100 << 10)
-            );
-        }
+        hash_lines += &absent_hash_lines(&mut rng, PLANTED..HASHES);
         std::fs::write(rules.join("bench.hdb"), hash_lines).unwrap();
         std::fs::write(&done, format!("{n}")).unwrap();
     }
