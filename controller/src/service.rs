@@ -165,6 +165,8 @@ type Result<T, E = ServiceError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
+    /// Device ids or hostnames; may be left out of a fleet-wide request.
+    #[serde(default)]
     pub devices: Vec<String>,
     /// `{"kind": "<action kind>", …the kind's parameters}`.
     #[schema(value_type = Object)]

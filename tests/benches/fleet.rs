@@ -160,71 +160,57 @@ fn main() {
         (cpu1 - cpu0) / idle_secs as f64 * 100.0
     );
 
-    // One fleet-wide action.
-    let devices: Value = api
-        .get(format!("{url}/api/v1/devices"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_json()
-        .unwrap();
-    let ids: Vec<String> = devices["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_owned())
-        .collect();
+    // One fleet-wide action: a parent with a child per device, approved once.
     let created: Value = api
         .post(format!("{url}/api/v1/actions"))
         .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"devices": ids, "params": {"kind": "request_sample", "path": "/etc/hostname"}, "comment": "fleet-wide"}))
+        .send_json(json!({"fleet": true, "params": {"kind": "request_sample", "path": "/etc/hostname"}, "comment": "fleet-wide"}))
         .unwrap()
         .body_mut()
         .with_config()
         .limit(1 << 30)
         .read_json()
         .unwrap();
-    let action_ids: Vec<u64> = created["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_u64().unwrap())
-        .collect();
+    let parent = created["actions"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no fleet-wide action: {created}"));
+    let children = created["actions"].as_array().unwrap().len() - 1;
+    assert_eq!(children, n, "a child per device");
     let results_before = stats.results.load(Ordering::Relaxed);
     let t = Instant::now();
     let approved = api
         .post(format!("{url}/api/v1/actions/approve"))
         .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"ids": action_ids, "comment": "go"}))
+        .send_json(json!({"ids": [parent], "comment": "go"}))
         .unwrap();
     assert!(approved.status().is_success());
     let approve_call = t.elapsed().as_secs_f64();
-    let mut done = 0u64;
+    let mut settled = Value::Null;
     while t.elapsed() < limit {
         let v: Value = api
-            .get(format!("{url}/api/v1/actions?status=succeeded&limit=1"))
+            .get(format!("{url}/api/v1/actions/{parent}"))
             .header("Authorization", format!("Bearer {token}"))
             .call()
             .unwrap()
             .body_mut()
             .read_json()
             .unwrap();
-        done = v["total"].as_u64().unwrap_or(0);
-        if done >= n as u64 {
+        if v["action"]["finished_at"].is_i64() {
+            settled = v;
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let total = t.elapsed().as_secs_f64();
+    let done = settled["action"]["children"]["succeeded"]
+        .as_u64()
+        .unwrap_or(0);
     let mut latencies: Vec<i64> = Vec::new();
     let mut offset = 0;
     while offset < n {
         let v: Value = api
             .get(format!(
-                "{url}/api/v1/actions?status=succeeded&limit=10000&offset={offset}"
+                "{url}/api/v1/actions?status=succeeded&kind=request_sample&limit=10000&offset={offset}"
             ))
             .header("Authorization", format!("Bearer {token}"))
             .call()
@@ -247,7 +233,7 @@ fn main() {
     complete("fleet-wide action", done as usize, n);
     latencies.sort();
     println!(
-        "fleet-wide action: {done}/{n} results in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent",
+        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0),

@@ -257,6 +257,22 @@ pub fn children(conn: &Connection, parent: ActionId) -> Result<Vec<ActionRecord>
 /// A fleet-wide action ends when its last child does: succeeded if every child succeeded,
 /// failed otherwise. Called after any child changes.
 pub fn settle_parent(conn: &Connection, parent: ActionId) -> Result<()> {
+    // Every child's result comes here: while one child is open, a look into the
+    // (parent, status) index answers, not a count of all the children (N² rows for N).
+    let open: Vec<&str> = ActionStatus::ALL
+        .iter()
+        .filter(|s| !s.is_final())
+        .map(|s| s.as_str())
+        .collect();
+    let any_open: bool = conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM actions WHERE parent_id = ?1 AND status IN ('{}'))",
+            open.join("','")
+        ))?
+        .query_row([parent.0 as i64], |r| r.get(0))?;
+    if any_open {
+        return Ok(());
+    }
     let rec = get(conn, parent)?;
     let Some(c) = rec.children.clone() else {
         return Ok(());
@@ -326,10 +342,10 @@ fn set_status(
     at: i64,
 ) -> Result<()> {
     // `column` is one of our own constants, never input.
-    conn.execute(
-        &format!("UPDATE actions SET status = ?2, {column} = ?3 WHERE id = ?1"),
-        params![id.0 as i64, status.as_str(), at],
-    )?;
+    conn.prepare_cached(&format!(
+        "UPDATE actions SET status = ?2, {column} = ?3 WHERE id = ?1"
+    ))?
+    .execute(params![id.0 as i64, status.as_str(), at])?;
     Ok(())
 }
 
@@ -752,12 +768,30 @@ fn owned(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionRec
     Ok(rec)
 }
 
+/// The status of an action a device speaks about, checked to be that device's: what a hop
+/// needs, without reading the whole record (a hop per device per action, at fleet scale).
+fn owned_status(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionStatus> {
+    let row: Option<(Option<String>, String)> = conn
+        .prepare_cached("SELECT device_id, status FROM actions WHERE id = ?1")?
+        .query_row([id.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (owner, status) = row.ok_or_else(|| StoreError::NotFound(format!("no action {id}")))?;
+    if owner.as_deref() != Some(device.as_str()) {
+        return Err(StoreError::Conflict(format!(
+            "device {device} reported on action {id}, which is not its own"
+        )));
+    }
+    status
+        .parse()
+        .map_err(|e| StoreError::Sql(format!("action {id} has status {status:?}: {e}")))
+}
+
 /// Records that an action was handed to the device's connection. Repeated deliveries of an
 /// action already delivered change nothing.
 pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<bool> {
-    let rec = owned(conn, device, id)?;
-    if !rec.status.can_move_to(ActionStatus::Delivered) {
-        return Ok(rec.status.is_outstanding());
+    let status = owned_status(conn, device, id)?;
+    if !status.can_move_to(ActionStatus::Delivered) {
+        return Ok(status.is_outstanding());
     }
     set_status(conn, id, ActionStatus::Delivered, "delivered_at", now_ms())?;
     audit::append(
@@ -772,8 +806,7 @@ pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<b
 }
 
 pub fn acknowledged(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<()> {
-    let rec = owned(conn, device, id)?;
-    if rec.status.can_move_to(ActionStatus::Acknowledged) {
+    if owned_status(conn, device, id)?.can_move_to(ActionStatus::Acknowledged) {
         set_status(
             conn,
             id,
@@ -794,9 +827,9 @@ pub fn acknowledged(conn: &Connection, device: &DeviceId, id: ActionId) -> Resul
 }
 
 pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress) -> Result<()> {
-    let rec = owned(conn, device, id)?;
+    let status = owned_status(conn, device, id)?;
     let text = serde_json::to_string(p)?;
-    if rec.status.can_move_to(ActionStatus::InProgress) {
+    if status.can_move_to(ActionStatus::InProgress) {
         conn.execute(
             "UPDATE actions SET status = 'in_progress', started_at = ?2, progress = ?3 WHERE id = ?1",
             params![id.0 as i64, now_ms(), text],
@@ -809,7 +842,7 @@ pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress
             Some(device),
             &serde_json::json!({"progress": p}),
         )?;
-    } else if rec.status == ActionStatus::InProgress {
+    } else if status == ActionStatus::InProgress {
         conn.execute(
             "UPDATE actions SET progress = ?2 WHERE id = ?1",
             params![id.0 as i64, text],

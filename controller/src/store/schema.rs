@@ -12,6 +12,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V6),
         M::up(V7),
         M::up(V8),
+        M::up(V9),
     ])
 }
 
@@ -273,6 +274,13 @@ CREATE TABLE realtime (
     updated_by   TEXT NOT NULL,
     updated_at   INTEGER NOT NULL
 );
+"#;
+
+/// A child's result asks whether its parent has children still open: one look into this index,
+/// not a count of every child.
+const V9: &str = r#"
+DROP INDEX actions_by_parent;
+CREATE INDEX actions_by_parent ON actions(parent_id, status);
 "#;
 
 #[cfg(test)]
