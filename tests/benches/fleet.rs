@@ -245,8 +245,15 @@ fn main() {
     ctl.kill9();
     let t = Instant::now();
     ctl.restart();
-    while online(&api, &url, &token) < n && t.elapsed() < limit {
-        std::thread::sleep(Duration::from_millis(200));
+    // The simulator counts new sessions; the controller's device list (every device, a heavy
+    // call at this scale) only confirms once they all seem back.
+    while t.elapsed() < limit {
+        if stats.sessions.load(Ordering::Relaxed) - sessions_before >= n as u64
+            && online(&api, &url, &token) >= n
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     complete("reconnect storm", online(&api, &url, &token), n);
     println!(
