@@ -2,7 +2,7 @@
 //! the classic way of collecting the same areas with standard tools from a shell script
 //! (ps, /proc, ip, nft, find, sha256sum, tail, tar czf).
 //!
-//! `cargo bench -p palisade-agent --bench collect_package` (as root, to read everything).
+//! `cargo bench --workspace --bench collect_package` (as root, to read everything).
 //! Environment: `PALISADE_BENCH_N` (runs of each side, default 3).
 
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! namespace.
 //!
 //! ```text
-//! cargo bench -p palisade-agent --bench exec_restrict [-- --execs 10000]
+//! cargo bench --workspace --bench exec_restrict [-- --execs 10000]
 //! ```
 
 use std::path::Path;

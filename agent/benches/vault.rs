@@ -3,8 +3,8 @@
 //! same filesystem as the build), so that both sides write to the same disk.
 //!
 //! ```text
-//! cargo bench -p palisade-agent --bench vault            # 1 KiB, 100 MiB, 1 GiB
-//! PALISADE_BENCH_SIZES=1K,100M cargo bench -p palisade-agent --bench vault
+//! cargo bench --workspace --bench vault            # 1 KiB, 100 MiB, 1 GiB
+//! PALISADE_BENCH_SIZES=1K,100M cargo bench --workspace --bench vault
 //! ```
 
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! (default 1,000,000) spread over devices, kinds, statuses, sources and six months, then
 //! times the Action center's queries through the real `store::actions::list`.
 //!
-//! `PALISADE_HISTORY_N=1000000 cargo bench -p palisade-controller --bench history_query`
+//! `PALISADE_HISTORY_N=1000000 cargo bench --workspace --bench history_query`
 
 use std::time::Instant;
 

@@ -11,7 +11,7 @@
 //! function (and its audit row): create (pending approval) → approve → delivered →
 //! acknowledged → in progress → succeeded.
 //!
-//! `cargo bench -p palisade-controller --bench store_transitions`
+//! `cargo bench --workspace --bench store_transitions`
 //!
 //! Environment: `PALISADE_BENCH_ACTIONS` (default 3400, i.e. 20,400 transitions per mode),
 //! `PALISADE_BENCH_TASKS` (concurrent callers for group commit, default 64).

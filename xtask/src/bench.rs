@@ -96,7 +96,9 @@ pub fn run(args: BenchArgs, root: &Path) -> Result<()> {
             .collect::<Result<_>>()?
     };
     let status = crate::cargo()
-        .args(["build", "--release", "--workspace", "--bins"])
+        // Benches too: they bring the dev-dependencies into the feature resolution, and a
+        // build without them would leave `cargo bench` to rebuild yara-x and wasmtime.
+        .args(["build", "--release", "--workspace", "--bins", "--benches"])
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
@@ -104,12 +106,14 @@ pub fn run(args: BenchArgs, root: &Path) -> Result<()> {
     }
 
     let mut failed = Vec::new();
-    for (package, name, _) in selected {
+    for (_, name, _) in selected {
         let machine = machine();
         let started = humantime::format_rfc3339_seconds(SystemTime::now());
         eprintln!("==> {name} ({machine})");
         let mut child = crate::cargo()
-            .args(["bench", "-p", package, "--bench", name])
+            // `--workspace`, not `-p`: the same features as the release build, so no second
+            // build of yara-x and wasmtime.
+            .args(["bench", "--workspace", "--bench", name])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -127,7 +131,7 @@ pub fn run(args: BenchArgs, root: &Path) -> Result<()> {
             continue;
         }
         if !args.no_write {
-            let header = format!("`cargo bench -p {package} --bench {name}`, {started}, {machine}");
+            let header = format!("`cargo bench --workspace --bench {name}`, {started}, {machine}");
             write_block(&root.join(DOC), name, &header, &output)?;
         }
     }
