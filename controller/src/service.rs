@@ -575,7 +575,7 @@ impl Controller {
         };
         let rec = self
             .store
-            .write(move |c| actions::create_containment(c, new, deadlines, &guard))
+            .write(move |c| actions::create_guarded(c, new, deadlines, &guard))
             .await?;
         self.containment_changed(std::slice::from_ref(&rec)).await;
         Ok(vec![rec])
@@ -815,6 +815,7 @@ impl Controller {
             }
         }
         let deadlines = self.deadlines();
+        let guard = self.contain_guard();
         let actor = who.name.clone();
         let created = self
             .store
@@ -826,7 +827,8 @@ impl Controller {
                             Some(d) => (Some(d.id), d.device_group),
                             None => (None, "default".to_owned()),
                         };
-                        actions::create(
+                        // An undo may be an uncontain, which runs here when approved.
+                        actions::create_guarded(
                             c,
                             NewAction {
                                 params,
@@ -840,6 +842,7 @@ impl Controller {
                                 parent: None,
                             },
                             deadlines,
+                            &guard,
                         )
                     })
                     .collect::<store::Result<Vec<_>>>()

@@ -356,8 +356,9 @@ pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result
     create_as(conn, new, deadlines, None, None)
 }
 
-/// Creates a contain or uncontain; approved at once, it runs at once within `guard`.
-pub fn create_containment(
+/// Creates an action of any kind: a contain or uncontain approved at once runs at once,
+/// within `guard` (`create` refuses those kinds).
+pub fn create_guarded(
     conn: &Connection,
     new: NewAction,
     deadlines: Deadlines,
@@ -386,15 +387,13 @@ fn create_as(
     automated: Option<bool>,
     guard: Option<&Guard>,
 ) -> Result<ActionRecord> {
-    let guard = match (new.params.kind().runs_on_controller(), guard) {
-        (true, None) => {
-            return Err(StoreError::Invalid(format!(
-                "{} runs on the controller: create it with create_containment",
-                new.params.kind()
-            )));
-        }
-        (_, guard) => guard,
-    };
+    let runs_here = new.params.kind().runs_on_controller();
+    if runs_here && guard.is_none() {
+        return Err(StoreError::Invalid(format!(
+            "{} runs on the controller: create it with create_guarded",
+            new.params.kind()
+        )));
+    }
     let policy = policy_for(conn, &new.device_group, new.params.kind())?;
     let now = now_ms();
     conn.execute(
@@ -447,7 +446,7 @@ fn create_as(
             new.device.as_ref(),
             &serde_json::json!({"comment": why}),
         )?;
-        if let Some(guard) = guard {
+        if runs_here && let Some(guard) = guard {
             return super::containment::execute(conn, id, guard);
         }
     }

@@ -453,7 +453,7 @@ mod tests {
         params: ActionParams,
         device: Option<&str>,
     ) -> ActionRecord {
-        actions::create_containment(
+        actions::create_guarded(
             c,
             NewAction {
                 params,
@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(revision(&c, "dev-b"), 2);
 
         // Uncontain as the undo: the set empties and the contain is marked undone.
-        let undo = actions::create_containment(
+        let undo = actions::create_guarded(
             &c,
             NewAction {
                 params: ActionParams::Uncontain(target(Some("dev-a"), None)),
