@@ -92,13 +92,27 @@ enum ExecEvent {
     RulesFailed(u64),
 }
 
+/// What the network watch did on its own, for the session to report.
+#[derive(Debug)]
+enum NetNews {
+    /// An isolation's time box ran out: it is released.
+    Expired,
+    /// Our table was removed or altered, and is put back: what was found.
+    Tampered(String),
+}
+
 pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let identity = Identity::load(&settings.state_dir)?;
     let spool = settings.state_dir.join("spool");
     identity::private_dir(&spool)?;
     let journal_path = settings.state_dir.join("journal.sqlite");
     let mut journal = Journal::open(&journal_path)?;
-    let mut executor = Executor::new(host, spool.clone(), settings.max_sample, journal_path);
+    let mut executor = Executor::new(
+        host,
+        spool.clone(),
+        settings.max_sample,
+        journal_path.clone(),
+    );
     executor.max_package = settings.max_package;
     executor.collect = settings.collect;
     executor.controller = Some(identity.info.controller.clone());
@@ -155,6 +169,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         ),
     }
     let mut events = Aggregator::new(EVENTS_PER_FLUSH, MAX_UNSENT_EVENTS);
+    // The time box and the tamper check run whether or not the controller is reachable; the
+    // watch stops when `run` returns (it drops `_net_watch`).
+    let (net_tx, mut net_rx) = mpsc::channel::<NetNews>(NET_NEWS_CAPACITY);
+    let _net_watch = spawn_net_watch(executor.clone(), journal_path.clone(), net_tx)?;
 
     // Work a restart interrupted is run again: every current kind is safe to repeat. Spool
     // files of other actions are leftovers of results journaled before the restart.
@@ -250,6 +268,13 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         unsent_detections = back;
                     }
                 },
+                news = net_rx.recv() => if let Some(news) = news {
+                    // Found while connected, or while the controller was out of reach.
+                    if let NetNews::Tampered(found) = news {
+                        events.add_event(DeviceEvent::NetTamper { found, at_ms: now_ms() });
+                    }
+                    session.observed(executor.observed(&journal)?);
+                },
                 req = probe_rx.recv() => if let Some(req) = req {
                     match session.probe() {
                         Some(seq) => { probes.insert(seq, req); }
@@ -268,19 +293,6 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                             session.inventory(inventory);
                         }
                     }
-                    // The time box and the tamper check of the network rules.
-                    if executor.expire_isolation(&journal)? {
-                        session.observed(executor.observed(&journal)?);
-                    }
-                    match executor.check_net(&journal) {
-                        Ok(Some(found)) => {
-                            tracing::warn!(%found, "network rules tampered with; reapplied");
-                            events.add_event(DeviceEvent::NetTamper { found, at_ms: now_ms() });
-                            session.observed(executor.observed(&journal)?);
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot check the network rules"),
-                    }
                     let (denials, dropped) = executor.host().take_exec_denials();
                     events.add(denials, dropped, now_ms());
                     if let Err(unsent) = session.events(events.flush()) {
@@ -288,8 +300,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     }
                     // Self-healing: a restriction whose listener died is put back (retried at
                     // most every HEAL_EVERY, so a lasting failure does not flood the log).
-                    // (Exec only: the network rules have their own check above, and reading
-                    // them back every second would run nft every second.)
+                    // (Exec only: the network rules have their own watch, `spawn_net_watch`.)
                     let drift = executor.exec_drift(&journal)?;
                     if drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
                         last_heal = Some(Instant::now());
@@ -491,6 +502,67 @@ const HEAL_EVERY: Duration = Duration::from_secs(30);
 const MAX_UNSENT_EVENTS: usize = 200;
 /// Real-time detections kept while the controller is unreachable (the oldest go first).
 const MAX_UNSENT_DETECTIONS: usize = 1000;
+
+/// Reports of the network watch kept while no session takes them (the observed state sent
+/// on connecting says the rest).
+const NET_NEWS_CAPACITY: usize = 64;
+
+/// Stops the network watch when dropped.
+struct NetWatch {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Runs the isolation's time box and the tamper check of our table every second on a thread
+/// of their own, so that they hold while the controller is unreachable (the connect loop and
+/// its back-off) as much as during a session. What they do goes to `news`; a full channel
+/// (a long time offline) drops the news, not the repair.
+fn spawn_net_watch<H: Host>(
+    executor: Arc<Executor<H>>,
+    journal_path: PathBuf,
+    news: mpsc::Sender<NetNews>,
+) -> Result<NetWatch> {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("net-watch".into())
+        .spawn(move || {
+            let mut journal: Option<Journal> = None;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(EVENTS_FLUSH)
+            {
+                if journal.is_none() {
+                    match Journal::open(&journal_path) {
+                        Ok(j) => journal = Some(j),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "network watch: cannot open the journal");
+                            continue;
+                        }
+                    }
+                }
+                let Some(j) = journal.as_ref() else { continue };
+                let mut found = Vec::new();
+                match executor.expire_isolation(j) {
+                    Ok(true) => found.push(NetNews::Expired),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot end the isolation's time box"),
+                }
+                match executor.check_net(j) {
+                    Ok(Some(what)) => {
+                        tracing::warn!(found = %what, "network rules tampered with; reapplied");
+                        found.push(NetNews::Tampered(what));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot check the network rules"),
+                }
+                for n in found {
+                    if let Err(e) = news.try_send(n) {
+                        tracing::debug!(news = ?e.into_inner(), "network news not kept: too many unsent");
+                    }
+                }
+            }
+        })
+        .context("cannot start the network watch")?;
+    Ok(NetWatch { _stop: stop_tx })
+}
 
 /// Starts or stops real-time protection as the journaled desired state says, and puts in
 /// `observed` whether it watches (and, if it should but cannot, why, as drift).

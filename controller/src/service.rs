@@ -196,6 +196,14 @@ impl Controller {
         }
     }
 
+    /// The bounds every containment is held to, now.
+    pub fn contain_guard(&self) -> store::containment::Guard {
+        store::containment::Guard {
+            max: self.config.max_contained,
+            own: self.own_addresses(),
+        }
+    }
+
     pub fn deadlines(&self) -> Deadlines {
         Deadlines {
             approval_ms: self.config.approval_expiry.as_millis() as i64,
@@ -428,10 +436,11 @@ impl Controller {
             ));
         }
         let deadlines = self.deadlines();
+        let guard = self.contain_guard();
         let actor = who.name.clone();
         let records = self
             .store
-            .write(move |c| actions::decide(c, &ids, &actor, approve, &comment, deadlines))
+            .write(move |c| actions::decide(c, &ids, &actor, approve, &comment, deadlines, &guard))
             .await?;
         self.dispatch(&records);
         self.containment_changed(&records).await;
@@ -552,6 +561,7 @@ impl Controller {
             ActionParams::Uncontain(p)
         };
         let deadlines = self.deadlines();
+        let guard = self.contain_guard();
         let new = NewAction {
             params,
             device_group: group.unwrap_or_else(|| "default".into()),
@@ -565,7 +575,7 @@ impl Controller {
         };
         let rec = self
             .store
-            .write(move |c| actions::create(c, new, deadlines))
+            .write(move |c| actions::create_guarded(c, new, deadlines, &guard))
             .await?;
         self.containment_changed(std::slice::from_ref(&rec)).await;
         Ok(vec![rec])
@@ -805,6 +815,7 @@ impl Controller {
             }
         }
         let deadlines = self.deadlines();
+        let guard = self.contain_guard();
         let actor = who.name.clone();
         let created = self
             .store
@@ -816,7 +827,8 @@ impl Controller {
                             Some(d) => (Some(d.id), d.device_group),
                             None => (None, "default".to_owned()),
                         };
-                        actions::create(
+                        // An undo may be an uncontain, which runs here when approved.
+                        actions::create_guarded(
                             c,
                             NewAction {
                                 params,
@@ -830,6 +842,7 @@ impl Controller {
                                 parent: None,
                             },
                             deadlines,
+                            &guard,
                         )
                     })
                     .collect::<store::Result<Vec<_>>>()

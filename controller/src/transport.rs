@@ -385,6 +385,7 @@ async fn session(
     }
     let moved = {
         let (d, h) = (device.clone(), hello.clone());
+        let guard = ctl.contain_guard();
         ctl.store
             .write(move |c| {
                 devices::hello(
@@ -397,7 +398,7 @@ async fn session(
                 )?;
                 // An isolation ended on the device while it was away ends here too.
                 desired::apply_local_releases(c, &d, &h.observed)?;
-                containment::follow(c, &d)
+                containment::follow(c, &d, &guard)
             })
             .await?
     };
@@ -584,11 +585,12 @@ async fn handle_event(
             }
         }
         ControllerEvent::Inventory(i) => {
+            let guard = ctl.contain_guard();
             let moved = ctl
                 .store
                 .write(move |c| {
                     devices::set_inventory(c, &d, &i)?;
-                    containment::follow(c, &d)
+                    containment::follow(c, &d, &guard)
                 })
                 .await?;
             if moved {

@@ -647,8 +647,16 @@ impl Agent {
 
     /// Runs the agent inside a lab host's network namespace.
     pub fn start_in(&mut self, host: &lab::LabHost) {
+        self.start_in_with(host, &[]);
+    }
+
+    /// Runs the agent inside a lab host's network namespace with extra `run` arguments.
+    pub fn start_in_with(&mut self, host: &lab::LabHost, extra: &[&str]) {
         let mut cmd = host.command(bin("palisade-agent"));
-        cmd.arg("--state-dir").arg(&self.state_dir).arg("run");
+        cmd.arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("run")
+            .args(extra);
         self.spawn(cmd);
     }
 

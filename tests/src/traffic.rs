@@ -53,6 +53,42 @@ pub fn serve_echo(host: &LabHost) {
     });
 }
 
+/// Starts a TCP echo server on `port` in `host`'s namespace that keeps each connection open
+/// and echoes whatever comes until the peer closes it: a long-lived connection (a remote
+/// shell) to test against. It lives as long as the test process.
+pub fn serve_echo_held(host: &LabHost, port: u16) {
+    let tcp = in_netns(host, move || {
+        TcpListener::bind(("::", port)).expect("held echo bind")
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Opens a TCP connection from `from` to `to` (a [`serve_echo_held`] server) and keeps it:
+/// the socket stays in `from`'s namespace.
+pub fn hold(from: &LabHost, to: SocketAddr) -> TcpStream {
+    in_netns(from, move || {
+        TcpStream::connect_timeout(&to, PROBE_TIMEOUT).expect("open the held connection")
+    })
+}
+
+/// Whether bytes sent over a held connection come back.
+pub fn echoes(s: &mut TcpStream) -> bool {
+    let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
+    let mut buf = [0u8; 4];
+    s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
 /// Whether a TCP connection from `from` to `to`'s echo server gets its bytes back.
 pub fn tcp(from: &LabHost, to: IpAddr) -> bool {
     in_netns(from, move || {

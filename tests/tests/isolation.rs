@@ -5,11 +5,17 @@
 use std::time::Duration;
 
 use palisade_tests::lab::Lab;
-use palisade_tests::traffic::{assert_reach, nft, nft_table, ping, reach, serve_echo, tcp, udp};
+use palisade_tests::traffic::{
+    assert_reach, echoes, hold, nft, nft_table, ping, reach, serve_echo, serve_echo_held, tcp, udp,
+};
 use palisade_tests::{Agent, Controller, bin, eventually, sha256_hex};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
+/// Agents notice a dead controller within seconds, not the default half minute.
+const AGENT_ARGS: &[&str] = &["--link-timeout", "5s"];
+/// The port of the echo servers that keep their connections open.
+const HELD_PORT: u16 = 9001;
 
 /// A lab with a controller on its bridge, whose policy runs the network actions without
 /// approval, echo servers on every host, and agents on `agents`.
@@ -23,7 +29,7 @@ fn setup(hosts: &[&str], agents: &[&str]) -> (Lab, Controller, Vec<Agent>) {
     let mut started = Vec::new();
     for name in agents {
         let mut agent = ctl.enroll_agent();
-        agent.start_in(lab.host(name));
+        agent.start_in_with(lab.host(name), AGENT_ARGS);
         let device = agent.device_id();
         eventually(T, &format!("agent {name} online"), || {
             ctl.device_online(&device).then_some(())
@@ -44,6 +50,24 @@ fn events(ctl: &Controller, id: &str) -> Vec<Value> {
         .clone()
 }
 
+/// Kills the controller and waits until `agent` has noticed (its session ended and it tries
+/// to reconnect): what follows happens with no controller reachable.
+fn kill_controller(ctl: &mut Controller, agent: &Agent) {
+    let lost = |a: &Agent| a.log().matches("connection lost").count();
+    let before = lost(agent);
+    ctl.kill9();
+    eventually(T, "the agent to lose the controller", || {
+        (lost(agent) > before).then_some(())
+    });
+}
+
+fn tampers(ctl: &Controller, id: &str) -> usize {
+    events(ctl, id)
+        .iter()
+        .filter(|e| e["kind"] == "net_tamper")
+        .count()
+}
+
 fn isolate(ctl: &Controller, id: &str, extra: &[&str]) -> Value {
     let mut args = vec!["isolate", id, "--comment", "lab: isolate"];
     args.extend_from_slice(extra);
@@ -53,12 +77,19 @@ fn isolate(ctl: &Controller, id: &str, extra: &[&str]) -> Value {
 
 #[test]
 fn full_isolation_cuts_everything_but_the_controller_and_holds_against_tamper_and_restarts() {
-    let (lab, ctl, mut agents) = setup(&["a", "b", "outsider"], &["a", "b"]);
+    let (lab, mut ctl, mut agents) = setup(&["a", "b", "outsider"], &["a", "b"]);
     let (a, b, out) = (lab.host("a"), lab.host("b"), lab.host("outsider"));
     let dev_a = agents[0].device_id();
     for (x, y) in [(a, b), (b, a), (out, a), (a, out), (b, out)] {
         assert_reach(x, y, true);
     }
+    // Connections opened before the isolation, both ways (an attacker's shell into a, a
+    // reverse shell out of it).
+    serve_echo_held(a, HELD_PORT);
+    serve_echo_held(out, HELD_PORT);
+    let mut shell_in = hold(out, (a.v4, HELD_PORT).into());
+    let mut shell_out = hold(a, (out.v6, HELD_PORT).into());
+    assert!(echoes(&mut shell_in) && echoes(&mut shell_out));
 
     let v = isolate(&ctl, &dev_a, &[]);
     let detail = &v["action"]["result_detail"];
@@ -79,6 +110,14 @@ fn full_isolation_cuts_everything_but_the_controller_and_holds_against_tamper_an
         assert_reach(x, y, false);
     }
     assert_reach(b, out, true);
+    assert!(
+        !echoes(&mut shell_in),
+        "a connection into a outlived the isolation"
+    );
+    assert!(
+        !echoes(&mut shell_out),
+        "a connection out of a outlived the isolation"
+    );
     assert!(ctl.device_online(&dev_a), "the controller still reaches a");
     eventually(T, "a reported isolated", || {
         (device(&ctl, &dev_a)["device"]["observed"]["isolated"] == true).then_some(())
@@ -98,13 +137,46 @@ fn full_isolation_cuts_everything_but_the_controller_and_holds_against_tamper_an
     });
     assert_reach(a, b, false);
 
-    // kill -9: the kernel keeps the rules; the restarted agent reconciles before it connects.
+    // kill -9: the kernel keeps the rules.
     agents[0].kill9();
     assert_reach(a, b, false);
     assert!(nft_table(a).is_some());
-    agents[0].start_in(a);
-    eventually(T, "a back online", || {
+    // A reboot: the table is gone, the controller is out of reach. The agent puts the table
+    // back from its journal before any connection.
+    let seen = tampers(&ctl, &dev_a);
+    ctl.kill9();
+    nft(a, &["delete", "table", "inet", "palisade"]);
+    assert!(tcp(a, b.v4.into()), "no rules left");
+    agents[0].start_in_with(a, AGENT_ARGS);
+    eventually(Duration::from_secs(10), "the table back at start", || {
+        (nft_table(a).as_deref() == Some(table.as_str())).then_some(())
+    });
+    assert_reach(a, b, false);
+    // The tamper check holds with no controller: a flush is undone within seconds.
+    eventually(T, "a to try the controller", || {
+        agents[0]
+            .log()
+            .contains("cannot reach the controller")
+            .then_some(())
+    });
+    nft(a, &["flush", "ruleset"]);
+    eventually(
+        Duration::from_secs(10),
+        "the table put back offline",
+        || (nft_table(a).as_deref() == Some(table.as_str())).then_some(()),
+    );
+    assert_reach(a, b, false);
+    assert!(
+        !agents[0].log().contains("session established"),
+        "all of this happened before any connection"
+    );
+    // The controller comes back: a reconnects, still isolated, and reports the tamper.
+    ctl.restart();
+    eventually(Duration::from_secs(60), "a back online", || {
         ctl.device_online(&dev_a).then_some(())
+    });
+    eventually(T, "the offline tamper in a's history", || {
+        (tampers(&ctl, &dev_a) > seen).then_some(())
     });
     assert_eq!(nft_table(a).as_deref(), Some(table.as_str()));
     assert_reach(a, b, false);
@@ -125,7 +197,7 @@ fn full_isolation_cuts_everything_but_the_controller_and_holds_against_tamper_an
 
 #[test]
 fn selective_isolation_time_box_and_break_glass() {
-    let (lab, ctl, mut agents) = setup(&["a", "b", "outsider"], &["a", "b"]);
+    let (lab, mut ctl, mut agents) = setup(&["a", "b", "outsider"], &["a", "b"]);
     let (a, b, out) = (lab.host("a"), lab.host("b"), lab.host("outsider"));
     let (dev_a, dev_b) = (agents[0].device_id(), agents[1].device_id());
 
@@ -165,13 +237,20 @@ fn selective_isolation_time_box_and_break_glass() {
     ctl.wait_status(undo["actions"][0]["id"].as_u64().unwrap(), "succeeded", T);
     assert_reach(a, b, true);
 
-    // Time box: released by the agent itself, and the controller hears of it.
-    isolate(&ctl, &dev_a, &["--for", "3s"]);
+    // Time box: released by the agent itself even with no controller reachable, and the
+    // controller hears of it when it is back.
+    isolate(&ctl, &dev_a, &["--for", "20s"]);
     assert_reach(a, b, false);
-    eventually(Duration::from_secs(15), "the time box to end", || {
+    kill_controller(&mut ctl, &agents[0]);
+    assert!(nft_table(a).is_some(), "the time box is not over yet");
+    eventually(T, "the time box to end offline", || {
         nft_table(a).is_none().then_some(())
     });
     assert_reach(a, b, true);
+    ctl.restart();
+    eventually(Duration::from_secs(60), "a back online", || {
+        ctl.device_online(&dev_a).then_some(())
+    });
     eventually(T, "the controller to clear the isolation", || {
         let d = device(&ctl, &dev_a);
         (d["desired"]["isolation"].is_null()
@@ -224,7 +303,7 @@ fn selective_isolation_time_box_and_break_glass() {
     a.set_link(true).unwrap();
     assert_reach(a, b, true);
     // Back online, the agent reports the release; the controller clears the isolation.
-    agents[0].start_in(a);
+    agents[0].start_in_with(a, AGENT_ARGS);
     eventually(T, "the break-glass release in a's history", || {
         let d = device(&ctl, &dev_a);
         (d["desired"]["isolation"].is_null()

@@ -1,6 +1,18 @@
 //! The network planner: desired isolation and containment in, the complete ruleset of our own
-//! nftables table out (applied atomically with `nft -f` by the Linux applier, which is not
-//! written yet). Pure, so every case is a golden test.
+//! nftables table out (applied atomically with `nft -f -` by the Linux applier,
+//! `host::linux::net`). Pure, so every case is a golden test.
+//!
+//! While isolated, nothing is accepted for being part of a known connection as such: there is
+//! no blanket `ct state established,related accept`, which would keep every connection opened
+//! before the isolation (an attacker's shell) alive. A packet passes only if it matches an
+//! allowed flow itself — the controller, DHCP, neighbour discovery and the exceptions, each in
+//! its direction — or is the *reply* (`ct direction reply`) of a connection such a rule
+//! allowed: the exception read backwards (peer as the source, its port as the source port).
+//! This holds for connections that existed before the rules went in, so no conntrack entry
+//! needs flushing, and it keeps no state of its own (a connection marked as allowed by one
+//! isolation could outlive it into the next). ICMP errors about an excepted connection come
+//! from routers, not the peer, and are not passed; the controller's link needs none (QUIC
+//! finds its path MTU itself).
 
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -72,11 +84,11 @@ pub fn script(plan: &NetPlan) -> String {
             let _ = writeln!(out, "    ether saddr @contained_mac drop");
         }
         if let Some(exceptions) = &plan.isolation {
-            let _ = writeln!(out, "    ct state established,related accept");
+            let inbound = chain == "input";
             for c in &plan.controller {
                 let (fam, port_dir) = (
                     if c.is_ipv4() { "ip" } else { "ip6" },
-                    if chain == "input" { "sport" } else { "dport" },
+                    if inbound { "sport" } else { "dport" },
                 );
                 let _ = writeln!(
                     out,
@@ -85,27 +97,42 @@ pub fn script(plan: &NetPlan) -> String {
                     c.port()
                 );
             }
-            // DHCP and the neighbour discovery IPv6 cannot live without.
-            let dhcp = if chain == "input" {
-                "udp dport { 68, 546 }"
+            // DHCP (its servers answer from addresses the client did not send to, so both
+            // ways are stateless) and the neighbour discovery IPv6 cannot live without.
+            let dhcp: [&str; 2] = if inbound {
+                [
+                    "meta nfproto ipv4 udp sport 67 udp dport 68",
+                    "ip6 saddr fe80::/10 udp sport 547 udp dport 546",
+                ]
             } else {
-                "udp dport { 67, 547 }"
+                [
+                    "meta nfproto ipv4 udp sport 68 udp dport 67",
+                    "ip6 daddr { fe80::/10, ff02::1:2 } udp sport 546 udp dport 547",
+                ]
             };
-            let _ = writeln!(out, "    {dhcp} accept");
+            for rule in dhcp {
+                let _ = writeln!(out, "    {rule} accept");
+            }
             let _ = writeln!(
                 out,
                 "    icmpv6 type {{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept"
             );
-            let wanted = if chain == "input" {
-                Direction::In
+            let (wanted, opposite) = if inbound {
+                (Direction::In, Direction::Out)
             } else {
-                Direction::Out
+                (Direction::Out, Direction::In)
             };
-            for e in exceptions
-                .iter()
-                .filter(|e| e.direction == wanted || e.direction == Direction::Both)
-            {
-                let _ = writeln!(out, "    {} accept", exception(e, peer));
+            let towards = |e: &Exception, d| e.direction == d || e.direction == Direction::Both;
+            for e in exceptions.iter().filter(|e| towards(e, wanted)) {
+                let _ = writeln!(out, "    {} accept", exception(e, peer, "dport"));
+            }
+            // Replies to the connections the other chain's exceptions allowed.
+            for e in exceptions.iter().filter(|e| towards(e, opposite)) {
+                let _ = writeln!(
+                    out,
+                    "    ct direction reply {} accept",
+                    exception(e, peer, "sport")
+                );
             }
         }
         let _ = writeln!(out, "  }}");
@@ -129,9 +156,11 @@ fn set(out: &mut String, name: &str, ty: &str, addrs: &[&IpAddr]) {
     let _ = writeln!(out, "  }}");
 }
 
-/// One exception as a rule body: the remote network (source inbound, destination outbound),
-/// then protocol and port.
-fn exception(e: &Exception, peer: &str) -> String {
+/// One exception as a rule body: the remote network (`peer`: the source inbound, the
+/// destination outbound), then protocol and port (`port`: `dport` for the connection's own
+/// packets, where it is our service port inbound and the remote's outbound; `sport` for its
+/// replies).
+fn exception(e: &Exception, peer: &str, port_field: &str) -> String {
     let fam = if e.addr.is_ipv4() { "ip" } else { "ip6" };
     let mut rule = format!("{fam} {peer} {}/{}", e.addr, e.prefix);
     match (e.proto, e.port) {
@@ -144,8 +173,7 @@ fn exception(e: &Exception, peer: &str) -> String {
             let proto = if p == Proto::Tcp { "tcp" } else { "udp" };
             match port {
                 Some(port) => {
-                    // Inbound: our service port; outbound: the remote's. Both are the dport.
-                    let _ = write!(rule, " {proto} dport {port}");
+                    let _ = write!(rule, " {proto} {port_field} {port}");
                 }
                 None => {
                     let _ = write!(rule, " meta l4proto {proto}");
@@ -176,6 +204,20 @@ mod tests {
         );
     }
 
+    /// The rules every isolation starts with, after `lo` and any containment drops.
+    const ISOLATED_IN: &str = "    ip saddr 198.51.100.1 udp sport 7443 accept
+    ip6 saddr 2001:db8:100::1 udp sport 7443 accept
+    meta nfproto ipv4 udp sport 67 udp dport 68 accept
+    ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept
+    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+";
+    const ISOLATED_OUT: &str = "    ip daddr 198.51.100.1 udp dport 7443 accept
+    ip6 daddr 2001:db8:100::1 udp dport 7443 accept
+    meta nfproto ipv4 udp sport 68 udp dport 67 accept
+    ip6 daddr { fe80::/10, ff02::1:2 } udp sport 546 udp dport 547 accept
+    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
+";
+
     #[test]
     fn full_isolation_golden() {
         let plan = NetPlan {
@@ -184,68 +226,154 @@ mod tests {
             contained: vec![],
             contained_macs: vec![],
         };
-        let expected = "\
+        let expected = format!(
+            "\
 table inet palisade
 delete table inet palisade
-table inet palisade {
-  set contained_v4 {
+table inet palisade {{
+  set contained_v4 {{
     type ipv4_addr
-  }
-  set contained_v6 {
+  }}
+  set contained_v6 {{
     type ipv6_addr
-  }
-  chain input {
+  }}
+  chain input {{
     type filter hook input priority filter; policy drop;
     iifname lo accept
-    ct state established,related accept
-    ip saddr 198.51.100.1 udp sport 7443 accept
-    ip6 saddr 2001:db8:100::1 udp sport 7443 accept
-    udp dport { 68, 546 } accept
-    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
-  }
-  chain output {
+{ISOLATED_IN}  }}
+  chain output {{
     type filter hook output priority filter; policy drop;
     oifname lo accept
-    ct state established,related accept
-    ip daddr 198.51.100.1 udp dport 7443 accept
-    ip6 daddr 2001:db8:100::1 udp dport 7443 accept
-    udp dport { 67, 547 } accept
-    icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept
-  }
-  chain forward {
+{ISOLATED_OUT}  }}
+  chain forward {{
     type filter hook forward priority filter; policy drop;
-  }
-}
-";
+  }}
+}}
+"
+        );
         assert_eq!(script(&plan), expected);
     }
 
     #[test]
-    fn selective_isolation_adds_only_its_exceptions_in_their_direction() {
+    fn no_connection_passes_an_isolation_for_being_established() {
+        // Only replies of allowed flows: a shell opened before the isolation dies with it.
+        let s = script(&NetPlan {
+            controller: ctl(),
+            isolation: Some(vec![Exception::parse("192.0.2.0/24 tcp 443 out").unwrap()]),
+            ..NetPlan::default()
+        });
+        assert!(!s.contains("ct state"), "{s}");
+        assert!(
+            s.lines()
+                .filter(|l| l.contains("accept") && l.contains("ct "))
+                .all(|l| l.trim_start().starts_with("ct direction reply ")),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn selective_isolation_golden_allows_each_exception_and_its_replies_only() {
         let exceptions = vec![
             Exception::parse("192.0.2.0/24 tcp 443 out").unwrap(),
             Exception::parse("2001:db8:5::/48 icmp in").unwrap(),
+            Exception::parse("198.51.100.64/26 udp both").unwrap(),
+            Exception::parse("192.0.2.9/32 out").unwrap(),
         ];
-        let s = script(&NetPlan {
+        let plan = NetPlan {
             controller: ctl(),
             isolation: Some(exceptions),
             contained: vec![],
             contained_macs: vec![],
-        });
-        let input = &s[s.find("chain input").unwrap()..s.find("chain output").unwrap()];
-        let output = &s[s.find("chain output").unwrap()..s.find("chain forward").unwrap()];
-        assert!(
-            output.contains("ip daddr 192.0.2.0/24 tcp dport 443 accept"),
-            "{s}"
+        };
+        let expected = format!(
+            "\
+table inet palisade
+delete table inet palisade
+table inet palisade {{
+  set contained_v4 {{
+    type ipv4_addr
+  }}
+  set contained_v6 {{
+    type ipv6_addr
+  }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname lo accept
+{ISOLATED_IN}    ip6 saddr 2001:db8:5::/48 meta l4proto ipv6-icmp accept
+    ip saddr 198.51.100.64/26 meta l4proto udp accept
+    ct direction reply ip saddr 192.0.2.0/24 tcp sport 443 accept
+    ct direction reply ip saddr 198.51.100.64/26 meta l4proto udp accept
+    ct direction reply ip saddr 192.0.2.9/32 accept
+  }}
+  chain output {{
+    type filter hook output priority filter; policy drop;
+    oifname lo accept
+{ISOLATED_OUT}    ip daddr 192.0.2.0/24 tcp dport 443 accept
+    ip daddr 198.51.100.64/26 meta l4proto udp accept
+    ip daddr 192.0.2.9/32 accept
+    ct direction reply ip6 daddr 2001:db8:5::/48 meta l4proto ipv6-icmp accept
+    ct direction reply ip daddr 198.51.100.64/26 meta l4proto udp accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+  }}
+}}
+"
         );
-        assert!(!input.contains("192.0.2.0/24"), "{s}");
-        assert!(
-            input.contains("ip6 saddr 2001:db8:5::/48 meta l4proto ipv6-icmp accept"),
-            "{s}"
-        );
-        assert!(!output.contains("2001:db8:5::"), "{s}");
+        assert_eq!(script(&plan), expected);
     }
 
+    #[test]
+    fn isolation_with_containment_golden_drops_contained_peers_before_any_exception() {
+        let plan = NetPlan {
+            controller: ctl(),
+            isolation: Some(vec![Exception::parse("198.51.100.0/24 tcp 22 in").unwrap()]),
+            contained: vec![
+                "198.51.100.10".parse().unwrap(),
+                "2001:db8:100::a".parse().unwrap(),
+            ],
+            contained_macs: vec!["02:00:5e:10:00:01".into()],
+        };
+        let expected = format!(
+            "\
+table inet palisade
+delete table inet palisade
+table inet palisade {{
+  set contained_v4 {{
+    type ipv4_addr
+    elements = {{ 198.51.100.10 }}
+  }}
+  set contained_v6 {{
+    type ipv6_addr
+    elements = {{ 2001:db8:100::a }}
+  }}
+  set contained_mac {{
+    type ether_addr
+    elements = {{ 02:00:5e:10:00:01 }}
+  }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname lo accept
+    ip saddr @contained_v4 drop
+    ip6 saddr @contained_v6 drop
+    ether saddr @contained_mac drop
+{ISOLATED_IN}    ip saddr 198.51.100.0/24 tcp dport 22 accept
+  }}
+  chain output {{
+    type filter hook output priority filter; policy drop;
+    oifname lo accept
+    ip daddr @contained_v4 drop
+    ip6 daddr @contained_v6 drop
+{ISOLATED_OUT}    ct direction reply ip daddr 198.51.100.0/24 tcp sport 22 accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+  }}
+}}
+"
+        );
+        assert_eq!(script(&plan), expected);
+    }
     #[test]
     fn containment_golden_drops_both_directions_without_isolating() {
         let plan = NetPlan {

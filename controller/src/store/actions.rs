@@ -7,6 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde::Serialize;
 
 use super::auth::{Policy, policy_for};
+use super::containment::Guard;
 use super::{Result, StoreError, audit, now_ms};
 
 #[derive(Debug, Clone, Serialize)]
@@ -352,7 +353,18 @@ fn set_status(
 /// Creates an action. With no approval required by policy it is approved at once, by
 /// "policy", and the audit log says so.
 pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result<ActionRecord> {
-    create_as(conn, new, deadlines, None)
+    create_as(conn, new, deadlines, None, None)
+}
+
+/// Creates an action of any kind: a contain or uncontain approved at once runs at once,
+/// within `guard` (`create` refuses those kinds).
+pub fn create_guarded(
+    conn: &Connection,
+    new: NewAction,
+    deadlines: Deadlines,
+    guard: &Guard,
+) -> Result<ActionRecord> {
+    create_as(conn, new, deadlines, None, Some(guard))
 }
 
 /// Creates an action the controller raises itself (a detection's quarantine): the device
@@ -364,15 +376,24 @@ pub fn create_automated(
     deadlines: Deadlines,
     approve: bool,
 ) -> Result<ActionRecord> {
-    create_as(conn, new, deadlines, Some(approve))
+    create_as(conn, new, deadlines, Some(approve), None)
 }
 
+/// `guard` is for the kinds that run on the controller, and required for them.
 fn create_as(
     conn: &Connection,
     new: NewAction,
     deadlines: Deadlines,
     automated: Option<bool>,
+    guard: Option<&Guard>,
 ) -> Result<ActionRecord> {
+    let runs_here = new.params.kind().runs_on_controller();
+    if runs_here && guard.is_none() {
+        return Err(StoreError::Invalid(format!(
+            "{} runs on the controller: create it with create_guarded",
+            new.params.kind()
+        )));
+    }
     let policy = policy_for(conn, &new.device_group, new.params.kind())?;
     let now = now_ms();
     conn.execute(
@@ -425,8 +446,8 @@ fn create_as(
             new.device.as_ref(),
             &serde_json::json!({"comment": why}),
         )?;
-        if new.params.kind().runs_on_controller() {
-            return super::containment::execute(conn, id);
+        if runs_here && let Some(guard) = guard {
+            return super::containment::execute(conn, id, guard);
         }
     }
     get(conn, id)
@@ -562,6 +583,7 @@ pub fn create_fleet(
             true,
             "approval not required by policy",
             deadlines,
+            None, // never contain: containment is not fleet-wide
         );
     }
     ids.iter().map(|&id| get(conn, id)).collect()
@@ -576,6 +598,7 @@ pub fn decide(
     approve: bool,
     comment: &str,
     deadlines: Deadlines,
+    guard: &Guard,
 ) -> Result<Vec<ActionRecord>> {
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
@@ -612,7 +635,7 @@ pub fn decide(
         }
     }
     let ids: Vec<ActionId> = records.iter().map(|r| r.id).collect();
-    decide_unchecked(conn, &ids, actor, approve, comment, deadlines)
+    decide_unchecked(conn, &ids, actor, approve, comment, deadlines, Some(guard))
 }
 
 /// The actions named, and for a fleet-wide parent its children still pending approval.
@@ -634,6 +657,7 @@ fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord
 }
 
 /// Moves checked, pending actions to approved or rejected (a parent's children included).
+/// `guard` bounds the kinds that run on the controller; none may be approved without one.
 fn decide_unchecked(
     conn: &Connection,
     ids: &[ActionId],
@@ -641,6 +665,7 @@ fn decide_unchecked(
     approve: bool,
     comment: &str,
     deadlines: Deadlines,
+    guard: Option<&Guard>,
 ) -> Result<Vec<ActionRecord>> {
     let records = with_children(conn, ids)?;
     let now = now_ms();
@@ -674,7 +699,10 @@ fn decide_unchecked(
     let mut out = Vec::with_capacity(records.len());
     for r in &records {
         out.push(if approve && r.kind.runs_on_controller() {
-            super::containment::execute(conn, r.id)?
+            let guard = guard.ok_or_else(|| {
+                StoreError::Invalid(format!("{} runs on the controller: no guard given", r.kind))
+            })?;
+            super::containment::execute(conn, r.id, guard)?
         } else {
             get(conn, r.id)?
         });
@@ -1203,6 +1231,10 @@ mod tests {
     use palisade_common::action::{QuarantineParams, RequestSampleParams};
     use palisade_common::wire::{Inventory, VaultEntry};
 
+    const G: Guard = Guard {
+        max: 64,
+        own: Vec::new(),
+    };
     const D: Deadlines = Deadlines {
         approval_ms: 60_000,
         delivery_ms: 60_000,
@@ -1270,7 +1302,7 @@ mod tests {
                 // Children wait for their parent: nothing is delivered yet.
                 assert!(outstanding(c, &devs[0])?.is_empty());
 
-                let decided = decide(c, &[parent], "bob", true, "go", D)?;
+                let decided = decide(c, &[parent], "bob", true, "go", D, &G)?;
                 assert_eq!(decided.len(), 3);
                 assert!(decided.iter().all(|r| r.status == ActionStatus::Approved));
                 assert_eq!(
@@ -1347,7 +1379,7 @@ mod tests {
                     devices: vec![(d.clone(), "default".into())],
                 };
                 let a = create_fleet(c, new(), D)?;
-                let rejected = decide(c, &[a[0].id], "bob", false, "no", D)?;
+                let rejected = decide(c, &[a[0].id], "bob", false, "no", D, &G)?;
                 assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
                 assert_eq!(rejected.len(), 2);
                 let b = create_fleet(c, new(), D)?;

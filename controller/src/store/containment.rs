@@ -16,6 +16,18 @@ use serde::Serialize;
 use super::actions::{self, ActionRecord};
 use super::{Result, StoreError, audit, now_ms};
 
+/// The safety bounds of containment, from the controller's configuration and its live
+/// addresses. The service checks them when one is requested; `execute` checks them again
+/// when it runs (contain actions approved together, or while others waited, count too), and
+/// `follow` never follows a device onto the controller's own address.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// Most targets in force at once (`max_contained`).
+    pub max: u64,
+    /// The controller's own addresses as agents see them: never contained.
+    pub own: Vec<IpAddr>,
+}
+
 /// A target in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Containment {
@@ -192,8 +204,9 @@ fn bump_all(conn: &Connection) -> Result<()> {
 }
 
 /// Runs an approved contain or uncontain: changes the set and finishes the action as
-/// succeeded (or failed, saying why), in the caller's transaction.
-pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
+/// succeeded (or failed, saying why), in the caller's transaction. A contain that would now
+/// exceed `guard.max` or block the controller's own address fails, changing nothing.
+pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionRecord> {
     let rec = actions::get(conn, id)?;
     let (ActionParams::Contain(p) | ActionParams::Uncontain(p)) = &rec.params else {
         return Err(StoreError::Invalid(format!(
@@ -214,6 +227,26 @@ pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
                 Some(d) => device_addresses(conn, d)?,
                 None => p.ip.into_iter().collect(),
             };
+            let in_force = list(conn)?.len() as u64;
+            if in_force >= guard.max {
+                return finish_refused(
+                    conn,
+                    &rec,
+                    format!(
+                        "not contained: {in_force} targets are contained already, the most allowed (max_contained = {})",
+                        guard.max
+                    ),
+                );
+            }
+            if let Some(a) = addresses.iter().find(|a| guard.own.contains(a)) {
+                return finish_refused(
+                    conn,
+                    &rec,
+                    format!(
+                        "not contained: {a} is the controller's own address; containing it would cut every agent off"
+                    ),
+                );
+            }
             // The requester's groups, as they stand when it is approved.
             let scope: Vec<String> = conn
                 .query_row(
@@ -288,16 +321,29 @@ pub fn execute(conn: &Connection, id: ActionId) -> Result<ActionRecord> {
     actions::finish_on_controller(conn, &rec, status, &summary, &detail)
 }
 
+fn finish_refused(conn: &Connection, rec: &ActionRecord, why: String) -> Result<ActionRecord> {
+    actions::finish_on_controller(
+        conn,
+        rec,
+        ActionStatus::Failed,
+        &why,
+        &serde_json::json!({"reason": why}),
+    )
+}
+
 /// Follows a contained device's addresses: when its inventory reports others, every peer's set
-/// changes. Returns whether anything changed.
-pub fn follow(conn: &Connection, device: &DeviceId) -> Result<bool> {
+/// changes. An address of the controller's own is never followed (the audit log says so).
+/// Returns whether anything changed.
+pub fn follow(conn: &Connection, device: &DeviceId, guard: &Guard) -> Result<bool> {
     let Some(c) = list(conn)?
         .into_iter()
         .find(|c| c.device_id.as_ref() == Some(device))
     else {
         return Ok(false);
     };
-    let now = device_addresses(conn, device)?;
+    let (now, refused): (Vec<IpAddr>, Vec<IpAddr>) = device_addresses(conn, device)?
+        .into_iter()
+        .partition(|a| !guard.own.contains(a));
     if now == c.addresses {
         return Ok(false);
     }
@@ -306,13 +352,18 @@ pub fn follow(conn: &Connection, device: &DeviceId) -> Result<bool> {
         params![c.id, serde_json::to_string(&now)?],
     )?;
     bump_all(conn)?;
+    let mut detail = serde_json::json!({"from": c.addresses, "to": now});
+    if !refused.is_empty() {
+        detail["not_followed"] = serde_json::json!(refused);
+        detail["reason"] = "the controller's own address is never contained".into();
+    }
     audit::append(
         conn,
         "controller",
         "containment_followed",
         Some(c.action_id),
         Some(device),
-        &serde_json::json!({"from": c.addresses, "to": now}),
+        &detail,
     )?;
     Ok(true)
 }
@@ -375,7 +426,34 @@ mod tests {
         params: ActionParams,
         device: Option<&str>,
     ) -> ActionRecord {
-        let rec = actions::create(
+        let rec = request(c, who, params, device);
+        if rec.status == ActionStatus::PendingApproval {
+            actions::decide(c, &[rec.id], "bob", true, "ok", D, &guard())
+                .unwrap()
+                .remove(0)
+        } else {
+            rec
+        }
+    }
+
+    /// The controller's own address in these tests.
+    const OWN: &str = "198.51.100.1";
+
+    fn guard() -> Guard {
+        Guard {
+            max: 64,
+            own: vec![OWN.parse().unwrap()],
+        }
+    }
+
+    /// Creates a containment action, pending approval under the default policy.
+    fn request(
+        c: &Connection,
+        who: &str,
+        params: ActionParams,
+        device: Option<&str>,
+    ) -> ActionRecord {
+        actions::create_guarded(
             c,
             NewAction {
                 params,
@@ -389,15 +467,9 @@ mod tests {
                 parent: None,
             },
             D,
+            &guard(),
         )
-        .unwrap();
-        if rec.status == ActionStatus::PendingApproval {
-            actions::decide(c, &[rec.id], "bob", true, "ok", D)
-                .unwrap()
-                .remove(0)
-        } else {
-            rec
-        }
+        .unwrap()
     }
 
     fn target(device: Option<&str>, ip: Option<&str>) -> ContainParams {
@@ -439,13 +511,13 @@ mod tests {
         assert_eq!((revision(&c, "dev-a"), revision(&c, "dev-b")), (1, 1));
 
         // Its agent reports a new address: peers follow, an unchanged inventory changes nothing.
-        assert!(!follow(&c, &a).unwrap());
+        assert!(!follow(&c, &a, &guard()).unwrap());
         let moved = Inventory {
             addresses: vec!["198.51.100.20".parse().unwrap()],
             ..Default::default()
         };
         super::super::devices::set_inventory(&c, &a, &moved).unwrap();
-        assert!(follow(&c, &a).unwrap());
+        assert!(follow(&c, &a, &guard()).unwrap());
         assert_eq!(
             dropped_by(&c, &b).unwrap(),
             vec!["198.51.100.20".parse::<IpAddr>().unwrap()]
@@ -453,7 +525,7 @@ mod tests {
         assert_eq!(revision(&c, "dev-b"), 2);
 
         // Uncontain as the undo: the set empties and the contain is marked undone.
-        let undo = actions::create(
+        let undo = actions::create_guarded(
             &c,
             NewAction {
                 params: ActionParams::Uncontain(target(Some("dev-a"), None)),
@@ -467,9 +539,10 @@ mod tests {
                 parent: None,
             },
             D,
+            &guard(),
         )
         .unwrap();
-        let undone = actions::decide(&c, &[undo.id], "bob", true, "ok", D).unwrap();
+        let undone = actions::decide(&c, &[undo.id], "bob", true, "ok", D, &guard()).unwrap();
         assert_eq!(undone[0].status, ActionStatus::Succeeded);
         assert!(dropped_by(&c, &b).unwrap().is_empty());
         assert_eq!(
@@ -533,6 +606,68 @@ mod tests {
                 .unwrap()
                 .is_empty(),
             "outside carol's groups"
+        );
+    }
+
+    #[test]
+    fn the_cap_counts_containments_approved_together() {
+        let (_d, c) = store(&[("dev-a", &["198.51.100.10"])]);
+        let ask = |ip: &str| {
+            request(
+                &c,
+                "alice",
+                ActionParams::Contain(target(None, Some(ip))),
+                None,
+            )
+        };
+        let (one, two) = (ask("192.0.2.66"), ask("192.0.2.67"));
+        assert_eq!(two.status, ActionStatus::PendingApproval);
+        let tight = Guard { max: 1, ..guard() };
+        let done = actions::decide(&c, &[one.id, two.id], "bob", true, "ok", D, &tight).unwrap();
+        assert_eq!(done[0].status, ActionStatus::Succeeded, "{:?}", done[0]);
+        assert_eq!(done[1].status, ActionStatus::Failed);
+        let why = done[1].result_summary.clone().unwrap();
+        assert!(why.contains("max_contained = 1"), "{why}");
+        assert_eq!(list(&c).unwrap().len(), 1, "the second changed nothing");
+        assert_eq!(
+            dropped_by(&c, &"dev-a".parse().unwrap()).unwrap(),
+            vec!["192.0.2.66".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn the_controllers_own_address_is_refused_at_approval_and_never_followed() {
+        let (_d, c) = store(&[("dev-a", &["198.51.100.10"]), ("dev-b", &["198.51.100.11"])]);
+        // The address became the controller's between request and approval.
+        let rec = run(&c, ActionParams::Contain(target(None, Some(OWN))), None);
+        assert_eq!(rec.status, ActionStatus::Failed);
+        let why = rec.result_summary.unwrap();
+        assert!(why.contains("controller's own address"), "{why}");
+        assert!(list(&c).unwrap().is_empty());
+        let before = revision(&c, "dev-b");
+
+        // A contained device that moves onto the controller's address is not followed there.
+        let a: DeviceId = "dev-a".parse().unwrap();
+        let rec = run(
+            &c,
+            ActionParams::Contain(target(Some("dev-a"), None)),
+            Some("dev-a"),
+        );
+        assert_eq!(rec.status, ActionStatus::Succeeded);
+        assert_eq!(
+            revision(&c, "dev-b"),
+            before + 1,
+            "only the real one bumped"
+        );
+        let moved = Inventory {
+            addresses: vec!["198.51.100.20".parse().unwrap(), OWN.parse().unwrap()],
+            ..Default::default()
+        };
+        super::super::devices::set_inventory(&c, &a, &moved).unwrap();
+        assert!(follow(&c, &a, &guard()).unwrap());
+        assert_eq!(
+            dropped_by(&c, &"dev-b".parse().unwrap()).unwrap(),
+            vec!["198.51.100.20".parse::<IpAddr>().unwrap()]
         );
     }
 }

@@ -102,33 +102,37 @@ pub fn resolve(controller: &str) -> Result<Vec<SocketAddr>, HostError> {
 
 /// Default gateways from the kernel's routing tables.
 pub fn gateways() -> Vec<IpAddr> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    parse_gateways(&v4, &v6)
+}
+
+/// The default routes' gateways in `/proc/net/route` (`v4`) and `/proc/net/ipv6_route`
+/// (`v6`), sorted, once each.
+fn parse_gateways(v4: &str, v6: &str) -> Vec<IpAddr> {
     let mut out = Vec::new();
-    // /proc/net/route: Iface Destination Gateway Flags … (hex), default = 0. The kernel prints
-    // the network-order bytes as a host-order (little-endian) word.
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 2
-                && f[1] == "00000000"
-                && let Ok(gw) = u32::from_str_radix(f[2], 16)
-                && gw != 0
-            {
-                out.push(IpAddr::V4(gw.to_le_bytes().into()));
-            }
+    // /proc/net/route: Iface Destination Gateway Flags … (hex), default = 0, after a header
+    // line. The kernel prints the network-order bytes as a host-order word.
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 2
+            && f[1] == "00000000"
+            && let Ok(gw) = u32::from_str_radix(f[2], 16)
+            && gw != 0
+        {
+            out.push(IpAddr::V4(gw.to_ne_bytes().into()));
         }
     }
     // /proc/net/ipv6_route: dest plen src plen next-hop metric … (hex), default = ::/0.
-    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 4
-                && f[0].bytes().all(|b| b == b'0')
-                && f[1] == "00"
-                && let Ok(gw) = u128::from_str_radix(f[4], 16)
-                && gw != 0
-            {
-                out.push(IpAddr::V6(gw.into()));
-            }
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 4
+            && f[0].bytes().all(|b| b == b'0')
+            && f[1] == "00"
+            && let Ok(gw) = u128::from_str_radix(f[4], 16)
+            && gw != 0
+        {
+            out.push(IpAddr::V6(gw.into()));
         }
     }
     out.sort();
@@ -193,4 +197,36 @@ fn open_watch() -> nix::Result<std::os::fd::OwnedFd> {
         &NetlinkAddr::new(0, 1 << (NFNLGRP_NFTABLES - 1)),
     )?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn gateways_are_the_default_routes_next_hops_in_network_order() {
+        // As the kernel prints them on a little-endian host: 198.51.100.1 is 0x0164_33C6.
+        let v4 = "\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t016433C6\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t006433C6\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+wg0\t00000000\t00000000\t0001\t0\t0\t50\t00000000\t0\t0\t0
+eth1\t00000000\t016433C6\t0003\t0\t0\t200\t00000000\t0\t0\t0
+";
+        let v6 = "\
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 20010db8000000000000000000000001 00000400 00000001 00000000 00000003 eth0
+20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo
+";
+        assert_eq!(
+            parse_gateways(v4, v6),
+            vec![
+                "198.51.100.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ]
+        );
+        assert!(parse_gateways("", "").is_empty());
+        assert!(parse_gateways("Iface\tDestination\tGateway\ngarbage\n", "junk\n").is_empty());
+    }
 }
