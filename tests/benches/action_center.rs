@@ -3,7 +3,7 @@
 //! preferences, then one server-side sorted, filtered page of actions), for several sorts and
 //! filters, plus the static page itself and a CSV export.
 //!
-//! `cargo build --release --workspace --bins && cargo bench --workspace --bench action_center`
+//! `cargo build --release --workspace --bins --benches && cargo bench --workspace --bench action_center`
 //!
 //! Environment: `PALISADE_BENCH_N` (actions, default 100,000), `PALISADE_BENCH_ROUNDS`
 //! (page loads per query, default 50).

@@ -4,7 +4,7 @@
 //! figures for the controller holding that one agent. Twice: without scan rules, then with the
 //! scan benchmark's rule set (120 YARA rules, 10,000 hash-list lines) uploaded and enforced.
 //!
-//! `cargo build --release --workspace --bins && cargo bench --workspace --bench agent_idle`
+//! `cargo build --release --workspace --bins --benches && cargo bench --workspace --bench agent_idle`
 //!
 //! Environment: `PALISADE_IDLE_SECS` (default 600, for each of the two phases).
 

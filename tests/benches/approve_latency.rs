@@ -6,7 +6,7 @@
 //! The harness runs the binaries next to this executable's directory (`target/release/`), so
 //! build them first:
 //!
-//! `cargo build --release --workspace --bins && cargo bench --workspace --bench approve_latency`
+//! `cargo build --release --workspace --bins --benches && cargo bench --workspace --bench approve_latency`
 //!
 //! Environment: `PALISADE_BENCH_N` (actions, default 1000), `PALISADE_BENCH_SAMPLE_BYTES`
 //! (default 4096).

@@ -2,7 +2,7 @@
 //! controller on loopback. Scenarios: connect storm, idle, one fleet-wide action, reconnect
 //! storm after a controller kill -9.
 //!
-//! `cargo build --release --workspace --bins && PALISADE_FLEET_N=20000 cargo bench --workspace --bench fleet`
+//! `cargo build --release --workspace --bins --benches && PALISADE_FLEET_N=20000 cargo bench --workspace --bench fleet`
 //! (`PALISADE_FLEET_IDLE_SECS`, default 60, sets the idle window). Raise the open-file limit
 //! first for large fleets: every simulated agent has its own UDP socket (`ulimit -n 65536`).
 

@@ -7,7 +7,7 @@
 //!
 //! Needs root (network namespaces) and the release binaries:
 //!
-//! `cargo build --release --workspace --bins && cargo bench --workspace --bench isolate_latency`
+//! `cargo build --release --workspace --bins --benches && cargo bench --workspace --bench isolate_latency`
 //!
 //! Environment: `PALISADE_BENCH_N` (cycles, default 200).
 

@@ -12,7 +12,7 @@
 //! compiled by a real controller from an upload, as in production. Every tool runs once over
 //! a warm page cache (a `sha256sum` pass warms it first). Peak RSS is from `wait4`.
 //!
-//! `cargo build --release --workspace --bins && cargo bench --workspace --bench scan`
+//! `cargo build --release --workspace --bins --benches && cargo bench --workspace --bench scan`
 //!
 //! Environment: `PALISADE_BENCH_THREADS` (default: the CPUs), `PALISADE_BENCH_DIR`.
 //!

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 /// The binaries under test, next to this test executable (`target/<profile>/`). They are built
-/// by the README's test command (`cargo build --workspace --bins` before `cargo test`).
+/// by the README's test command (`cargo build --workspace --bins --tests` before `cargo test`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
@@ -39,7 +39,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the binaries first with `cargo build --workspace --bins` (add --release for a benchmark)",
+        "{} is missing: build the binaries first with `cargo build --workspace --bins --tests` (`--release --bins --benches` for a benchmark)",
         path.display()
     );
     path
