@@ -786,15 +786,16 @@ async fn upload_until_done(
     }
 }
 
-/// Jittered exponential backoff.
-struct Backoff {
+/// Jittered exponential backoff. Public for the fleet simulator, whose agents must retry the
+/// way real ones do (a fixed short retry turns a connect storm into a collapse).
+pub struct Backoff {
     min: Duration,
     max: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    fn new(min: Duration, max: Duration) -> Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
             max,
@@ -802,12 +803,13 @@ impl Backoff {
         }
     }
 
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.current = self.min;
     }
 
     /// The next delay: the current one scaled by a random factor in [0.5, 1.5).
-    fn next(&mut self) -> Duration {
+    #[allow(clippy::should_implement_trait)] // never ends: not an iterator
+    pub fn next(&mut self) -> Duration {
         use ring::rand::SecureRandom;
         let mut b = [0u8; 2];
         let _ = ring::rand::SystemRandom::new().fill(&mut b);

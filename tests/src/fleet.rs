@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use palisade_agent::identity::Identity;
+use palisade_agent::runtime::Backoff;
 use palisade_agent::transport::{self, LinkEnd};
 use palisade_common::action::{ActionReport, ArtifactRef, Outcome};
 use palisade_common::session::{AgentEvent, AgentSession};
@@ -62,6 +63,10 @@ fn inventory(n: usize) -> Inventory {
 /// controller restart), answers every delivery with an immediate result.
 pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
     let mut was_connected = false;
+    // The real agent's retry schedule and defaults: a storm of 20,000 retrying at a fixed
+    // short interval measures the simulator's own collapse, not the controller.
+    let defaults = palisade_agent::runtime::Settings::new(std::path::PathBuf::new());
+    let mut backoff = Backoff::new(defaults.min_backoff, defaults.max_backoff);
     while !*stop.borrow() {
         let hello = Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -73,7 +78,7 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
             Ok(l) => l,
             Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200 + (n % 800) as u64)).await;
+                tokio::time::sleep(backoff.next()).await;
                 continue;
             }
         };
@@ -96,6 +101,7 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
             while let Some(event) = session.poll_event() {
                 match event {
                     AgentEvent::Welcomed(_) => {
+                        backoff.reset();
                         if !was_connected {
                             was_connected = true;
                             stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +177,7 @@ pub async fn run(identity: Identity, n: usize, stats: Arc<Stats>, mut stop: watc
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100 + (n % 900) as u64)).await;
+        tokio::time::sleep(backoff.next()).await;
     }
 }
 
