@@ -361,7 +361,11 @@ fn the_openapi_document_describes_the_routes_the_ui_uses() {
     let request = &r.body["components"]["schemas"]["ActionRequest"];
     assert_eq!(
         request["required"],
-        json!(["devices", "params", "comment"]),
+        json!(["params", "comment"]),
+        "devices may be left out of a fleet-wide request: {request}"
+    );
+    assert_eq!(
+        request["properties"]["devices"]["type"], "array",
         "{request}"
     );
     let params: Vec<&str> = r.body["paths"]["/api/v1/actions"]["get"]["parameters"]
