@@ -870,6 +870,77 @@ impl Controller {
         Ok(list)
     }
 
+    /// Assigns a device to a device group by hand (`None`: back to the membership rules and
+    /// its enrolment group); admins of every group only. The device gets its new desired state
+    /// at once if it is online.
+    pub async fn assign_group(
+        &self,
+        who: &Principal,
+        device: String,
+        group: Option<String>,
+    ) -> Result<devices::Device> {
+        self.require_unscoped_admin(who)?;
+        let actor = who.name.clone();
+        let (d, moved) = self
+            .store
+            .write(move |c| {
+                let d = devices::resolve(c, &device)?;
+                let moved = store::groups::assign(c, &actor, &d.id, group.as_deref())?;
+                Ok((devices::get(c, &d.id)?, moved))
+            })
+            .await?;
+        self.regrouped(moved.into_iter().collect()).await;
+        Ok(d)
+    }
+
+    /// Replaces the membership rules and moves every device they now place elsewhere.
+    pub async fn set_group_rules(
+        &self,
+        who: &Principal,
+        rules: Vec<store::groups::GroupRule>,
+    ) -> Result<Vec<store::groups::Moved>> {
+        self.require_unscoped_admin(who)?;
+        let actor = who.name.clone();
+        let moved = self
+            .store
+            .write(move |c| store::groups::set_rules(c, &actor, &rules))
+            .await?;
+        self.regrouped(moved.clone()).await;
+        Ok(moved)
+    }
+
+    /// Sends moved devices their new group's desired state (allowlist, real-time setting,
+    /// containments in scope).
+    async fn regrouped(&self, moved: Vec<store::groups::Moved>) {
+        for m in moved {
+            tracing::info!(device = %m.device, from = %m.from, to = %m.to, source = %m.source, "device changed group");
+            if !self.registry.is_online(&m.device) {
+                continue;
+            }
+            let d = m.device.clone();
+            match self.store.read(move |c| desired::get(c, &d)).await {
+                Ok(state) => {
+                    self.registry
+                        .send(&m.device, SessionCommand::Desired(state));
+                }
+                Err(e) => {
+                    tracing::error!(device = %m.device, error = %e, "cannot read the desired state")
+                }
+            }
+        }
+    }
+
+    fn require_unscoped_admin(&self, who: &Principal) -> Result<()> {
+        if who.can(Permission::Admin, None) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the admin permission for all device groups",
+                who.name, who.role
+            )))
+        }
+    }
+
     /// Turns real-time protection on or off for a device group (`*`: the default) and sends
     /// the new desired state to the online devices it may change.
     pub async fn set_realtime(&self, who: &Principal, group: String, enabled: bool) -> Result<()> {

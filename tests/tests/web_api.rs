@@ -541,6 +541,10 @@ fn body_for(method: &str, path: &str, device: &str, action: u64) -> Option<Value
         ("put", "/api/v1/automation") => json!({"level": "full"}),
         ("put", "/api/v1/realtime") => json!({"device_group": "*", "enabled": false}),
         ("put", "/api/v1/ui-prefs/{view}") => json!({"page_size": 25}),
+        ("put", "/api/v1/devices/{id}/group") => json!({"device_group": "walked"}),
+        ("put", "/api/v1/group-rules") => {
+            json!({"rules": [{"hostname": "*", "device_group": "walked"}]})
+        }
         (m, p) => panic!("{m} {p}: give it a valid body in body_for"),
     };
     Some(body)
@@ -803,4 +807,134 @@ fn a_login_mints_a_new_session_id_and_never_adopts_one_it_was_sent() {
     // Two logins, two ids.
     let again = login(&http, &base, "olga", PASSWORD).cookie();
     assert_ne!(again, r.cookie());
+}
+
+/// Device groups managed by an admin: a membership rule places an enrolled device, a manual
+/// assignment wins over it, clearing it hands the device back to the rules; group-scoped
+/// permissions follow every move at once; only admins of every group may change any of it,
+/// and every change is audited. palisadectl does the same.
+#[test]
+fn admins_move_devices_by_rule_and_by_hand_and_scoped_approvers_follow_at_once() {
+    let ctl = Controller::start();
+    let device = ctl.enroll_agent().device_id();
+    let admin = Some(ctl.admin_token.as_str());
+    let (_, v) = ctl.api("GET", &format!("/api/v1/devices/{device}"), admin, None);
+    assert_eq!(
+        (&v["device"]["device_group"], &v["device"]["group_source"]),
+        (&json!("default"), &json!("enrolment")),
+        "{v}"
+    );
+    let addr = v["device"]["addresses"][0].as_str().unwrap().to_owned();
+    let sample = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "look",
+    ]);
+    let web = ctl.add_user("wendy", "approver", &["web"]);
+    let web_admin = ctl.add_user("wade", "admin", &["web"]);
+    let responder = ctl.add_user("rex", "responder", &[]);
+    let sees = |token: &str| {
+        let (status, _) = ctl.api(
+            "GET",
+            &format!("/api/v1/actions/{sample}"),
+            Some(token),
+            None,
+        );
+        status == 200
+    };
+    assert!(!sees(&web), "not yet in web");
+
+    // Only admins of every group change groups or rules.
+    let rules = json!({"rules": [
+        {"hostname": "no-such-host-*", "device_group": "never"},
+        {"cidr": format!("{addr}/32"), "device_group": "web"},
+    ]});
+    for token in [&web_admin, &responder] {
+        let (status, v) = ctl.api(
+            "PUT",
+            "/api/v1/group-rules",
+            Some(token),
+            Some(rules.clone()),
+        );
+        assert_eq!(status, 403, "{v}");
+        let (status, v) = ctl.api(
+            "PUT",
+            &format!("/api/v1/devices/{device}/group"),
+            Some(token),
+            Some(json!({"device_group": "web"})),
+        );
+        assert_eq!(status, 403, "{v}");
+    }
+    let (status, v) = ctl.api(
+        "PUT",
+        "/api/v1/group-rules",
+        admin,
+        Some(json!({"rules": [{"device_group": "web"}]})),
+    );
+    assert_eq!(status, 400, "a rule with no condition: {v}");
+
+    // A rule on the device's address moves it: the web approver sees and approves its action.
+    let (status, v) = ctl.api("PUT", "/api/v1/group-rules", admin, Some(rules));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["moved"][0]["device"], device.as_str(), "{v}");
+    assert_eq!(v["moved"][0]["source"], "rule 2");
+    assert!(sees(&web), "the web approver follows the move at once");
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&web),
+        Some(json!({"ids": [sample]})),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // By hand (palisadectl): wins over the rule; the web approver loses sight of it.
+    let v = ctl.json(&["devices", "set-group", &device, "db"]);
+    assert_eq!(
+        (&v["device"]["device_group"], &v["device"]["group_source"]),
+        (&json!("db"), &json!("manual"))
+    );
+    assert!(!sees(&web));
+    let (_, v) = ctl.api("GET", "/api/v1/devices", Some(&web), None);
+    assert_eq!(v["devices"], json!([]), "{v}");
+
+    // Cleared: the rules decide again.
+    let v = ctl.json(&["devices", "set-group", &device, "--clear"]);
+    assert_eq!(v["device"]["device_group"], "web");
+    assert_eq!(v["device"]["group_source"], "rule 2");
+    let v = ctl.json(&["group-rules", "list"]);
+    assert_eq!(v["rules"][1]["cidr"], format!("{addr}/32"));
+    let v = ctl.json(&["group-rules", "set"]);
+    assert_eq!(v["moved"][0]["to"], "default", "{v}");
+
+    // Every change is in the audit log, with who made it.
+    let (_, v) = ctl.api("GET", "/api/v1/audit?limit=1000", admin, None);
+    let events: Vec<(String, String)> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().into(),
+                r["actor"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (event, actor) in [
+        ("group_rules_set", "admin"),
+        ("device_group_assigned", "admin"),
+        ("device_group_changed", "admin"),
+    ] {
+        assert!(
+            events.iter().any(|(e, a)| e == event && a == actor),
+            "{event} by {actor} not audited: {events:?}"
+        );
+    }
+    let moves = events
+        .iter()
+        .filter(|(e, _)| e == "device_group_changed")
+        .count();
+    assert_eq!(moves, 4, "web, db, web, default: {events:?}");
 }
