@@ -719,6 +719,7 @@ impl Controller {
                 "a comment is required to undo".into(),
             ));
         }
+        one_kind(&records, "undone")?;
         let mut new = Vec::new();
         for r in &records {
             if r.is_fleet_parent() {
@@ -1036,6 +1037,21 @@ pub fn rules_info(set: &store::scan::RuleSet) -> Result<RulesInfo> {
     })
 }
 
+/// Several actions are approved, rejected or undone together only when they are all of one
+/// kind (product rule): otherwise a conflict naming two that differ.
+fn one_kind(records: &[ActionRecord], verb: &str) -> Result<()> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    match records.iter().find(|r| r.kind != first.kind) {
+        Some(other) => Err(ServiceError::Conflict(format!(
+            "actions of different kinds cannot be {verb} together: {} is {}, {} is {}",
+            first.id, first.kind, other.id, other.kind
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Whether `device` can be given an action of `kind` now: it is active and its agent
 /// implements the kind. The controller never queues what no agent would carry out.
 fn can_run(d: &devices::Device, kind: palisade_common::ActionKind) -> Result<()> {
@@ -1106,5 +1122,32 @@ pub async fn sweeper(ctl: Arc<Controller>) {
             Err(StoreError::Closed) => return,
             Err(e) => tracing::error!(error = %e, "isolation expiry failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::action::QuarantineParams;
+
+    #[test]
+    fn several_actions_are_undone_together_only_when_of_one_kind() {
+        let q = |id| {
+            ActionRecord::for_test(
+                id,
+                ActionParams::Quarantine(QuarantineParams {
+                    path: Some("/tmp/x".into()),
+                    sha256: None,
+                    roots: vec![],
+                }),
+            )
+        };
+        let iso = ActionRecord::for_test(3, ActionParams::RestrictExecution {});
+        assert!(one_kind(&[q(1), q(2)], "undone").is_ok());
+        let err = one_kind(&[q(1), q(2), iso], "undone").unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Conflict(m) if m.contains("different kinds") && m.contains("restrict_execution")),
+            "{err}"
+        );
     }
 }
