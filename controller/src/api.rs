@@ -453,7 +453,31 @@ async fn set_group_rules(
     responses((status = 200, description = "targets every other device in scope drops")))]
 async fn list_containments(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    let list = ctl.store.read(crate::store::containment::list).await?;
+    let list = ctl
+        .store
+        .read(|c| {
+            crate::store::containment::list(c)?
+                .into_iter()
+                .map(|t| {
+                    let group = match &t.device_id {
+                        Some(d) => devices::identity(c, d)?.map(|i| i.device_group),
+                        None => None,
+                    };
+                    Ok((t, group))
+                })
+                .collect::<crate::store::Result<Vec<_>>>()
+        })
+        .await?;
+    // A managed target belongs to its device's group; an unmanaged address to no group, so
+    // only callers of every group see it (as they alone may contain one).
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|(_, group)| match group {
+            Some(g) => who.sees_group(g),
+            None => who.device_groups.is_empty(),
+        })
+        .map(|(t, _)| t)
+        .collect();
     Ok(Json(json!({"containments": list})))
 }
 
@@ -909,9 +933,10 @@ async fn set_policy(
     responses((status = 200, description = "approval policy per device group and kind")))]
 async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    Ok(Json(
-        json!({"policies": ctl.store.read(store_auth::list_policies).await?}),
-    ))
+    let mut list = ctl.store.read(store_auth::list_policies).await?;
+    // `*` rows apply to every group, the caller's too.
+    list.retain(|p| p.device_group == "*" || who.sees_group(&p.device_group));
+    Ok(Json(json!({"policies": list})))
 }
 
 #[derive(Deserialize)]

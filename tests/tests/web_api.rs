@@ -599,6 +599,38 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
         "--comment",
         marker,
     ]);
+    // The device in a group of its own, contained, with a policy of its group: a listing that
+    // ignored the caller's groups would show another group's admin its id or its group.
+    let group = "walk-group-7d1e";
+    let admin_api = |method: &str, path: &str, body: Value| {
+        let (status, v) = ctl.api(method, path, Some(&ctl.admin_token), Some(body));
+        assert!(status < 300, "{method} {path}: {status} {v}");
+        v
+    };
+    let v = admin_api(
+        "PUT",
+        &format!("/api/v1/devices/{device}/group"),
+        json!({"device_group": group}),
+    );
+    assert_eq!(v["device"]["device_group"], group);
+    admin_api(
+        "PUT",
+        "/api/v1/policies",
+        json!({"device_group": group, "kind": "scan", "require_approval": true, "distinct_approver": true}),
+    );
+    let v = admin_api(
+        "POST",
+        "/api/v1/actions",
+        json!({"devices": [device], "params": {"kind": "contain"}, "comment": "walk"}),
+    );
+    let contain = v["actions"][0]["id"].as_u64().unwrap();
+    admin_api(
+        "POST",
+        "/api/v1/actions/approve",
+        json!({"ids": [contain], "comment": "walk"}),
+    );
+    let v = admin_api("GET", "/api/v1/containments", Value::Null);
+    assert_eq!(v["containments"][0]["device_id"], device.as_str(), "{v}");
     let bearer = |t: &str| format!("Bearer {t}");
     let mut tokens = vec![];
     let mut sessions = vec![];
@@ -729,7 +761,9 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
                         let text = &r.text;
                         if r.status < 400 {
                             assert!(
-                                !text.contains(&device) && !text.contains(marker),
+                                !text.contains(&device)
+                                    && !text.contains(marker)
+                                    && !text.contains(group),
                                 "{who}: another group's data in {text}"
                             );
                         } else {
@@ -747,7 +781,11 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
     assert!(walked >= 35, "walked only {walked} operations");
     // Nothing the refused calls asked for happened.
     assert_eq!(ctl.status(action), "pending_approval");
-    assert_eq!(ctl.json(&["actions", "list"])["total"], 1);
+    assert_eq!(ctl.json(&["actions", "list"])["total"], 2);
+    assert_eq!(
+        ctl.json(&["devices", "show", &device])["device"]["device_group"],
+        group
+    );
 }
 
 /// Session fixation: the controller never adopts a session id it was sent, not even a live one;
