@@ -92,6 +92,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: RealtimeCmd,
     },
+    /// Device-group membership rules (hostname glob, address block → group).
+    GroupRules {
+        #[command(subcommand)]
+        command: GroupRulesCmd,
+    },
     /// The hash-chained audit log.
     Audit {
         #[command(subcommand)]
@@ -128,6 +133,28 @@ pub(crate) enum DevicesCmd {
     },
     /// The containment targets in force (what every other device blocks).
     Contained,
+    /// Put a device in a device group by hand (wins over the membership rules), or with
+    /// --clear hand it back to the rules (admin of every group).
+    SetGroup {
+        device: String,
+        #[arg(required_unless_present = "clear")]
+        group: Option<String>,
+        #[arg(long, conflicts_with = "group")]
+        clear: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GroupRulesCmd {
+    /// The membership rules, in the order they are tried.
+    List,
+    /// Replace every rule (none given: remove them all). Each --rule is
+    /// `GROUP [hostname=GLOB] [cidr=BLOCK]`, e.g. `--rule 'web hostname=web-* cidr=10.1.0.0/16'`;
+    /// the first rule a device matches places it.
+    Set {
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]

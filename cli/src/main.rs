@@ -379,6 +379,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.print();
             }
         }
+        Command::Devices {
+            command:
+                DevicesCmd::SetGroup {
+                    device,
+                    group,
+                    clear: _,
+                },
+        } => {
+            let v = client.put(
+                &format!("/api/v1/devices/{}/group", client::segment(&device)),
+                &json!({"device_group": group}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let d = &v["device"];
+                println!(
+                    "{} ({}) is in group {} ({})",
+                    text(&d["hostname"]),
+                    text(&d["id"]),
+                    text(&d["device_group"]),
+                    text(&d["group_source"])
+                );
+            }
+        }
+        Command::GroupRules { command } => {
+            let v = match command {
+                GroupRulesCmd::List => client.get("/api/v1/group-rules", &[])?,
+                GroupRulesCmd::Set { rules } => {
+                    let rules = rules
+                        .iter()
+                        .map(String::as_str)
+                        .map(group_rule)
+                        .collect::<Result<Vec<_>>>()?;
+                    client.put("/api/v1/group-rules", &json!({"rules": rules}))?
+                }
+            };
+            if json_out {
+                print(&v)?;
+            } else {
+                let mut t = Table::new(&["#", "group", "hostname", "cidr", "by", "at"]);
+                for r in v["rules"].as_array().into_iter().flatten() {
+                    t.row(vec![
+                        text(&r["position"]),
+                        text(&r["device_group"]),
+                        text(&r["hostname"]),
+                        text(&r["cidr"]),
+                        text(&r["created_by"]),
+                        ts(&r["created_at"]),
+                    ]);
+                }
+                t.print();
+                for m in v["moved"].as_array().into_iter().flatten() {
+                    println!(
+                        "moved {} from {} to {} ({})",
+                        text(&m["device"]),
+                        text(&m["from"]),
+                        text(&m["to"]),
+                        text(&m["source"])
+                    );
+                }
+            }
+        }
         Command::Action(args) => {
             let (common, params) = action_params(args.kind)?;
             let body = json!({
@@ -779,6 +842,23 @@ fn contain(t: ContainTarget, force: bool) -> (Common, ContainParams) {
             force,
         },
     )
+}
+
+/// `GROUP [hostname=GLOB] [cidr=BLOCK]` as the API's rule object.
+fn group_rule(spec: &str) -> Result<Value> {
+    let mut words = spec.split_whitespace();
+    let Some(group) = words.next() else {
+        bail!("an empty --rule: give GROUP [hostname=GLOB] [cidr=BLOCK]");
+    };
+    let mut rule = json!({"device_group": group});
+    for w in words {
+        match w.split_once('=') {
+            Some(("hostname", v)) => rule["hostname"] = v.into(),
+            Some(("cidr", v)) => rule["cidr"] = v.into(),
+            _ => bail!("--rule {spec:?}: {w:?} is not hostname=GLOB or cidr=BLOCK"),
+        }
+    }
+    Ok(rule)
 }
 
 fn realtime_out(v: &Value, json_out: bool) -> Result<()> {

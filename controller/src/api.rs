@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use palisade_common::{ActionId, ActionKind};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -30,6 +30,11 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/api/v1/devices/{id}/vault", get(device_vault))
         .route("/api/v1/devices/{id}/events", get(device_events))
         .route("/api/v1/devices/{id}/break-glass", post(break_glass))
+        .route("/api/v1/devices/{id}/group", put(assign_group))
+        .route(
+            "/api/v1/group-rules",
+            get(list_group_rules).put(set_group_rules),
+        )
         .route("/api/v1/containments", get(list_containments))
         .route(
             "/api/v1/exec-allowlist",
@@ -382,12 +387,97 @@ async fn break_glass(
     })))
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupAssignment {
+    /// The group, or null to hand the device back to the membership rules (and, if none
+    /// matches, its enrolment token's group).
+    device_group: Option<String>,
+}
+
+/// Assigns a device to a device group by hand; a manual assignment wins over every
+/// membership rule. Admins of every group only; audited.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/group", tag = "devices",
+    params(("id" = String, Path)),
+    request_body = GroupAssignment,
+    responses((status = 200, description = "the device in its new group")))]
+async fn assign_group(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+    Body(b): Body<GroupAssignment>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let mut device = ctl.assign_group(&who, id, b.device_group).await?;
+    device.online = ctl.registry.is_online(&device.id);
+    Ok(Json(json!({"device": device})))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupRules {
+    /// Tried in this order; the first a device matches places it (unless it is assigned by
+    /// hand).
+    rules: Vec<crate::store::groups::GroupRule>,
+}
+
+/// The device-group membership rules, in order (admin).
+#[utoipa::path(get, path = "/api/v1/group-rules", tag = "admin",
+    responses((status = 200, description = "the membership rules in order")))]
+async fn list_group_rules(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    Ok(Json(
+        json!({"rules": ctl.store.read(crate::store::groups::rules).await?}),
+    ))
+}
+
+/// Replaces the membership rules; every device is placed again at once (admin; audited).
+#[utoipa::path(put, path = "/api/v1/group-rules", tag = "admin",
+    request_body = GroupRules,
+    responses((status = 200, description = "the rules, and the devices that changed group")))]
+async fn set_group_rules(
+    State(ctl): Ctl,
+    who: Principal,
+    Body(b): Body<GroupRules>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let moved = ctl.set_group_rules(&who, b.rules).await?;
+    Ok(Json(json!({
+        "rules": ctl.store.read(crate::store::groups::rules).await?,
+        "moved": moved,
+    })))
+}
+
 /// The containment targets in force.
 #[utoipa::path(get, path = "/api/v1/containments", tag = "devices",
     responses((status = 200, description = "targets every other device in scope drops")))]
 async fn list_containments(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    let list = ctl.store.read(crate::store::containment::list).await?;
+    let list = ctl
+        .store
+        .read(|c| {
+            crate::store::containment::list(c)?
+                .into_iter()
+                .map(|t| {
+                    let group = match &t.device_id {
+                        Some(d) => devices::identity(c, d)?.map(|i| i.device_group),
+                        None => None,
+                    };
+                    Ok((t, group))
+                })
+                .collect::<crate::store::Result<Vec<_>>>()
+        })
+        .await?;
+    // A managed target belongs to its device's group; an unmanaged address to no group, so
+    // only callers of every group see it (as they alone may contain one).
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|(_, group)| match group {
+            Some(g) => who.sees_group(g),
+            None => who.device_groups.is_empty(),
+        })
+        .map(|(t, _)| t)
+        .collect();
     Ok(Json(json!({"containments": list})))
 }
 
@@ -843,9 +933,10 @@ async fn set_policy(
     responses((status = 200, description = "approval policy per device group and kind")))]
 async fn list_policies(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    Ok(Json(
-        json!({"policies": ctl.store.read(store_auth::list_policies).await?}),
-    ))
+    let mut list = ctl.store.read(store_auth::list_policies).await?;
+    // `*` rows apply to every group, the caller's too.
+    list.retain(|p| p.device_group == "*" || who.sees_group(&p.device_group));
+    Ok(Json(json!({"policies": list})))
 }
 
 #[derive(Deserialize)]

@@ -729,6 +729,7 @@ impl Controller {
                 "a comment is required to undo".into(),
             ));
         }
+        one_kind(&records, "undone")?;
         let mut new = Vec::new();
         for r in &records {
             if r.is_fleet_parent() {
@@ -883,6 +884,77 @@ impl Controller {
         Ok(list)
     }
 
+    /// Assigns a device to a device group by hand (`None`: back to the membership rules and
+    /// its enrolment group); admins of every group only. The device gets its new desired state
+    /// at once if it is online.
+    pub async fn assign_group(
+        &self,
+        who: &Principal,
+        device: String,
+        group: Option<String>,
+    ) -> Result<devices::Device> {
+        self.require_unscoped_admin(who)?;
+        let actor = who.name.clone();
+        let (d, moved) = self
+            .store
+            .write(move |c| {
+                let d = devices::resolve(c, &device)?;
+                let moved = store::groups::assign(c, &actor, &d.id, group.as_deref())?;
+                Ok((devices::get(c, &d.id)?, moved))
+            })
+            .await?;
+        self.regrouped(moved.into_iter().collect()).await;
+        Ok(d)
+    }
+
+    /// Replaces the membership rules and moves every device they now place elsewhere.
+    pub async fn set_group_rules(
+        &self,
+        who: &Principal,
+        rules: Vec<store::groups::GroupRule>,
+    ) -> Result<Vec<store::groups::Moved>> {
+        self.require_unscoped_admin(who)?;
+        let actor = who.name.clone();
+        let moved = self
+            .store
+            .write(move |c| store::groups::set_rules(c, &actor, &rules))
+            .await?;
+        self.regrouped(moved.clone()).await;
+        Ok(moved)
+    }
+
+    /// Sends moved devices their new group's desired state (allowlist, real-time setting,
+    /// containments in scope).
+    async fn regrouped(&self, moved: Vec<store::groups::Moved>) {
+        for m in moved {
+            tracing::info!(device = %m.device, from = %m.from, to = %m.to, source = %m.source, "device changed group");
+            if !self.registry.is_online(&m.device) {
+                continue;
+            }
+            let d = m.device.clone();
+            match self.store.read(move |c| desired::get(c, &d)).await {
+                Ok(state) => {
+                    self.registry
+                        .send(&m.device, SessionCommand::Desired(state));
+                }
+                Err(e) => {
+                    tracing::error!(device = %m.device, error = %e, "cannot read the desired state")
+                }
+            }
+        }
+    }
+
+    fn require_unscoped_admin(&self, who: &Principal) -> Result<()> {
+        if who.can(Permission::Admin, None) {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(format!(
+                "{} ({}) lacks the admin permission for all device groups",
+                who.name, who.role
+            )))
+        }
+    }
+
     /// Turns real-time protection on or off for a device group (`*`: the default) and sends
     /// the new desired state to the online devices it may change.
     pub async fn set_realtime(&self, who: &Principal, group: String, enabled: bool) -> Result<()> {
@@ -978,6 +1050,21 @@ pub fn rules_info(set: &store::scan::RuleSet) -> Result<RulesInfo> {
     })
 }
 
+/// Several actions are approved, rejected or undone together only when they are all of one
+/// kind (product rule): otherwise a conflict naming two that differ.
+fn one_kind(records: &[ActionRecord], verb: &str) -> Result<()> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
+    match records.iter().find(|r| r.kind != first.kind) {
+        Some(other) => Err(ServiceError::Conflict(format!(
+            "actions of different kinds cannot be {verb} together: {} is {}, {} is {}",
+            first.id, first.kind, other.id, other.kind
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Whether `device` can be given an action of `kind` now: it is active and its agent
 /// implements the kind. The controller never queues what no agent would carry out.
 fn can_run(d: &devices::Device, kind: palisade_common::ActionKind) -> Result<()> {
@@ -1048,5 +1135,32 @@ pub async fn sweeper(ctl: Arc<Controller>) {
             Err(StoreError::Closed) => return,
             Err(e) => tracing::error!(error = %e, "isolation expiry failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_common::action::QuarantineParams;
+
+    #[test]
+    fn several_actions_are_undone_together_only_when_of_one_kind() {
+        let q = |id| {
+            ActionRecord::for_test(
+                id,
+                ActionParams::Quarantine(QuarantineParams {
+                    path: Some("/tmp/x".into()),
+                    sha256: None,
+                    roots: vec![],
+                }),
+            )
+        };
+        let iso = ActionRecord::for_test(3, ActionParams::RestrictExecution {});
+        assert!(one_kind(&[q(1), q(2)], "undone").is_ok());
+        let err = one_kind(&[q(1), q(2), iso], "undone").unwrap_err();
+        assert!(
+            matches!(&err, ServiceError::Conflict(m) if m.contains("different kinds") && m.contains("restrict_execution")),
+            "{err}"
+        );
     }
 }

@@ -359,7 +359,9 @@ async fn enroll(ctl: &Controller, req: EnrollRequest) -> Result<EnrollResponse, 
                 &req.inventory,
                 &serial,
                 token_id,
-            )
+            )?;
+            // The membership rules may place it elsewhere than its token's group.
+            crate::store::groups::evaluate(c, &dev, "controller")
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -398,6 +400,9 @@ async fn session(
                 )?;
                 // An isolation ended on the device while it was away ends here too.
                 desired::apply_local_releases(c, &d, &h.observed)?;
+                // Its new inventory may match another membership rule (the desired state
+                // below is read after this, so it is the new group's).
+                crate::store::groups::evaluate(c, &d, "controller")?;
                 containment::follow(c, &d, &guard)
             })
             .await?
@@ -586,13 +591,21 @@ async fn handle_event(
         }
         ControllerEvent::Inventory(i) => {
             let guard = ctl.contain_guard();
-            let moved = ctl
+            let (moved, regrouped) = ctl
                 .store
                 .write(move |c| {
                     devices::set_inventory(c, &d, &i)?;
-                    containment::follow(c, &d, &guard)
+                    let regrouped = match crate::store::groups::evaluate(c, &d, "controller")? {
+                        Some(m) => Some((m, desired::get(c, &d)?)),
+                        None => None,
+                    };
+                    Ok((containment::follow(c, &d, &guard)?, regrouped))
                 })
                 .await?;
+            if let Some((m, state)) = regrouped {
+                tracing::info!(%device, from = %m.from, to = %m.to, source = %m.source, "device changed group");
+                session.desired(state);
+            }
             if moved {
                 tracing::info!(%device, "contained device's addresses changed; peers follow");
                 ctl.push_desired_to_all().await;

@@ -361,7 +361,11 @@ fn the_openapi_document_describes_the_routes_the_ui_uses() {
     let request = &r.body["components"]["schemas"]["ActionRequest"];
     assert_eq!(
         request["required"],
-        json!(["devices", "params", "comment"]),
+        json!(["params", "comment"]),
+        "devices may be left out of a fleet-wide request: {request}"
+    );
+    assert_eq!(
+        request["properties"]["devices"]["type"], "array",
         "{request}"
     );
     let params: Vec<&str> = r.body["paths"]["/api/v1/actions"]["get"]["parameters"]
@@ -537,6 +541,10 @@ fn body_for(method: &str, path: &str, device: &str, action: u64) -> Option<Value
         ("put", "/api/v1/automation") => json!({"level": "full"}),
         ("put", "/api/v1/realtime") => json!({"device_group": "*", "enabled": false}),
         ("put", "/api/v1/ui-prefs/{view}") => json!({"page_size": 25}),
+        ("put", "/api/v1/devices/{id}/group") => json!({"device_group": "walked"}),
+        ("put", "/api/v1/group-rules") => {
+            json!({"rules": [{"hostname": "*", "device_group": "walked"}]})
+        }
         (m, p) => panic!("{m} {p}: give it a valid body in body_for"),
     };
     Some(body)
@@ -591,6 +599,38 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
         "--comment",
         marker,
     ]);
+    // The device in a group of its own, contained, with a policy of its group: a listing that
+    // ignored the caller's groups would show another group's admin its id or its group.
+    let group = "walk-group-7d1e";
+    let admin_api = |method: &str, path: &str, body: Value| {
+        let (status, v) = ctl.api(method, path, Some(&ctl.admin_token), Some(body));
+        assert!(status < 300, "{method} {path}: {status} {v}");
+        v
+    };
+    let v = admin_api(
+        "PUT",
+        &format!("/api/v1/devices/{device}/group"),
+        json!({"device_group": group}),
+    );
+    assert_eq!(v["device"]["device_group"], group);
+    admin_api(
+        "PUT",
+        "/api/v1/policies",
+        json!({"device_group": group, "kind": "scan", "require_approval": true, "distinct_approver": true}),
+    );
+    let v = admin_api(
+        "POST",
+        "/api/v1/actions",
+        json!({"devices": [device], "params": {"kind": "contain"}, "comment": "walk"}),
+    );
+    let contain = v["actions"][0]["id"].as_u64().unwrap();
+    admin_api(
+        "POST",
+        "/api/v1/actions/approve",
+        json!({"ids": [contain], "comment": "walk"}),
+    );
+    let v = admin_api("GET", "/api/v1/containments", Value::Null);
+    assert_eq!(v["containments"][0]["device_id"], device.as_str(), "{v}");
     let bearer = |t: &str| format!("Bearer {t}");
     let mut tokens = vec![];
     let mut sessions = vec![];
@@ -721,7 +761,9 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
                         let text = &r.text;
                         if r.status < 400 {
                             assert!(
-                                !text.contains(&device) && !text.contains(marker),
+                                !text.contains(&device)
+                                    && !text.contains(marker)
+                                    && !text.contains(group),
                                 "{who}: another group's data in {text}"
                             );
                         } else {
@@ -739,7 +781,11 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
     assert!(walked >= 35, "walked only {walked} operations");
     // Nothing the refused calls asked for happened.
     assert_eq!(ctl.status(action), "pending_approval");
-    assert_eq!(ctl.json(&["actions", "list"])["total"], 1);
+    assert_eq!(ctl.json(&["actions", "list"])["total"], 2);
+    assert_eq!(
+        ctl.json(&["devices", "show", &device])["device"]["device_group"],
+        group
+    );
 }
 
 /// Session fixation: the controller never adopts a session id it was sent, not even a live one;
@@ -799,4 +845,134 @@ fn a_login_mints_a_new_session_id_and_never_adopts_one_it_was_sent() {
     // Two logins, two ids.
     let again = login(&http, &base, "olga", PASSWORD).cookie();
     assert_ne!(again, r.cookie());
+}
+
+/// Device groups managed by an admin: a membership rule places an enrolled device, a manual
+/// assignment wins over it, clearing it hands the device back to the rules; group-scoped
+/// permissions follow every move at once; only admins of every group may change any of it,
+/// and every change is audited. palisadectl does the same.
+#[test]
+fn admins_move_devices_by_rule_and_by_hand_and_scoped_approvers_follow_at_once() {
+    let ctl = Controller::start();
+    let device = ctl.enroll_agent().device_id();
+    let admin = Some(ctl.admin_token.as_str());
+    let (_, v) = ctl.api("GET", &format!("/api/v1/devices/{device}"), admin, None);
+    assert_eq!(
+        (&v["device"]["device_group"], &v["device"]["group_source"]),
+        (&json!("default"), &json!("enrolment")),
+        "{v}"
+    );
+    let addr = v["device"]["addresses"][0].as_str().unwrap().to_owned();
+    let sample = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "look",
+    ]);
+    let web = ctl.add_user("wendy", "approver", &["web"]);
+    let web_admin = ctl.add_user("wade", "admin", &["web"]);
+    let responder = ctl.add_user("rex", "responder", &[]);
+    let sees = |token: &str| {
+        let (status, _) = ctl.api(
+            "GET",
+            &format!("/api/v1/actions/{sample}"),
+            Some(token),
+            None,
+        );
+        status == 200
+    };
+    assert!(!sees(&web), "not yet in web");
+
+    // Only admins of every group change groups or rules.
+    let rules = json!({"rules": [
+        {"hostname": "no-such-host-*", "device_group": "never"},
+        {"cidr": format!("{addr}/32"), "device_group": "web"},
+    ]});
+    for token in [&web_admin, &responder] {
+        let (status, v) = ctl.api(
+            "PUT",
+            "/api/v1/group-rules",
+            Some(token),
+            Some(rules.clone()),
+        );
+        assert_eq!(status, 403, "{v}");
+        let (status, v) = ctl.api(
+            "PUT",
+            &format!("/api/v1/devices/{device}/group"),
+            Some(token),
+            Some(json!({"device_group": "web"})),
+        );
+        assert_eq!(status, 403, "{v}");
+    }
+    let (status, v) = ctl.api(
+        "PUT",
+        "/api/v1/group-rules",
+        admin,
+        Some(json!({"rules": [{"device_group": "web"}]})),
+    );
+    assert_eq!(status, 400, "a rule with no condition: {v}");
+
+    // A rule on the device's address moves it: the web approver sees and approves its action.
+    let (status, v) = ctl.api("PUT", "/api/v1/group-rules", admin, Some(rules));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["moved"][0]["device"], device.as_str(), "{v}");
+    assert_eq!(v["moved"][0]["source"], "rule 2");
+    assert!(sees(&web), "the web approver follows the move at once");
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&web),
+        Some(json!({"ids": [sample]})),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // By hand (palisadectl): wins over the rule; the web approver loses sight of it.
+    let v = ctl.json(&["devices", "set-group", &device, "db"]);
+    assert_eq!(
+        (&v["device"]["device_group"], &v["device"]["group_source"]),
+        (&json!("db"), &json!("manual"))
+    );
+    assert!(!sees(&web));
+    let (_, v) = ctl.api("GET", "/api/v1/devices", Some(&web), None);
+    assert_eq!(v["devices"], json!([]), "{v}");
+
+    // Cleared: the rules decide again.
+    let v = ctl.json(&["devices", "set-group", &device, "--clear"]);
+    assert_eq!(v["device"]["device_group"], "web");
+    assert_eq!(v["device"]["group_source"], "rule 2");
+    let v = ctl.json(&["group-rules", "list"]);
+    assert_eq!(v["rules"][1]["cidr"], format!("{addr}/32"));
+    let v = ctl.json(&["group-rules", "set"]);
+    assert_eq!(v["moved"][0]["to"], "default", "{v}");
+
+    // Every change is in the audit log, with who made it.
+    let (_, v) = ctl.api("GET", "/api/v1/audit?limit=1000", admin, None);
+    let events: Vec<(String, String)> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().into(),
+                r["actor"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (event, actor) in [
+        ("group_rules_set", "admin"),
+        ("device_group_assigned", "admin"),
+        ("device_group_changed", "admin"),
+    ] {
+        assert!(
+            events.iter().any(|(e, a)| e == event && a == actor),
+            "{event} by {actor} not audited: {events:?}"
+        );
+    }
+    let moves = events
+        .iter()
+        .filter(|(e, _)| e == "device_group_changed")
+        .count();
+    assert_eq!(moves, 4, "web, db, web, default: {events:?}");
 }

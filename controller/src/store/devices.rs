@@ -12,6 +12,9 @@ pub struct Device {
     pub id: DeviceId,
     pub hostname: String,
     pub device_group: String,
+    /// Why it is in that group: `manual`, `rule N` (the first rule it matches) or `enrolment`
+    /// (its token's group); see `store::groups`.
+    pub group_source: String,
     pub agent_version: String,
     pub capabilities: Vec<ActionKind>,
     pub addresses: Vec<String>,
@@ -75,8 +78,8 @@ pub fn insert(
     token_id: i64,
 ) -> Result<()> {
     conn.execute(
-        "INSERT INTO devices (id, hostname, device_group, agent_version, capabilities, inventory, cert_serial, enrolled_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO devices (id, hostname, device_group, enrolled_group, agent_version, capabilities, inventory, cert_serial, enrolled_at)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             id.as_str(),
             inventory.hostname,
@@ -287,7 +290,7 @@ pub fn offboard(conn: &Connection, id: &DeviceId, actor: &str, reason: &str) -> 
 const SELECT: &str = "SELECT d.id, d.hostname, d.device_group, d.agent_version, d.capabilities, d.inventory,
     d.enrolled_at, d.last_seen, d.status, d.observed,
     (SELECT count(*) FROM actions a WHERE a.device_id = d.id AND a.status IN ('approved','delivered','acknowledged','in_progress')),
-    d.rules_version
+    d.rules_version, d.group_source
     FROM devices d";
 
 fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, String, String)> {
@@ -303,6 +306,7 @@ fn row_to_device(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Device, String, Str
             })?,
             hostname: r.get(1)?,
             device_group: r.get(2)?,
+            group_source: r.get(12)?,
             agent_version: r.get(3)?,
             capabilities: vec![],
             addresses: vec![],

@@ -15,6 +15,7 @@ pub mod containment;
 pub mod desired;
 pub mod devices;
 pub mod events;
+pub mod groups;
 pub mod scan;
 mod schema;
 pub mod sessions;

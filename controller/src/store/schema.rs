@@ -13,6 +13,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V7),
         M::up(V8),
         M::up(V9),
+        M::up(V10),
     ])
 }
 
@@ -281,6 +282,25 @@ CREATE TABLE realtime (
 const V9: &str = r#"
 DROP INDEX actions_by_parent;
 CREATE INDEX actions_by_parent ON actions(parent_id, status);
+"#;
+
+/// Device groups managed by admins: the group a device's enrolment token named, an admin's
+/// manual assignment (wins), and ordered membership rules (hostname glob, address CIDR).
+/// `device_group` stays the effective group every query reads; `group_source` says why.
+const V10: &str = r#"
+-- NULL: the device_group it has (rows written before this, or by hand).
+ALTER TABLE devices ADD COLUMN enrolled_group TEXT;
+ALTER TABLE devices ADD COLUMN manual_group TEXT;
+ALTER TABLE devices ADD COLUMN group_source TEXT NOT NULL DEFAULT 'enrolment';
+UPDATE devices SET enrolled_group = device_group;
+CREATE TABLE group_rules (
+    position     INTEGER PRIMARY KEY,
+    hostname     TEXT,
+    cidr         TEXT,
+    device_group TEXT NOT NULL,
+    created_by   TEXT NOT NULL,
+    created_at   INTEGER NOT NULL
+);
 "#;
 
 #[cfg(test)]
