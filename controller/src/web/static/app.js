@@ -40,9 +40,13 @@ const SOURCES = {
 };
 const WINDOWS = [["day", "Last day"], ["week", "Last week"], ["30d", "Last 30 days"], ["6m", "Last 6 months"], ["", "All time"]];
 const PAGE_SIZES = [25, 50, 100, 200];
+const EXPORT_MAX_ROWS = 100000; // web/export.rs MAX_ROWS
 const PARAM_TEMPLATES = {
   isolate: { selective: false, exceptions: [] },
-  contain: { ip: "192.0.2.10" },
+  // The selected device is the target; for an unmanaged address select no device and give
+  // { "ip": "…" } instead.
+  contain: {},
+  uncontain: {},
   quarantine: { path: "/tmp/suspicious" },
   release_quarantine: { sha256: "" },
   scan: { mode: "quick" },
@@ -237,7 +241,13 @@ function renderActionCenter() {
     el("label", {}, "Rows ", select("page-size", PAGE_SIZES.map((n) => [String(n), String(n)]), String(view.pageSize),
       { onchange: (e) => { view.pageSize = Number(e.target.value); view.offset = 0; savePrefs(); loadActions(); } })),
     el("button", { type: "button", id: "columns-toggle", onclick: () => { $("#columns-menu").hidden = !$("#columns-menu").hidden; } }, "Columns"),
-    el("a", { id: "export", href: "#", class: "link", download: "" }, "Export CSV"));
+    el("a", { id: "export", href: "#", class: "link", download: "", onclick: (e) => {
+      // The server refuses a view larger than one export rather than cutting it short.
+      if (view.total > EXPORT_MAX_ROWS) {
+        e.preventDefault();
+        toast(`This view holds ${view.total} actions; one export holds at most ${EXPORT_MAX_ROWS}. Narrow it (time window, filters) and export the parts.`, true);
+      }
+    } }, "Export CSV"));
   $("#f-window", filters).addEventListener("change", (e) => { view.window = e.target.value; savePrefs(); applyFilters(); });
   for (const input of $$("input", filters)) input.addEventListener("keydown", (e) => { if (e.key === "Enter") applyFilters(); });
 
