@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_tests::Controller;
+use palisade_tests::{Controller, sqlite3};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery";
@@ -975,4 +975,51 @@ fn admins_move_devices_by_rule_and_by_hand_and_scoped_approvers_follow_at_once()
         .filter(|(e, _)| e == "device_group_changed")
         .count();
     assert_eq!(moves, 4, "web, db, web, default: {events:?}");
+}
+
+/// An export never silently stops at its cap: a view of more rows than one export holds is
+/// refused whole, with the count and what to do; a narrower view exports.
+#[test]
+fn an_export_over_the_cap_is_refused_whole_and_a_narrower_view_exports() {
+    let ctl = Controller::start();
+    let dev = "00000000-0000-4000-8000-0000000000e1";
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "INSERT INTO devices (id, hostname, device_group, agent_version, capabilities, inventory, cert_serial, enrolled_at)
+               VALUES ('{dev}', 'bulk-1', 'default', '0.1.0', '[]', '{{}}', 's', 0);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100001)
+             INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, created_at, expires_at)
+               SELECT 'request_sample', '{{\"kind\":\"request_sample\",\"path\":\"/x\"}}', '{dev}',
+                 'manual_device_action', 'succeeded', CASE WHEN i <= 7 THEN 'carol' ELSE 'admin' END, 'bulk', i, i
+               FROM n;"
+        ),
+    );
+    let bearer = format!("Bearer {}", ctl.admin_token);
+    let get = |q: &str| {
+        call(
+            &agent(),
+            "GET",
+            &format!("{}/api/v1/actions/export.csv?{q}", ctl.url()),
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .unwrap()
+    };
+    let r = get("view=history");
+    assert_refused(&r, 400, "an export of 100,001 actions");
+    assert_eq!(r.body["error"]["code"], "too_many_rows");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("100001") && message.contains("100000") && message.contains("narrow"),
+        "{message}"
+    );
+    let r = get("view=history&requested_by=carol&columns=id");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.text.lines().count(),
+        8,
+        "a header and carol's 7: {}",
+        r.text
+    );
 }

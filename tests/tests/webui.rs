@@ -393,6 +393,37 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     ] {
         assert!(hops.contains(hop), "{hop} missing from {hops}");
     }
+    // Each hop shows its time and actor: the approver for the decision, the device for the
+    // hops on the device; a hop not reached shows none.
+    let a = action(&ctl, q);
+    let shown = |ms: &Value| {
+        browser
+            .execute(
+                "return new Date(arguments[0]).toISOString().replace('T', ' ').replace(/\\.\\d+Z$/, 'Z');",
+                vec![ms.clone()],
+            )
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let hop = |name: &str| {
+        browser
+            .find(&format!("#detail-timeline li[data-hop=\"{name}\"]"))
+            .text()
+    };
+    assert_eq!(
+        hop("created"),
+        format!("created {} · admin", shown(&a["created_at"]))
+    );
+    assert_eq!(
+        hop("approved"),
+        format!("approved {} · admin", shown(&a["decided_at"]))
+    );
+    assert_eq!(
+        hop("finished"),
+        format!("finished {} · {WEB1}", shown(&a["finished_at"]))
+    );
+    assert_eq!(hop("delivered"), "delivered —");
     browser.wait_text("#detail-body", "quarantined /tmp/x");
     browser.wait_text(
         "#detail-undo-requests",
@@ -400,6 +431,98 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     );
     screenshot(&browser, shots.path(), "detail.png");
     browser.find("#detail-close").click();
+
+    // Several undone at once, only when of one kind: two more quarantines and an isolation.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mut ids = vec![];
+    for (dev, kind, params, entry) in [
+        (
+            WEB2,
+            "quarantine",
+            "{\"kind\":\"quarantine\",\"path\":\"/tmp/y\"}",
+            "e-2",
+        ),
+        (
+            DB1,
+            "quarantine",
+            "{\"kind\":\"quarantine\",\"path\":\"/tmp/z\"}",
+            "e-3",
+        ),
+        (
+            WEB2,
+            "isolate",
+            "{\"kind\":\"isolate\",\"selective\":false,\"exceptions\":[]}",
+            "",
+        ),
+    ] {
+        let out = sqlite3(
+            &ctl.db(),
+            &format!(
+                "INSERT INTO actions (kind, params, device_id, source, status, requested_by, comment, created_at, expires_at,
+                   decided_by, decided_at, finished_at, result_summary, result_detail)
+                 VALUES ('{kind}', '{params}', '{dev}', 'manual_device_action', 'succeeded', 'admin', 'multi', {now}, {now},
+                   'admin', {now}, {now}, 'done', '{{\"vault_entry\":\"{entry}\"}}');
+                 SELECT last_insert_rowid();"
+            ),
+        );
+        ids.push(out.trim().parse::<u64>().unwrap());
+    }
+    let (q2, q3, iso) = (ids[0], ids[1], ids[2]);
+    browser.find("#apply").click();
+    wait_rows(&browser, "the new succeeded actions", |ids| {
+        ids.contains(&q2) && ids.contains(&q3) && ids.contains(&iso)
+    });
+    select_rows(&browser, &[q2, iso]);
+    browser.wait_text("#bulk-msg", "different kinds");
+    assert_eq!(browser.find("#bulk-undo").property("disabled"), true);
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/undo",
+        Some(&ctl.admin_token),
+        Some(json!({"ids": [q2, iso], "comment": "mixed"})),
+    );
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "conflict");
+    select_rows(&browser, &[iso, q3]); // unselect the isolation, select the other quarantine
+    browser.wait_text("#bulk-msg", "2 selected");
+    browser
+        .find("#bulk-comment")
+        .send_keys("batch false positive");
+    browser.find("#bulk-undo").click();
+    for id in [q2, q3] {
+        eventually(Duration::from_secs(15), "the batch undo", || {
+            let (_, v) = ctl.api(
+                "GET",
+                &format!("/api/v1/actions/{id}"),
+                Some(&ctl.admin_token),
+                None,
+            );
+            (v["undo_requests"].as_array().is_some_and(|u| u.len() == 1)).then_some(())
+        });
+    }
+    let (_, v) = ctl.api(
+        "GET",
+        "/api/v1/actions?view=pending&kind=release_quarantine",
+        Some(&ctl.admin_token),
+        None,
+    );
+    assert_eq!(
+        v["total"], 3,
+        "the first undo and the two of the batch: {v}"
+    );
+    assert!(
+        v["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["comment"] == "batch false positive")
+            .count()
+            == 2
+    );
+    assert!(action(&ctl, iso)["undone_by"].is_null());
 
     // Column choice and page size persist for the user.
     browser.find("#columns-toggle").click();
@@ -675,4 +798,182 @@ fn the_detail_shows_a_fleet_actions_children_and_artifacts_for_investigators_onl
         vec![json!(format!("/api/v1/actions/{id}/artifacts/sample.bin"))],
     );
     assert_eq!(status, 403);
+}
+
+/// The Admin page manages device groups (a manual assignment, a membership rule) and each
+/// group's automation level and real-time protection; the Devices page shows each device's
+/// group and why, its rule-set version, whether it is itself contained (requested with the
+/// contain template on a selected device) and the events it reported on its own.
+#[test]
+fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    user(&ctl, "ada", "admin", &[]);
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "UPDATE devices SET rules_version = 3 WHERE id = '{WEB1}';
+             UPDATE devices SET inventory = '{{\"addresses\":[\"10.9.0.5\"]}}' WHERE id = '{DB1}';
+             INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
+               VALUES ('{WEB1}', 'automated_device_action', 'exec_denied',
+                 'execution of /tmp/dropper denied 3 times (user bob, pid 41, parent 40)', '{{}}', 3,
+                 1764000000000, 1764000060000, 1764000060000),
+               ('{WEB1}', 'automated_device_action', 'net_tamper',
+                 'nft table removed; the agent put it back', '{{}}', 1, 1764000100000, 1764000100000, 1764000100000);"
+        ),
+    );
+    let device = |id: &str| {
+        let (_, v) = ctl.api(
+            "GET",
+            &format!("/api/v1/devices/{id}"),
+            Some(&ctl.admin_token),
+            None,
+        );
+        v["device"].clone()
+    };
+    let browser = Browser::start();
+    login(&browser, &ctl, "ada");
+
+    // Devices: the rule-set version each enforces, the events a device reported.
+    browser.find("#nav-devices").click();
+    let cell = |id: &str, col: &str| {
+        browser
+            .find(&format!(
+                "#devices tr[data-id=\"{id}\"] td[data-col=\"{col}\"]"
+            ))
+            .text()
+    };
+    browser.wait_text("#devices", "web-1");
+    assert_eq!(cell(WEB1, "rules"), "v3");
+    assert_eq!(cell(WEB2, "rules"), "none");
+    assert_eq!(cell(WEB1, "group"), "web (enrolment token)");
+    browser
+        .find(&format!(
+            "#devices tr[data-id=\"{WEB1}\"] button.device-events"
+        ))
+        .click();
+    browser.wait_text("#device-events-title", "Events of web-1");
+    let events = browser.wait_text("#device-events-body", "/tmp/dropper");
+    assert!(
+        events.contains("exec_denied") && events.contains("net_tamper") && events.contains('3'),
+        "{events}"
+    );
+    browser
+        .find(&format!(
+            "#devices tr[data-id=\"{WEB2}\"] button.device-events"
+        ))
+        .click();
+    browser.wait_text("#device-events-body", "no events");
+
+    // The contain template on a selected device is accepted; once approved the device shows
+    // as contained.
+    browser
+        .find(&format!("#devices tr[data-id=\"{DB1}\"] input.sel"))
+        .click();
+    browser.find("#req-kind").select("contain");
+    assert_eq!(browser.find("#req-params").property("value"), "{}");
+    browser.find("#req-comment").send_keys("lateral movement");
+    browser.find("#req-submit").click();
+    let contain = eventually(Duration::from_secs(15), "the contain request", || {
+        let (_, v) = ctl.api(
+            "GET",
+            "/api/v1/actions?view=pending&kind=contain",
+            Some(&ctl.admin_token),
+            None,
+        );
+        v["actions"][0]["id"].as_u64()
+    });
+    let a = action(&ctl, contain);
+    assert_eq!(a["params"]["device"], DB1, "{a}");
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/actions/approve",
+        Some(&ctl.admin_token),
+        Some(json!({"ids": [contain]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    browser.goto(&format!("{}/#/admin", ctl.url()));
+    browser.find("#nav-devices").click();
+    browser.wait_text(
+        &format!("#devices tr[data-id=\"{DB1}\"] td[data-col=\"state\"]"),
+        &format!("contained (action #{contain})"),
+    );
+    assert_eq!(cell(WEB1, "state"), "normal");
+
+    // Admin: a device assigned by hand, a membership rule, and back to the rules.
+    browser.find("#nav-admin").click();
+    browser.find("#assign-device").select(WEB2);
+    browser.find("#assign-group").send_keys("db");
+    browser.find("#assign-save").click();
+    eventually(Duration::from_secs(15), "web-2 moved by hand", || {
+        let d = device(WEB2);
+        (d["device_group"] == "db" && d["group_source"] == "manual").then_some(())
+    });
+    browser.wait_text("#groups", "db");
+    browser.find("#rule-hostname").send_keys("db-*");
+    browser.find("#rule-group").send_keys("databases");
+    browser.find("#rule-add").click();
+    browser.wait_text("#group-rules", "databases");
+    let d = device(DB1);
+    assert_eq!(
+        (&d["device_group"], &d["group_source"]),
+        (&json!("databases"), &json!("rule 1"))
+    );
+    assert_eq!(
+        device(WEB2)["device_group"],
+        "db",
+        "by hand wins over rules"
+    );
+    browser.find("#assign-device").select(WEB2);
+    browser.find("#assign-clear").click();
+    eventually(
+        Duration::from_secs(15),
+        "web-2 back to its token's group",
+        || (device(WEB2)["group_source"] == "enrolment").then_some(()),
+    );
+    assert_eq!(device(WEB2)["device_group"], "web");
+    browser.find("#group-rules button.rule-remove").click();
+    eventually(Duration::from_secs(15), "db-1 back to its group", || {
+        (device(DB1)["device_group"] == "db").then_some(())
+    });
+
+    // Automation level and real-time protection per group.
+    browser
+        .find("#detection select.automation-level[data-group=\"web\"]")
+        .select("full");
+    eventually(Duration::from_secs(15), "web's level saved", || {
+        let (_, v) = ctl.api("GET", "/api/v1/automation", Some(&ctl.admin_token), None);
+        v["automation"]
+            .as_array()?
+            .iter()
+            .any(|a| a["device_group"] == "web" && a["level"] == "full")
+            .then_some(())
+    });
+    browser
+        .find("#detection input.realtime[data-group=\"db\"]")
+        .click();
+    eventually(
+        Duration::from_secs(15),
+        "db's real-time protection on",
+        || {
+            let (_, v) = ctl.api("GET", "/api/v1/realtime", Some(&ctl.admin_token), None);
+            v["realtime"]
+                .as_array()?
+                .iter()
+                .any(|r| r["device_group"] == "db" && r["enabled"] == true)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        browser
+            .find("#detection input.realtime[data-group=\"db\"]")
+            .property("checked"),
+        true
+    );
+    assert_eq!(
+        browser
+            .find("#detection input.realtime[data-group=\"web\"]")
+            .property("checked"),
+        false
+    );
 }

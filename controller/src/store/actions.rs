@@ -1509,4 +1509,102 @@ mod tests {
         );
         assert!(matches!(err, Err(StoreError::Invalid(_))));
     }
+
+    #[test]
+    fn list_filters_by_time_window_source_group_and_requester() {
+        let c = db();
+        // Six actions (ids 1-3 on alpha in web, 4-6 on beta in db): spread them over time,
+        // sources and requesters.
+        let day = 86_400_000;
+        let now = now_ms();
+        c.execute_batch(&format!(
+            "UPDATE actions SET created_at = {old} WHERE id IN (1, 4);
+             UPDATE actions SET created_at = {week} WHERE id = 2;
+             UPDATE actions SET source = 'api_action' WHERE id IN (2, 5);
+             UPDATE actions SET requested_by = 'bob' WHERE id IN (3, 5);",
+            old = now - 40 * day,
+            week = now - 3 * day,
+        ))
+        .unwrap();
+        let ids = |f: Filter| -> Vec<u64> {
+            let (list, total) = list(
+                &c,
+                &Filter {
+                    sort: Some("id".into()),
+                    order: Some("asc".into()),
+                    ..f
+                },
+                None,
+            )
+            .unwrap();
+            assert_eq!(total as usize, list.len());
+            list.iter().map(|a| a.id.0).collect()
+        };
+        let window = |w: &str| Filter {
+            window: Some(w.into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(window("day")), [3, 5, 6]);
+        assert_eq!(ids(window("week")), [2, 3, 5, 6]);
+        assert_eq!(ids(window("6m")), [1, 2, 3, 4, 5, 6]);
+        // `since` narrows a window further, never widens it; `until` ends it.
+        assert_eq!(
+            ids(Filter {
+                window: Some("30d".into()),
+                since: Some(now - 40 * day - 1),
+                ..Default::default()
+            }),
+            [2, 3, 5, 6]
+        );
+        assert_eq!(
+            ids(Filter {
+                until: Some(now - day),
+                ..Default::default()
+            }),
+            [1, 2, 4]
+        );
+        assert!(matches!(
+            list(&c, &window("year"), None),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(
+            ids(Filter {
+                source: Some(ActionSource::ApiAction),
+                ..Default::default()
+            }),
+            [2, 5]
+        );
+        assert_eq!(
+            ids(Filter {
+                device_group: Some("db".into()),
+                ..Default::default()
+            }),
+            [4, 5, 6]
+        );
+        assert_eq!(
+            ids(Filter {
+                requested_by: Some("bob".into()),
+                ..Default::default()
+            }),
+            [3, 5]
+        );
+        // Filters combine.
+        assert_eq!(
+            ids(Filter {
+                requested_by: Some("bob".into()),
+                source: Some(ActionSource::ApiAction),
+                device_group: Some("db".into()),
+                window: Some("day".into()),
+                ..Default::default()
+            }),
+            [5]
+        );
+        assert!(
+            ids(Filter {
+                device_group: Some("nowhere".into()),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! The Action center's CSV export: the current filtered, sorted view, every page of it (up to
-//! [`MAX_ROWS`]), in RFC 4180 form (CRLF, quoted fields, UTF-8 with a byte-order mark so that
+//! The Action center's CSV export: the current filtered, sorted view, every page of it, in
+//! RFC 4180 form (CRLF, quoted fields, UTF-8 with a byte-order mark so that
 //! spreadsheets pick the encoding), each cell that a spreadsheet would read as a formula
 //! neutralised with a leading apostrophe.
 
@@ -17,8 +17,21 @@ use crate::auth::{Permission, Principal};
 use crate::service::Controller;
 use crate::store::actions::{self, ActionRecord, Filter};
 
-/// Most rows one export holds.
+/// Most rows one export holds. A view with more is refused whole (HTTP 400,
+/// `too_many_rows`), never cut short: a file that silently lacks rows would pass for the
+/// whole history.
 pub const MAX_ROWS: u32 = 100_000;
+
+/// The refusal of a view of `total` rows, more than one export holds.
+pub fn too_many_rows(total: u64) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "too_many_rows",
+        format!(
+            "the view holds {total} actions, more than one export holds ({MAX_ROWS}): narrow it (time window, kind, status, device, group, requester) and export the parts"
+        ),
+    )
+}
 const PAGE: u32 = 5_000;
 
 type Cell = fn(&ActionRecord) -> String;
@@ -210,17 +223,23 @@ pub async fn export_csv(
             loop {
                 filter.offset = Some(offset);
                 let (page, total) = actions::list(c, &filter, groups.as_deref())?;
+                if total > u64::from(MAX_ROWS) {
+                    return Ok(Err(total));
+                }
                 let n = page.len() as u32;
                 all.extend(page);
                 offset += n;
-                if n < PAGE || offset as u64 >= total || offset >= MAX_ROWS {
+                if n < PAGE || offset as u64 >= total {
                     break;
                 }
             }
-            all.truncate(MAX_ROWS as usize);
-            Ok(all)
+            Ok(Ok(all))
         })
         .await?;
+    let records = match records {
+        Ok(r) => r,
+        Err(total) => return Err(too_many_rows(total)),
+    };
     let body = document(&records, &columns);
     let name = format!(
         "palisade-actions-{}.csv",

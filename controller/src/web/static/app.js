@@ -40,9 +40,13 @@ const SOURCES = {
 };
 const WINDOWS = [["day", "Last day"], ["week", "Last week"], ["30d", "Last 30 days"], ["6m", "Last 6 months"], ["", "All time"]];
 const PAGE_SIZES = [25, 50, 100, 200];
+const EXPORT_MAX_ROWS = 100000; // web/export.rs MAX_ROWS
 const PARAM_TEMPLATES = {
   isolate: { selective: false, exceptions: [] },
-  contain: { ip: "192.0.2.10" },
+  // The selected device is the target; for an unmanaged address select no device and give
+  // { "ip": "…" } instead.
+  contain: {},
+  uncontain: {},
   quarantine: { path: "/tmp/suspicious" },
   release_quarantine: { sha256: "" },
   scan: { mode: "quick" },
@@ -237,7 +241,13 @@ function renderActionCenter() {
     el("label", {}, "Rows ", select("page-size", PAGE_SIZES.map((n) => [String(n), String(n)]), String(view.pageSize),
       { onchange: (e) => { view.pageSize = Number(e.target.value); view.offset = 0; savePrefs(); loadActions(); } })),
     el("button", { type: "button", id: "columns-toggle", onclick: () => { $("#columns-menu").hidden = !$("#columns-menu").hidden; } }, "Columns"),
-    el("a", { id: "export", href: "#", class: "link", download: "" }, "Export CSV"));
+    el("a", { id: "export", href: "#", class: "link", download: "", onclick: (e) => {
+      // The server refuses a view larger than one export rather than cutting it short.
+      if (view.total > EXPORT_MAX_ROWS) {
+        e.preventDefault();
+        toast(`This view holds ${view.total} actions; one export holds at most ${EXPORT_MAX_ROWS}. Narrow it (time window, filters) and export the parts.`, true);
+      }
+    } }, "Export CSV"));
   $("#f-window", filters).addEventListener("change", (e) => { view.window = e.target.value; savePrefs(); applyFilters(); });
   for (const input of $$("input", filters)) input.addEventListener("keydown", (e) => { if (e.key === "Enter") applyFilters(); });
 
@@ -258,7 +268,7 @@ function renderActionCenter() {
       el("button", { type: "button", id: "bulk-approve", class: "primary", onclick: () => decide(true) }, "Approve selected"),
       el("button", { type: "button", id: "bulk-reject", class: "danger", onclick: () => decide(false) }, "Reject selected"),
     ] : null,
-    tab === "history" && can("approve") ? el("button", { type: "button", id: "bulk-undo", onclick: undoSelected }, "Undo selected") : null,
+    tab === "history" && can("approve") ? el("button", { type: "button", id: "bulk-undo", onclick: () => undoSelected() }, "Undo selected") : null,
     el("span", { id: "bulk-msg", role: "alert" }));
   if (!can("approve")) $("#bulk-comment", bulk).hidden = true;
 
@@ -488,9 +498,10 @@ async function openDetail(id) {
 
 // ---------------------------------------------------------------- devices
 
-function deviceState(d) {
+function deviceState(d, containedBy) {
   const o = d.observed || {};
   const parts = [];
+  if (containedBy) parts.push(`contained (action #${containedBy})`);
   if (o.isolated) parts.push("isolated");
   if (Array.isArray(o.contained) && o.contained.length) parts.push(`containing ${o.contained.length}`);
   if (o.restrict_execution) parts.push("execution restricted");
@@ -498,28 +509,59 @@ function deviceState(d) {
   return parts.length ? parts.join(", ") : "normal";
 }
 
+const GROUP_SOURCES = { manual: "assigned by hand", enrolment: "enrolment token" };
+
+function groupSource(d) {
+  return GROUP_SOURCES[d.group_source] || d.group_source || "";
+}
+
+/// What a device reported on its own (denied executions, tampering …), newest first.
+async function showDeviceEvents(d) {
+  const panel = $("#device-events");
+  panel.hidden = false;
+  $("#device-events-title").textContent = `Events of ${d.hostname}`;
+  const body = $("#device-events-body");
+  body.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  let r;
+  try { r = await api("GET", `/api/v1/devices/${encodeURIComponent(d.id)}/events?limit=200`); } catch (e) { body.replaceChildren(el("p", { class: "error" }, e.message)); return; }
+  if (!r.events.length) { body.replaceChildren(el("p", { class: "muted" }, "This device has reported no events.")); return; }
+  body.replaceChildren(el("table", { id: "device-events-table" },
+    el("thead", {}, el("tr", {}, ["Last seen", "Event", "Summary", "Count", "First seen"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, r.events.map((ev) => el("tr", { dataset: { kind: ev.kind } },
+      el("td", {}, fmtTime(ev.last_at)), el("td", {}, ev.kind), el("td", {}, ev.summary),
+      el("td", {}, String(ev.count)), el("td", {}, fmtTime(ev.first_at)))))));
+}
+
 async function devicesPage() {
   view = null;
   let list = [];
-  try { list = (await api("GET", "/api/v1/devices")).devices; } catch (e) { toast(e.message, true); }
+  let contained = {};
+  try {
+    const [devs, cont] = await Promise.all([api("GET", "/api/v1/devices"), api("GET", "/api/v1/containments")]);
+    list = devs.devices;
+    for (const c of cont.containments) if (c.device_id) contained[c.device_id] = c.action_id;
+  } catch (e) { toast(e.message, true); }
   const selected = new Set();
   const table = el("table", { id: "devices" },
     el("thead", {}, el("tr", {}, can("respond") ? el("th", {}, "") : null,
-      ["Hostname", "Device id", "Group", "Online", "Last seen", "Agent", "State", "Rules", "Status"].map((h) => el("th", {}, h)))),
+      ["Hostname", "Device id", "Group", "Online", "Last seen", "Agent", "State", "Rules", "Status", ""].map((h) => el("th", {}, h)))),
     el("tbody", {}, list.map((d) => el("tr", { dataset: { id: d.id } },
       can("respond") ? el("td", {}, el("input", { type: "checkbox", class: "sel", "aria-label": `Select ${d.hostname}`, onchange: (e) => {
         if (e.target.checked) selected.add(d.id); else selected.delete(d.id);
       } })) : null,
       el("td", { dataset: { col: "hostname" } }, d.hostname),
       el("td", {}, el("code", {}, d.id)),
-      el("td", {}, d.device_group),
+      el("td", { dataset: { col: "group" }, title: groupSource(d) }, d.device_group, el("span", { class: "muted" }, ` (${groupSource(d)})`)),
       el("td", {}, d.online ? "online" : "offline"),
       el("td", {}, fmtTime(d.last_seen)),
       el("td", {}, d.agent_version),
-      el("td", {}, deviceState(d)),
-      el("td", { class: "muted" }, "—"),
-      el("td", {}, d.status)))));
-  const parts = [el("div", { class: "card" }, el("h2", {}, `Devices (${list.length})`), table)];
+      el("td", { dataset: { col: "state" } }, deviceState(d, contained[d.id])),
+      el("td", { dataset: { col: "rules" } }, d.rules_version === null || d.rules_version === undefined ? "none" : `v${d.rules_version}`),
+      el("td", {}, d.status),
+      el("td", {}, el("button", { type: "button", class: "link device-events", onclick: () => showDeviceEvents(d) }, "Events"))))));
+  const parts = [el("div", { class: "card" }, el("h2", {}, `Devices (${list.length})`), table),
+    el("div", { class: "card", id: "device-events", hidden: true },
+      el("h2", { id: "device-events-title" }), el("div", { id: "device-events-body" }))];
   if (can("respond")) {
     const kind = select("req-kind", KINDS.map((k) => [k, k]), "request_sample", {
       onchange: (e) => { $("#req-params").value = JSON.stringify(PARAM_TEMPLATES[e.target.value] || {}, null, 2); },
@@ -550,14 +592,17 @@ async function devicesPage() {
 async function adminPage() {
   view = null;
   if (!can("admin")) { $("#main").replaceChildren(el("p", {}, "The admin page needs the admin permission.")); return; }
-  const [users, policies, allowlists, devices] = await Promise.all([
+  const [users, policies, allowlists, devices, groupRules, automation, realtime] = await Promise.all([
     api("GET", "/api/v1/users"), api("GET", "/api/v1/policies"), api("GET", "/api/v1/exec-allowlist"), api("GET", "/api/v1/devices"),
+    api("GET", "/api/v1/group-rules"), api("GET", "/api/v1/automation"), api("GET", "/api/v1/realtime"),
   ].map((p) => p.catch((e) => { toast(e.message, true); return {}; })));
   const groups = {};
   for (const d of devices.devices || []) groups[d.device_group] = (groups[d.device_group] || 0) + 1;
   const refresh = () => adminPage();
   const input = (id, attrs) => el("input", { id, type: "text", ...attrs });
   $("#main").replaceChildren(
+    groupsCard(devices.devices || [], groups, groupRules.rules || [], refresh),
+    detectionCard(groups, automation, realtime, refresh),
     el("div", { class: "card" }, el("h2", {}, "Users and roles"),
       el("table", { id: "users" }, el("thead", {}, el("tr", {}, ["Name", "Role", "Device groups", "Created by", "Created at"].map((h) => el("th", {}, h)))),
         el("tbody", {}, (users.users || []).map((u) => el("tr", {}, el("td", {}, u.name), el("td", {}, u.role),
@@ -577,10 +622,6 @@ async function adminPage() {
             refresh();
           } catch (e) { toast(e.message, true); }
         } }, "Add user"))),
-    el("div", { class: "card" }, el("h2", {}, "Device groups"),
-      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Group"), el("th", {}, "Devices"))),
-        el("tbody", {}, Object.entries(groups).map(([g, n]) => el("tr", {}, el("td", {}, g), el("td", {}, String(n)))))),
-      el("p", { class: "muted" }, "Devices join the group named by their enrolment token.")),
     el("div", { class: "card" }, el("h2", {}, "Approval policy"),
       el("table", { id: "policies" }, el("thead", {}, el("tr", {}, ["Device group", "Kind", "Approval required", "Four eyes"].map((h) => el("th", {}, h)))),
         el("tbody", {}, (policies.policies || []).map((p) => el("tr", {}, el("td", {}, p.device_group), el("td", {}, p.kind),
@@ -626,6 +667,82 @@ async function adminPage() {
           } catch (e) { toast(e.message, true); }
         } }, "Create token")),
       el("pre", { id: "enroll-result" })));
+}
+
+/// Device groups: the groups in use, a device's manual assignment, and the membership rules.
+function groupsCard(devices, groups, rules, refresh) {
+  const saveRules = async (list) => {
+    try {
+      const r = await api("PUT", "/api/v1/group-rules", { rules: list.map((x) => ({ hostname: x.hostname || undefined, cidr: x.cidr || undefined, device_group: x.device_group })) });
+      toast(r.moved.length ? `Rules saved; ${r.moved.length} device(s) changed group.` : "Rules saved; no device changed group.");
+      refresh();
+    } catch (e) { toast(e.message, true); }
+  };
+  const assign = async (group) => {
+    const id = $("#assign-device").value;
+    if (!id) { toast("Choose a device.", true); return; }
+    try {
+      const r = await api("PUT", `/api/v1/devices/${encodeURIComponent(id)}/group`, { device_group: group });
+      toast(`${r.device.hostname} is in group ${r.device.device_group} (${groupSource(r.device)}).`);
+      refresh();
+    } catch (e) { toast(e.message, true); }
+  };
+  return el("div", { class: "card" }, el("h2", {}, "Device groups"),
+    el("table", { id: "groups" }, el("thead", {}, el("tr", {}, el("th", {}, "Group"), el("th", {}, "Devices"))),
+      el("tbody", {}, Object.entries(groups).map(([g, n]) => el("tr", {}, el("td", {}, g), el("td", {}, String(n)))))),
+    el("p", { class: "muted" }, "A device is in the group an admin assigned it to; else in the group of the first rule below it matches (checked when it enrolls and whenever it reports its inventory); else in its enrolment token's group. Permissions follow a move at once."),
+    el("h3", {}, "Assign a device by hand"),
+    el("div", { class: "form-grid" },
+      el("label", { for: "assign-device" }, "Device"),
+      select("assign-device", [["", "—"]].concat(devices.filter((d) => d.status === "active").map((d) => [d.id, `${d.hostname} · ${d.device_group} (${groupSource(d)})`])), ""),
+      el("label", { for: "assign-group" }, "Group"), el("input", { id: "assign-group", type: "text" }),
+      el("span", {}, ""), el("div", {},
+        el("button", { type: "button", class: "primary", id: "assign-save", onclick: () => {
+          const g = $("#assign-group").value.trim();
+          if (!g) { toast("Name the group.", true); return; }
+          assign(g);
+        } }, "Assign"), " ",
+        el("button", { type: "button", id: "assign-clear", onclick: () => assign(null) }, "Back to the rules"))),
+    el("h3", {}, "Membership rules (first match wins)"),
+    el("table", { id: "group-rules" }, el("thead", {}, el("tr", {}, ["#", "Hostname glob", "Address block", "Group", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rules.map((r, i) => el("tr", { dataset: { position: r.position } },
+        el("td", {}, String(r.position)), el("td", {}, r.hostname || "any"), el("td", {}, r.cidr || "any"), el("td", {}, r.device_group),
+        el("td", {},
+          i > 0 ? el("button", { type: "button", class: "rule-up", onclick: () => {
+            const list = rules.slice(); [list[i - 1], list[i]] = [list[i], list[i - 1]]; saveRules(list);
+          } }, "Up") : null, " ",
+          el("button", { type: "button", class: "rule-remove danger", onclick: () => saveRules(rules.filter((_, j) => j !== i)) }, "Remove")))))),
+    el("div", { class: "form-grid" },
+      el("label", { for: "rule-hostname" }, "Hostname glob"), el("input", { id: "rule-hostname", type: "text", placeholder: "e.g. web-* (optional)" }),
+      el("label", { for: "rule-cidr" }, "Address block"), el("input", { id: "rule-cidr", type: "text", placeholder: "e.g. 10.1.0.0/16 (optional)" }),
+      el("label", { for: "rule-group" }, "Group"), el("input", { id: "rule-group", type: "text" }),
+      el("span", {}, ""), el("button", { type: "button", class: "primary", id: "rule-add", onclick: () => saveRules(rules.concat([{
+        hostname: $("#rule-hostname").value.trim(), cidr: $("#rule-cidr").value.trim(), device_group: $("#rule-group").value.trim(),
+      }])) }, "Add rule")));
+}
+
+/// Per device group: the automation level for detections and real-time protection.
+function detectionCard(groups, automation, realtime, refresh) {
+  const levels = {};
+  for (const a of automation.automation || []) levels[a.device_group] = a.level;
+  const rt = {};
+  for (const r of realtime.realtime || []) rt[r.device_group] = r.enabled;
+  const names = ["*", ...new Set([...Object.keys(groups), ...Object.keys(levels), ...Object.keys(rt)].filter((g) => g !== "*"))].sort((a, b) => (a === "*" ? -1 : b === "*" ? 1 : a.localeCompare(b)));
+  const level = (g) => levels[g] || levels["*"] || automation.default || "semi";
+  const on = (g) => (g in rt ? rt[g] : ("*" in rt ? rt["*"] : !!realtime.default));
+  const put = async (path, body) => {
+    try { await api("PUT", path, body); toast(`Saved for ${body.device_group === "*" ? "the default" : `group ${body.device_group}`}.`); refresh(); } catch (e) { toast(e.message, true); refresh(); }
+  };
+  return el("div", { class: "card" }, el("h2", {}, "Detections and real-time protection"),
+    el("table", { id: "detection" }, el("thead", {}, el("tr", {}, ["Device group", "Automation level", "Real-time protection"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, names.map((g) => el("tr", { dataset: { group: g } },
+        el("td", {}, g === "*" ? "* (default for groups without their own)" : g, g !== "*" && !(g in levels) && !(g in rt) ? el("span", { class: "muted" }, " (default)") : null),
+        el("td", {}, el("select", { class: "automation-level", dataset: { group: g }, "aria-label": `Automation level of ${g}`,
+          onchange: (e) => put("/api/v1/automation", { device_group: g, level: e.target.value }) },
+        [["full", "full: quarantine at once"], ["semi", "semi: quarantine after approval"], ["none", "none: record only"]].map(([v, l]) => el("option", { value: v, selected: v === level(g) }, l)))),
+        el("td", {}, el("label", {}, el("input", { type: "checkbox", class: "realtime", dataset: { group: g }, checked: on(g),
+          onchange: (e) => put("/api/v1/realtime", { device_group: g, enabled: e.target.checked }) }), " on")))))),
+    el("p", { class: "muted" }, "A group without its own setting follows the * row. Devices get a real-time change at once."));
 }
 
 // ---------------------------------------------------------------- start
