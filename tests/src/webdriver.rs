@@ -212,6 +212,20 @@ impl Browser {
         )
     }
 
+    /// Picks the `<option>` with this value in the first displayed `<select>` matching `css`,
+    /// found and set in one script: a page that re-renders in between cannot leave a stale
+    /// element in the test's hands.
+    pub fn select(&self, css: &str, value: &str) {
+        let script = format!(
+            "const s = [...document.querySelectorAll({css})].find(e => e.offsetParent !== null); \
+             if (!s || ![...s.options].some(o => o.value === {value})) return false; \
+             s.value = {value}; s.dispatchEvent(new Event('change', {{bubbles: true}})); return true;",
+            css = json!(css),
+            value = json!(value),
+        );
+        self.wait_for(&format!("{css:?} to offer {value:?}"), &script);
+    }
+
     /// Waits until `script` returns something truthy, and returns it.
     pub fn wait_for(&self, what: &str, script: &str) -> Value {
         eventually(WAIT, what, || {
@@ -299,15 +313,6 @@ impl Element<'_> {
             &format!("/element/{}/property/{name}", self.id),
             None,
         )
-    }
-
-    /// Picks the `<option>` with this value in a `<select>`.
-    pub fn select(&self, value: &str) -> &Self {
-        self.browser.execute(
-            "const s = arguments[0]; s.value = arguments[1]; s.dispatchEvent(new Event('change', {bubbles: true}));",
-            vec![json!({ELEMENT: self.id}), json!(value)],
-        );
-        self
     }
 }
 

@@ -293,7 +293,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
 
     // History: sort by any column, both ways.
     browser.find("#tab-history").click();
-    browser.find("#f-window").select("");
+    browser.select("#f-window", "");
     wait_rows(&browser, "the history", |ids| ids.len() == 4);
     screenshot(&browser, shots.path(), "history.png");
     browser.find("th[data-col=\"id\"]").click();
@@ -307,7 +307,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     });
 
     // Filter by kind (and status) on the server.
-    browser.find("#f-kind").select("request_sample");
+    browser.select("#f-kind", "request_sample");
     browser.find("#apply").click();
     wait_rows(&browser, "only samples", |ids| ids.len() == 3);
     assert!(
@@ -315,10 +315,10 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
             .iter()
             .all(|k| k == "request_sample")
     );
-    browser.find("#f-status").select("rejected");
+    browser.select("#f-status", "rejected");
     browser.find("#apply").click();
     wait_rows(&browser, "only the rejected sample", |ids| ids == [s3]);
-    browser.find("#f-status").select("");
+    browser.select("#f-status", "");
     browser.find("#apply").click();
     wait_rows(&browser, "the samples again", |ids| ids.len() == 3);
 
@@ -353,7 +353,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     assert_eq!(rows[1][source], "Manual device action");
 
     // Undo from History (with the comment it needs).
-    browser.find("#f-kind").select("");
+    browser.select("#f-kind", "");
     browser.find("#apply").click();
     wait_rows(&browser, "the whole history", |ids| ids.contains(&q));
     browser.find("#bulk-comment").send_keys("false positive");
@@ -529,7 +529,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     browser
         .find("#columns-menu input[data-col=\"comment\"]")
         .click();
-    browser.find("#page-size").select("25");
+    browser.select("#page-size", "25");
     eventually(Duration::from_secs(10), "the preferences saved", || {
         let (_, v) = ctl.api(
             "GET",
@@ -555,7 +555,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     browser.find("#nav-admin").click();
     browser.wait_text("#users", "admin");
     browser.find("#user-name").send_keys("carl");
-    browser.find("#user-role").select("approver");
+    browser.select("#user-role", "approver");
     browser.find("#user-groups").send_keys("db");
     browser.find("#user-password").send_keys(PASSWORD);
     browser.find("#user-add").click();
@@ -573,7 +573,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
 
     // Policy and exec allowlist from the Admin page.
     browser.find("#policy-group").clear().send_keys("web");
-    browser.find("#policy-kind").select("scan");
+    browser.select("#policy-kind", "scan");
     browser.find("#policy-four-eyes").click();
     browser.find("#policy-save").click();
     browser.wait_text("#policies", "scan");
@@ -668,7 +668,7 @@ fn a_group_scoped_approver_sees_and_decides_only_its_groups_actions() {
     browser
         .find(&format!("#devices tr[data-id=\"{WEB2}\"] input.sel"))
         .click();
-    browser.find("#req-kind").select("collect_package");
+    browser.select("#req-kind", "collect_package");
     browser
         .find("#req-comment")
         .send_keys("triage from the devices page");
@@ -870,7 +870,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     browser
         .find(&format!("#devices tr[data-id=\"{DB1}\"] input.sel"))
         .click();
-    browser.find("#req-kind").select("contain");
+    browser.select("#req-kind", "contain");
     assert_eq!(browser.find("#req-params").property("value"), "{}");
     browser.find("#req-comment").send_keys("lateral movement");
     browser.find("#req-submit").click();
@@ -902,7 +902,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
 
     // Admin: a device assigned by hand, a membership rule, and back to the rules.
     browser.find("#nav-admin").click();
-    browser.find("#assign-device").select(WEB2);
+    browser.select("#assign-device", WEB2);
     browser.find("#assign-group").send_keys("db");
     browser.find("#assign-save").click();
     eventually(Duration::from_secs(15), "web-2 moved by hand", || {
@@ -924,7 +924,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
         "db",
         "by hand wins over rules"
     );
-    browser.find("#assign-device").select(WEB2);
+    browser.select("#assign-device", WEB2);
     browser.find("#assign-clear").click();
     eventually(
         Duration::from_secs(15),
@@ -938,9 +938,10 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     });
 
     // Automation level and real-time protection per group.
-    browser
-        .find("#detection select.automation-level[data-group=\"web\"]")
-        .select("full");
+    browser.select(
+        "#detection select.automation-level[data-group=\"web\"]",
+        "full",
+    );
     eventually(Duration::from_secs(15), "web's level saved", || {
         let (_, v) = ctl.api("GET", "/api/v1/automation", Some(&ctl.admin_token), None);
         v["automation"]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Ctx, Out, hash_file};
+use super::{Ctx, Out};
 
 /// Largest file copied raw.
 const MAX_COPY: u64 = 1 << 20;
@@ -31,7 +31,7 @@ pub fn autoruns(ctx: &Ctx) -> anyhow::Result<Out> {
         items.push(json!({
             "kind": kind,
             "path": path,
-            "sha256": hash_file(path, 64 << 20).or_else(|| std::fs::canonicalize(path).ok().and_then(|p| hash_file(&p, 64 << 20))),
+            "sha256": ctx.hash_file(path, 64 << 20).or_else(|| std::fs::canonicalize(path).ok().and_then(|p| ctx.hash_file(&p, 64 << 20))),
             "size": meta.as_ref().map(|m| m.len()),
             "symlink_to": std::fs::read_link(path).ok(),
             "copied": copied,

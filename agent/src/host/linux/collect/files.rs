@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{Ctx, Out, hash_file};
+use super::{Ctx, Out};
 
 /// Files larger than this are listed without a hash.
 const MAX_HASHED: u64 = 64 << 20;
@@ -108,7 +108,7 @@ pub fn suid_sgid(ctx: &Ctx) -> anyhow::Result<Out> {
                     "gid": meta.gid(),
                     "size": meta.len(),
                     "mtime_unix": meta.mtime(),
-                    "sha256": hash_file(&path, MAX_HASHED),
+                    "sha256": ctx.hash_file(&path, MAX_HASHED),
                 }));
             }
         }
@@ -143,7 +143,7 @@ pub fn temp_files(ctx: &Ctx) -> anyhow::Result<Out> {
                 };
                 let kind = file_kind(&meta);
                 let sha256 = if meta.is_file() && !ctx.expired() {
-                    hash_file(&path, MAX_HASHED)
+                    ctx.hash_file(&path, MAX_HASHED)
                 } else {
                     None
                 };

@@ -35,6 +35,41 @@ impl Ctx {
     pub fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
+
+    /// The sha256 of a regular file of at most `max` bytes, or `None` — also when the deadline
+    /// passes while it reads, so that one big file cannot carry a collector past its budget
+    /// and lose everything it found.
+    pub fn hash_file(&self, path: &Path, max: u64) -> Option<String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(path)
+            .ok()?;
+        self.hash_open(file, max)
+    }
+
+    /// As [`Ctx::hash_file`], for a file already open.
+    pub fn hash_open(&self, file: std::fs::File, max: u64) -> Option<String> {
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() > max {
+            return None;
+        }
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut src = file.take(max);
+        loop {
+            if self.expired() {
+                return None;
+            }
+            let n = src.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        Some(hex::encode(ctx.finish()))
+    }
 }
 
 /// A collector's output before the runner wraps it.
@@ -228,36 +263,6 @@ pub fn read_capped(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
     let cut = bytes.len() as u64 > max;
     bytes.truncate(max as usize);
     Ok((bytes, cut))
-}
-
-/// SHA-256 of the regular file at `path` if it is at most `max` bytes, reading it through the
-/// open descriptor (no symbolic link is followed for the last component).
-pub fn hash_file(path: &Path, max: u64) -> Option<String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-        .ok()?;
-    hash_open(file, max)
-}
-
-pub fn hash_open(file: std::fs::File, max: u64) -> Option<String> {
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > max {
-        return None;
-    }
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut src = file.take(max);
-    loop {
-        let n = src.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    Some(hex::encode(ctx.finish()))
 }
 
 /// Finds a program in the usual system directories.

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Ctx, Out, hash_open, user_names};
+use super::{Ctx, Out, user_names};
 
 /// Executables larger than this are listed without a hash.
 const MAX_HASHED_EXE: u64 = 128 << 20;
@@ -83,7 +83,7 @@ pub fn processes(ctx: &Ctx) -> anyhow::Result<Out> {
                 let meta = f.metadata().ok()?;
                 hashes
                     .entry((meta.dev(), meta.ino()))
-                    .or_insert_with(|| hash_open(f, MAX_HASHED_EXE))
+                    .or_insert_with(|| ctx.hash_open(f, MAX_HASHED_EXE))
                     .clone()
             })
         };
