@@ -16,12 +16,7 @@ use palisade_tests::{Controller, eventually};
 
 /// (RSS in KiB, CPU time in clock ticks) of a process.
 fn sample(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process alive");
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
+    let rss = palisade_tests::proc_status_kib(pid, "VmRSS").expect("process alive");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process alive");
     // Fields after the command (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]

@@ -36,14 +36,8 @@ fn usage(pid: i32) -> (f64, f64) {
             .get(12)
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu / ticks, rss_kib / 1024.0)
+    let rss_kib = palisade_tests::proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    (cpu / ticks, rss_kib as f64 / 1024.0)
 }
 
 fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {

@@ -216,13 +216,7 @@ fn wait_peak(mut child: std::process::Child) -> (i32, u64) {
         std::thread::spawn(move || {
             let mut peak = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmHWM:"))
-                            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                    });
+                let hwm = palisade_tests::proc_status_kib(pid as i32, "VmHWM");
                 peak = peak.max(hwm.unwrap_or(0));
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -45,6 +45,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM` …) in KiB; `None` once the process
+/// is gone (or a zombie, which has no memory fields).
+pub fn proc_status_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

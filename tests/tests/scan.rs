@@ -659,10 +659,7 @@ fn real_time_protection_finds_eicar_and_each_automation_level_acts() {
 
 /// Peak resident memory of a process, from /proc (kB → bytes).
 fn peak_rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
+    palisade_tests::proc_status_kib(pid, "VmHWM").expect("the agent is running") * 1024
 }
 
 #[test]
