@@ -2,6 +2,7 @@
 //! controller over IPv4 and IPv6, agents enroll and run inside them, and nothing is left when
 //! the lab goes down.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use palisade_tests::lab::Lab;
@@ -71,8 +72,27 @@ fn lab_down_leaves_nothing_behind() {
     let bridge = lab.bridge.clone();
     let mut sleeper = lab.host("x").command("sleep").arg("300").spawn().unwrap();
     let pid = sleeper.id();
+    // Down is for what runs in the lab: wait until the process is inside the namespace (the
+    // spawn returns before `ip netns exec` has entered it).
+    let netns_inode = |path: &str| std::fs::metadata(path).map(|m| m.ino()).ok();
+    eventually(
+        Duration::from_secs(10),
+        "the process inside the namespace",
+        || {
+            let inside = netns_inode(&format!("/proc/{pid}/ns/net"))
+                == netns_inode(&format!("/run/netns/{ns}"))
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep");
+            inside.then_some(())
+        },
+    );
     drop(lab);
-    let _ = sleeper.wait();
+    // `sleep 300` ends by itself in 300 s: only a kill ends it within the wait.
+    eventually(
+        Duration::from_secs(10),
+        "the lab's process to be killed",
+        || sleeper.try_wait().ok().flatten(),
+    );
     let namespaces = String::from_utf8_lossy(
         &std::process::Command::new("ip")
             .args(["netns", "list"])

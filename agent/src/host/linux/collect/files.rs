@@ -127,7 +127,10 @@ pub fn temp_files(ctx: &Ctx) -> anyhow::Result<Out> {
     for root in ["/tmp", "/var/tmp", "/dev/shm"] {
         let mut entries = Vec::new();
         let mut stack = vec![PathBuf::from(root)];
-        while let Some(dir) = stack.pop() {
+        // The walk stops at the deadline too: a temporary directory holding a build tree
+        // (hundreds of thousands of entries) must not carry the collector past its budget
+        // and lose the listing it has.
+        'walk: while let Some(dir) = stack.pop() {
             let Ok(read) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -136,17 +139,23 @@ pub fn temp_files(ctx: &Ctx) -> anyhow::Result<Out> {
             for path in children {
                 if entries.len() >= MAX_TEMP_ENTRIES {
                     out.partly(format!("{root}: listing cut at {MAX_TEMP_ENTRIES} entries"));
-                    break;
+                    break 'walk;
+                }
+                if ctx.expired() {
+                    out.partly(format!(
+                        "{root}: time budget ran out, listing cut at {} entries",
+                        entries.len()
+                    ));
+                    break 'walk;
                 }
                 let Ok(meta) = std::fs::symlink_metadata(&path) else {
                     continue;
                 };
                 let kind = file_kind(&meta);
-                let sha256 = if meta.is_file() && !ctx.expired() {
-                    ctx.hash_file(&path, MAX_HASHED)
-                } else {
-                    None
-                };
+                let sha256 = meta
+                    .is_file()
+                    .then(|| ctx.hash_file(&path, MAX_HASHED))
+                    .flatten();
                 if meta.is_file() && meta.len() <= MAX_HASHED && sha256.is_none() && ctx.expired() {
                     out.partly("time budget ran out: some files not hashed".into());
                 }
@@ -187,5 +196,35 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
         "socket"
     } else {
         "device"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_its_deadline_the_temp_listing_stops_and_still_returns_its_file() {
+        // /tmp holds at least this file, so the walk has an entry to stop at.
+        let planted = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        let ctx = Ctx {
+            deadline: std::time::Instant::now(),
+            max_bytes: u64::MAX,
+        };
+        let out = temp_files(&ctx).unwrap();
+        let listing = out
+            .files
+            .iter()
+            .find(|f| f.name == "temp_files.json")
+            .expect("the listing is returned");
+        let v: serde_json::Value = serde_json::from_slice(&listing.bytes).unwrap();
+        assert_eq!(v["directories"][0]["root"], "/tmp");
+        assert_eq!(v["directories"][0]["entries"].as_array().unwrap().len(), 0);
+        let why = out.partial.expect("marked partial");
+        assert!(
+            why.contains("/tmp: time budget ran out, listing cut at 0 entries"),
+            "{why}"
+        );
+        drop(planted);
     }
 }
