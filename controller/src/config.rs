@@ -31,6 +31,7 @@ pub struct FileConfig {
     pub session_ttl: Option<String>,
     pub max_pending_per_source: Option<u64>,
     pub retry_above: Option<u64>,
+    pub max_handshakes: Option<u64>,
 }
 
 impl FileConfig {
@@ -116,6 +117,11 @@ impl FileConfig {
         if let Some(v) = overrides.retry_above.or(self.retry_above) {
             c.retry_above = v;
         }
+        c.max_handshakes = palisade_common::config::positive(
+            "max_handshakes",
+            overrides.max_handshakes.or(self.max_handshakes),
+            c.max_handshakes,
+        )?;
         c.data_dir = std::path::absolute(&c.data_dir)?;
         Ok(c)
     }

@@ -53,6 +53,11 @@ pub struct Config {
     /// Handshakes in progress above which a new connection must first prove its address with
     /// a QUIC retry (0: always).
     pub retry_above: u64,
+    /// Handshakes in progress beyond which new connections are refused at once (the agent
+    /// retries with backoff): a storm larger than the controller can finish within the
+    /// agents' handshake time-out would otherwise be spent on handshakes their agents have
+    /// already given up on.
+    pub max_handshakes: u64,
 }
 
 /// When the API listens with TLS.
@@ -99,6 +104,7 @@ impl Config {
             session_ttl: Duration::from_secs(8 * 3600),
             max_pending_per_source: 32,
             retry_above: 64,
+            max_handshakes: 256,
         }
     }
 }

@@ -81,6 +81,10 @@ struct Flags {
     /// QUIC retry; 0 = always [default: 64].
     #[arg(long, global = true)]
     retry_above: Option<u64>,
+    /// Handshakes in progress beyond which new connections are refused at once; agents retry
+    /// with backoff [default: 256].
+    #[arg(long, global = true)]
+    max_handshakes: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         session_ttl: f.session_ttl,
         max_pending_per_source: f.max_pending_per_source,
         retry_above: f.retry_above,
+        max_handshakes: f.max_handshakes,
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

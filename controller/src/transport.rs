@@ -81,6 +81,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
     let admission = Arc::new(Admission::new(Limits {
         pending_per_source: ctl.config.max_pending_per_source,
         retry_above: ctl.config.retry_above,
+        max_handshakes: ctl.config.max_handshakes,
     }));
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
@@ -97,8 +98,8 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
                 let _ = incoming.retry();
                 continue;
             }
-            Admit::Refuse => {
-                tracing::debug!(%remote, "refused connection: too many pending from this source");
+            Admit::Refuse(why) => {
+                tracing::debug!(%remote, why, "refused connection");
                 incoming.refuse();
                 continue;
             }
@@ -119,6 +120,8 @@ pub struct Limits {
     pub pending_per_source: u64,
     /// Handshakes in progress above which unvalidated sources get a QUIC retry (0: always).
     pub retry_above: u64,
+    /// Handshakes in progress beyond which every new connection is refused at once.
+    pub max_handshakes: u64,
 }
 
 /// What to do with a new incoming connection.
@@ -126,7 +129,8 @@ pub enum Admit {
     Accept(Slot),
     /// Ask the client to prove its address first (stateless retry).
     Retry,
-    Refuse,
+    /// Refused at once (a small packet); the reason is for the log.
+    Refuse(&'static str),
 }
 
 /// Counts pending connections per source address and handshakes in progress.
@@ -160,7 +164,12 @@ impl Admission {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let pending = st.per_source.get(&ip).copied().unwrap_or(0);
         if pending >= self.limits.pending_per_source {
-            return Admit::Refuse;
+            return Admit::Refuse("too many pending from this source");
+        }
+        // Checked before the retry: a retried connection comes back and would find the same
+        // crowd, having cost a round trip.
+        if st.handshaking >= self.limits.max_handshakes {
+            return Admit::Refuse("too many handshakes in progress");
         }
         if !validated && may_retry && st.handshaking >= self.limits.retry_above {
             return Admit::Retry;
@@ -830,6 +839,7 @@ mod tests {
         Arc::new(Admission::new(Limits {
             pending_per_source,
             retry_above,
+            max_handshakes: 1000,
         }))
     }
 
@@ -840,7 +850,7 @@ mod tests {
         let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
         let s1 = a.decide(flood, false, true);
         let s2 = a.decide(flood, false, true);
-        assert!(matches!(a.decide(flood, false, true), Admit::Refuse));
+        assert!(matches!(a.decide(flood, false, true), Admit::Refuse(_)));
         assert!(
             matches!(a.decide(other, false, true), Admit::Accept(_)),
             "another source is still served"
@@ -876,5 +886,27 @@ mod tests {
             matches!(always.decide(ip, false, false), Admit::Accept(_)),
             "a connection that already answered a retry cannot be asked again"
         );
+    }
+
+    #[test]
+    fn beyond_the_handshake_limit_every_new_connection_is_refused_until_one_finishes() {
+        let a = Arc::new(Admission::new(Limits {
+            pending_per_source: 100,
+            retry_above: 100,
+            max_handshakes: 2,
+        }));
+        let (one, two): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let Admit::Accept(mut first) = a.decide(one, true, false) else {
+            panic!("under the limit: accepted")
+        };
+        let _second = a.decide(two, true, false);
+        assert!(
+            matches!(a.decide(two, true, false), Admit::Refuse(_)),
+            "a validated address is refused too: it would wait past its time-out"
+        );
+        assert!(matches!(a.decide(one, false, true), Admit::Refuse(_)));
+        first.handshake_over();
+        assert!(matches!(a.decide(two, true, false), Admit::Accept(_)));
     }
 }
