@@ -72,8 +72,12 @@ fn now() -> i64 {
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
         // Owner-only before SQLite opens it, so that its -wal and -shm files are too (SQLite
-        // gives them the database file's mode).
-        {
+        // gives them the database file's mode). Only when it does not exist yet: several
+        // threads open the journal, and closing any descriptor of the file drops every POSIX
+        // lock this process holds on it. Without its locks, the first other reader (the
+        // sqlite3 shell) took itself for the last connection and deleted the -wal and -shm
+        // files under a running agent, whose later commits went to an unlinked file.
+        if !path.exists() {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             let f = std::fs::OpenOptions::new()
                 .write(true)
