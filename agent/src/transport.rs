@@ -44,7 +44,8 @@ async fn resolve(controller: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("controller address {controller:?} resolves to nothing"))
 }
 
-fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
+/// A client endpoint on an ephemeral port of the family of `remote`.
+pub fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse()?
     } else {
@@ -253,7 +254,20 @@ pub struct Link {
     _endpoint: quinn::Endpoint,
 }
 
+/// Connects on an endpoint of its own (an agent holds one connection at a time).
 pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration) -> Result<Link> {
+    let addr = resolve(&identity.info.controller).await?;
+    connect_on(&client_endpoint(addr)?, identity, hello, link_timeout).await
+}
+
+/// Connects on `endpoint`, which many connections may share: the fleet simulator's agents do,
+/// since quinn gives every endpoint a receive buffer of about 3 MB, zeroed when it is made.
+pub async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    hello: &Hello,
+    link_timeout: Duration,
+) -> Result<Link> {
     let addr = resolve(&identity.info.controller).await?;
     let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
@@ -266,7 +280,6 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
         )?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let endpoint = client_endpoint(addr)?;
     let connecting = endpoint.connect_with(
         quic_config(tls, link_timeout)?,
         addr,
@@ -284,7 +297,7 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
         conn,
         send,
         incoming,
-        _endpoint: endpoint,
+        _endpoint: endpoint.clone(),
     })
 }
 

@@ -364,6 +364,9 @@ pub(crate) struct ListArgs {
     pub(crate) device_group: Option<String>,
     #[arg(long)]
     pub(crate) requested_by: Option<String>,
+    /// Only the children of this fleet-wide action (its devices' actions).
+    #[arg(long)]
+    pub(crate) parent: Option<u64>,
     /// Column to sort by (id, kind, status, source, requested_by, created_at, decided_by,
     /// decided_at, finished_at, comment, result_summary, device, device_group).
     #[arg(long, default_value = "id")]

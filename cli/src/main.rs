@@ -676,6 +676,7 @@ fn list_query(a: ListArgs) -> Result<Vec<(&'static str, String)>> {
         ("device", a.device),
         ("device_group", a.device_group),
         ("requested_by", a.requested_by),
+        ("parent", a.parent.map(|p| p.to_string())),
     ];
     for (k, v) in opt {
         if let Some(v) = v {

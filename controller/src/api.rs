@@ -550,6 +550,9 @@ struct Hop {
     actor: Option<String>,
 }
 
+/// Children of a fleet-wide action shown in its detail.
+const DETAIL_CHILDREN: u32 = 100;
+
 #[utoipa::path(get, path = "/api/v1/actions/{id}", tag = "actions",
     params(("id" = String, Path)),
     responses((status = 200, description = "one action: hops, audit history, children")))]
@@ -562,14 +565,24 @@ async fn show_action(
     let id: ActionId = id
         .parse()
         .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
-    let (rec, history, children, undo_requests) = ctl
+    let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
+    let (rec, history, (children, children_total), undo_requests) = ctl
         .store
         .read(move |c| {
             let rec = actions::get(c, id)?;
+            // The first of the children the caller may see; the rest page through the list
+            // (`?parent=`): a fleet-wide action can have tens of thousands.
             let children = if rec.is_fleet_parent() {
-                actions::children(c, id)?
+                let filter = actions::Filter {
+                    parent: Some(id.0),
+                    sort: Some("id".into()),
+                    order: Some("asc".into()),
+                    limit: Some(DETAIL_CHILDREN),
+                    ..Default::default()
+                };
+                actions::list(c, &filter, groups.as_deref())?
             } else {
-                vec![]
+                (vec![], 0)
             };
             let undos = actions::undo_requests(c, id)?;
             Ok((rec, audit::list(c, Some(id), 1000)?, children, undos))
@@ -577,9 +590,7 @@ async fn show_action(
         .await?;
     // A fleet-wide parent is visible to whoever sees one of its children.
     let visible = if rec.is_fleet_parent() {
-        children
-            .iter()
-            .any(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
+        children_total > 0
     } else if rec.device_id.is_none() {
         // An unmanaged target belongs to no group: only the unscoped see it.
         who.can(Permission::View, None)
@@ -632,17 +643,13 @@ async fn show_action(
     ];
     let mut history = history;
     history.reverse();
-    let children: Vec<_> = children
-        .into_iter()
-        .filter(|c| who.sees_group(c.device_group.as_deref().unwrap_or("default")))
-        .collect();
     let undo_requests: Vec<_> = undo_requests
         .into_iter()
         .map(|(id, status)| json!({"id": id, "status": status}))
         .collect();
     Ok(Json(
         json!({"action": rec, "timeline": timeline, "history": history,
-        "children": children, "undo_requests": undo_requests}),
+        "children": children, "children_total": children_total, "undo_requests": undo_requests}),
     ))
 }
 

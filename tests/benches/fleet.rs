@@ -3,8 +3,9 @@
 //! storm after a controller kill -9.
 //!
 //! `cargo build --release --workspace --bins --benches && PALISADE_FLEET_N=20000 cargo bench --workspace --bench fleet`
-//! (`PALISADE_FLEET_IDLE_SECS`, default 60, sets the idle window). Raise the open-file limit
-//! first for large fleets: every simulated agent has its own UDP socket (`ulimit -n 65536`).
+//! (`PALISADE_FLEET_IDLE_SECS`, default 60, sets the idle window;
+//! `PALISADE_FLEET_MAX_HANDSHAKES` the controller's `--max-handshakes`). Simulated agents share a
+//! UDP socket per 500 ([`fleet::AGENTS_PER_ENDPOINT`]), so the default open-file limit does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,17 @@ fn usage(pid: i32) -> (f64, f64) {
             .unwrap_or(0.0);
     let rss_kib = palisade_tests::proc_status_kib(pid, "VmRSS").unwrap_or(0);
     (cpu / ticks, rss_kib as f64 / 1024.0)
+}
+
+/// The CPU the controller and this process (the simulator) used since `at` (their CPU
+/// seconds then), as shares of one core over `secs`: which side a scenario waited on.
+fn cpu_since(controller: i32, at: (f64, f64), secs: f64) -> String {
+    let now = (usage(controller).0, usage(std::process::id() as i32).0);
+    format!(
+        "CPU: controller {:.0} %, simulator {:.0} % of one core",
+        (now.0 - at.0) / secs * 100.0,
+        (now.1 - at.1) / secs * 100.0
+    )
 }
 
 fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {
@@ -83,8 +95,13 @@ fn main() {
     // Every simulated agent comes from 127.0.0.1: lift the per-source limit on connections
     // not yet verified (it guards against one flooding address; here it would measure the
     // simulator's retries, not the controller).
-    let mut ctl =
-        Controller::start_with(&["--heartbeat", "30s", "--max-pending-per-source", "1000000"]);
+    // The controller's own default unless the knob says otherwise.
+    let max_handshakes = std::env::var("PALISADE_FLEET_MAX_HANDSHAKES").ok();
+    let mut args = vec!["--heartbeat", "30s", "--max-pending-per-source", "1000000"];
+    if let Some(m) = &max_handshakes {
+        args.extend(["--max-handshakes", m.as_str()]);
+    }
+    let mut ctl = Controller::start_with(&args);
     let pid = ctl.proc.as_ref().unwrap().pid();
     let url = ctl.url();
     let token = ctl.admin_token.clone();
@@ -125,8 +142,14 @@ fn main() {
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
+    let cpu_at_storm = (usage(pid).0, usage(std::process::id() as i32).0);
+    let endpoints = {
+        let _guard = rt.enter();
+        fleet::endpoints(ctl.quic, n).expect("client endpoints")
+    };
     for (i, id) in ids.into_iter().enumerate() {
-        rt.spawn(fleet::run(id, i, stats.clone(), stop.clone()));
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        rt.spawn(fleet::run(id, endpoint, i, stats.clone(), stop.clone()));
     }
     while stats.connected.load(Ordering::Relaxed) < n as u64 && t.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(20));
@@ -138,10 +161,11 @@ fn main() {
     );
     let storm = t.elapsed().as_secs_f64();
     println!(
-        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts",
+        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts; {}",
         stats.connected.load(Ordering::Relaxed),
         n as f64 / storm,
-        stats.errors.load(Ordering::Relaxed)
+        stats.errors.load(Ordering::Relaxed),
+        cpu_since(pid, cpu_at_storm, storm)
     );
 
     // Idle.
@@ -171,6 +195,7 @@ fn main() {
     let children = created["actions"].as_array().unwrap().len() - 1;
     assert_eq!(children, n, "a child per device");
     let results_before = stats.results.load(Ordering::Relaxed);
+    let cpu_at_action = (usage(pid).0, usage(std::process::id() as i32).0);
     let t = Instant::now();
     let approved = api
         .post(format!("{url}/api/v1/actions/approve"))
@@ -196,6 +221,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let total = t.elapsed().as_secs_f64();
+    let action_cpu = cpu_since(pid, cpu_at_action, total);
     let done = settled["action"]["children"]["succeeded"]
         .as_u64()
         .unwrap_or(0);
@@ -227,7 +253,7 @@ fn main() {
     complete("fleet-wide action", done as usize, n);
     latencies.sort();
     println!(
-        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent",
+        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent; {action_cpu}",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0),

@@ -468,6 +468,15 @@ fn fleet_wide_by_hash_quarantines_on_every_device_and_releases_where_held() {
         "{done}"
     );
     assert_eq!(done["children"].as_array().unwrap().len(), 3);
+    assert_eq!(done["children_total"], 3);
+    // The whole list of a fleet-wide action's children pages through the Action center.
+    let listed = ctl.json(&["actions", "list", "--parent", &parent.to_string()]);
+    let listed = listed["actions"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed.iter().all(|a| a["parent_id"] == parent),
+        "{listed:?}"
+    );
     let shown = String::from_utf8_lossy(&ctl.ctl(&["actions", "show", &parent.to_string()]).stdout)
         .into_owned();
     assert!(

@@ -472,6 +472,9 @@ async function openDetail(id) {
   if (a.children) {
     const c = a.children;
     body.push(el("h3", {}, "Devices"), el("p", {}, `${c.total} devices: ${c.succeeded} succeeded, ${c.failed} failed, ${c.pending} pending, ${c.not_run} not run`));
+    if (d.children_total > d.children.length) {
+      body.push(el("p", { id: "detail-children-more" }, `Showing the first ${d.children.length} of ${d.children_total}; all of them: GET /api/v1/actions?parent=${a.id}`));
+    }
     body.push(el("table", { id: "detail-children" }, el("tbody", {}, d.children.map((ch) => el("tr", {},
       el("td", {}, actionLink(ch.id)), el("td", {}, ch.hostname || ch.device_id), el("td", {}, el("span", { class: `status ${ch.status}` }, ch.status)),
       el("td", {}, ch.result_summary || ""))))));
