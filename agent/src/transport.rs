@@ -44,8 +44,7 @@ async fn resolve(controller: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("controller address {controller:?} resolves to nothing"))
 }
 
-/// A client endpoint on an ephemeral port of the family of `remote`.
-pub fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
+fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() {
         "[::]:0".parse()?
     } else {

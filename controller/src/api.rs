@@ -535,7 +535,7 @@ async fn list_actions(
     Params(filter): Params<actions::Filter>,
 ) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
-    let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
+    let groups = who.group_scope();
     let (list, total) = ctl
         .store
         .read(move |c| actions::list(c, &filter, groups.as_deref()))
@@ -565,7 +565,7 @@ async fn show_action(
     let id: ActionId = id
         .parse()
         .map_err(|e: palisade_common::ids::IdError| ApiError::bad_request(e.to_string()))?;
-    let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
+    let groups = who.group_scope();
     let (rec, history, (children, children_total), undo_requests) = ctl
         .store
         .read(move |c| {

@@ -114,6 +114,11 @@ impl Principal {
     pub fn sees_group(&self, group: &str) -> bool {
         self.device_groups.is_empty() || self.device_groups.iter().any(|g| g == group)
     }
+
+    /// The groups a listing is limited to, for `actions::list`: `None` when every group.
+    pub fn group_scope(&self) -> Option<Vec<String>> {
+        (!self.device_groups.is_empty()).then(|| self.device_groups.clone())
+    }
 }
 
 #[cfg(test)]

@@ -213,7 +213,7 @@ pub async fn export_csv(
         .map_err(|_| ApiError::bad_request("invalid query string"))?;
     let Query(mut filter) =
         Query::<Filter>::try_from_uri(&bare).map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let groups = (!who.device_groups.is_empty()).then(|| who.device_groups.clone());
+    let groups = who.group_scope();
     let records = ctl
         .store
         .read(move |c| {
