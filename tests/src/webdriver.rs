@@ -212,6 +212,22 @@ impl Browser {
         )
     }
 
+    /// Clicks the first displayed element matching `css`, finding it again if the page
+    /// re-rendered between finding and clicking (a stale element); other errors fail.
+    pub fn click(&self, css: &str) {
+        eventually(WAIT, &format!("a click on {css:?}"), || {
+            let id = self
+                .find_all_now(css)
+                .into_iter()
+                .find(|id| self.displayed(id))?;
+            match self.try_call("POST", &format!("/element/{id}/click"), None) {
+                Ok(_) => Some(()),
+                Err(e) if e.contains("stale element") => None,
+                Err(e) => panic!("webdriver click on {css:?}: {e}"),
+            }
+        });
+    }
+
     /// Picks the `<option>` with this value in the first displayed `<select>` matching `css`,
     /// found and set in one script: a page that re-renders in between cannot leave a stale
     /// element in the test's hands.

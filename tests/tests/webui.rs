@@ -950,9 +950,8 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
             .any(|a| a["device_group"] == "web" && a["level"] == "full")
             .then_some(())
     });
-    browser
-        .find("#detection input.realtime[data-group=\"db\"]")
-        .click();
+    // Saving the level above re-renders the panel: click by selector, not a held element.
+    browser.click("#detection input.realtime[data-group=\"db\"]");
     eventually(
         Duration::from_secs(15),
         "db's real-time protection on",
@@ -965,16 +964,10 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
                 .then_some(())
         },
     );
-    assert_eq!(
-        browser
-            .find("#detection input.realtime[data-group=\"db\"]")
-            .property("checked"),
-        true
-    );
-    assert_eq!(
-        browser
-            .find("#detection input.realtime[data-group=\"web\"]")
-            .property("checked"),
-        false
+    // Read in one script: the saved setting re-renders the panel, so a held element goes stale.
+    browser.wait_for(
+        "the panel to show db's real-time protection on and web's off",
+        "const box = g => document.querySelector(`#detection input.realtime[data-group=\"${g}\"]`); \
+         return box('db')?.checked === true && box('web')?.checked === false;",
     );
 }
