@@ -106,7 +106,7 @@ pub struct BrokenLink {
 
 /// Walks the whole chain in order.
 pub fn verify(conn: &Connection) -> Result<Verification> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, at, actor, event, action_id, device_id, detail, prev_hash, hash
          FROM audit ORDER BY seq",
     )?;
@@ -164,7 +164,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
 }
 
 pub fn list(conn: &Connection, action: Option<ActionId>, limit: u32) -> Result<Vec<AuditRecord>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT seq, at, actor, event, action_id, device_id, detail, prev_hash, hash FROM audit
          WHERE (?1 IS NULL OR action_id = ?1) ORDER BY seq DESC LIMIT ?2",
     )?;

@@ -1,6 +1,7 @@
 //! Users, API tokens, enrolment tokens and approval policy. Secrets are stored as SHA-256
 //! hashes only; the plaintext is shown once, when it is made.
 
+use super::Cached;
 use palisade_common::ActionKind;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -26,7 +27,7 @@ pub struct User {
 }
 
 pub fn user_count(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+    Ok(conn.query_row_cached("SELECT count(*) FROM users", [], |r| r.get(0))?)
 }
 
 /// Creates a user with a first API token and returns the token.
@@ -47,7 +48,7 @@ pub fn add_user(
             "invalid user name {name:?}: 1 to 64 letters, digits or . _ @ -"
         )));
     }
-    let exists: bool = conn.query_row(
+    let exists: bool = conn.query_row_cached(
         "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
         [name],
         |r| r.get(0),
@@ -57,12 +58,12 @@ pub fn add_user(
             "user {name:?} already exists"
         )));
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO users (name, role, device_groups, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![name, role.as_str(), serde_json::to_string(device_groups)?, actor, now_ms()],
     )?;
     let token = new_secret("pal_");
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO api_tokens (token_hash, user_name, created_at) VALUES (?1, ?2, ?3)",
         params![token_hash(&token), name, now_ms()],
     )?;
@@ -78,7 +79,7 @@ pub fn add_user(
 }
 
 pub fn list_users(conn: &Connection) -> Result<Vec<User>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT name, role, device_groups, created_by, created_at FROM users ORDER BY name",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -107,7 +108,7 @@ pub fn list_users(conn: &Connection) -> Result<Vec<User>> {
 /// The principal an API token belongs to, if any.
 pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<Principal>> {
     let row: Option<(String, String, String)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT u.name, u.role, u.device_groups FROM api_tokens t JOIN users u ON u.name = t.user_name
              WHERE t.token_hash = ?1",
             [token_hash(token)],
@@ -150,7 +151,7 @@ pub fn create_enroll_token(
     }
     let token = new_secret("pal_enr_");
     let expires_at = now_ms() + ttl_ms;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO enroll_tokens (token_hash, uses_left, expires_at, device_group, created_by, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![token_hash(&token), uses, expires_at, device_group, actor, now_ms()],
@@ -177,7 +178,7 @@ pub fn create_enroll_token(
 /// says precisely why the token is refused.
 pub fn consume_enroll_token(conn: &Connection, token: &str) -> Result<(i64, String)> {
     let row: Option<(i64, i64, i64, String)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT id, uses_left, expires_at, device_group FROM enroll_tokens WHERE token_hash = ?1",
             [token_hash(token)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -194,7 +195,7 @@ pub fn consume_enroll_token(conn: &Connection, token: &str) -> Result<(i64, Stri
     if uses_left <= 0 {
         return Err(StoreError::Invalid("enrolment token is used up".into()));
     }
-    conn.execute(
+    conn.execute_cached(
         "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE id = ?1",
         [id],
     )?;
@@ -220,7 +221,7 @@ impl Default for Policy {
 /// (group, *), (*, kind), (*, *), else the default.
 pub fn policy_for(conn: &Connection, group: &str, kind: ActionKind) -> Result<Policy> {
     let row: Option<(bool, bool)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT require_approval, distinct_approver FROM policies
              WHERE device_group IN (?1, '*') AND kind IN (?2, '*')
              ORDER BY (device_group = '*'), (kind = '*') LIMIT 1",
@@ -252,7 +253,7 @@ pub fn set_policy(
     policy: Policy,
 ) -> Result<()> {
     let kind = kind.map(|k| k.as_str()).unwrap_or("*");
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO policies (device_group, kind, require_approval, distinct_approver) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (device_group, kind) DO UPDATE SET require_approval = ?3, distinct_approver = ?4",
         params![group, kind, policy.require_approval, policy.distinct_approver],
@@ -269,7 +270,7 @@ pub fn set_policy(
 }
 
 pub fn list_policies(conn: &Connection) -> Result<Vec<PolicyRow>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT device_group, kind, require_approval, distinct_approver FROM policies ORDER BY 1, 2",
     )?;
     let rows = stmt.query_map([], |r| {

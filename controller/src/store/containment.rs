@@ -6,6 +6,7 @@
 //! bumps the desired revision of every active device in the same transaction; the service then
 //! sends the new desired state to the online ones, and the others get it when they connect.
 
+use super::Cached;
 use std::net::IpAddr;
 
 use palisade_common::action::ContainParams;
@@ -92,7 +93,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Containment>> {
 /// The targets device `me` must drop: every one in whose scope it is, but itself.
 fn applying_to(conn: &Connection, me: &DeviceId) -> Result<Vec<Containment>> {
     let group: String = conn
-        .query_row(
+        .query_row_cached(
             "SELECT device_group FROM devices WHERE id = ?1",
             [me.as_str()],
             |r| r.get(0),
@@ -139,7 +140,7 @@ pub fn find(conn: &Connection, p: &ContainParams) -> Result<Option<Containment>>
 /// A device's addresses worth blocking: all but loopback.
 pub fn device_addresses(conn: &Connection, id: &DeviceId) -> Result<Vec<IpAddr>> {
     let inv: String = conn
-        .query_row(
+        .query_row_cached(
             "SELECT inventory FROM devices WHERE id = ?1",
             [id.as_str()],
             |r| r.get(0),
@@ -169,7 +170,7 @@ pub fn shared(
     addrs: &[IpAddr],
     except: Option<&DeviceId>,
 ) -> Result<Vec<(String, String, &'static str, IpAddr)>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, hostname, inventory FROM devices WHERE status = 'active' ORDER BY id",
     )?;
     let rows: Vec<(String, String, String)> = stmt
@@ -196,7 +197,7 @@ pub fn shared(
 /// Bumps the desired revision of every active device: the containment set is part of each
 /// one's desired state.
 fn bump_all(conn: &Connection) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET desired_revision = desired_revision + 1 WHERE status = 'active'",
         [],
     )?;
@@ -249,7 +250,7 @@ pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionR
             }
             // The requester's groups, as they stand when it is approved.
             let scope: Vec<String> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT device_groups FROM users WHERE name = ?1",
                     [&rec.requested_by],
                     |r| r.get::<_, String>(0),
@@ -258,7 +259,7 @@ pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionR
                 .map(|g| serde_json::from_str(&g))
                 .transpose()?
                 .unwrap_or_default();
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO containments (action_id, device_id, ip, mac, addresses, scope, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -272,7 +273,7 @@ pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionR
                 ],
             )?;
             bump_all(conn)?;
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT device_group FROM devices WHERE status = 'active' AND id IS NOT ?1",
             )?;
             let groups: Vec<String> = stmt
@@ -296,7 +297,7 @@ pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionR
             )
         }
         (_, Some(c)) => {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE containments SET ended_by = ?2, ended_at = ?3 WHERE id = ?1",
                 params![c.id, id.0 as i64, now],
             )?;
@@ -347,7 +348,7 @@ pub fn follow(conn: &Connection, device: &DeviceId, guard: &Guard) -> Result<boo
     if now == c.addresses {
         return Ok(false);
     }
-    conn.execute(
+    conn.execute_cached(
         "UPDATE containments SET addresses = ?2 WHERE id = ?1",
         params![c.id, serde_json::to_string(&now)?],
     )?;

@@ -2,6 +2,7 @@
 //! result commits as succeeded) and the exec allowlist of each device group. Every change
 //! bumps the device's `desired_revision`, so that an agent recognises a stale copy.
 
+use super::Cached;
 use palisade_common::wire::{DesiredState, ExecAllowlist, Isolation, ObservedState};
 use palisade_common::{ActionKind, ActionParams, DeviceId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -78,7 +79,7 @@ pub fn changed_by(kind: ActionKind) -> bool {
 /// The device's full desired state: its own part, its revision, its group's allowlist.
 pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
     let (json, revision, group): (String, i64, String) = conn
-        .query_row(
+        .query_row_cached(
             "SELECT desired, desired_revision, device_group FROM devices WHERE id = ?1",
             [id.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -106,7 +107,7 @@ pub fn update(
     change: impl FnOnce(&mut DeviceDesired),
 ) -> Result<DesiredState> {
     let json: String = conn
-        .query_row(
+        .query_row_cached(
             "SELECT desired FROM devices WHERE id = ?1",
             [id.as_str()],
             |r| r.get(0),
@@ -115,7 +116,7 @@ pub fn update(
         .ok_or_else(|| StoreError::NotFound(format!("no device {id}")))?;
     let mut own: DeviceDesired = serde_json::from_str(&json)?;
     change(&mut own);
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET desired = ?2, desired_revision = desired_revision + 1 WHERE id = ?1",
         params![id.as_str(), serde_json::to_string(&own)?],
     )?;
@@ -229,7 +230,7 @@ pub fn apply_local_releases(
 /// A group's allowlist (empty if none was set).
 pub fn allowlist(conn: &Connection, group: &str) -> Result<Allowlist> {
     let row: Option<(String, String, String, i64)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT sha256, paths, updated_by, updated_at FROM exec_allowlists WHERE device_group = ?1",
             [group],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -252,7 +253,7 @@ pub fn allowlist(conn: &Connection, group: &str) -> Result<Allowlist> {
 
 pub fn list_allowlists(conn: &Connection) -> Result<Vec<Allowlist>> {
     let mut stmt =
-        conn.prepare("SELECT device_group FROM exec_allowlists ORDER BY device_group")?;
+        conn.prepare_cached("SELECT device_group FROM exec_allowlists ORDER BY device_group")?;
     let groups: Vec<String> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -292,7 +293,7 @@ pub fn set_allowlist(
             clean_paths.push(p.clone());
         }
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO exec_allowlists (device_group, sha256, paths, updated_by, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (device_group) DO UPDATE SET sha256 = ?2, paths = ?3, updated_by = ?4, updated_at = ?5",
@@ -312,12 +313,12 @@ pub fn set_allowlist(
         None,
         &serde_json::json!({"device_group": group, "sha256": hashes, "paths": clean_paths}),
     )?;
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET desired_revision = desired_revision + 1
          WHERE device_group = ?1 AND status = 'active'",
         [group],
     )?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id FROM devices WHERE device_group = ?1 AND status = 'active' ORDER BY id",
     )?;
     let ids: Vec<String> = stmt

@@ -1,5 +1,6 @@
 //! Enrolled devices: identity (certificate serial), inventory, last contact, lasting state.
 
+use super::Cached;
 use palisade_common::wire::{Inventory, ObservedState, VaultEntry};
 use palisade_common::{ActionKind, DeviceId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -77,7 +78,7 @@ pub fn insert(
     cert_serial: &str,
     token_id: i64,
 ) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO devices (id, hostname, device_group, enrolled_group, agent_version, capabilities, inventory, cert_serial, enrolled_at)
          VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -104,7 +105,7 @@ pub fn insert(
 
 pub fn identity(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceIdentity>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT cert_serial, status, device_group FROM devices WHERE id = ?1",
             [id.as_str()],
             |r| {
@@ -119,7 +120,7 @@ pub fn identity(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceIdentit
 }
 
 pub fn is_revoked(conn: &Connection, serial: &str) -> Result<bool> {
-    Ok(conn.query_row(
+    Ok(conn.query_row_cached(
         "SELECT EXISTS(SELECT 1 FROM revoked_certs WHERE serial = ?1)",
         [serial],
         |r| r.get(0),
@@ -133,7 +134,7 @@ pub fn issue_breakglass(
     actor: &str,
     not_after: i64,
 ) -> Result<u32> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO breakglass_codes (device_id, issued_by, issued_at, not_after) VALUES (?1, ?2, ?3, ?4)",
         params![id.as_str(), actor, now_ms(), not_after],
     )?;
@@ -159,7 +160,7 @@ pub fn hello(
     inventory: &Inventory,
     observed: &ObservedState,
 ) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET hostname = ?2, agent_version = ?3, capabilities = ?4, inventory = ?5,
          observed = ?6, last_seen = ?7 WHERE id = ?1",
         params![
@@ -176,7 +177,7 @@ pub fn hello(
 }
 
 pub fn touch(conn: &Connection, id: &DeviceId) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET last_seen = ?2 WHERE id = ?1",
         params![id.as_str(), now_ms()],
     )?;
@@ -184,7 +185,7 @@ pub fn touch(conn: &Connection, id: &DeviceId) -> Result<()> {
 }
 
 pub fn set_observed(conn: &Connection, id: &DeviceId, observed: &ObservedState) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET observed = ?2, last_seen = ?3 WHERE id = ?1",
         params![id.as_str(), observed_json(observed).to_string(), now_ms()],
     )?;
@@ -211,7 +212,7 @@ pub fn vault_json(entries: &[VaultEntry]) -> serde_json::Value {
 
 /// Replaces the device's vault listing with what its agent reported.
 pub fn set_vault(conn: &Connection, id: &DeviceId, entries: &[VaultEntry]) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET vault = ?2, vault_reported_at = ?3 WHERE id = ?1",
         params![id.as_str(), vault_json(entries).to_string(), now_ms()],
     )?;
@@ -221,7 +222,7 @@ pub fn set_vault(conn: &Connection, id: &DeviceId, entries: &[VaultEntry]) -> Re
 /// The device's vault as last reported: entries and when.
 pub fn vault(conn: &Connection, id: &DeviceId) -> Result<(serde_json::Value, Option<i64>)> {
     let (text, at): (String, Option<i64>) = conn
-        .query_row(
+        .query_row_cached(
             "SELECT vault, vault_reported_at FROM devices WHERE id = ?1",
             [id.as_str()],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -233,7 +234,7 @@ pub fn vault(conn: &Connection, id: &DeviceId) -> Result<(serde_json::Value, Opt
 
 /// Active devices whose reported vault holds a file with this sha256.
 pub fn holding(conn: &Connection, sha256: &str) -> Result<Vec<DeviceId>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT d.id FROM devices d, json_each(d.vault) e
          WHERE d.status = 'active' AND json_extract(e.value, '$.sha256') = ?1
          GROUP BY d.id ORDER BY d.id",
@@ -250,7 +251,7 @@ pub fn holding(conn: &Connection, sha256: &str) -> Result<Vec<DeviceId>> {
 }
 
 pub fn set_inventory(conn: &Connection, id: &DeviceId, inventory: &Inventory) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET hostname = ?2, inventory = ?3, last_seen = ?4 WHERE id = ?1",
         params![
             id.as_str(),
@@ -268,11 +269,11 @@ pub fn offboard(conn: &Connection, id: &DeviceId, actor: &str, reason: &str) -> 
     let Some(ident) = identity(conn, id)? else {
         return Err(StoreError::NotFound(format!("no device {id}")));
     };
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET status = 'offboarded', offboarded_at = ?2 WHERE id = ?1",
         params![id.as_str(), now_ms()],
     )?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT OR IGNORE INTO revoked_certs (serial, device_id, revoked_at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![ident.cert_serial, id.as_str(), now_ms(), reason],
     )?;
@@ -345,7 +346,7 @@ fn finish(row: (Device, String, String, String)) -> Result<Device> {
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<Device>> {
-    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY d.hostname, d.id"))?;
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY d.hostname, d.id"))?;
     let rows = stmt.query_map([], row_to_device)?;
     let mut out = Vec::new();
     for row in rows {
@@ -356,7 +357,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Device>> {
 
 pub fn get(conn: &Connection, id: &DeviceId) -> Result<Device> {
     let row = conn
-        .query_row(
+        .query_row_cached(
             &format!("{SELECT} WHERE d.id = ?1"),
             [id.as_str()],
             row_to_device,
@@ -375,7 +376,7 @@ pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
         return Ok(d);
     }
     let mut stmt =
-        conn.prepare("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
+        conn.prepare_cached("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
     let ids: Vec<String> = stmt
         .query_map([reference], |r| r.get(0))?
         .collect::<Result<_, _>>()?;

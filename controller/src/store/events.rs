@@ -1,6 +1,7 @@
 //! What agents report on their own (denied executions …): the device's history of
 //! "automated device action" events, each also written to the audit log.
 
+use super::Cached;
 use palisade_common::wire::DeviceEvent;
 use palisade_common::{ActionSource, DeviceId};
 use rusqlite::{Connection, params};
@@ -81,7 +82,7 @@ pub fn note(
     at: i64,
 ) -> Result<()> {
     let source = ActionSource::AutomatedDeviceAction.as_str();
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?7)",
         params![device.as_str(), source, kind, summary, detail.to_string(), at, now_ms()],
@@ -98,7 +99,7 @@ pub fn record(conn: &Connection, device: &DeviceId, events: &[DeviceEvent]) -> R
     let source = ActionSource::AutomatedDeviceAction.as_str();
     for e in events {
         let (kind, summary, detail, count, first, last) = describe(e);
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![device.as_str(), source, kind, summary, detail.to_string(), count as i64, first, last, now],
@@ -114,7 +115,7 @@ pub fn record(conn: &Connection, device: &DeviceId, events: &[DeviceEvent]) -> R
 
 /// A device's events, newest first.
 pub fn list(conn: &Connection, device: &DeviceId, limit: u32) -> Result<Vec<EventRecord>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT id, device_id, source, kind, summary, detail, count, first_at, last_at, received_at
          FROM device_events WHERE device_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;

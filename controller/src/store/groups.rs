@@ -6,6 +6,7 @@
 //! a move bumps the device's desired revision (its allowlist and settings may differ) and is
 //! audited, like every change of the rules or of an assignment.
 
+use super::Cached;
 use std::net::IpAddr;
 
 use palisade_common::DeviceId;
@@ -220,10 +221,10 @@ pub fn set_rules(conn: &Connection, actor: &str, list: &[GroupRule]) -> Result<V
         r.validate()
             .map_err(|e| StoreError::Invalid(format!("rule {}: {e}", i + 1)))?;
     }
-    conn.execute("DELETE FROM group_rules", [])?;
+    conn.execute_cached("DELETE FROM group_rules", [])?;
     let now = now_ms();
     for (i, r) in list.iter().enumerate() {
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO group_rules (position, hostname, cidr, device_group, created_by, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![i as i64 + 1, r.hostname, r.cidr, r.device_group, actor, now],
@@ -238,7 +239,7 @@ pub fn set_rules(conn: &Connection, actor: &str, list: &[GroupRule]) -> Result<V
         &serde_json::json!({"rules": list}),
     )?;
     let ids: Vec<String> = conn
-        .prepare("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?
+        .prepare_cached("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut moved = Vec::new();
@@ -261,7 +262,7 @@ pub fn assign(
     if let Some(g) = group {
         check_group_name(g)?;
     }
-    let n = conn.execute(
+    let n = conn.execute_cached(
         "UPDATE devices SET manual_group = ?2 WHERE id = ?1",
         params![id.as_str(), group],
     )?;
@@ -333,7 +334,7 @@ fn evaluate_with(
         return Ok(None);
     }
     let bump = i64::from(group != current);
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET device_group = ?2, group_source = ?3, enrolled_group = ?4,
          desired_revision = desired_revision + ?5 WHERE id = ?1",
         params![id.as_str(), group, why, enrolled, bump],

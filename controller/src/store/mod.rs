@@ -30,6 +30,39 @@ use rusqlite::{Connection, OpenFlags};
 /// Most jobs committed in one transaction.
 const MAX_GROUP: usize = 512;
 
+/// Prepared statements kept per connection. Parsing SQL was most of what a small write cost
+/// (a third of the writer's time during a fleet-wide action, and a quarter of the controller's
+/// during a connect storm), so the store runs its statements through the cache, and the cache
+/// holds them all.
+const STATEMENT_CACHE: usize = 256;
+
+/// `execute` and `query_row` through the connection's statement cache: what the store's modules
+/// call instead of rusqlite's, which prepare the statement anew each time.
+pub trait Cached {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -86,6 +119,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrations().to_latest(&mut conn)?;
         crate::fsutil::restrict(path)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -165,6 +199,7 @@ impl Store {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(10))?;
+                c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 // The Action center reads pages out of large histories: a bigger page cache
                 // per reader (16 MiB) and the file mapped, instead of re-reading through
                 // 2 MiB caches.

@@ -2,6 +2,7 @@
 //! version each device enforces, each device group's automation level, and the remediation
 //! of a scan's detections (automated quarantine actions), committed with the scan's result.
 
+use super::Cached;
 use std::fmt;
 use std::str::FromStr;
 
@@ -61,13 +62,13 @@ pub fn insert(
     new: NewRuleSet,
     bundle: impl FnOnce(u64) -> std::result::Result<(Vec<u8>, String), String>,
 ) -> Result<RuleSet> {
-    let version: i64 = conn.query_row(
+    let version: i64 = conn.query_row_cached(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM rule_sets",
         [],
         |r| r.get(0),
     )?;
     let (bytes, sha256) = bundle(version as u64).map_err(StoreError::Invalid)?;
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO rule_sets (version, created_by, created_at, comment, files, yara_rules, hash_entries, size, sha256, bundle)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
@@ -97,7 +98,7 @@ pub fn insert(
 
 pub fn get(conn: &Connection, version: u64) -> Result<Option<RuleSet>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!("SELECT {COLUMNS} FROM rule_sets WHERE version = ?1"),
             [version as i64],
             from_row,
@@ -108,7 +109,7 @@ pub fn get(conn: &Connection, version: u64) -> Result<Option<RuleSet>> {
 /// The newest rule set: the one every device should enforce.
 pub fn current(conn: &Connection) -> Result<Option<RuleSet>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!("SELECT {COLUMNS} FROM rule_sets ORDER BY version DESC LIMIT 1"),
             [],
             from_row,
@@ -118,7 +119,7 @@ pub fn current(conn: &Connection) -> Result<Option<RuleSet>> {
 
 /// Every rule set, newest first.
 pub fn list(conn: &Connection) -> Result<Vec<RuleSet>> {
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM rule_sets ORDER BY version DESC"
     ))?;
     let rows = stmt.query_map([], from_row)?;
@@ -128,7 +129,7 @@ pub fn list(conn: &Connection) -> Result<Vec<RuleSet>> {
 /// The bundle of a version, as agents fetch it.
 pub fn bundle(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT bundle FROM rule_sets WHERE version = ?1",
             [version as i64],
             |r| r.get(0),
@@ -138,7 +139,7 @@ pub fn bundle(conn: &Connection, version: u64) -> Result<Option<Vec<u8>>> {
 
 /// Records the rule-set version a device's scanner enforces.
 pub fn set_enforced(conn: &Connection, device: &DeviceId, version: u64) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         "UPDATE devices SET rules_version = ?2 WHERE id = ?1",
         params![device.as_str(), version as i64],
     )?;
@@ -201,7 +202,7 @@ pub struct Automation {
 /// A group's level: its own, else the `*` default row, else [`AutomationLevel::DEFAULT`].
 pub fn automation_for(conn: &Connection, group: &str) -> Result<AutomationLevel> {
     let level: Option<String> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT level FROM automation WHERE device_group IN (?1, '*')
              ORDER BY device_group = '*' LIMIT 1",
             [group],
@@ -224,7 +225,7 @@ pub fn set_automation(
             "a device group name is 1 to 64 characters (or * for the default)".into(),
         ));
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO automation (device_group, level, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (device_group) DO UPDATE SET level = ?2, updated_by = ?3, updated_at = ?4",
         params![group, level.as_str(), actor, now_ms()],
@@ -241,7 +242,7 @@ pub fn set_automation(
 }
 
 pub fn list_automation(conn: &Connection) -> Result<Vec<Automation>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT device_group, level, updated_by, updated_at FROM automation ORDER BY device_group",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -305,7 +306,7 @@ pub fn remediate_realtime(
     deadlines: Deadlines,
 ) -> Result<Vec<ActionRecord>> {
     let group: Option<String> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT device_group FROM devices WHERE id = ?1 AND status = 'active'",
             [device.as_str()],
             |r| r.get(0),
@@ -394,7 +395,7 @@ pub fn remediate_detections(
         let open: Option<i64> = if level == AutomationLevel::None || params.validate().is_err() {
             None
         } else {
-            conn.query_row(
+            conn.query_row_cached(
                 "SELECT id FROM actions WHERE device_id = ?1 AND kind = 'quarantine'
                  AND status IN ('pending_approval','approved','delivered','acknowledged','in_progress')
                  AND json_extract(params, '$.path') = ?2 LIMIT 1",
@@ -439,7 +440,7 @@ pub fn remediate_detections(
             "matches": det.matches, "automation": level,
             "quarantine": action.map(|(how, id)| serde_json::json!({"action": id, "how": how})),
         });
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
              VALUES (?1, ?2, 'detection', ?3, ?4, 1, ?5, ?5, ?5)",
             params![
@@ -459,7 +460,7 @@ pub fn remediate_detections(
 /// off (it watches directories on every device of the group: an admin turns it on).
 pub fn realtime_for(conn: &Connection, group: &str) -> Result<bool> {
     let on: Option<bool> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT enabled FROM realtime WHERE device_group IN (?1, '*')
              ORDER BY device_group = '*' LIMIT 1",
             [group],
@@ -479,7 +480,7 @@ pub struct RealtimeSetting {
 }
 
 pub fn list_realtime(conn: &Connection) -> Result<Vec<RealtimeSetting>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT device_group, enabled, updated_by, updated_at FROM realtime ORDER BY device_group",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -507,7 +508,7 @@ pub fn set_realtime(
             "a device group name is 1 to 64 characters (or * for the default)".into(),
         ));
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO realtime (device_group, enabled, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (device_group) DO UPDATE SET enabled = ?2, updated_by = ?3, updated_at = ?4",
         params![group, enabled, actor, now_ms()],
@@ -522,11 +523,11 @@ pub fn set_realtime(
     )?;
     let ids: Vec<String> = if group == "*" {
         let mut stmt =
-            conn.prepare("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?;
+            conn.prepare_cached("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?;
         stmt.query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?
     } else {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id FROM devices WHERE device_group = ?1 AND status = 'active' ORDER BY id",
         )?;
         stmt.query_map([group], |r| r.get(0))?
@@ -537,7 +538,7 @@ pub fn set_realtime(
         let id: DeviceId = i
             .parse()
             .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
-        conn.execute(
+        conn.execute_cached(
             "UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1",
             [id.as_str()],
         )?;

@@ -3,6 +3,7 @@
 //! cookie value, each with its CSRF token and an absolute expiry), and each user's UI
 //! preferences per view.
 
+use super::Cached;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Result, StoreError, audit, now_ms};
@@ -10,7 +11,7 @@ use crate::auth::Principal;
 
 /// Stores `hash` (a PHC string) as `user`'s password hash.
 pub fn set_password_hash(conn: &Connection, actor: &str, user: &str, hash: &str) -> Result<()> {
-    let n = conn.execute(
+    let n = conn.execute_cached(
         "UPDATE users SET password_hash = ?2 WHERE name = ?1",
         params![user, hash],
     )?;
@@ -18,7 +19,7 @@ pub fn set_password_hash(conn: &Connection, actor: &str, user: &str, hash: &str)
         return Err(StoreError::NotFound(format!("no user {user:?}")));
     }
     // A new password ends every session of the user.
-    conn.execute("DELETE FROM sessions WHERE user_name = ?1", [user])?;
+    conn.execute_cached("DELETE FROM sessions WHERE user_name = ?1", [user])?;
     audit::append(
         conn,
         actor,
@@ -33,7 +34,7 @@ pub fn set_password_hash(conn: &Connection, actor: &str, user: &str, hash: &str)
 /// The stored password hash of `user`, if the user exists and has one.
 pub fn password_hash(conn: &Connection, user: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             "SELECT password_hash FROM users WHERE name = ?1",
             [user],
             |r| r.get::<_, Option<String>>(0),
@@ -53,8 +54,8 @@ pub fn create_session(
 ) -> Result<i64> {
     let now = now_ms();
     // Expired sessions of anyone go when someone logs in: the table stays small.
-    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-    conn.execute(
+    conn.execute_cached("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+    conn.execute_cached(
         "INSERT INTO sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id_hash, user, csrf, now, now + ttl_ms],
     )?;
@@ -80,7 +81,7 @@ pub struct Session {
 /// The unexpired session whose cookie hashes to `id_hash`.
 pub fn session(conn: &Connection, id_hash: &str) -> Result<Option<Session>> {
     let row: Option<(String, String, String, String, i64)> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT u.name, u.role, u.device_groups, s.csrf, s.expires_at FROM sessions s
              JOIN users u ON u.name = s.user_name WHERE s.id_hash = ?1 AND s.expires_at > ?2",
             params![id_hash, now_ms()],
@@ -104,7 +105,7 @@ pub fn session(conn: &Connection, id_hash: &str) -> Result<Option<Session>> {
 /// Ends a session (logout).
 pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<()> {
     let user: Option<String> = conn
-        .query_row(
+        .query_row_cached(
             "DELETE FROM sessions WHERE id_hash = ?1 RETURNING user_name",
             [id_hash],
             |r| r.get(0),
@@ -122,7 +123,7 @@ pub const MAX_PREFS: usize = 8 * 1024;
 /// `user`'s preferences for `view` (a JSON object), `{}` when none were saved.
 pub fn prefs(conn: &Connection, user: &str, view: &str) -> Result<serde_json::Value> {
     let text: Option<String> = conn
-        .query_row(
+        .query_row_cached(
             "SELECT prefs FROM ui_prefs WHERE user_name = ?1 AND view = ?2",
             [user, view],
             |r| r.get(0),
@@ -152,7 +153,7 @@ pub fn set_prefs(
             text.len()
         )));
     }
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO ui_prefs (user_name, view, prefs, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (user_name, view) DO UPDATE SET prefs = ?3, updated_at = ?4",
         params![user, view, text, now_ms()],
