@@ -1,17 +1,26 @@
 //! Content-addressed storage of uploaded artifacts (samples, packages) and resumable partial
 //! uploads. A file is named by its SHA-256 and only ever appears complete and checked.
+//!
+//! Finished uploads are made durable in groups, like the store's transactions: one thread
+//! takes every checked upload waiting, flushes the filesystem once (`syncfs`: the files'
+//! contents), renames them all into place, and flushes once more (the renames). A fleet-wide
+//! sample of 20,000 files costs a few dozen flushes instead of 40,000 `fsync`s, and no flush
+//! ever runs on the async threads.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use palisade_common::ActionId;
 use ring::digest;
 
-use crate::fsutil::{private_dir, sync_dir};
+use crate::fsutil::private_dir;
+
+/// Most uploads made durable by one pair of flushes.
+const MAX_GROUP: usize = 1024;
 
 #[derive(Clone)]
 pub struct Artifacts {
@@ -22,6 +31,14 @@ pub struct Artifacts {
     /// connection while the controller may still hold the old one's stream: the newer upload
     /// takes the file over, and the older one may not write to it any more.
     owners: Arc<Mutex<HashMap<PathBuf, u64>>>,
+    durable: mpsc::Sender<Settle>,
+}
+
+/// A checked partial file to move into place (`None`: only wait for the next flush), and who
+/// waits for it to be durable.
+struct Settle {
+    rename: Option<(PathBuf, PathBuf)>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// The right to append to a partial file, until a newer upload of it takes over.
@@ -59,11 +76,17 @@ impl Artifacts {
         let uploads = data_dir.join("uploads");
         private_dir(&root)?;
         private_dir(&uploads)?;
+        let fs = File::open(&root)?;
+        let (durable, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("artifact-sync".into())
+            .spawn(move || settle(fs, jobs))?;
         Ok(Artifacts {
             root,
             uploads,
             max_size,
             owners: Arc::default(),
+            durable,
         })
     }
 
@@ -118,34 +141,15 @@ impl Artifacts {
     }
 
     /// Checks the finished partial file against the announced size and hash, and moves it into
-    /// the content-addressed store. A mismatch deletes it.
-    pub fn commit(&self, action: ActionId, sha256: &[u8; 32], size: u64) -> Result<String> {
-        let part = self.partial(action, sha256);
-        let check = (|| -> Result<String> {
-            let mut f = File::open(&part)?;
-            let len = f.metadata()?.len();
-            if len != size {
-                bail!("received {len} bytes, expected {size}");
-            }
-            let mut ctx = digest::Context::new(&digest::SHA256);
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                ctx.update(&buf[..n]);
-            }
-            let got = hex::encode(ctx.finish());
-            if got != hex::encode(sha256) {
-                bail!(
-                    "sha256 mismatch: received {got}, announced {}",
-                    hex::encode(sha256)
-                );
-            }
-            Ok(got)
-        })();
-        let hash = match check {
+    /// the content-addressed store; returns once the file is durable there. A mismatch deletes
+    /// it.
+    pub async fn commit(&self, action: ActionId, sha256: [u8; 32], size: u64) -> Result<String> {
+        let part = self.partial(action, &sha256);
+        let checked = {
+            let part = part.clone();
+            tokio::task::spawn_blocking(move || check(&part, &sha256, size)).await?
+        };
+        let hash = match checked {
             Ok(h) => h,
             Err(e) => {
                 let _ = fs::remove_file(&part);
@@ -153,21 +157,107 @@ impl Artifacts {
             }
         };
         let dest = self.path_of(&hash)?;
-        let dir = dest.parent().context("artifact path has a parent")?;
-        fs::create_dir_all(dir)?;
-        File::open(&part)?.sync_all()?;
-        fs::rename(&part, &dest)?;
-        sync_dir(dir)?;
+        self.settle(Some((part, dest))).await?;
         Ok(hash)
     }
+
+    /// Returns once everything moved into place so far is durable: a file that is already
+    /// there may belong to a group whose last flush has not ended yet.
+    pub async fn flushed(&self) -> Result<()> {
+        self.settle(None).await
+    }
+
+    async fn settle(&self, rename: Option<(PathBuf, PathBuf)>) -> Result<()> {
+        let (done, durable) = tokio::sync::oneshot::channel();
+        self.durable
+            .send(Settle { rename, done })
+            .map_err(|_| anyhow!("the artifact store is shut down"))?;
+        durable
+            .await
+            .map_err(|_| anyhow!("the artifact store is shut down"))?
+            .map_err(|e| anyhow!(e))
+    }
+}
+
+/// Reads a finished partial file back: its length and SHA-256 must be the announced ones.
+fn check(part: &Path, sha256: &[u8; 32], size: u64) -> Result<String> {
+    let mut f = File::open(part)?;
+    let len = f.metadata()?.len();
+    if len != size {
+        bail!("received {len} bytes, expected {size}");
+    }
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    let got = hex::encode(ctx.finish());
+    if got != hex::encode(sha256) {
+        bail!(
+            "sha256 mismatch: received {got}, announced {}",
+            hex::encode(sha256)
+        );
+    }
+    Ok(got)
+}
+
+/// The artifact-sync thread: flush, rename the group into place, flush again, answer.
+fn settle(fs: File, jobs: mpsc::Receiver<Settle>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        // The contents first: a name in the store must never point at a file whose bytes
+        // were lost.
+        if let Err(e) = nix::unistd::syncfs(&fs) {
+            let e = format!("cannot flush the artifact store: {e}");
+            for job in group {
+                let _ = job.done.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let mut moved = Vec::with_capacity(group.len());
+        for job in group {
+            let renamed = match &job.rename {
+                Some((part, dest)) => rename_into(part, dest).map_err(|e| format!("{e:#}")),
+                None => Ok(()),
+            };
+            match renamed {
+                Ok(()) => moved.push(job),
+                Err(e) => {
+                    let _ = job.done.send(Err(e));
+                }
+            }
+        }
+        let flushed =
+            nix::unistd::syncfs(&fs).map_err(|e| format!("cannot flush the artifact store: {e}"));
+        for job in moved {
+            let _ = job.done.send(flushed.clone());
+        }
+    }
+}
+
+fn rename_into(part: &Path, dest: &Path) -> Result<()> {
+    let dir = dest.parent().context("artifact path has a parent")?;
+    fs::create_dir_all(dir)?;
+    fs::rename(part, dest)
+        .with_context(|| format!("cannot move {} into the artifact store", part.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_newer_upload_takes_the_partial_file_over_from_an_older_one() {
+    #[tokio::test]
+    async fn a_newer_upload_takes_the_partial_file_over_from_an_older_one() {
         let dir = tempfile::tempdir().unwrap();
         let a = Artifacts::open(dir.path(), 1 << 20).unwrap();
         let bytes = b"hello package";
@@ -186,6 +276,49 @@ mod tests {
         drop(old);
         new.append(b" package").unwrap();
         drop(new);
-        assert_eq!(a.commit(ActionId(1), &sha, 13).unwrap(), hex::encode(sha));
+        assert_eq!(
+            a.commit(ActionId(1), sha, 13).await.unwrap(),
+            hex::encode(sha)
+        );
+        let stored = fs::read(a.path_of(&hex::encode(sha)).unwrap()).unwrap();
+        assert_eq!(stored, bytes);
+        assert!(!a.partial(ActionId(1), &sha).exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_finished_together_are_all_stored_and_a_wrong_one_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Artifacts::open(dir.path(), 1 << 20).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let bytes = format!("sample {i}").into_bytes();
+                let sha: [u8; 32] = digest::digest(&digest::SHA256, &bytes)
+                    .as_ref()
+                    .try_into()
+                    .unwrap();
+                // Every tenth announces a hash its bytes do not have.
+                let announced = if i % 10 == 0 { [0u8; 32] } else { sha };
+                let (mut up, _) = a
+                    .resume(ActionId(i), &announced, bytes.len() as u64)
+                    .unwrap();
+                up.append(&bytes).unwrap();
+                drop(up);
+                let stored = a.commit(ActionId(i), announced, bytes.len() as u64).await;
+                (i, bytes, stored)
+            }));
+        }
+        for t in tasks {
+            let (i, bytes, stored) = t.await.unwrap();
+            if i % 10 == 0 {
+                assert!(stored.is_err(), "upload {i} with a wrong hash was stored");
+                assert!(!a.partial(ActionId(i), &[0u8; 32]).exists());
+            } else {
+                let hex = stored.unwrap();
+                assert_eq!(fs::read(a.path_of(&hex).unwrap()).unwrap(), bytes);
+            }
+        }
+        a.flushed().await.unwrap();
     }
 }

@@ -49,9 +49,3 @@ pub fn private_dir(path: &Path) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict permissions of {}", path.display()))
 }
-
-/// Flushes a directory entry (after a create or rename inside it).
-pub fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path)?.sync_all()?;
-    Ok(())
-}

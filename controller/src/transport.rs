@@ -453,8 +453,9 @@ async fn session(
     let generation = ctl.registry.register(&device, tx);
     tracing::info!(%device, hostname = %hello.inventory.hostname, version = %hello.agent_version, "agent connected");
 
-    // Frames are read by their own task: reading is not cancel-safe, a channel is.
-    let (frames_tx, mut frames) = mpsc::channel::<Result<AgentMessage>>(64);
+    // Frames are read by their own task: reading is not cancel-safe, a channel is. Boxed, like
+    // the commands: the channel allocates its 32 first slots at once.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<Box<AgentMessage>>>(64);
     let reader = tokio::spawn(read_frames(recv, frames_tx));
 
     let mut session = ControllerSession::accept(
@@ -492,14 +493,14 @@ async fn session(
             let deadline = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(Ok(msg)) => session.handle_message(Instant::now(), msg),
+                    Some(Ok(msg)) => session.handle_message(Instant::now(), *msg),
                     Some(Err(e)) => {
                         conn.close(close_code::PROTOCOL.into(), b"malformed frame");
                         return Err(e);
                     }
                     None => return Ok(()),
                 },
-                cmd = commands.recv() => match cmd {
+                cmd = commands.recv() => match cmd.map(|c| *c) {
                     Some(SessionCommand::Deliver(spec)) => deliver(&ctl, &device, &mut session, spec).await?,
                     Some(SessionCommand::Desired(state)) => session.desired(state),
                     // Only an agent that scans understands these messages.
@@ -786,10 +787,11 @@ async fn upload(
     }
     drop(file);
     let stored = if already {
-        Ok(hex.clone())
+        ctl.artifacts.flushed().await.map(|()| hex.clone())
     } else {
         ctl.artifacts
-            .commit(begin.action, &begin.sha256, begin.size)
+            .commit(begin.action, begin.sha256, begin.size)
+            .await
     };
     match stored {
         Ok(sha256) => {
@@ -814,12 +816,12 @@ async fn upload(
     Ok(())
 }
 
-async fn read_frames(mut recv: RecvStream, out: mpsc::Sender<Result<AgentMessage>>) {
+async fn read_frames(mut recv: RecvStream, out: mpsc::Sender<Result<Box<AgentMessage>>>) {
     loop {
         let frame = read_frame::<AgentMessage>(&mut recv).await;
         let end = !matches!(frame, Ok(Some(_)));
         let item = match frame {
-            Ok(Some(m)) => Ok(m),
+            Ok(Some(m)) => Ok(Box::new(m)),
             Ok(None) => return,
             Err(e) => Err(e),
         };
