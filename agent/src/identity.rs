@@ -28,6 +28,10 @@ pub struct Identity {
     pub key_der: Vec<u8>,
     pub cert_der: Vec<u8>,
     pub ca_der: Vec<u8>,
+    /// The controller's TLS session tickets for this identity, in memory only: a reconnect
+    /// resumes the session instead of signing and verifying certificates again. Clones share
+    /// them.
+    pub tls_sessions: rustls::client::Resumption,
 }
 
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -35,6 +39,11 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 }
 
 impl Identity {
+    /// Room for the tickets of one controller (rustls keeps a few per server name).
+    pub fn new_tls_sessions() -> rustls::client::Resumption {
+        rustls::client::Resumption::in_memory_sessions(1)
+    }
+
     pub fn exists(state_dir: &Path) -> bool {
         dir(state_dir).join("agent.json").exists()
     }
@@ -56,6 +65,7 @@ impl Identity {
             key_der: read("key.der")?,
             cert_der: read("cert.der")?,
             ca_der: read("ca.der")?,
+            tls_sessions: Identity::new_tls_sessions(),
         })
     }
 

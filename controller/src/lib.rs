@@ -10,6 +10,7 @@ pub mod pki;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod tickets;
 pub mod transport;
 pub mod web;
 
@@ -129,7 +130,12 @@ pub async fn run(config: Config) -> Result<()> {
         .context("cannot open the controller database")?;
     bootstrap_admin(&store, &config).await?;
     let artifacts = artifacts::Artifacts::open(&config.data_dir, config.max_artifact_size)?;
-    let tls = pki::server_tls(&ca, &config.server_names)?;
+    let mut tls = pki::server_tls(&ca, &config.server_names)?;
+    // Agents resume their TLS sessions on reconnect, across restarts too (tickets.rs); one
+    // ticket per connection is enough, since an agent holds one connection at a time.
+    let ticket_secret = secret(&config.data_dir.join("ticket.key"))?;
+    tls.ticketer = Arc::new(tickets::Tickets::new(&ticket_secret));
+    tls.send_tls13_tickets = 1;
     let fingerprint = ca.fingerprint();
     let controller = Arc::new(Controller::new(store, artifacts, ca, config.clone()));
 

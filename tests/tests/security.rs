@@ -381,6 +381,7 @@ fn secret_files_are_private() {
         "breakglass.key",
         "admin.token",
         "reset.key",
+        "ticket.key",
         "controller.sqlite",
     ] {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
