@@ -24,6 +24,8 @@ pub struct Stats {
     pub connected: AtomicU64,
     pub sessions: AtomicU64,
     pub results: AtomicU64,
+    /// Results the controller said it committed.
+    pub committed: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -203,8 +205,10 @@ pub async fn run(
                         session.submit_result(report);
                         stats.results.fetch_add(1, Ordering::Relaxed);
                     }
-                    AgentEvent::ResultAcked(_)
-                    | AgentEvent::Desired(_)
+                    AgentEvent::ResultAcked(_) => {
+                        stats.committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    AgentEvent::Desired(_)
                     | AgentEvent::ProbeAnswered(_)
                     | AgentEvent::Rules(_)
                     | AgentEvent::Cancel(_) => {}
