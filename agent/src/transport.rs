@@ -263,6 +263,17 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
     connect_on(&client_endpoint(addr)?, identity, hello, link_timeout).await
 }
 
+/// Whether connecting failed because the controller refused the connection outright: it does
+/// that while it has as many handshakes in progress as it takes (a connect storm), before any
+/// TLS, so this says nothing about the agent's identity.
+pub fn refused_busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<quinn::ConnectionError>(),
+        Some(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
 /// Connects on `endpoint`, which many connections may share: the fleet simulator's agents do,
 /// since quinn gives every endpoint a receive buffer of about 3 MB, zeroed when it is made.
 pub async fn connect_on(
@@ -519,4 +530,56 @@ pub async fn read_frame<T: Decode<()>>(recv: &mut RecvStream) -> Result<Option<T
 pub async fn write_frame<T: Encode>(send: &mut SendStream, msg: &T) -> Result<()> {
     send.write_all(&frame::encode(msg)?).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_the_controller_refuses_outright_reads_as_busy() {
+        let cert = rcgen::generate_simple_self_signed(vec![CONTROLLER_SERVER_NAME.into()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let server = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(
+                quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
+            )),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        // What the controller does beyond its handshake limit.
+        tokio::spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                incoming.refuse();
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client_tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let e = client_endpoint(addr)
+            .unwrap()
+            .connect_with(
+                quic_config(client_tls, LINK_TIMEOUT).unwrap(),
+                addr,
+                CONTROLLER_SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))
+            .unwrap_err();
+        assert!(refused_busy(&e), "{e:#}");
+        assert!(!refused_busy(&anyhow!("no answer from {addr} within 5 s")));
+    }
 }

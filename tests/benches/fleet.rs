@@ -234,12 +234,14 @@ fn main() {
     let done = settled["action"]["children"]["succeeded"]
         .as_u64()
         .unwrap_or(0);
-    let mut latencies: Vec<i64> = Vec::new();
+    // Each hop's time after the approval, from the children's records: where the time went.
+    let hops = ["delivered_at", "acknowledged_at", "finished_at"];
+    let mut after: Vec<Vec<i64>> = vec![Vec::new(); hops.len()];
     let mut offset = 0;
     while offset < n {
         let v: Value = api
             .get(format!(
-                "{url}/api/v1/actions?status=succeeded&kind=request_sample&limit=10000&offset={offset}"
+                "{url}/api/v1/actions?parent={parent}&limit=10000&offset={offset}"
             ))
             .header("Authorization", format!("Bearer {token}"))
             .call()
@@ -254,18 +256,32 @@ fn main() {
             break;
         }
         offset += page.len();
-        latencies.extend(
-            page.iter()
-                .filter_map(|a| Some(a["delivered_at"].as_i64()? - a["decided_at"].as_i64()?)),
-        );
+        for a in &page {
+            for (hop, times) in hops.iter().zip(after.iter_mut()) {
+                if let (Some(at), Some(decided)) = (a[hop].as_i64(), a["decided_at"].as_i64()) {
+                    times.push(at - decided);
+                }
+            }
+        }
     }
     complete("fleet-wide action", done as usize, n);
-    latencies.sort();
+    let timeline: Vec<String> = hops
+        .iter()
+        .zip(after.iter_mut())
+        .map(|(hop, times)| {
+            times.sort();
+            format!(
+                "{} p50 {} ms, p99 {} ms, max {} ms",
+                hop.trim_end_matches("_at"),
+                percentile(times, 0.5),
+                percentile(times, 0.99),
+                times.last().copied().unwrap_or(0)
+            )
+        })
+        .collect();
     println!(
-        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); approve→delivered p50 {} ms, p99 {} ms, max {} ms; {} results sent; {action_cpu}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0),
+        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); after approval: {}; {} results sent; {action_cpu}",
+        timeline.join("; "),
         stats.results.load(Ordering::Relaxed) - results_before
     );
 

@@ -123,9 +123,14 @@ pub async fn run(
         .await
         {
             Ok(l) => l,
-            Err(_) => {
+            Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff.next()).await;
+                let delay = if transport::refused_busy(&e) {
+                    backoff.busy()
+                } else {
+                    backoff.next()
+                };
+                tokio::time::sleep(delay).await;
                 continue;
             }
         };
@@ -157,6 +162,10 @@ pub async fn run(
                     }
                     AgentEvent::Received(spec) => {
                         session.receipt_persisted(spec.id);
+                        // The receipt goes out before the work, as a real agent's does.
+                        while let Some(m) = session.poll_transmit() {
+                            let _ = link.send(&m).await;
+                        }
                         let report = match &spec.params {
                             ActionParams::RequestSample(p) => {
                                 let bytes =
