@@ -6,6 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
 use palisade_common::DeviceId;
@@ -28,10 +29,11 @@ pub struct Identity {
     pub key_der: Vec<u8>,
     pub cert_der: Vec<u8>,
     pub ca_der: Vec<u8>,
-    /// The controller's TLS session tickets for this identity, in memory only: a reconnect
-    /// resumes the session instead of signing and verifying certificates again. Clones share
-    /// them.
-    pub tls_sessions: rustls::client::Resumption,
+    /// The TLS client configuration made from these files, once per process (clones share
+    /// it): reconnects skip parsing the key again, and the controller's session tickets, kept
+    /// in it (in memory only), let a reconnect resume the session instead of signing and
+    /// verifying certificates again.
+    pub tls: Arc<OnceLock<Arc<rustls::ClientConfig>>>,
 }
 
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -39,11 +41,6 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 }
 
 impl Identity {
-    /// Room for the tickets of one controller (rustls keeps a few per server name).
-    pub fn new_tls_sessions() -> rustls::client::Resumption {
-        rustls::client::Resumption::in_memory_sessions(1)
-    }
-
     pub fn exists(state_dir: &Path) -> bool {
         dir(state_dir).join("agent.json").exists()
     }
@@ -65,7 +62,7 @@ impl Identity {
             key_der: read("key.der")?,
             cert_der: read("cert.der")?,
             ca_der: read("ca.der")?,
-            tls_sessions: Identity::new_tls_sessions(),
+            tls: Arc::default(),
         })
     }
 

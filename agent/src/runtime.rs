@@ -204,11 +204,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         let mut link = match connected {
             Ok(link) => link,
             Err(e) => {
-                let delay = if transport::refused_busy(&e) {
-                    backoff.busy()
-                } else {
-                    backoff.next()
-                };
+                let delay = backoff.next();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "cannot reach the controller");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => continue,
@@ -818,20 +814,7 @@ impl Backoff {
         self.current = (self.current * 2).min(self.max);
         delay
     }
-
-    /// The delay after the controller refused a connection because it has all the handshakes
-    /// in progress it takes: anywhere in a fixed window, and the delay does not grow. The
-    /// controller is up and admitting agents at its own pace; exponential delays would leave
-    /// it idle while the last agents of a storm wait out 30 s each.
-    pub fn busy(&mut self) -> Duration {
-        let window = self.max.min(BUSY_WINDOW).max(self.min);
-        self.min + (window - self.min).mul_f64(unit_random())
-    }
 }
-
-/// The window [`Backoff::busy`] spreads retries over. 20,000 agents retry about 2,000 times a
-/// second in it, each refusal one small packet.
-const BUSY_WINDOW: Duration = Duration::from_secs(10);
 
 /// A random number in [0, 1).
 fn unit_random() -> f64 {
@@ -844,22 +827,6 @@ fn unit_random() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_busy_controller_is_retried_within_a_fixed_window_that_does_not_grow() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let delays: Vec<Duration> = (0..200).map(|_| b.busy()).collect();
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d >= Duration::from_millis(500) && *d < BUSY_WINDOW)
-        );
-        // Spread over the window, not bunched at one end.
-        assert!(delays.iter().any(|d| *d < Duration::from_secs(3)));
-        assert!(delays.iter().any(|d| *d > Duration::from_secs(7)));
-        // Busy refusals leave the exponential delay where it was.
-        assert!(b.next() < Duration::from_millis(750));
-    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {

@@ -56,7 +56,10 @@ fn client_endpoint(remote: SocketAddr) -> Result<quinn::Endpoint> {
 /// The silence after which a session connection counts as lost.
 const LINK_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn quic_config(tls: rustls::ClientConfig, link_timeout: Duration) -> Result<quinn::ClientConfig> {
+fn quic_config(
+    tls: Arc<rustls::ClientConfig>,
+    link_timeout: Duration,
+) -> Result<quinn::ClientConfig> {
     let mut config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
@@ -189,7 +192,7 @@ pub async fn enroll(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let endpoint = client_endpoint(addr)?;
     let connecting = endpoint.connect_with(
-        quic_config(tls, LINK_TIMEOUT)?,
+        quic_config(Arc::new(tls), LINK_TIMEOUT)?,
         addr,
         CONTROLLER_SERVER_NAME,
     )?;
@@ -234,7 +237,7 @@ pub async fn enroll(
                 key_der,
                 cert_der: certificate_der,
                 ca_der,
-                tls_sessions: Identity::new_tls_sessions(),
+                tls: Arc::default(),
             })
         }
     }
@@ -263,15 +266,21 @@ pub async fn connect(identity: &Identity, hello: &Hello, link_timeout: Duration)
     connect_on(&client_endpoint(addr)?, identity, hello, link_timeout).await
 }
 
-/// Whether connecting failed because the controller refused the connection outright: it does
-/// that while it has as many handshakes in progress as it takes (a connect storm), before any
-/// TLS, so this says nothing about the agent's identity.
-pub fn refused_busy(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<quinn::ConnectionError>(),
-        Some(quinn::ConnectionError::ConnectionClosed(close))
-            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
-    )
+/// The mutual-TLS client configuration of an enrolled identity.
+fn client_tls(identity: &Identity) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(identity.ca_der.clone()))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(identity.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
+        )?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // Room for the tickets of one controller (rustls keeps up to 8 per server name).
+    tls.resumption = rustls::client::Resumption::in_memory_sessions(1);
+    Ok(tls)
 }
 
 /// Connects on `endpoint`, which many connections may share: the fleet simulator's agents do,
@@ -283,18 +292,13 @@ pub async fn connect_on(
     link_timeout: Duration,
 ) -> Result<Link> {
     let addr = resolve(&identity.info.controller).await?;
-    let provider = provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(identity.ca_der.clone()))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from(identity.cert_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
-        )?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.resumption = identity.tls_sessions.clone();
+    let tls = match identity.tls.get() {
+        Some(tls) => tls.clone(),
+        None => {
+            let tls = Arc::new(client_tls(identity)?);
+            identity.tls.get_or_init(|| tls).clone()
+        }
+    };
     let connecting = endpoint.connect_with(
         quic_config(tls, link_timeout)?,
         addr,
@@ -530,56 +534,4 @@ pub async fn read_frame<T: Decode<()>>(recv: &mut RecvStream) -> Result<Option<T
 pub async fn write_frame<T: Encode>(send: &mut SendStream, msg: &T) -> Result<()> {
     send.write_all(&frame::encode(msg)?).await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_connection_the_controller_refuses_outright_reads_as_busy() {
-        let cert = rcgen::generate_simple_self_signed(vec![CONTROLLER_SERVER_NAME.into()]).unwrap();
-        let der = cert.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
-        let tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![der.clone()], key)
-            .unwrap();
-        let server = quinn::Endpoint::server(
-            quinn::ServerConfig::with_crypto(Arc::new(
-                quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
-            )),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
-        let addr = server.local_addr().unwrap();
-        // What the controller does beyond its handshake limit.
-        tokio::spawn(async move {
-            while let Some(incoming) = server.accept().await {
-                incoming.refuse();
-            }
-        });
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
-        let client_tls = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let e = client_endpoint(addr)
-            .unwrap()
-            .connect_with(
-                quic_config(client_tls, LINK_TIMEOUT).unwrap(),
-                addr,
-                CONTROLLER_SERVER_NAME,
-            )
-            .unwrap()
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))
-            .unwrap_err();
-        assert!(refused_busy(&e), "{e:#}");
-        assert!(!refused_busy(&anyhow!("no answer from {addr} within 5 s")));
-    }
 }

@@ -131,11 +131,12 @@ pub async fn run(config: Config) -> Result<()> {
     bootstrap_admin(&store, &config).await?;
     let artifacts = artifacts::Artifacts::open(&config.data_dir, config.max_artifact_size)?;
     let mut tls = pki::server_tls(&ca, &config.server_names)?;
-    // Agents resume their TLS sessions on reconnect, across restarts too (tickets.rs); one
-    // ticket per connection is enough, since an agent holds one connection at a time.
+    // Agents resume their TLS sessions on reconnect, across restarts too (tickets.rs). A
+    // client spends a ticket on every attempt, and in a storm attempts are refused at the
+    // handshake limit: four tickets let an agent be refused three times and still resume.
     let ticket_secret = secret(&config.data_dir.join("ticket.key"))?;
     tls.ticketer = Arc::new(tickets::Tickets::new(&ticket_secret));
-    tls.send_tls13_tickets = 1;
+    tls.send_tls13_tickets = 4;
     let fingerprint = ca.fingerprint();
     let controller = Arc::new(Controller::new(store, artifacts, ca, config.clone()));
 

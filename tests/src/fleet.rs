@@ -123,14 +123,9 @@ pub async fn run(
         .await
         {
             Ok(l) => l,
-            Err(e) => {
+            Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                let delay = if transport::refused_busy(&e) {
-                    backoff.busy()
-                } else {
-                    backoff.next()
-                };
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(backoff.next()).await;
                 continue;
             }
         };
