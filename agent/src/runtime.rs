@@ -810,18 +810,14 @@ impl Backoff {
     /// The next delay: the current one scaled by a random factor in [0.5, 1.5).
     #[allow(clippy::should_implement_trait)] // never ends: not an iterator
     pub fn next(&mut self) -> Duration {
-        let delay = self.current.mul_f64(0.5 + unit_random());
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 2];
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        let jitter = 0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0;
+        let delay = self.current.mul_f64(jitter);
         self.current = (self.current * 2).min(self.max);
         delay
     }
-}
-
-/// A random number in [0, 1).
-fn unit_random() -> f64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 2];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    f64::from(u16::from_le_bytes(b)) / 65536.0
 }
 
 #[cfg(test)]

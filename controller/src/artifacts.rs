@@ -208,13 +208,9 @@ fn check(part: &Path, sha256: &[u8; 32], size: u64) -> Result<String> {
 /// The artifact-sync thread: flush, rename the group into place, flush again, answer.
 fn settle(fs: File, jobs: mpsc::Receiver<Settle>) {
     while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
+        let group: Vec<Settle> = std::iter::once(first)
+            .chain(jobs.try_iter().take(MAX_GROUP - 1))
+            .collect();
         // The contents first: a name in the store must never point at a file whose bytes
         // were lost.
         if let Err(e) = nix::unistd::syncfs(&fs) {

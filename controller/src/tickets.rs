@@ -141,6 +141,19 @@ mod tests {
         assert!(t.open(100, &[]).is_none());
     }
 
+    /// Hands everything `from` has to send to `to`.
+    fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets().unwrap();
+        }
+    }
+
     /// Runs a TLS handshake in memory; returns how it went and the client certificate the
     /// server saw.
     fn handshake(
@@ -148,27 +161,13 @@ mod tests {
         server: rustls::ServerConfig,
     ) -> (rustls::HandshakeKind, Vec<u8>) {
         let name = rustls::pki_types::ServerName::try_from(CONTROLLER_SERVER_NAME).unwrap();
-        let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
-        let mut s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        let mut c =
+            rustls::Connection::from(rustls::ClientConnection::new(client.clone(), name).unwrap());
+        let mut s =
+            rustls::Connection::from(rustls::ServerConnection::new(Arc::new(server)).unwrap());
         for _ in 0..20 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).unwrap();
-                s.process_new_packets().unwrap();
-            }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).unwrap();
-                c.process_new_packets().unwrap();
-            }
+            pass(&mut c, &mut s);
+            pass(&mut s, &mut c);
             if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
                 let peer = s.peer_certificates().expect("a client certificate")[0].to_vec();
                 return (s.handshake_kind().unwrap(), peer);

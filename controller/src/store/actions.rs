@@ -1268,23 +1268,29 @@ mod tests {
         }
     }
 
+    /// A device of group "default" that can run `kind`.
+    fn enrolled(c: &Connection, seed: u8, kind: ActionKind) -> Result<DeviceId> {
+        let d = DeviceId::from_random([seed; 16]);
+        devices::insert(
+            c,
+            &d,
+            "default",
+            "1",
+            &[kind],
+            &Inventory::default(),
+            "s",
+            1,
+        )?;
+        Ok(d)
+    }
+
     #[test]
     fn the_sweep_ends_only_what_is_past_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
         store
             .write_blocking(|c| {
-                let dev = DeviceId::from_random([7; 16]);
-                devices::insert(
-                    c,
-                    &dev,
-                    "default",
-                    "1",
-                    &[ActionKind::RequestSample],
-                    &Inventory::default(),
-                    "s",
-                    1,
-                )?;
+                let dev = enrolled(c, 7, ActionKind::RequestSample)?;
                 let ask = |c: &Connection| {
                     create(
                         c,
@@ -1436,17 +1442,7 @@ mod tests {
         let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
         store
             .write_blocking(|c| {
-                let d = DeviceId::from_random([7; 16]);
-                devices::insert(
-                    c,
-                    &d,
-                    "default",
-                    "1",
-                    &[ActionKind::Quarantine],
-                    &Inventory::default(),
-                    "s",
-                    1,
-                )?;
+                let d = enrolled(c, 7, ActionKind::Quarantine)?;
                 let new = || NewFleetAction {
                     params: ActionParams::Quarantine(QuarantineParams {
                         path: Some("/tmp/x".into()),

@@ -242,13 +242,9 @@ impl Store {
 
 fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        let batch: Vec<Job> = std::iter::once(first)
+            .chain(jobs.try_iter().take(MAX_GROUP - 1))
+            .collect();
         let mut done = Vec::with_capacity(batch.len());
         let begun = conn.execute_cached("BEGIN IMMEDIATE", []);
         if let Err(e) = begun {
