@@ -81,6 +81,17 @@ pub fn observed(
     }
 }
 
+/// What one round of [`Executor::watch`] found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// An isolation's time box ran out: it is released.
+    pub expired: bool,
+    /// Our table was removed or altered, and is put back: what was found.
+    pub tampered: Option<String>,
+    /// Why the exec restriction differs from the desired state.
+    pub exec_drift: Option<String>,
+}
+
 /// The network part of what is enforced.
 #[derive(Debug, Clone, Default)]
 pub struct NetObserved {
@@ -278,17 +289,31 @@ impl<H: Host> Executor<H> {
         Ok(o)
     }
 
-    /// Why the exec restriction differs from the desired state, if it does. Cheap: the
-    /// network rules are watched by `check_net`, not re-read here.
-    pub fn exec_drift(&self, journal: &Journal) -> Result<Option<String>> {
-        let desired = journal.desired()?.unwrap_or_default();
-        Ok(observed(
+    /// One round of the watch (every second, on a thread of its own), on one read of the
+    /// journal: ends an isolation whose time box ran out, or else puts back our nftables
+    /// table if someone removed or changed it; and says why the exec restriction differs from
+    /// the desired state, if it does (the caller repairs that, see `reconcile`).
+    pub fn watch(&self, journal: &Journal) -> Result<Watched> {
+        let _serial = self.desired.lock().expect("desired lock");
+        let (desired, local) = journal.state()?;
+        let exec_drift = observed(
             &desired,
             &self.host.exec_status(),
             &NetObserved::default(),
             None,
         )
-        .drift)
+        .drift;
+        let expired = self.expire(journal, &desired, &local)?;
+        let tampered = if expired {
+            None
+        } else {
+            self.check_net(journal, &desired, &local)?
+        };
+        Ok(Watched {
+            expired,
+            tampered,
+            exec_drift,
+        })
     }
 
     /// The network part of the observed state: what the plan asks, against the table the
@@ -1227,6 +1252,31 @@ mod tests {
         assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
         assert!(!ex.host().exec.lock().unwrap().restrict);
         assert!(!journal.desired().unwrap().unwrap().restrict_execution);
+    }
+
+    #[test]
+    fn the_watch_finds_a_restriction_that_stopped_and_reconcile_puts_it_back() {
+        let (dir, ex) = executor(FakeHost::default());
+        let journal = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        assert_eq!(
+            ex.watch(&journal).unwrap(),
+            Watched::default(),
+            "nothing wanted"
+        );
+        let (r, _) = ex.run(&spec(1, ActionParams::RestrictExecution {}), &|_| {});
+        assert_eq!(r.outcome, Outcome::Succeeded, "{}", r.summary);
+        assert_eq!(ex.watch(&journal).unwrap(), Watched::default(), "as wanted");
+        ex.host().exec.lock().unwrap().restrict = false; // the listener died
+        let drift = ex.watch(&journal).unwrap().exec_drift;
+        assert!(
+            drift
+                .as_deref()
+                .is_some_and(|d| d.contains("should be restricted")),
+            "{drift:?}"
+        );
+        assert_eq!(ex.reconcile(&journal, None).unwrap().drift, None);
+        assert!(ex.host().exec.lock().unwrap().restrict);
+        assert_eq!(ex.watch(&journal).unwrap(), Watched::default());
     }
 
     #[test]

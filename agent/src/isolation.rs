@@ -294,8 +294,17 @@ impl<H: Host> Executor<H> {
     /// Ends an isolation whose time box is over. Returns whether it did.
     pub fn expire_isolation(&self, journal: &Journal) -> Result<bool> {
         let _serial = self.desired.lock().expect("desired lock");
-        let d = journal.desired()?.unwrap_or_default();
-        let mut local = journal.net()?;
+        let (d, local) = journal.state()?;
+        self.expire(journal, &d, &local)
+    }
+
+    /// [`Self::expire_isolation`] on a state read under the `desired` lock.
+    pub(crate) fn expire(
+        &self,
+        journal: &Journal,
+        d: &DesiredState,
+        local: &NetLocal,
+    ) -> Result<bool> {
         let now = now_ms();
         let Some(iso) = &d.isolation else {
             return Ok(false);
@@ -304,24 +313,27 @@ impl<H: Host> Executor<H> {
         if !expired || local.local_releases.iter().any(|r| r.action == iso.action) {
             return Ok(false);
         }
+        let mut local = local.clone();
         local.local_releases.push(LocalRelease {
             action: iso.action,
             reason: "time box expired".into(),
             at_ms: now,
         });
         journal.set_net(&local)?;
-        self.enforce_net(journal, &d)?;
+        self.enforce_net(journal, d)?;
         tracing::warn!(action = %iso.action, "isolation time box expired: released");
         Ok(true)
     }
 
     /// Re-checks our table against what was applied; puts it back if someone removed or
-    /// changed it, and says what was found.
-    pub fn check_net(&self, journal: &Journal) -> Result<Option<String>> {
-        let _serial = self.desired.lock().expect("desired lock");
-        let d = journal.desired()?.unwrap_or_default();
-        let local = journal.net()?;
-        let expected = needs_table(&plan(&d, &local, now_ms()));
+    /// changed it, and says what was found. On a state read under the `desired` lock.
+    pub(crate) fn check_net(
+        &self,
+        journal: &Journal,
+        d: &DesiredState,
+        local: &NetLocal,
+    ) -> Result<Option<String>> {
+        let expected = needs_table(&plan(d, local, now_ms()));
         if !expected && local.digest.is_none() {
             return Ok(None);
         }
@@ -342,7 +354,7 @@ impl<H: Host> Executor<H> {
             (Some(have), Some(want)) if have != want => "our nftables table was altered",
             _ => return Ok(None),
         };
-        self.enforce_net(journal, &d)?;
+        self.enforce_net(journal, d)?;
         Ok(Some(found.to_owned()))
     }
 
@@ -516,18 +528,18 @@ mod tests {
         let (_d, ex) = executor(true);
         ex.run(&isolate(1, None), &|_| {});
         let j = journal(&ex);
-        assert_eq!(ex.check_net(&j).unwrap(), None, "untouched");
+        assert_eq!(ex.watch(&j).unwrap().tampered, None, "untouched");
         let applied = ex.host().net.lock().unwrap().clone();
         *ex.host().net.lock().unwrap() = None; // nft flush ruleset
         assert!(ex.observed(&j).unwrap().drift.is_some());
         assert_eq!(
-            ex.check_net(&j).unwrap().as_deref(),
+            ex.watch(&j).unwrap().tampered.as_deref(),
             Some("our nftables table was removed")
         );
         assert_eq!(*ex.host().net.lock().unwrap(), applied);
         *ex.host().net.lock().unwrap() = Some("table inet palisade { }".into());
         assert_eq!(
-            ex.check_net(&j).unwrap().as_deref(),
+            ex.watch(&j).unwrap().tampered.as_deref(),
             Some("our nftables table was altered")
         );
         assert_eq!(*ex.host().net.lock().unwrap(), applied);
@@ -542,7 +554,15 @@ mod tests {
         let mut d = j.desired().unwrap().unwrap();
         d.isolation.as_mut().unwrap().until_ms = Some(now_ms() - 1);
         j.set_desired(&d).unwrap();
-        assert!(ex.expire_isolation(&j).unwrap());
+        let watched = ex.watch(&j).unwrap();
+        assert_eq!(
+            watched,
+            crate::executor::Watched {
+                expired: true,
+                ..Default::default()
+            },
+            "the watch ends it"
+        );
         assert!(!ex.expire_isolation(&j).unwrap(), "once");
         assert_eq!(*ex.host().net.lock().unwrap(), None);
         let o = ex.observed(&j).unwrap();
@@ -606,7 +626,7 @@ mod tests {
             err(ex.breakglass_release(&me, &public, &code(&me, 3, later))).contains("already used")
         );
         // The daemon's tamper check does not mistake the release for tamper.
-        assert_eq!(ex.check_net(&j).unwrap(), None);
+        assert_eq!(ex.watch(&j).unwrap().tampered, None);
     }
 
     #[test]

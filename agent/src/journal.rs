@@ -103,24 +103,27 @@ impl Journal {
 
     /// Records a newly delivered action. Returns false if it was already known.
     pub fn record(&self, spec: &ActionSpec) -> Result<bool> {
-        let n = self.conn.execute(
+        let mut insert = self.conn.prepare_cached(
             "INSERT OR IGNORE INTO actions (id, kind, spec, stage, received_at) VALUES (?1, ?2, ?3, 'received', ?4)",
-            params![spec.id.0 as i64, spec.params.kind().as_str(), codec::encode(spec)?, now()],
         )?;
+        let n = insert.execute(params![
+            spec.id.0 as i64,
+            spec.params.kind().as_str(),
+            codec::encode(spec)?,
+            now()
+        ])?;
         Ok(n == 1)
     }
 
     /// Puts a result in the outbox and marks its action finished, in one transaction.
     pub fn finish(&mut self, report: &ActionReport) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO outbox (id, report, created_at) VALUES (?1, ?2, ?3)",
-            params![report.id.0 as i64, codec::encode(report)?, now()],
-        )?;
-        tx.execute(
-            "UPDATE actions SET stage = 'finished', finished_at = ?2 WHERE id = ?1",
-            params![report.id.0 as i64, now()],
-        )?;
+        )?
+        .execute(params![report.id.0 as i64, codec::encode(report)?, now()])?;
+        tx.prepare_cached("UPDATE actions SET stage = 'finished', finished_at = ?2 WHERE id = ?1")?
+            .execute(params![report.id.0 as i64, now()])?;
         tx.commit()?;
         Ok(())
     }
@@ -128,17 +131,18 @@ impl Journal {
     /// The controller committed the result: it leaves the outbox.
     pub fn acknowledged(&mut self, id: ActionId) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM outbox WHERE id = ?1", [id.0 as i64])?;
-        tx.execute(
-            "UPDATE actions SET stage = 'acknowledged' WHERE id = ?1",
-            [id.0 as i64],
-        )?;
+        tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+            .execute([id.0 as i64])?;
+        tx.prepare_cached("UPDATE actions SET stage = 'acknowledged' WHERE id = ?1")?
+            .execute([id.0 as i64])?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn known_ids(&self) -> Result<Vec<ActionId>> {
-        let mut stmt = self.conn.prepare("SELECT id FROM actions ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM actions ORDER BY id")?;
         let ids = stmt
             .query_map([], |r| r.get::<_, i64>(0))?
             .map(|r| r.map(|v| ActionId(v as u64)))
@@ -147,7 +151,9 @@ impl Journal {
     }
 
     pub fn outbox(&self) -> Result<Vec<ActionReport>> {
-        let mut stmt = self.conn.prepare("SELECT report FROM outbox ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT report FROM outbox ORDER BY id")?;
         let blobs: Vec<Vec<u8>> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -161,7 +167,7 @@ impl Journal {
     pub fn unfinished(&self) -> Result<Vec<ActionSpec>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT spec FROM actions WHERE stage = 'received' ORDER BY id")?;
+            .prepare_cached("SELECT spec FROM actions WHERE stage = 'received' ORDER BY id")?;
         let blobs: Vec<Vec<u8>> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -174,11 +180,8 @@ impl Journal {
     pub fn kind_of(&self, id: ActionId) -> Result<Option<ActionKind>> {
         let kind: Option<String> = self
             .conn
-            .query_row(
-                "SELECT kind FROM actions WHERE id = ?1",
-                [id.0 as i64],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT kind FROM actions WHERE id = ?1")?
+            .query_row([id.0 as i64], |r| r.get(0))
             .optional()?;
         Ok(kind.and_then(|k| k.parse().ok()))
     }
@@ -186,11 +189,8 @@ impl Journal {
     pub fn stage(&self, id: ActionId) -> Result<Option<Stage>> {
         let stage: Option<String> = self
             .conn
-            .query_row(
-                "SELECT stage FROM actions WHERE id = ?1",
-                [id.0 as i64],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT stage FROM actions WHERE id = ?1")?
+            .query_row([id.0 as i64], |r| r.get(0))
             .optional()?;
         Ok(stage.map(|s| match s.as_str() {
             "received" => Stage::Received,
@@ -201,15 +201,12 @@ impl Journal {
 
     /// A finished, successful offboard whose result may still be unacknowledged.
     pub fn offboard_finished(&self) -> Result<bool> {
-        Ok(self.conn.query_row(
+        let mut exists = self.conn.prepare_cached(
             "SELECT EXISTS(SELECT 1 FROM actions WHERE kind = 'offboard' AND stage IN ('finished', 'acknowledged'))",
-            [],
-            |r| r.get(0),
-        )?)
+        )?;
+        Ok(exists.query_row([], |r| r.get(0))?)
     }
 
-    /// A restrict or release of execution whose result the controller has not acknowledged:
-    /// until it has, the controller's desired state predates it.
     /// Whether an action of one of `kinds` is running or its result is not yet acknowledged:
     /// then the controller's copy of the desired state predates it.
     pub fn pending_of(&self, kinds: &[ActionKind]) -> Result<bool> {
@@ -229,38 +226,59 @@ impl Journal {
     pub fn net(&self) -> Result<NetLocal> {
         let text: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'net'", [], |r| r.get(0))
+            .prepare_cached("SELECT value FROM meta WHERE key = 'net'")?
+            .query_row([], |r| r.get(0))
             .optional()?;
-        text.map(|t| serde_json::from_slice(&t).context("corrupt network state"))
+        text.map(|t| decode_net(&t))
             .transpose()
             .map(Option::unwrap_or_default)
     }
 
+    /// The desired state (default if none was journaled) and the network facts, read in one
+    /// statement: what the once-a-second watch looks at, so one read transaction per round.
+    pub fn state(&self) -> Result<(DesiredState, NetLocal)> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM meta WHERE key IN ('desired', 'net')")?;
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let (mut desired, mut net) = (DesiredState::default(), NetLocal::default());
+        for (key, value) in rows {
+            match key.as_str() {
+                "desired" => desired = decode_desired(&value)?,
+                _ => net = decode_net(&value)?,
+            }
+        }
+        Ok((desired, net))
+    }
+
     pub fn set_net(&self, net: &NetLocal) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('net', ?1)",
-            [serde_json::to_vec(net)?],
-        )?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('net', ?1)")?
+            .execute([serde_json::to_vec(net)?])?;
         Ok(())
     }
 
     pub fn desired(&self) -> Result<Option<DesiredState>> {
         let blob: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'desired'", [], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT value FROM meta WHERE key = 'desired'")?
+            .query_row([], |r| r.get(0))
             .optional()?;
         blob.map(|b| decode_desired(&b)).transpose()
     }
 
     pub fn set_desired(&self, d: &DesiredState) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('desired', ?1)",
-            [codec::encode(d)?],
-        )?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('desired', ?1)")?
+            .execute([codec::encode(d)?])?;
         Ok(())
     }
+}
+
+fn decode_net(b: &[u8]) -> Result<NetLocal> {
+    serde_json::from_slice(b).context("corrupt network state")
 }
 
 /// A journaled desired state, also as an older agent wrote it: fields are appended at the
@@ -322,6 +340,30 @@ mod tests {
         assert_eq!(j.outbox().unwrap(), vec![report(1)]);
         assert_eq!(j.unfinished().unwrap(), vec![spec(3)]);
         assert_eq!(j.stage(ActionId(2)).unwrap(), Some(Stage::Acknowledged));
+    }
+
+    #[test]
+    fn the_state_is_what_desired_and_net_read_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
+        assert_eq!(
+            j.state().unwrap(),
+            (DesiredState::default(), NetLocal::default()),
+            "nothing journaled yet"
+        );
+        let d = DesiredState {
+            revision: 7,
+            restrict_execution: true,
+            ..Default::default()
+        };
+        j.set_desired(&d).unwrap();
+        let net = NetLocal {
+            controller: vec!["192.0.2.1:4433".parse().unwrap()],
+            ..Default::default()
+        };
+        j.set_net(&net).unwrap();
+        assert_eq!(j.state().unwrap(), (d.clone(), net.clone()));
+        assert_eq!((j.desired().unwrap(), j.net().unwrap()), (Some(d), net));
     }
 
     #[test]

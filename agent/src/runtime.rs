@@ -92,13 +92,15 @@ enum ExecEvent {
     RulesFailed(u64),
 }
 
-/// What the network watch did on its own, for the session to report.
+/// What the watch did on its own, for the session to report.
 #[derive(Debug)]
-enum NetNews {
+enum WatchNews {
     /// An isolation's time box ran out: it is released.
     Expired,
     /// Our table was removed or altered, and is put back: what was found.
     Tampered(String),
+    /// The exec restriction had drifted (a listener that died) and was reapplied.
+    Reapplied,
 }
 
 pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
@@ -169,10 +171,10 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         ),
     }
     let mut events = Aggregator::new(EVENTS_PER_FLUSH, MAX_UNSENT_EVENTS);
-    // The time box and the tamper check run whether or not the controller is reachable; the
-    // watch stops when `run` returns (it drops `_net_watch`).
-    let (net_tx, mut net_rx) = mpsc::channel::<NetNews>(NET_NEWS_CAPACITY);
-    let _net_watch = spawn_net_watch(executor.clone(), journal_path.clone(), net_tx)?;
+    // The time box, the tamper check and the exec self-repair run whether or not the
+    // controller is reachable; the watch stops when `run` returns (it drops `_watch`).
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchNews>(WATCH_NEWS_CAPACITY);
+    let _watch = spawn_watch(executor.clone(), journal_path.clone(), watch_tx)?;
 
     // Work a restart interrupted is run again: every current kind is safe to repeat. Spool
     // files of other actions are leftovers of results journaled before the restart.
@@ -228,7 +230,6 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
         let mut probes_waiting: Vec<ProbeRequest> = Vec::new();
         let mut probes: HashMap<u64, ProbeRequest> = HashMap::new();
         let mut flush = tokio::time::interval(EVENTS_FLUSH);
-        let mut last_heal: Option<Instant> = None;
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let end = 'session: loop {
@@ -268,9 +269,9 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         unsent_detections = back;
                     }
                 },
-                news = net_rx.recv() => if let Some(news) = news {
+                news = watch_rx.recv() => if let Some(news) = news {
                     // Found while connected, or while the controller was out of reach.
-                    if let NetNews::Tampered(found) = news {
+                    if let WatchNews::Tampered(found) = news {
                         events.add_event(DeviceEvent::NetTamper { found, at_ms: now_ms() });
                     }
                     session.observed(executor.observed(&journal)?);
@@ -286,27 +287,17 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     // device's addresses and needs to hear of them.
                     if last_inventory_check.elapsed() >= INVENTORY_EVERY {
                         last_inventory_check = Instant::now();
-                        let inventory = executor.host().inventory();
-                        if inventory.addresses != last_addresses {
-                            tracing::info!(addresses = ?inventory.addresses, "addresses changed");
-                            last_addresses = inventory.addresses.clone();
-                            session.inventory(inventory);
+                        let addresses = executor.host().addresses();
+                        if addresses != last_addresses {
+                            tracing::info!(?addresses, "addresses changed");
+                            last_addresses = addresses;
+                            session.inventory(executor.host().inventory());
                         }
                     }
                     let (denials, dropped) = executor.host().take_exec_denials();
                     events.add(denials, dropped, now_ms());
                     if let Err(unsent) = session.events(events.flush()) {
                         events.requeue(unsent);
-                    }
-                    // Self-healing: a restriction whose listener died is put back (retried at
-                    // most every HEAL_EVERY, so a lasting failure does not flood the log).
-                    // (Exec only: the network rules have their own watch, `spawn_net_watch`.)
-                    let drift = executor.exec_drift(&journal)?;
-                    if drift.is_some() && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY) {
-                        last_heal = Some(Instant::now());
-                        let healed = executor.reconcile(&journal, None)?;
-                        tracing::warn!(?drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
-                        session.observed(healed);
                     }
                 }
                 _ = tokio::signal::ctrl_c() => { link.close("agent stopping"); return Ok(Exit::Stopped) }
@@ -490,42 +481,47 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     }
 }
 
-/// How often denials are drained, aggregated and sent, and the desired state re-checked.
+/// How often denials are drained, aggregated and sent, and the watch looks at the desired
+/// state.
 const EVENTS_FLUSH: Duration = Duration::from_secs(1);
 /// At most this many events per flush: the rate limit of what the agent reports on its own.
 const EVENTS_PER_FLUSH: usize = 20;
 /// How often the agent looks for changed addresses.
 const INVENTORY_EVERY: Duration = Duration::from_secs(5);
-/// Least time between two attempts to repair drift.
+/// Least time between two attempts to repair an exec restriction's drift.
 const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events kept while the controller is unreachable.
 const MAX_UNSENT_EVENTS: usize = 200;
 /// Real-time detections kept while the controller is unreachable (the oldest go first).
 const MAX_UNSENT_DETECTIONS: usize = 1000;
 
-/// Reports of the network watch kept while no session takes them (the observed state sent
-/// on connecting says the rest).
-const NET_NEWS_CAPACITY: usize = 64;
+/// Reports of the watch kept while no session takes them (the observed state sent on
+/// connecting says the rest).
+const WATCH_NEWS_CAPACITY: usize = 64;
 
-/// Stops the network watch when dropped.
-struct NetWatch {
+/// Stops the watch when dropped.
+struct Watch {
     _stop: std::sync::mpsc::Sender<()>,
 }
 
-/// Runs the isolation's time box and the tamper check of our table every second on a thread
-/// of their own, so that they hold while the controller is unreachable (the connect loop and
-/// its back-off) as much as during a session. What they do goes to `news`; a full channel
-/// (a long time offline) drops the news, not the repair.
-fn spawn_net_watch<H: Host>(
+/// Every second, on a thread of its own, holds what the desired state asks of the device:
+/// ends an isolation whose time box ran out, puts back our nftables table if it was tampered
+/// with, and restarts an exec restriction whose listener died (at most every `HEAL_EVERY`, so
+/// a lasting failure does not flood the log). So these hold while the controller is
+/// unreachable (the connect loop and its back-off) as much as during a session. One read of
+/// the journal per round: this is most of what an idle agent does. What the watch did goes to
+/// `news`; a full channel (a long time offline) drops the news, not the repair.
+fn spawn_watch<H: Host>(
     executor: Arc<Executor<H>>,
     journal_path: PathBuf,
-    news: mpsc::Sender<NetNews>,
-) -> Result<NetWatch> {
+    news: mpsc::Sender<WatchNews>,
+) -> Result<Watch> {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
-        .name("net-watch".into())
+        .name("watch".into())
         .spawn(move || {
             let mut journal: Option<Journal> = None;
+            let mut last_heal: Option<Instant> = None;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(EVENTS_FLUSH)
             {
@@ -533,35 +529,48 @@ fn spawn_net_watch<H: Host>(
                     match Journal::open(&journal_path) {
                         Ok(j) => journal = Some(j),
                         Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "network watch: cannot open the journal");
+                            tracing::error!(error = %format!("{e:#}"), "watch: cannot open the journal");
                             continue;
                         }
                     }
                 }
                 let Some(j) = journal.as_ref() else { continue };
-                let mut found = Vec::new();
-                match executor.expire_isolation(j) {
-                    Ok(true) => found.push(NetNews::Expired),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot end the isolation's time box"),
-                }
-                match executor.check_net(j) {
-                    Ok(Some(what)) => {
-                        tracing::warn!(found = %what, "network rules tampered with; reapplied");
-                        found.push(NetNews::Tampered(what));
+                let watched = match executor.watch(j) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot hold the desired state (time box, network rules)");
+                        continue;
                     }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot check the network rules"),
+                };
+                let mut found = Vec::new();
+                if watched.expired {
+                    found.push(WatchNews::Expired);
+                }
+                if let Some(what) = watched.tampered {
+                    tracing::warn!(found = %what, "network rules tampered with; reapplied");
+                    found.push(WatchNews::Tampered(what));
+                }
+                if let Some(drift) = watched.exec_drift
+                    && last_heal.is_none_or(|t| t.elapsed() >= HEAL_EVERY)
+                {
+                    last_heal = Some(Instant::now());
+                    match executor.reconcile(j, None) {
+                        Ok(healed) => {
+                            tracing::warn!(%drift, healed = healed.drift.is_none(), "desired state drifted; reapplied");
+                            found.push(WatchNews::Reapplied);
+                        }
+                        Err(e) => tracing::error!(%drift, error = %format!("{e:#}"), "desired state drifted; cannot reapply"),
+                    }
                 }
                 for n in found {
                     if let Err(e) = news.try_send(n) {
-                        tracing::debug!(news = ?e.into_inner(), "network news not kept: too many unsent");
+                        tracing::debug!(news = ?e.into_inner(), "watch news not kept: too many unsent");
                     }
                 }
             }
         })
-        .context("cannot start the network watch")?;
-    Ok(NetWatch { _stop: stop_tx })
+        .context("cannot start the watch")?;
+    Ok(Watch { _stop: stop_tx })
 }
 
 /// Starts or stops real-time protection as the journaled desired state says, and puts in

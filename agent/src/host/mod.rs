@@ -246,6 +246,12 @@ pub trait Host: Send + Sync + 'static {
     /// What the device is now: names, addresses, size.
     fn inventory(&self) -> Inventory;
 
+    /// The inventory's addresses alone, polled for changes: hosts with a cheaper way than
+    /// the whole inventory say so.
+    fn addresses(&self) -> Vec<std::net::IpAddr> {
+        self.inventory().addresses
+    }
+
     /// Copies the regular file at `path` to `dest` (created new), at most `max` bytes, and
     /// hashes the copy. Refuses anything that is not a regular file, and any path that goes
     /// through a symbolic link.

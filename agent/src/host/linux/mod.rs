@@ -69,6 +69,10 @@ impl Host for LinuxHost {
         inventory::collect()
     }
 
+    fn addresses(&self) -> Vec<std::net::IpAddr> {
+        inventory::addresses()
+    }
+
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
         files::snapshot(path, max, dest)
     }
