@@ -272,17 +272,15 @@ async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>, mut slot: S
     let conn = conn?;
     let Some(cert) = peer_certificate(&conn) else {
         // Anonymous: it keeps its slot (counted against its source) until it ends.
-        return enrolment(conn, ctl).await;
+        return Box::pin(enrolment(conn, ctl)).await;
     };
     let (device, serial) = crate::pki::client_identity(&cert)?;
     let (dev, ser) = (device.clone(), serial.clone());
-    let verdict = ctl
-        .store
-        .read(move |c| {
-            let revoked = devices::is_revoked(c, &ser)?;
-            Ok((devices::identity(c, &dev)?, revoked))
-        })
-        .await?;
+    let verdict = Box::pin(ctl.store.read(move |c| {
+        let revoked = devices::is_revoked(c, &ser)?;
+        Ok((devices::identity(c, &dev)?, revoked))
+    }))
+    .await?;
     let refusal = match verdict {
         (_, true) => Some("certificate revoked"),
         (None, _) => Some("unknown device"),
@@ -309,6 +307,9 @@ async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>, mut slot: S
             Opening::Session(hello) if !session_started => {
                 session_started = true;
                 let (ctl, conn, device) = (ctl.clone(), conn.clone(), device.clone());
+                // Boxed: the task holds its future for the whole session, and the future
+                // holds its arguments and the largest of its awaits (those are boxed too).
+                let hello = Box::new(hello);
                 tokio::spawn(async move {
                     if let Err(e) = session(ctl, conn, device.clone(), hello, send, recv).await {
                         tracing::info!(%device, error = %format!("{e:#}"), "session ended");
@@ -412,11 +413,14 @@ async fn enroll(ctl: &Controller, req: EnrollRequest) -> Result<EnrollResponse, 
     })
 }
 
+/// One agent's session, for as long as it stays connected. So its future lives that long (one
+/// per connected agent), and a future is as large as its largest await: the awaits of the
+/// setup and of each event are boxed, which took an idle session from 4.6 to 1.5 KiB.
 async fn session(
     ctl: Arc<Controller>,
     conn: Connection,
     device: DeviceId,
-    hello: Hello,
+    hello: Box<Hello>,
     mut send: SendStream,
     recv: RecvStream,
 ) -> Result<()> {
@@ -426,28 +430,27 @@ async fn session(
     let moved = {
         let (d, h) = (device.clone(), hello.clone());
         let guard = ctl.contain_guard();
-        ctl.store
-            .write(move |c| {
-                devices::hello(
-                    c,
-                    &d,
-                    &h.agent_version,
-                    &h.capabilities,
-                    &h.inventory,
-                    &h.observed,
-                )?;
-                // An isolation ended on the device while it was away ends here too.
-                desired::apply_local_releases(c, &d, &h.observed)?;
-                // Its new inventory may match another membership rule (the desired state
-                // below is read after this, so it is the new group's).
-                crate::store::groups::evaluate(c, &d, "controller")?;
-                containment::follow(c, &d, &guard)
-            })
-            .await?
+        Box::pin(ctl.store.write(move |c| {
+            devices::hello(
+                c,
+                &d,
+                &h.agent_version,
+                &h.capabilities,
+                &h.inventory,
+                &h.observed,
+            )?;
+            // An isolation ended on the device while it was away ends here too.
+            desired::apply_local_releases(c, &d, &h.observed)?;
+            // Its new inventory may match another membership rule (the desired state
+            // below is read after this, so it is the new group's).
+            crate::store::groups::evaluate(c, &d, "controller")?;
+            containment::follow(c, &d, &guard)
+        }))
+        .await?
     };
     if moved {
         tracing::info!(%device, "contained device's addresses changed; peers follow");
-        ctl.push_desired_to_all().await;
+        Box::pin(ctl.push_desired_to_all()).await;
     }
     let (tx, mut commands) = mpsc::unbounded_channel();
     let generation = ctl.registry.register(&device, tx);
@@ -467,14 +470,14 @@ async fn session(
         },
     );
     let d = device.clone();
-    session.desired(ctl.store.read(move |c| desired::get(c, &d)).await?);
+    session.desired(Box::pin(ctl.store.read(move |c| desired::get(c, &d))).await?);
     let scans = hello.capabilities.contains(&ActionKind::Scan);
-    if scans && let Some(set) = ctl.store.read(scan::current).await? {
+    if scans && let Some(set) = Box::pin(ctl.store.read(scan::current)).await? {
         session.rules(crate::service::rules_info(&set)?);
     }
     let d = device.clone();
-    for spec in ctl.store.read(move |c| actions::outstanding(c, &d)).await? {
-        deliver(&ctl, &device, &mut session, spec).await?;
+    for spec in Box::pin(ctl.store.read(move |c| actions::outstanding(c, &d))).await? {
+        Box::pin(deliver(&ctl, &device, &mut session, spec)).await?;
     }
     let mut close_after_flush: Option<(u32, String)> = None;
     let outcome: Result<()> = async {
@@ -501,7 +504,7 @@ async fn session(
                     None => return Ok(()),
                 },
                 cmd = commands.recv() => match cmd.map(|c| *c) {
-                    Some(SessionCommand::Deliver(spec)) => deliver(&ctl, &device, &mut session, spec).await?,
+                    Some(SessionCommand::Deliver(spec)) => Box::pin(deliver(&ctl, &device, &mut session, spec)).await?,
                     Some(SessionCommand::Desired(state)) => session.desired(state),
                     // Only an agent that scans understands these messages.
                     Some(SessionCommand::Rules(info)) => if scans { session.rules(info) },
@@ -515,7 +518,7 @@ async fn session(
                 _ = tokio::time::sleep_until(deadline.into()) => session.handle_timeout(Instant::now()),
             }
             while let Some(event) = session.poll_event() {
-                if let Some(close) = handle_event(&ctl, &device, &mut session, event).await? {
+                if let Some(close) = Box::pin(handle_event(&ctl, &device, &mut session, event)).await? {
                     close_after_flush = Some(close);
                 }
             }
@@ -525,7 +528,7 @@ async fn session(
     reader.abort();
     ctl.registry.unregister(&device, generation);
     let d = device.clone();
-    let _ = ctl.store.write(move |c| devices::touch(c, &d)).await;
+    let _ = Box::pin(ctl.store.write(move |c| devices::touch(c, &d))).await;
     tracing::info!(%device, "agent disconnected");
     outcome
 }
