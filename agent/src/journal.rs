@@ -94,6 +94,8 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "FULL")?;
         // The runtime and the executor (lasting actions) each hold a connection.
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Every statement goes through the cache, and there are more than rusqlite's 16.
+        conn.set_prepared_statement_cache_capacity(32);
         Migrations::new(vec![M::up(V1)])
             .to_latest(&mut conn)
             .context("cannot migrate the journal")?;

@@ -24,8 +24,8 @@ pub fn collect() -> Inventory {
     }
 }
 
-/// The device's addresses but loopback, sorted, once each: one netlink dump (`getifaddrs`),
-/// cheap enough to poll.
+/// The device's addresses but loopback, sorted, once each: one `getifaddrs` (two netlink
+/// dumps), cheap enough to poll.
 pub fn addresses() -> Vec<IpAddr> {
     let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
