@@ -564,7 +564,7 @@ pub fn create_fleet(
             "comment": new.comment, "external_id": new.external_id, "fleet": true,
             "devices": new.devices.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>()}),
     )?;
-    let mut ids = vec![parent];
+    let mut children = Vec::with_capacity(new.devices.len());
     for (device, group) in new.devices {
         let child = create(
             conn,
@@ -581,7 +581,7 @@ pub fn create_fleet(
             },
             deadlines,
         )?;
-        ids.push(child.id);
+        children.push(child);
     }
     if !require_approval {
         return decide_unchecked(
@@ -594,7 +594,10 @@ pub fn create_fleet(
             None, // never contain: containment is not fleet-wide
         );
     }
-    ids.iter().map(|&id| get(conn, id)).collect()
+    // The children as `create` returned them: nothing changed them since.
+    Ok(std::iter::once(get(conn, parent)?)
+        .chain(children)
+        .collect())
 }
 
 /// Approves or rejects a set of pending actions, all or none: they must all exist, be pending,
@@ -642,8 +645,15 @@ pub fn decide(
             )));
         }
     }
-    let ids: Vec<ActionId> = records.iter().map(|r| r.id).collect();
-    decide_unchecked(conn, &ids, actor, approve, comment, deadlines, Some(guard))
+    decide_records(
+        conn,
+        records,
+        actor,
+        approve,
+        comment,
+        deadlines,
+        Some(guard),
+    )
 }
 
 /// The actions named, and for a fleet-wide parent its children still pending approval.
@@ -654,8 +664,15 @@ fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord
         let parent = r.is_fleet_parent();
         records.push(r);
         if parent {
-            for c in children(conn, id)? {
-                if c.status == ActionStatus::PendingApproval && !ids.contains(&c.id) {
+            // One statement for them all, and no artifacts to read: an action pending
+            // approval was never delivered, so nothing was uploaded for it.
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM actions a LEFT JOIN devices d ON d.id = a.device_id
+                 WHERE a.parent_id = ?1 AND a.status = 'pending_approval' ORDER BY a.id"
+            ))?;
+            for c in stmt.query_map([id.0 as i64], from_row)? {
+                let c = c?;
+                if !ids.contains(&c.id) {
                     records.push(c);
                 }
             }
@@ -676,25 +693,36 @@ fn decide_unchecked(
     guard: Option<&Guard>,
 ) -> Result<Vec<ActionRecord>> {
     let records = with_children(conn, ids)?;
+    decide_records(conn, records, actor, approve, comment, deadlines, guard)
+}
+
+/// [`decide_unchecked`] on records already read: returns them as they are now stored. They
+/// are updated in place rather than read again, since approving a fleet-wide action decides
+/// a record per device (20,000 reads, within the approver's request).
+fn decide_records(
+    conn: &Connection,
+    mut records: Vec<ActionRecord>,
+    actor: &str,
+    approve: bool,
+    comment: &str,
+    deadlines: Deadlines,
+    guard: Option<&Guard>,
+) -> Result<Vec<ActionRecord>> {
     let now = now_ms();
     let (status, event) = if approve {
         (ActionStatus::Approved, "approved")
     } else {
         (ActionStatus::Rejected, "rejected")
     };
-    for r in &records {
+    // A parent never goes to a device: it ends with its children, not by a deadline.
+    let deadline =
+        |r: &ActionRecord| (approve && !r.is_fleet_parent()).then_some(now + deadlines.delivery_ms);
+    for r in &mut records {
         conn.execute_cached(
             "UPDATE actions SET status = ?2, decided_by = ?3, decided_at = ?4, decision_comment = ?5,
-             deadline_at = CASE WHEN ?2 = 'approved' THEN ?6 ELSE NULL END WHERE id = ?1",
-            params![r.id.0 as i64, status.as_str(), actor, now, comment, now + deadlines.delivery_ms],
+             deadline_at = ?6 WHERE id = ?1",
+            params![r.id.0 as i64, status.as_str(), actor, now, comment, deadline(r)],
         )?;
-        if r.is_fleet_parent() {
-            // A parent never goes to a device: it ends with its children, not by a deadline.
-            conn.execute_cached(
-                "UPDATE actions SET deadline_at = NULL WHERE id = ?1",
-                [r.id.0 as i64],
-            )?;
-        }
         audit::append(
             conn,
             actor,
@@ -703,19 +731,23 @@ fn decide_unchecked(
             r.device_id.as_ref(),
             &serde_json::json!({"comment": comment}),
         )?;
+        r.status = status;
+        r.decided_by = Some(actor.to_owned());
+        r.decided_at = Some(now);
+        r.decision_comment = Some(comment.to_owned());
+        r.deadline_at = deadline(r);
     }
-    let mut out = Vec::with_capacity(records.len());
-    for r in &records {
-        out.push(if approve && r.kind.runs_on_controller() {
+    for r in &mut records {
+        if approve && r.kind.runs_on_controller() {
             let guard = guard.ok_or_else(|| {
                 StoreError::Invalid(format!("{} runs on the controller: no guard given", r.kind))
             })?;
-            super::containment::execute(conn, r.id, guard)?
-        } else {
-            get(conn, r.id)?
-        });
+            *r = super::containment::execute(conn, r.id, guard)?;
+        } else if r.is_fleet_parent() {
+            r.children = Some(child_counts(conn, r.id)?);
+        }
     }
-    Ok(out)
+    Ok(records)
 }
 
 /// Cancels actions not yet delivered. `any_requester` is false for callers who may cancel only
@@ -1337,6 +1369,18 @@ mod tests {
             .unwrap();
     }
 
+    /// What a call returned is what a fresh read of each record finds.
+    fn assert_as_stored(c: &Connection, records: &[ActionRecord]) {
+        for r in records {
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::to_value(get(c, r.id).unwrap()).unwrap(),
+                "action {} as returned and as stored",
+                r.id
+            );
+        }
+    }
+
     #[test]
     fn approving_a_fleet_parent_approves_its_children_and_it_ends_with_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1389,8 +1433,10 @@ mod tests {
                 // Children wait for their parent: nothing is delivered yet.
                 assert!(outstanding(c, &devs[0])?.is_empty());
 
+                assert_as_stored(c, &created);
                 let decided = decide(c, &[parent], "bob", true, "go", D, &G)?;
                 assert_eq!(decided.len(), 3);
+                assert_as_stored(c, &decided);
                 assert!(decided.iter().all(|r| r.status == ActionStatus::Approved));
                 assert_eq!(
                     get(c, parent)?.deadline_at,
@@ -1459,6 +1505,7 @@ mod tests {
                 let rejected = decide(c, &[a[0].id], "bob", false, "no", D, &G)?;
                 assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
                 assert_eq!(rejected.len(), 2);
+                assert_as_stored(c, &rejected);
                 let b = create_fleet(c, new(), D)?;
                 let cancelled = cancel(c, &[b[0].id], "alice", "oops", false)?;
                 assert_eq!(cancelled.len(), 2);
