@@ -132,6 +132,16 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrations().to_latest(&mut conn)?;
+        // A group of jobs is one transaction, and a group of hundreds overflowed SQLite's
+        // 2 MiB cache: SQLite then moved dirty pages to the WAL before the commit and read them
+        // back for the next job that touched them. Now a transaction keeps its dirty pages in
+        // memory until it commits, and the cache shrinks back to 2 MiB after. A fleet-wide
+        // action to 8,000 agents took 17 s before and 10–11 s after (docs/benchmarks.md).
+        // The memory a transaction holds grows with it; the largest are a fleet-wide action's
+        // creation and approval (a row, its index entries and an audit record per device).
+        // Set after the migrations, whose rebuilt indexes may be larger. (Off, not a page
+        // count: SQLite also reads `cache_spill=N` as a boolean, N's low byte.)
+        conn.pragma_update(None, "cache_spill", false)?;
         crate::fsutil::restrict(path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
@@ -311,6 +321,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn the_writer_keeps_a_transactions_dirty_pages_until_it_commits() {
+        let (_dir, s) = store();
+        let spill: i64 = s
+            .write_blocking(|c| Ok(c.query_row("PRAGMA cache_spill", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(spill, 0, "the writer spills dirty pages before commit");
     }
 
     #[test]
