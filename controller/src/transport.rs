@@ -51,12 +51,97 @@ pub fn endpoint(
     let socket =
         std::net::UdpSocket::bind(addr).with_context(|| format!("cannot listen on udp {addr}"))?;
     size_buffers(&socket);
-    Ok(quinn::Endpoint::new(
-        endpoint_config,
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?)
+    QuicThread::endpoint(endpoint_config, server, socket)
+}
+
+/// The runtime quinn runs on: the endpoint's driver, which reads the socket and hands each
+/// packet to its connection, on a thread of its own (`quic`); the connections' drivers (their
+/// packets' crypto, their timers) on the main runtime with the sessions.
+///
+/// Sharing one runtime, the socket reader was one task among 20,000 sessions and their
+/// connections in a fair scheduler: during a fleet-wide action it waited its turn while agents'
+/// packets filled the socket buffer, and the kernel dropped them (34,743 at 8,000 agents),
+/// each one a retransmission timeout for some agent. Alone on its thread it is always ready to
+/// read: a packet the controller cannot handle at once waits in its connection's queue instead
+/// of being lost. (With every quinn driver on that thread, it was the one saturated.)
+#[derive(Debug)]
+struct QuicThread {
+    quic: tokio::runtime::Handle,
+    main: tokio::runtime::Handle,
+    /// Set while `Endpoint::new` runs, whose one spawn is the endpoint's driver.
+    endpoint_driver_next: std::sync::atomic::AtomicBool,
+}
+
+impl QuicThread {
+    /// The process's `quic` runtime, started on first use and kept for the process's life (a
+    /// runtime cannot be dropped inside another's async context, where this is called).
+    fn handle() -> Result<tokio::runtime::Handle> {
+        static HANDLE: std::sync::Mutex<Option<tokio::runtime::Handle>> =
+            std::sync::Mutex::new(None);
+        let mut handle = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = handle.as_ref() {
+            return Ok(h.clone());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the QUIC runtime")?;
+        let h = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("quic".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .context("cannot start the quic thread")?;
+        *handle = Some(h.clone());
+        Ok(h)
+    }
+
+    /// An endpoint on `socket`, its driver on the `quic` thread. Called within the main
+    /// runtime, whose tasks the connections' drivers join.
+    fn endpoint(
+        config: quinn::EndpointConfig,
+        server: quinn::ServerConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<quinn::Endpoint> {
+        let runtime = Arc::new(QuicThread {
+            quic: QuicThread::handle()?,
+            main: tokio::runtime::Handle::try_current()
+                .context("the QUIC endpoint is made within the main runtime")?,
+            endpoint_driver_next: true.into(),
+        });
+        let endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime.clone())?;
+        anyhow::ensure!(
+            !runtime
+                .endpoint_driver_next
+                .load(std::sync::atomic::Ordering::SeqCst),
+            "quinn made an endpoint without spawning its driver"
+        );
+        Ok(endpoint)
+    }
+}
+
+impl quinn::Runtime for QuicThread {
+    fn new_timer(&self, at: std::time::Instant) -> std::pin::Pin<Box<dyn quinn::AsyncTimer>> {
+        let _in = self.main.enter();
+        quinn::TokioRuntime.new_timer(at)
+    }
+
+    fn spawn(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        use std::sync::atomic::Ordering;
+        if self.endpoint_driver_next.swap(false, Ordering::SeqCst) {
+            self.quic.spawn(future);
+        } else {
+            self.main.spawn(future);
+        }
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        // Registered with the `quic` thread's reactor, which its driver polls.
+        let _in = self.quic.enter();
+        quinn::TokioRuntime.wrap_udp_socket(socket)
+    }
 }
 
 /// The socket buffers the endpoint asks for. When a fleet reconnects at once, thousands of
