@@ -52,6 +52,23 @@ fn cpu_since(controller: i32, at: (f64, f64), secs: f64) -> String {
     )
 }
 
+/// Datagrams the kernel dropped for a full socket receive buffer, machine-wide
+/// (`/proc/net/snmp`, `Udp: RcvbufErrors`): every one is a packet QUIC must detect as lost and
+/// send again, so a scenario's count says whether loss, not work, paced it.
+fn udp_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {
     let Ok(mut resp) = api
         .get(format!("{url}/api/v1/devices"))
@@ -143,6 +160,7 @@ fn main() {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
     let cpu_at_storm = (usage(pid).0, usage(std::process::id() as i32).0);
+    let drops_at_storm = udp_drops();
     let endpoints = {
         let _guard = rt.enter();
         fleet::endpoints(ctl.quic, n).expect("client endpoints")
@@ -161,21 +179,24 @@ fn main() {
     );
     let storm = t.elapsed().as_secs_f64();
     println!(
-        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts; {}",
+        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts; {}; {} datagrams dropped",
         stats.connected.load(Ordering::Relaxed),
         n as f64 / storm,
         stats.errors.load(Ordering::Relaxed),
-        cpu_since(pid, cpu_at_storm, storm)
+        cpu_since(pid, cpu_at_storm, storm),
+        udp_drops() - drops_at_storm
     );
 
     // Idle.
     std::thread::sleep(Duration::from_secs(2));
     let (cpu0, _) = usage(pid);
+    let drops_at_idle = udp_drops();
     std::thread::sleep(Duration::from_secs(idle_secs));
     let (cpu1, rss) = usage(pid);
     println!(
-        "idle {idle_secs} s: controller {:.1} % of one core, RSS {rss:.0} MiB",
-        (cpu1 - cpu0) / idle_secs as f64 * 100.0
+        "idle {idle_secs} s: controller {:.1} % of one core, RSS {rss:.0} MiB; {} datagrams dropped",
+        (cpu1 - cpu0) / idle_secs as f64 * 100.0,
+        udp_drops() - drops_at_idle
     );
 
     // One fleet-wide action: a parent with a child per device, approved once.
@@ -197,6 +218,7 @@ fn main() {
     let results_before = stats.results.load(Ordering::Relaxed);
     let committed_before = stats.committed.load(Ordering::Relaxed);
     let cpu_at_action = (usage(pid).0, usage(std::process::id() as i32).0);
+    let drops_at_action = udp_drops();
     let t = Instant::now();
     let approved = api
         .post(format!("{url}/api/v1/actions/approve"))
@@ -215,6 +237,7 @@ fn main() {
     }
     let total = t.elapsed().as_secs_f64();
     let action_cpu = cpu_since(pid, cpu_at_action, total);
+    let action_drops = udp_drops() - drops_at_action;
     let mut settled = Value::Null;
     while t.elapsed() < limit {
         let v: Value = api
@@ -280,13 +303,15 @@ fn main() {
         })
         .collect();
     println!(
-        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); after approval: {}; {} results sent; {action_cpu}",
+        "fleet-wide action: parent settled with {done}/{n} children succeeded in {total:.1} s (approve call {approve_call:.2} s); after approval: {}; {} results sent; {action_cpu}; {action_drops} datagrams dropped",
         timeline.join("; "),
         stats.results.load(Ordering::Relaxed) - results_before
     );
 
     // Reconnect storm after a controller kill -9.
     let sessions_before = stats.sessions.load(Ordering::Relaxed);
+    let sim_cpu_at_reconnect = usage(std::process::id() as i32).0;
+    let drops_at_reconnect = udp_drops();
     ctl.kill9();
     let t = Instant::now();
     ctl.restart();
@@ -300,12 +325,21 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    complete("reconnect storm", online(&api, &url, &token), n);
+    let reconnect = t.elapsed().as_secs_f64();
+    // The restarted controller's CPU is all since its start, within the storm.
+    let restarted = ctl.proc.as_ref().unwrap().pid();
+    let (ctl_cpu, sim_cpu) = (
+        usage(restarted).0,
+        usage(std::process::id() as i32).0 - sim_cpu_at_reconnect,
+    );
+    let drops = udp_drops() - drops_at_reconnect;
+    let back = online(&api, &url, &token);
+    complete("reconnect storm", back, n);
     println!(
-        "reconnect storm: {} of {n} back online {:.1} s after kill -9 (restart included); {} new sessions",
-        online(&api, &url, &token),
-        t.elapsed().as_secs_f64(),
-        stats.sessions.load(Ordering::Relaxed) - sessions_before
+        "reconnect storm: {back} of {n} back online {reconnect:.1} s after kill -9 (restart included); {} new sessions; CPU: controller {:.0} %, simulator {:.0} % of one core; {drops} datagrams dropped",
+        stats.sessions.load(Ordering::Relaxed) - sessions_before,
+        ctl_cpu / reconnect * 100.0,
+        sim_cpu / reconnect * 100.0
     );
     let _ = stop_tx.send(true);
 }
