@@ -73,8 +73,8 @@ struct QuicThread {
 }
 
 impl QuicThread {
-    /// The process's `quic` runtime, started on first use and kept for the process's life (a
-    /// runtime cannot be dropped inside another's async context, where this is called).
+    /// The process's `quic` runtime, started on first use; its thread runs it for the
+    /// process's life.
     fn handle() -> Result<tokio::runtime::Handle> {
         static HANDLE: std::sync::Mutex<Option<tokio::runtime::Handle>> =
             std::sync::Mutex::new(None);
