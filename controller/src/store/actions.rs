@@ -583,10 +583,14 @@ pub fn create_fleet(
         )?;
         children.push(child);
     }
+    // The children as `create` returned them: nothing changed them since.
+    let records = std::iter::once(get(conn, parent)?)
+        .chain(children)
+        .collect();
     if !require_approval {
-        return decide_unchecked(
+        return decide_records(
             conn,
-            &[parent],
+            records,
             "policy",
             true,
             "approval not required by policy",
@@ -594,10 +598,7 @@ pub fn create_fleet(
             None, // never contain: containment is not fleet-wide
         );
     }
-    // The children as `create` returned them: nothing changed them since.
-    Ok(std::iter::once(get(conn, parent)?)
-        .chain(children)
-        .collect())
+    Ok(records)
 }
 
 /// Approves or rejects a set of pending actions, all or none: they must all exist, be pending,
@@ -681,24 +682,11 @@ fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord
     Ok(records)
 }
 
-/// Moves checked, pending actions to approved or rejected (a parent's children included).
-/// `guard` bounds the kinds that run on the controller; none may be approved without one.
-fn decide_unchecked(
-    conn: &Connection,
-    ids: &[ActionId],
-    actor: &str,
-    approve: bool,
-    comment: &str,
-    deadlines: Deadlines,
-    guard: Option<&Guard>,
-) -> Result<Vec<ActionRecord>> {
-    let records = with_children(conn, ids)?;
-    decide_records(conn, records, actor, approve, comment, deadlines, guard)
-}
-
-/// [`decide_unchecked`] on records already read: returns them as they are now stored. They
-/// are updated in place rather than read again, since approving a fleet-wide action decides
-/// a record per device (20,000 reads, within the approver's request).
+/// Moves checked, pending actions (a parent's children included) to approved or rejected,
+/// and returns them as they are now stored. They are updated in place rather than read again,
+/// since approving a fleet-wide action decides a record per device (20,000 reads, within the
+/// approver's request). `guard` bounds the kinds that run on the controller; none may be
+/// approved without one.
 fn decide_records(
     conn: &Connection,
     mut records: Vec<ActionRecord>,
@@ -1477,6 +1465,48 @@ mod tests {
                     devices::holding(c, &"ab".repeat(32))?,
                     vec![devs[0].clone()]
                 );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_fleet_action_that_policy_does_not_hold_is_approved_with_its_children_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let devs = [
+                    enrolled(c, 3, ActionKind::Quarantine)?,
+                    enrolled(c, 4, ActionKind::Quarantine)?,
+                ];
+                let policy = super::super::auth::Policy {
+                    require_approval: false,
+                    distinct_approver: false,
+                };
+                super::super::auth::set_policy(c, "admin", "default", None, policy)?;
+                let created = create_fleet(
+                    c,
+                    NewFleetAction {
+                        params: ActionParams::Quarantine(QuarantineParams {
+                            path: Some("/tmp/x".into()),
+                            sha256: None,
+                            roots: vec![],
+                        }),
+                        source: ActionSource::ManualDeviceAction,
+                        requested_by: "alice".into(),
+                        comment: "c".into(),
+                        external_id: None,
+                        devices: devs.iter().map(|d| (d.clone(), "default".into())).collect(),
+                    },
+                    D,
+                )?;
+                assert_eq!(created.len(), 3);
+                assert!(created.iter().all(|r| r.status == ActionStatus::Approved
+                    && r.decided_by.as_deref() == Some("policy")));
+                assert_eq!(created[0].children.as_ref().unwrap().pending, 2);
+                assert_as_stored(c, &created);
+                assert_eq!(outstanding(c, &devs[1])?.len(), 1);
                 Ok(())
             })
             .unwrap();
