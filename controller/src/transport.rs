@@ -821,13 +821,14 @@ async fn upload(
 ) -> Result<()> {
     let refuse = |reason: String| UploadReply::Refused { reason };
     let (d, id) = (device.clone(), begin.action);
-    let rec = ctl.store.read(move |c| actions::get(c, id)).await;
-    let problem = match &rec {
+    // Only the owner and status: an upload per device per action, at fleet scale.
+    let status = ctl
+        .store
+        .read(move |c| actions::owned_status(c, &d, id))
+        .await;
+    let problem = match &status {
         Err(e) => Some(e.to_string()),
-        Ok(r) if r.device_id.as_ref() != Some(&d) => {
-            Some(format!("action {id} is not this device's"))
-        }
-        Ok(r) if !r.status.is_outstanding() => Some(format!("action {id} is {}", r.status)),
+        Ok(s) if !s.is_outstanding() => Some(format!("action {id} is {s}")),
         Ok(_) if begin.size > ctl.artifacts.max_size => Some(format!(
             "artifact of {} bytes exceeds the controller's limit of {}",
             begin.size, ctl.artifacts.max_size

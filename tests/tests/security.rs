@@ -104,7 +104,7 @@ fn a_device_cannot_report_on_or_upload_for_another_devices_action() {
             .upload(ActionId(id), "sample", &file, bytes.len() as u64, sha)
             .await
             .expect_err("upload for another device's action");
-        assert!(err.to_string().contains("not this device's"), "{err}");
+        assert!(err.to_string().contains("which is not its own"), "{err}");
         link
     });
     // A result for it ends the intruder's session and changes nothing.

@@ -826,7 +826,7 @@ fn owned(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionRec
 
 /// The status of an action a device speaks about, checked to be that device's: what a hop
 /// needs, without reading the whole record (a hop per device per action, at fleet scale).
-fn owned_status(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionStatus> {
+pub fn owned_status(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<ActionStatus> {
     let row: Option<(Option<String>, String)> = conn
         .prepare_cached("SELECT device_id, status FROM actions WHERE id = ?1")?
         .query_row([id.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -914,15 +914,14 @@ pub fn result(
     device: &DeviceId,
     report: &ActionReport,
 ) -> Result<(ActionRecord, bool)> {
-    let rec = owned(conn, device, report.id)?;
+    let mut rec = owned(conn, device, report.id)?;
     // A success that names an artifact the controller does not hold (same name and hash) is
     // not a success: the operator would find nothing to download.
-    let stored = artifacts(conn, report.id)?;
     let missing: Vec<&str> = report
         .artifacts
         .iter()
         .filter(|a| {
-            !stored
+            !rec.artifacts
                 .iter()
                 .any(|s| s.name == a.name && s.sha256 == a.sha256)
         })
@@ -973,7 +972,14 @@ pub fn result(
     if let Some(parent) = rec.parent_id {
         settle_parent(conn, parent)?;
     }
-    Ok((get(conn, report.id)?, true))
+    // What the UPDATE above changed, without reading the record again (a result per device
+    // per action, at fleet scale).
+    rec.status = status;
+    rec.finished_at = Some(now);
+    rec.started_at = rec.started_at.or(Some(now));
+    rec.result_summary = Some(summary);
+    rec.result_detail = Some(detail);
+    Ok((rec, true))
 }
 
 pub fn add_artifact(conn: &Connection, id: ActionId, a: &ArtifactRef) -> Result<()> {
@@ -1434,13 +1440,16 @@ mod tests {
                 assert_eq!(outstanding(c, &devs[0])?.len(), 1);
                 assert_eq!(outstanding(c, &devs[0])?[0].id, kids[0]);
 
-                result(c, &devs[0], &report(kids[0], Outcome::Succeeded))?;
+                let (done, changed) = result(c, &devs[0], &report(kids[0], Outcome::Succeeded))?;
+                assert!(changed);
+                assert_as_stored(c, &[done]);
                 let p = get(c, parent)?;
                 assert_eq!(p.status, ActionStatus::Approved);
                 let counts = p.children.unwrap();
                 assert_eq!((counts.succeeded, counts.pending), (1, 1));
 
-                result(c, &devs[1], &report(kids[1], Outcome::Failed))?;
+                let (failed, _) = result(c, &devs[1], &report(kids[1], Outcome::Failed))?;
+                assert_as_stored(c, &[failed]);
                 let p = get(c, parent)?;
                 assert_eq!(p.status, ActionStatus::Failed);
                 assert_eq!(
