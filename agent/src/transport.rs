@@ -15,7 +15,8 @@ use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::wire::{
     ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, EnrollRequest, EnrollResponse,
-    Hello, Opening, RulesInfo, RulesReply, RulesRequest, UploadBegin, UploadReply, close_code,
+    HANDSHAKE_TIMEOUT, Hello, Opening, RulesInfo, RulesReply, RulesRequest, UploadBegin,
+    UploadReply, close_code,
 };
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -196,8 +197,11 @@ pub async fn enroll(
         addr,
         CONTROLLER_SERVER_NAME,
     )?;
-    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
-        Err(_) => bail!("no answer from the controller at {controller} ({addr}) within 15 s"),
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Err(_) => bail!(
+            "no answer from the controller at {controller} ({addr}) within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        ),
         Ok(Err(e)) => match refusal.lock().expect("refusal lock").take() {
             Some(why) => bail!("{why}"),
             None => bail!("cannot connect to the controller at {controller} ({addr}): {e}"),
@@ -304,9 +308,14 @@ pub async fn connect_on(
         addr,
         CONTROLLER_SERVER_NAME,
     )?;
-    let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
-        .map_err(|_| anyhow!("no answer from {addr} within 5 s"))?
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "no answer from {addr} within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        })?
         .with_context(|| format!("cannot connect to {addr}"))?;
     let (mut send, recv) = conn.open_bi().await?;
     write_frame(&mut send, &Opening::Session(hello.clone())).await?;

@@ -9,6 +9,7 @@
 //! Field and variant order is the wire format: append, never reorder (docs/protocol.md).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bincode::{Decode, Encode};
 
@@ -20,6 +21,11 @@ pub const ALPN: &[u8] = b"palisade/1";
 /// The name the controller's certificate carries and the agent verifies, whatever address it
 /// dials: trust comes from the pinned CA, not from DNS.
 pub const CONTROLLER_SERVER_NAME: &str = "palisade-controller";
+
+/// How long an agent waits for its QUIC handshake with the controller. The controller abandons
+/// a handshake that takes longer: its agent has given up on it, and it would hold a handshake
+/// place until its idle time-out.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// QUIC application close codes; the reason text says more.
 pub mod close_code {

@@ -1,6 +1,7 @@
 //! The Palisade controller: queues every action for approval, delivers it to the agents over
 //! QUIC, records results, history and audit, and serves the operators' JSON API.
 
+pub mod admission;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
@@ -54,8 +55,8 @@ pub struct Config {
     /// Handshakes in progress above which a new connection must first prove its address with
     /// a QUIC retry (0: always).
     pub retry_above: u64,
-    /// Handshakes in progress beyond which new connections are refused at once (the agent
-    /// retries with backoff): a storm larger than the controller can finish within the
+    /// Handshakes in progress at most; beyond, new connections wait in line briefly or are
+    /// refused (`admission`): a storm larger than the controller can finish within the
     /// agents' handshake time-out would otherwise be spent on handshakes their agents have
     /// already given up on.
     pub max_handshakes: u64,

@@ -81,8 +81,9 @@ struct Flags {
     /// QUIC retry; 0 = always [default: 64].
     #[arg(long, global = true)]
     retry_above: Option<u64>,
-    /// Handshakes in progress beyond which new connections are refused at once; agents retry
-    /// with backoff [default: 256].
+    /// Handshakes in progress at most; beyond, new connections wait in line up to 10 s (the
+    /// line holds sixteen times this), the rest are refused and retry with backoff
+    /// [default: 256].
     #[arg(long, global = true)]
     max_handshakes: Option<u64>,
 }

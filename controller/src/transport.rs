@@ -15,14 +15,15 @@ use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::session::{ControllerEvent, ControllerSession};
 use palisade_common::wire::{
-    AgentMessage, EnrollRequest, EnrollResponse, Hello, Opening, RulesReply, RulesRequest,
-    UploadBegin, UploadReply, Welcome, close_code,
+    AgentMessage, EnrollRequest, EnrollResponse, HANDSHAKE_TIMEOUT, Hello, Opening, RulesReply,
+    RulesRequest, UploadBegin, UploadReply, Welcome, close_code,
 };
 use palisade_common::{ActionKind, DeviceId};
 use quinn::{Connection, RecvStream, SendStream};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
+use crate::admission::{self, Admission, Admit, Limits, Slot};
 use crate::service::{Controller, SessionCommand};
 use crate::store::{actions, containment, desired, devices, events, now_ms, scan};
 
@@ -192,169 +193,65 @@ impl quinn::ConnectionIdGenerator for RandomCids {
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
-    let admission = Arc::new(Admission::new(Limits {
-        pending_per_source: ctl.config.max_pending_per_source,
-        retry_above: ctl.config.retry_above,
-        max_handshakes: ctl.config.max_handshakes,
-    }));
-    while let Some(incoming) = endpoint.accept().await {
-        let remote = incoming.remote_address();
-        let verdict = admission.decide(
-            remote.ip(),
-            incoming.remote_address_validated(),
-            incoming.may_retry(),
-        );
-        let slot = match verdict {
-            Admit::Accept(slot) => slot,
-            Admit::Retry => {
-                // Only an address that answers the retry gets a handshake: spoofed sources
-                // cost us one small packet each.
-                let _ = incoming.retry();
-                continue;
-            }
-            Admit::Refuse(why) => {
-                tracing::debug!(%remote, why, "refused connection");
-                incoming.refuse();
-                continue;
-            }
-        };
+    let admission = Admission::new(Limits::of(&ctl.config));
+    // Connections waiting for a handshake place, oldest first.
+    let mut line: std::collections::VecDeque<(Instant, quinn::Incoming, Slot)> = Default::default();
+    let start = |incoming: quinn::Incoming, slot: Slot| {
         let ctl = ctl.clone();
         tokio::spawn(async move {
+            let remote = incoming.remote_address();
             if let Err(e) = connection(incoming, ctl, slot).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "connection ended");
             }
         });
-    }
-}
-
-/// The flood limits of the endpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Connections one source IP may hold before they are a verified device.
-    pub pending_per_source: u64,
-    /// Handshakes in progress above which unvalidated sources get a QUIC retry (0: always).
-    pub retry_above: u64,
-    /// Handshakes in progress beyond which every new connection is refused at once.
-    pub max_handshakes: u64,
-}
-
-/// What to do with a new incoming connection.
-pub enum Admit {
-    Accept(Slot),
-    /// Ask the client to prove its address first (stateless retry).
-    Retry,
-    /// Refused at once (a small packet); the reason is for the log.
-    Refuse(&'static str),
-}
-
-/// Counts pending connections per source address and handshakes in progress.
-pub struct Admission {
-    limits: Limits,
-    state: std::sync::Mutex<AdmissionState>,
-}
-
-#[derive(Default)]
-struct AdmissionState {
-    per_source: std::collections::HashMap<std::net::IpAddr, u64>,
-    handshaking: u64,
-}
-
-impl Admission {
-    pub fn new(limits: Limits) -> Admission {
-        Admission {
-            limits,
-            state: Default::default(),
-        }
-    }
-
-    /// Decides on a connection from `ip`; an accepted one holds a [`Slot`] until it is a
-    /// verified device or ends.
-    pub fn decide(
-        self: &Arc<Self>,
-        ip: std::net::IpAddr,
-        validated: bool,
-        may_retry: bool,
-    ) -> Admit {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = st.per_source.get(&ip).copied().unwrap_or(0);
-        if pending >= self.limits.pending_per_source {
-            return Admit::Refuse("too many pending from this source");
-        }
-        // Checked before the retry: a retried connection comes back and would find the same
-        // crowd, having cost a round trip.
-        if st.handshaking >= self.limits.max_handshakes {
-            return Admit::Refuse("too many handshakes in progress");
-        }
-        if !validated && may_retry && st.handshaking >= self.limits.retry_above {
-            return Admit::Retry;
-        }
-        *st.per_source.entry(ip).or_default() += 1;
-        st.handshaking += 1;
-        Admit::Accept(Slot {
-            admission: self.clone(),
-            ip,
-            handshaking: true,
-            pending: true,
-        })
-    }
-
-    #[cfg(test)]
-    fn pending(&self, ip: std::net::IpAddr) -> u64 {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.per_source.get(&ip).copied().unwrap_or(0)
-    }
-}
-
-/// An accepted connection's place in the counts; given back as it progresses or on drop.
-pub struct Slot {
-    admission: Arc<Admission>,
-    ip: std::net::IpAddr,
-    handshaking: bool,
-    pending: bool,
-}
-
-impl Slot {
-    /// The handshake is over (done or failed).
-    fn handshake_over(&mut self) {
-        if std::mem::take(&mut self.handshaking) {
-            let mut st = self
-                .admission
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            st.handshaking = st.handshaking.saturating_sub(1);
-        }
-    }
-
-    /// The connection is a verified device: it no longer counts against its source.
-    fn verified(&mut self) {
-        self.handshake_over();
-        if std::mem::take(&mut self.pending) {
-            let mut st = self
-                .admission
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = st.per_source.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    st.per_source.remove(&self.ip);
+    };
+    loop {
+        let oldest = line.front().map(|(since, ..)| *since + admission::MAX_WAIT);
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                match admission.decide(
+                    remote.ip(),
+                    incoming.remote_address_validated(),
+                    incoming.may_retry(),
+                ) {
+                    Admit::Accept(slot) => start(incoming, slot),
+                    Admit::Wait(slot) => line.push_back((Instant::now(), incoming, slot)),
+                    Admit::Retry => {
+                        // Only an address that answers the retry gets a handshake or a place
+                        // in line: spoofed sources cost us one small packet each.
+                        let _ = incoming.retry();
+                    }
+                    Admit::Refuse(why) => {
+                        tracing::debug!(%remote, why, "refused connection");
+                        incoming.refuse();
+                    }
                 }
+            }
+            () = admission.freed(), if !line.is_empty() => {}
+            () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now).into()), if oldest.is_some() => {}
+        }
+        let now = Instant::now();
+        while let Some((since, _, slot)) = line.front_mut() {
+            if now.duration_since(*since) >= admission::MAX_WAIT {
+                let (_, incoming, _) = line.pop_front().expect("front exists");
+                tracing::debug!(remote = %incoming.remote_address(), "refused connection: waited too long for a handshake");
+                incoming.refuse();
+            } else if slot.start() {
+                let (_, incoming, slot) = line.pop_front().expect("front exists");
+                start(incoming, slot);
+            } else {
+                break;
             }
         }
     }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.verified();
-    }
-}
-
 async fn connection(incoming: quinn::Incoming, ctl: Arc<Controller>, mut slot: Slot) -> Result<()> {
-    let conn = incoming.await;
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
     slot.handshake_over();
-    let conn = conn?;
+    let conn = conn.context("handshake abandoned: its agent has stopped waiting")??;
     let Some(cert) = peer_certificate(&conn) else {
         // Anonymous: it keeps its slot (counted against its source) until it ends.
         return Box::pin(enrolment(conn, ctl)).await;
@@ -948,85 +845,5 @@ impl FinishAndWait for SendStream {
         self.finish()?;
         let _ = self.stopped().await;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn admission(pending_per_source: u64, retry_above: u64) -> Arc<Admission> {
-        Arc::new(Admission::new(Limits {
-            pending_per_source,
-            retry_above,
-            max_handshakes: 1000,
-        }))
-    }
-
-    #[test]
-    fn one_source_cannot_hold_more_than_its_pending_connections() {
-        let a = admission(2, 100);
-        let flood: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = a.decide(flood, false, true);
-        let s2 = a.decide(flood, false, true);
-        assert!(matches!(a.decide(flood, false, true), Admit::Refuse(_)));
-        assert!(
-            matches!(a.decide(other, false, true), Admit::Accept(_)),
-            "another source is still served"
-        );
-        // A connection that became a verified device gives its place back.
-        let Admit::Accept(mut s1) = s1 else {
-            panic!("first connection refused")
-        };
-        s1.verified();
-        assert_eq!(a.pending(flood), 1);
-        assert!(matches!(a.decide(flood, false, true), Admit::Accept(_)));
-        drop(s2);
-        assert_eq!(a.pending(flood), 0, "every slot given back");
-    }
-
-    #[test]
-    fn under_load_unvalidated_sources_must_answer_a_retry_first() {
-        let a = admission(100, 1);
-        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
-        let Admit::Accept(mut first) = a.decide(ip, false, true) else {
-            panic!("no load yet: accepted")
-        };
-        assert!(matches!(a.decide(ip, false, true), Admit::Retry));
-        assert!(
-            matches!(a.decide(ip, true, false), Admit::Accept(_)),
-            "a validated address is served"
-        );
-        first.handshake_over();
-        assert!(matches!(a.decide(ip, false, true), Admit::Accept(_)));
-        let always = admission(100, 0);
-        assert!(matches!(always.decide(ip, false, true), Admit::Retry));
-        assert!(
-            matches!(always.decide(ip, false, false), Admit::Accept(_)),
-            "a connection that already answered a retry cannot be asked again"
-        );
-    }
-
-    #[test]
-    fn beyond_the_handshake_limit_every_new_connection_is_refused_until_one_finishes() {
-        let a = Arc::new(Admission::new(Limits {
-            pending_per_source: 100,
-            retry_above: 100,
-            max_handshakes: 2,
-        }));
-        let (one, two): (std::net::IpAddr, std::net::IpAddr) =
-            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let Admit::Accept(mut first) = a.decide(one, true, false) else {
-            panic!("under the limit: accepted")
-        };
-        let _second = a.decide(two, true, false);
-        assert!(
-            matches!(a.decide(two, true, false), Admit::Refuse(_)),
-            "a validated address is refused too: it would wait past its time-out"
-        );
-        assert!(matches!(a.decide(one, false, true), Admit::Refuse(_)));
-        first.handshake_over();
-        assert!(matches!(a.decide(two, true, false), Admit::Accept(_)));
     }
 }
