@@ -104,6 +104,12 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn main() {
+    // The simulated agents' failed attempts are errors too: as in the controller (its
+    // `main`), they must not each capture a backtrace when RUST_BACKTRACE is set.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: nothing else runs yet: no thread has started that could read the environment.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let n = knob("PALISADE_FLEET_N", 1000, 40);
     let idle_secs = knob("PALISADE_FLEET_IDLE_SECS", 60, 1) as u64;
     // How long each scenario may take. A smoke run (under `cargo test`) must complete every
@@ -179,10 +185,11 @@ fn main() {
     );
     let storm = t.elapsed().as_secs_f64();
     println!(
-        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts; {}; {} datagrams dropped",
+        "connect storm: {}/{n} connected in {storm:.1} s ({:.0} handshakes/s), {} failed attempts ({} timed out); {}; {} datagrams dropped",
         stats.connected.load(Ordering::Relaxed),
         n as f64 / storm,
         stats.errors.load(Ordering::Relaxed),
+        stats.timeouts.load(Ordering::Relaxed),
         cpu_since(pid, cpu_at_storm, storm),
         udp_drops() - drops_at_storm
     );
@@ -312,15 +319,42 @@ fn main() {
     let sessions_before = stats.sessions.load(Ordering::Relaxed);
     let sim_cpu_at_reconnect = usage(std::process::id() as i32).0;
     let drops_at_reconnect = udp_drops();
+    let errors_before = stats.errors.load(Ordering::Relaxed);
+    let timeouts_before = stats.timeouts.load(Ordering::Relaxed);
     ctl.kill9();
     let t = Instant::now();
     ctl.restart();
     // The simulator counts new sessions; the controller's device list (every device, a heavy
-    // call at this scale) only confirms once they all seem back.
+    // call at this scale) only confirms once they all seem back. Every 10 s it notes how many
+    // are back: a storm paced by the controller's work climbs evenly, one paced by the agents'
+    // backoff flattens into a tail.
+    let mut progress = Vec::new();
+    let mut window = (
+        0.0,
+        sim_cpu_at_reconnect,
+        stats.errors.load(Ordering::Relaxed),
+        stats.timeouts.load(Ordering::Relaxed),
+    );
     while t.elapsed() < limit {
-        if stats.sessions.load(Ordering::Relaxed) - sessions_before >= n as u64
-            && online(&api, &url, &token) >= n
-        {
+        let back = stats.sessions.load(Ordering::Relaxed) - sessions_before;
+        if t.elapsed() >= Duration::from_secs(10 * (progress.len() as u64 + 1)) {
+            let now = (
+                usage(ctl.proc.as_ref().unwrap().pid()).0,
+                usage(std::process::id() as i32).0,
+                stats.errors.load(Ordering::Relaxed),
+                stats.timeouts.load(Ordering::Relaxed),
+            );
+            progress.push(format!(
+                "{}s {back} ({} failed, {} timed out; CPU {:.0} % + {:.0} %)",
+                10 * (progress.len() + 1),
+                now.2 - window.2,
+                now.3 - window.3,
+                (now.0 - window.0) * 10.0,
+                (now.1 - window.1) * 10.0
+            ));
+            window = now;
+        }
+        if back >= n as u64 && online(&api, &url, &token) >= n {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -336,8 +370,11 @@ fn main() {
     let back = online(&api, &url, &token);
     complete("reconnect storm", back, n);
     println!(
-        "reconnect storm: {back} of {n} back online {reconnect:.1} s after kill -9 (restart included); {} new sessions; CPU: controller {:.0} %, simulator {:.0} % of one core; {drops} datagrams dropped",
+        "reconnect storm: {back} of {n} back online {reconnect:.1} s after kill -9 (restart included); {} new sessions, {} failed attempts ({} timed out); back by {}; CPU: controller {:.0} %, simulator {:.0} % of one core; {drops} datagrams dropped",
         stats.sessions.load(Ordering::Relaxed) - sessions_before,
+        stats.errors.load(Ordering::Relaxed) - errors_before,
+        stats.timeouts.load(Ordering::Relaxed) - timeouts_before,
+        progress.join(", "),
         ctl_cpu / reconnect * 100.0,
         sim_cpu / reconnect * 100.0
     );
