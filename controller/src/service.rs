@@ -249,7 +249,10 @@ impl Controller {
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
-        for d in &resolved {
+        for (reference, d) in req.devices.iter().zip(&resolved) {
+            if !who.sees_group(&d.device_group) {
+                return Err(devices::not_found(reference).into());
+            }
             if !who.can(Permission::Respond, Some(&d.device_group)) {
                 return Err(ServiceError::Forbidden(format!(
                     "{} may not request actions on device {} (group {})",
@@ -325,6 +328,15 @@ impl Controller {
             })
             .await?;
         let listed = !req.devices.is_empty();
+        if listed
+            && let Some((reference, _)) = req
+                .devices
+                .iter()
+                .zip(&candidates)
+                .find(|(_, d)| !who.sees_group(&d.device_group))
+        {
+            return Err(devices::not_found(reference).into());
+        }
         let mut scope = Vec::new();
         for d in candidates {
             let allowed = who.can(Permission::Respond, Some(&d.device_group));
@@ -639,12 +651,13 @@ impl Controller {
                 "a release code must be valid for more than 0 and at most 30 days".into(),
             ));
         }
+        let reference = device.clone();
         let d = self
             .store
-            .read(move |c| devices::resolve(c, &device))
+            .read(move |c| devices::resolve(c, &reference))
             .await?;
         if !who.sees_group(&d.device_group) {
-            return Err(ServiceError::NotFound(format!("no device {}", d.id)));
+            return Err(devices::not_found(&device).into());
         }
         if !who.can(Permission::Approve, Some(&d.device_group)) {
             return Err(ServiceError::Forbidden(format!(

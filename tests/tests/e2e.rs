@@ -583,6 +583,45 @@ fn the_api_refuses_the_unauthenticated_and_the_underprivileged_with_json() {
     assert!(err.contains("no artifacts"), "{err}");
     let err = ctl.ctl_fails(&responder, &["users", "add", "x", "--role", "admin"]);
     assert!(err.contains("HTTP 403"), "{err}");
+
+    // A responder of another group learns nothing of the device, not even its group: to it,
+    // the device does not exist.
+    let outsider = ctl.add_user("oscar", "responder", &["elsewhere"]);
+    let err = ctl.ctl_fails(
+        &outsider,
+        &[
+            "action",
+            "request-sample",
+            &device,
+            "--path",
+            "/etc/hosts",
+            "--comment",
+            "x",
+        ],
+    );
+    assert!(
+        err.contains("HTTP 404") && err.contains("no device") && !err.contains("default"),
+        "{err}"
+    );
+    // Nor as one of the devices of a fleet-wide action.
+    let err = ctl.ctl_fails(
+        &outsider,
+        &[
+            "action",
+            "request-sample",
+            "--fleet",
+            &device,
+            "--path",
+            "/etc/hosts",
+            "--comment",
+            "x",
+        ],
+    );
+    assert!(
+        err.contains("HTTP 404") && err.contains("no device") && !err.contains("default"),
+        "{err}"
+    );
+    assert_eq!(ctl.json(&["actions", "list"])["total"], 1);
 }
 
 #[test]

@@ -369,6 +369,12 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<Device> {
 
 /// Resolves an operator's device reference: an id, or a hostname that names exactly one
 /// device.
+/// What a reference to no device gets; also what a caller gets for a device outside its
+/// groups, so that a refusal does not tell it the device exists.
+pub fn not_found(reference: &str) -> StoreError {
+    StoreError::NotFound(format!("no device with id or hostname {reference:?}"))
+}
+
 pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
     if let Ok(id) = reference.parse::<DeviceId>()
         && let Ok(d) = get(conn, &id)
@@ -386,9 +392,7 @@ pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
             &one.parse()
                 .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?,
         ),
-        [] => Err(StoreError::NotFound(format!(
-            "no device with id or hostname {reference:?}"
-        ))),
+        [] => Err(not_found(reference)),
         _ => Err(StoreError::Invalid(format!(
             "hostname {reference:?} names {} devices; use a device id",
             ids.len()
