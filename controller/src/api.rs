@@ -1067,7 +1067,8 @@ async fn set_realtime(
     list_realtime(State(ctl), who).await
 }
 
-/// Every group's real-time protection setting, and whether each device's is watching.
+/// The real-time protection setting of every group the caller sees (and `*`), and whether
+/// each of its devices' is watching.
 #[utoipa::path(get, path = "/api/v1/realtime", tag = "scan",
     responses((status = 200, description = "settings per group, the default, and each device's state")))]
 async fn list_realtime(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
@@ -1081,20 +1082,24 @@ async fn list_realtime(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_
                 "active": d.observed.get("realtime_protection").cloned()})
         })
         .collect();
+    let mut settings = ctl.store.read(store_scan::list_realtime).await?;
+    settings.retain(|s| s.device_group == "*" || who.sees_group(&s.device_group));
     Ok(Json(json!({
         "default": false,
-        "realtime": ctl.store.read(store_scan::list_realtime).await?,
+        "realtime": settings,
         "devices": states,
     })))
 }
 
-/// Every group's automation level.
+/// The automation level of every group the caller sees (and `*`).
 #[utoipa::path(get, path = "/api/v1/automation", tag = "scan",
     responses((status = 200, description = "every group's level and the default")))]
 async fn list_automation(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
+    let mut levels = ctl.store.read(store_scan::list_automation).await?;
+    levels.retain(|l| l.device_group == "*" || who.sees_group(&l.device_group));
     Ok(Json(json!({
         "default": store_scan::AutomationLevel::DEFAULT,
-        "automation": ctl.store.read(store_scan::list_automation).await?,
+        "automation": levels,
     })))
 }

@@ -599,8 +599,9 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
         "--comment",
         marker,
     ]);
-    // The device in a group of its own, contained, with a policy of its group: a listing that
-    // ignored the caller's groups would show another group's admin its id or its group.
+    // The device in a group of its own, contained, with a policy, an automation level and a
+    // real-time setting of its group: a listing that ignored the caller's groups would show
+    // another group's admin its id or its group.
     let group = "walk-group-7d1e";
     let admin_api = |method: &str, path: &str, body: Value| {
         let (status, v) = ctl.api(method, path, Some(&ctl.admin_token), Some(body));
@@ -617,6 +618,16 @@ fn every_route_refuses_the_unauthenticated_the_underprivileged_and_other_groups(
         "PUT",
         "/api/v1/policies",
         json!({"device_group": group, "kind": "scan", "require_approval": true, "distinct_approver": true}),
+    );
+    admin_api(
+        "PUT",
+        "/api/v1/automation",
+        json!({"device_group": group, "level": "full"}),
+    );
+    admin_api(
+        "PUT",
+        "/api/v1/realtime",
+        json!({"device_group": group, "enabled": true}),
     );
     let v = admin_api(
         "POST",
