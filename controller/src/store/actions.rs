@@ -1295,6 +1295,30 @@ mod tests {
     }
 
     /// A device of group "default" that can run `kind`.
+    /// Alice's fleet-wide quarantine of `path` (or, without one, of a hash under /opt) on
+    /// `devices`, all in the default group.
+    fn fleet_quarantine(path: Option<&str>, devices: &[DeviceId]) -> NewFleetAction {
+        NewFleetAction {
+            params: ActionParams::Quarantine(QuarantineParams {
+                path: path.map(Into::into),
+                sha256: path.is_none().then(|| "ab".repeat(32)),
+                roots: if path.is_none() {
+                    vec!["/opt".into()]
+                } else {
+                    vec![]
+                },
+            }),
+            source: ActionSource::ManualDeviceAction,
+            requested_by: "alice".into(),
+            comment: "outbreak".into(),
+            external_id: None,
+            devices: devices
+                .iter()
+                .map(|d| (d.clone(), "default".into()))
+                .collect(),
+        }
+    }
+
     fn enrolled(c: &Connection, seed: u8, kind: ActionKind) -> Result<DeviceId> {
         let d = DeviceId::from_random([seed; 16]);
         devices::insert(
@@ -1399,23 +1423,7 @@ mod tests {
                         1,
                     )?;
                 }
-                let params = ActionParams::Quarantine(QuarantineParams {
-                    path: None,
-                    sha256: Some("ab".repeat(32)),
-                    roots: vec!["/opt".into()],
-                });
-                let created = create_fleet(
-                    c,
-                    NewFleetAction {
-                        params,
-                        source: ActionSource::ManualDeviceAction,
-                        requested_by: "alice".into(),
-                        comment: "outbreak".into(),
-                        external_id: None,
-                        devices: devs.iter().map(|d| (d.clone(), "default".into())).collect(),
-                    },
-                    D,
-                )?;
+                let created = create_fleet(c, fleet_quarantine(None, &devs), D)?;
                 let (parent, kids) = (created[0].id, [created[1].id, created[2].id]);
                 assert!(created[0].device_id.is_none());
                 assert_eq!(created[0].status, ActionStatus::PendingApproval);
@@ -1494,22 +1502,7 @@ mod tests {
                     distinct_approver: false,
                 };
                 super::super::auth::set_policy(c, "admin", "default", None, policy)?;
-                let created = create_fleet(
-                    c,
-                    NewFleetAction {
-                        params: ActionParams::Quarantine(QuarantineParams {
-                            path: Some("/tmp/x".into()),
-                            sha256: None,
-                            roots: vec![],
-                        }),
-                        source: ActionSource::ManualDeviceAction,
-                        requested_by: "alice".into(),
-                        comment: "c".into(),
-                        external_id: None,
-                        devices: devs.iter().map(|d| (d.clone(), "default".into())).collect(),
-                    },
-                    D,
-                )?;
+                let created = create_fleet(c, fleet_quarantine(Some("/tmp/x"), &devs), D)?;
                 assert_eq!(created.len(), 3);
                 assert!(created.iter().all(|r| r.status == ActionStatus::Approved
                     && r.decided_by.as_deref() == Some("policy")));
@@ -1528,18 +1521,7 @@ mod tests {
         store
             .write_blocking(|c| {
                 let d = enrolled(c, 7, ActionKind::Quarantine)?;
-                let new = || NewFleetAction {
-                    params: ActionParams::Quarantine(QuarantineParams {
-                        path: Some("/tmp/x".into()),
-                        sha256: None,
-                        roots: vec![],
-                    }),
-                    source: ActionSource::ManualDeviceAction,
-                    requested_by: "alice".into(),
-                    comment: "c".into(),
-                    external_id: None,
-                    devices: vec![(d.clone(), "default".into())],
-                };
+                let new = || fleet_quarantine(Some("/tmp/x"), std::slice::from_ref(&d));
                 let a = create_fleet(c, new(), D)?;
                 let rejected = decide(c, &[a[0].id], "bob", false, "no", D, &G)?;
                 assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
