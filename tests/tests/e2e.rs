@@ -585,42 +585,18 @@ fn the_api_refuses_the_unauthenticated_and_the_underprivileged_with_json() {
     assert!(err.contains("HTTP 403"), "{err}");
 
     // A responder of another group learns nothing of the device, not even its group: to it,
-    // the device does not exist.
+    // the device does not exist, alone or as one of a fleet-wide action's devices.
     let outsider = ctl.add_user("oscar", "responder", &["elsewhere"]);
-    let err = ctl.ctl_fails(
-        &outsider,
-        &[
-            "action",
-            "request-sample",
-            &device,
-            "--path",
-            "/etc/hosts",
-            "--comment",
-            "x",
-        ],
-    );
-    assert!(
-        err.contains("HTTP 404") && err.contains("no device") && !err.contains("default"),
-        "{err}"
-    );
-    // Nor as one of the devices of a fleet-wide action.
-    let err = ctl.ctl_fails(
-        &outsider,
-        &[
-            "action",
-            "request-sample",
-            "--fleet",
-            &device,
-            "--path",
-            "/etc/hosts",
-            "--comment",
-            "x",
-        ],
-    );
-    assert!(
-        err.contains("HTTP 404") && err.contains("no device") && !err.contains("default"),
-        "{err}"
-    );
+    for fleet in [&[][..], &["--fleet"][..]] {
+        let mut args = vec!["action", "request-sample"];
+        args.extend(fleet);
+        args.extend([device.as_str(), "--path", "/etc/hosts", "--comment", "x"]);
+        let err = ctl.ctl_fails(&outsider, &args);
+        assert!(
+            err.contains("HTTP 404") && err.contains("no device") && !err.contains("default"),
+            "{args:?}: {err}"
+        );
+    }
     assert_eq!(ctl.json(&["actions", "list"])["total"], 1);
 }
 
