@@ -1,7 +1,7 @@
 //! The controller's domain operations, shared by the API and the transport: request, decide,
 //! cancel and undo actions, and hand approved actions to connected devices.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,10 @@ use crate::store::{self, Store, StoreError, desired, devices};
 /// What the rest of the controller can ask of a device's live connection.
 #[derive(Debug)]
 pub enum SessionCommand {
+    /// Record the action as delivered, then send it.
     Deliver(ActionSpec),
+    /// Send an action already recorded as delivered.
+    Send(ActionSpec),
     /// The device's desired state changed: send it.
     Desired(DesiredState),
     /// A new rule set (sent on to agents with the scan capability).
@@ -288,7 +291,7 @@ impl Controller {
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
-        self.dispatch(&records);
+        self.dispatch(&records).await;
         Ok(records)
     }
 
@@ -376,7 +379,7 @@ impl Controller {
             .store
             .write(move |c| actions::create_fleet(c, new, deadlines))
             .await?;
-        self.dispatch(&records);
+        self.dispatch(&records).await;
         Ok(records)
     }
 
@@ -458,7 +461,7 @@ impl Controller {
             .store
             .write(move |c| actions::decide(c, &ids, &actor, approve, &comment, deadlines, &guard))
             .await?;
-        self.dispatch(&records);
+        self.dispatch(&records).await;
         self.containment_changed(&records).await;
         Ok(records)
     }
@@ -867,7 +870,7 @@ impl Controller {
             })
             .await?;
         self.containment_changed(&created).await;
-        self.dispatch(&created);
+        self.dispatch(&created).await;
         Ok(created)
     }
 
@@ -1041,15 +1044,36 @@ impl Controller {
     }
 
     /// Hands approved actions to their devices' live connections; offline devices get them
-    /// when they connect.
-    pub fn dispatch(&self, records: &[ActionRecord]) {
-        for r in records
+    /// when they connect. The deliveries are recorded first, in one write for all: a
+    /// fleet-wide approval is one job for the store, not one per device.
+    pub async fn dispatch(&self, records: &[ActionRecord]) {
+        let live: Vec<(DeviceId, ActionSpec)> = records
             .iter()
             .filter(|r| r.status == ActionStatus::Approved)
+            .filter_map(|r| Some((r.device_id.clone()?, r.spec())))
+            .filter(|(device, _)| self.registry.is_online(device))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let ids: Vec<(DeviceId, ActionId)> = live.iter().map(|(d, s)| (d.clone(), s.id)).collect();
+        match self
+            .store
+            .write(move |c| actions::delivered_all(c, &ids))
+            .await
         {
-            if let Some(device) = &r.device_id {
-                self.registry
-                    .send(device, SessionCommand::Deliver(r.spec()));
+            Ok(send) => {
+                let send: HashSet<ActionId> = send.into_iter().collect();
+                for (device, spec) in live.into_iter().filter(|(_, s)| send.contains(&s.id)) {
+                    self.registry.send(&device, SessionCommand::Send(spec));
+                }
+            }
+            // Each connection then records its own, as it does for what it finds outstanding.
+            Err(e) => {
+                tracing::warn!(error = %e, actions = live.len(), "recording deliveries failed; each connection tries its own");
+                for (device, spec) in live {
+                    self.registry.send(&device, SessionCommand::Deliver(spec));
+                }
             }
         }
     }

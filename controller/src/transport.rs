@@ -533,6 +533,7 @@ async fn session(
                 },
                 cmd = commands.recv() => match cmd.map(|c| *c) {
                     Some(SessionCommand::Deliver(spec)) => Box::pin(deliver(&ctl, &device, &mut session, spec)).await?,
+                    Some(SessionCommand::Send(spec)) => session.deliver(spec),
                     Some(SessionCommand::Desired(state)) => session.desired(state),
                     // Only an agent that scans understands these messages.
                     Some(SessionCommand::Rules(info)) => if scans { session.rules(info) },

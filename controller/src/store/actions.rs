@@ -861,6 +861,19 @@ pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<b
     Ok(true)
 }
 
+/// [`delivered`] for many actions in one job: an approval's, to every device with a live
+/// connection. A fleet-wide approval is then one write instead of one per device. Returns the
+/// actions to send.
+pub fn delivered_all(conn: &Connection, actions: &[(DeviceId, ActionId)]) -> Result<Vec<ActionId>> {
+    let mut send = Vec::with_capacity(actions.len());
+    for (device, id) in actions {
+        if delivered(conn, device, *id)? {
+            send.push(*id);
+        }
+    }
+    Ok(send)
+}
+
 pub fn acknowledged(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<()> {
     if owned_status(conn, device, id)?.can_move_to(ActionStatus::Acknowledged) {
         set_status(
