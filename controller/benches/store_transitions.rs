@@ -149,7 +149,11 @@ async fn lifecycle(store: &Store, device: &DeviceId, n: usize, lat: &mut Vec<Dur
         detail: r#"{"size":4096}"#.into(),
         artifacts: vec![],
     };
-    let (rec, changed) = timed(lat, store.write(move |c| actions::result(c, &d, &report))).await;
+    let (rec, changed) = timed(
+        lat,
+        store.write(move |c| actions::result(c, &d, &report, &[])),
+    )
+    .await;
     assert!(
         changed && rec.status == ActionStatus::Succeeded,
         "action {id} ended {}",

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result, anyhow, bail};
 use palisade_common::ActionId;
+use palisade_common::action::ArtifactRef;
 use ring::digest;
 
 use crate::fsutil::private_dir;
@@ -103,6 +104,20 @@ impl Artifacts {
 
     pub fn contains(&self, sha256: &str) -> bool {
         self.path_of(sha256).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    /// The artifacts of `named` that the store holds, each at the size it holds it at.
+    pub fn held(&self, named: &[ArtifactRef]) -> Vec<ArtifactRef> {
+        named
+            .iter()
+            .filter_map(|a| {
+                let meta = fs::metadata(self.path_of(&a.sha256).ok()?).ok()?;
+                meta.is_file().then(|| ArtifactRef {
+                    size: meta.len(),
+                    ..a.clone()
+                })
+            })
+            .collect()
     }
 
     /// The partial file of an upload; its length is where a resumed upload continues.

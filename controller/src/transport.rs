@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use palisade_common::action::{ActionSpec, ArtifactRef};
+use palisade_common::action::ActionSpec;
 use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::session::{ControllerEvent, ControllerSession};
@@ -602,10 +602,12 @@ async fn handle_event(
         ControllerEvent::Result(report) => {
             let id = report.id;
             let deadlines = ctl.deadlines();
+            // The upload stored the files; the result names them on the action.
+            let held = ctl.artifacts.held(&report.artifacts);
             let (rec, changed, remediation) = ctl
                 .store
                 .write(move |c| {
-                    let (rec, changed) = actions::result(c, &d, &report)?;
+                    let (rec, changed) = actions::result(c, &d, &report, &held)?;
                     // Detections become quarantine actions in the result's own transaction.
                     let remediation = if changed && rec.kind == ActionKind::Scan {
                         scan::remediate(c, &rec, deadlines)?
@@ -820,25 +822,18 @@ async fn upload(
     }
     drop(file);
     let stored = if already {
-        ctl.artifacts.flushed().await.map(|()| hex.clone())
+        ctl.artifacts.flushed().await
     } else {
         ctl.artifacts
             .commit(begin.action, begin.sha256, begin.size)
             .await
+            .map(drop)
     };
     match stored {
-        Ok(sha256) => {
-            let artifact = ArtifactRef {
-                name: begin.name.clone(),
-                size: begin.size,
-                sha256,
-            };
-            let id = begin.action;
-            ctl.store
-                .write(move |c| actions::add_artifact(c, id, &artifact))
-                .await?;
+        // Durable in the artifact store: the action's result names it (`actions::result`).
+        Ok(()) => {
             write_frame(&mut send, &UploadReply::Stored).await?;
-            tracing::info!(%device, action = %id, name = %begin.name, size = begin.size, "artifact stored");
+            tracing::info!(%device, action = %begin.action, name = %begin.name, size = begin.size, "artifact stored");
         }
         Err(e) => {
             write_frame(&mut send, &refuse(format!("{e:#}"))).await?;

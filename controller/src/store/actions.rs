@@ -922,22 +922,23 @@ pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress
 
 /// Records a device's result. Returns the record and whether this call changed it (a repeated
 /// result, or one for an action that timed out meanwhile, changes nothing).
+/// Records a device's result. `held` are the artifacts of the report that the artifact store
+/// holds (with the sizes it holds them at): the result names them on the action, in its own
+/// transaction, so that an upload is one write less per device.
 pub fn result(
     conn: &Connection,
     device: &DeviceId,
     report: &ActionReport,
+    held: &[ArtifactRef],
 ) -> Result<(ActionRecord, bool)> {
     let mut rec = owned(conn, device, report.id)?;
+    let same = |a: &ArtifactRef, b: &ArtifactRef| a.name == b.name && a.sha256 == b.sha256;
     // A success that names an artifact the controller does not hold (same name and hash) is
     // not a success: the operator would find nothing to download.
     let missing: Vec<&str> = report
         .artifacts
         .iter()
-        .filter(|a| {
-            !rec.artifacts
-                .iter()
-                .any(|s| s.name == a.name && s.sha256 == a.sha256)
-        })
+        .filter(|a| !rec.artifacts.iter().chain(held).any(|s| same(s, a)))
         .map(|a| a.name.as_str())
         .collect();
     let mut summary = report.summary.clone();
@@ -955,6 +956,18 @@ pub fn result(
     if !rec.status.can_move_to(status) {
         return Ok((rec, false));
     }
+    for a in held
+        .iter()
+        .filter(|a| report.artifacts.iter().any(|r| same(r, a)))
+    {
+        if !rec.artifacts.iter().any(|s| same(s, a)) {
+            // The row of its name is replaced, as `add_artifact` does.
+            add_artifact(conn, report.id, a)?;
+            rec.artifacts.retain(|s| s.name != a.name);
+            rec.artifacts.push(a.clone());
+        }
+    }
+    rec.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     let detail: serde_json::Value = serde_json::from_str(&report.detail)
         .unwrap_or_else(|_| serde_json::json!({"text": report.detail}));
     let now = now_ms();
@@ -995,7 +1008,7 @@ pub fn result(
     Ok((rec, true))
 }
 
-pub fn add_artifact(conn: &Connection, id: ActionId, a: &ArtifactRef) -> Result<()> {
+fn add_artifact(conn: &Connection, id: ActionId, a: &ArtifactRef) -> Result<()> {
     conn.execute_cached(
         "INSERT INTO artifacts (action_id, name, sha256, size, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (action_id, name) DO UPDATE SET sha256 = ?3, size = ?4, stored_at = ?5",
@@ -1307,7 +1320,6 @@ mod tests {
         }
     }
 
-    /// A device of group "default" that can run `kind`.
     /// Alice's fleet-wide quarantine of `path` (or, without one, of a hash under /opt) on
     /// `devices`, all in the default group.
     fn fleet_quarantine(path: Option<&str>, devices: &[DeviceId]) -> NewFleetAction {
@@ -1332,6 +1344,7 @@ mod tests {
         }
     }
 
+    /// A device of group "default" that can run `kind`.
     fn enrolled(c: &Connection, seed: u8, kind: ActionKind) -> Result<DeviceId> {
         let d = DeviceId::from_random([seed; 16]);
         devices::insert(
@@ -1377,7 +1390,7 @@ mod tests {
                 let [delivered, approved, done] = [ask(c)?.id, ask(c)?.id, ask(c)?.id];
                 decide(c, &[delivered, approved, done], "bob", true, "go", D, &G)?;
                 assert!(self::delivered(c, &dev, delivered)?);
-                result(c, &dev, &report(done, Outcome::Succeeded))?;
+                result(c, &dev, &report(done, Outcome::Succeeded), &[])?;
                 let now = now_ms();
                 assert!(sweep(c, now + 30_000)?.is_empty(), "nothing is due yet");
                 let mut swept: Vec<(ActionId, ActionStatus)> = sweep(c, now + 61_000)?
@@ -1410,6 +1423,73 @@ mod tests {
                 r.id
             );
         }
+    }
+
+    #[test]
+    fn a_success_names_the_artifacts_the_store_holds_and_fails_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let dev = enrolled(c, 7, ActionKind::RequestSample)?;
+                let sample = |c: &Connection| {
+                    create(
+                        c,
+                        NewAction {
+                            params: ActionParams::RequestSample(RequestSampleParams {
+                                path: "/etc/hostname".into(),
+                            }),
+                            device: Some(dev.clone()),
+                            device_group: "default".into(),
+                            source: ActionSource::ManualDeviceAction,
+                            requested_by: "alice".into(),
+                            comment: "look".into(),
+                            external_id: None,
+                            undo_of: None,
+                            parent: None,
+                        },
+                        D,
+                    )
+                };
+                let [held, lost] = [sample(c)?.id, sample(c)?.id];
+                decide(c, &[held, lost], "bob", true, "go", D, &G)?;
+                let uploaded = ArtifactRef {
+                    name: "sample".into(),
+                    size: 9,
+                    sha256: "cd".repeat(32),
+                };
+                let claim = |id| ActionReport {
+                    artifacts: vec![ArtifactRef {
+                        size: 1 << 40,
+                        ..uploaded.clone()
+                    }],
+                    ..report(id, Outcome::Succeeded)
+                };
+                // The store's size, not the one the device claims.
+                let (rec, _) = result(c, &dev, &claim(held), std::slice::from_ref(&uploaded))?;
+                assert_eq!(rec.status, ActionStatus::Succeeded);
+                assert_eq!(rec.artifacts, vec![uploaded.clone()]);
+                assert_as_stored(c, &[rec]);
+                // Held, but under another name: not what the report named.
+                let renamed = ArtifactRef {
+                    name: "other".into(),
+                    ..uploaded.clone()
+                };
+                let (rec, _) = result(c, &dev, &claim(lost), &[renamed])?;
+                assert_eq!(rec.status, ActionStatus::Failed);
+                assert!(
+                    rec.result_summary
+                        .as_deref()
+                        .unwrap()
+                        .ends_with("artifact sample was not received"),
+                    "{:?}",
+                    rec.result_summary
+                );
+                assert!(rec.artifacts.is_empty());
+                assert_as_stored(c, &[rec]);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
@@ -1461,7 +1541,8 @@ mod tests {
                 assert_eq!(outstanding(c, &devs[0])?.len(), 1);
                 assert_eq!(outstanding(c, &devs[0])?[0].id, kids[0]);
 
-                let (done, changed) = result(c, &devs[0], &report(kids[0], Outcome::Succeeded))?;
+                let (done, changed) =
+                    result(c, &devs[0], &report(kids[0], Outcome::Succeeded), &[])?;
                 assert!(changed);
                 assert_as_stored(c, &[done]);
                 let p = get(c, parent)?;
@@ -1469,7 +1550,7 @@ mod tests {
                 let counts = p.children.unwrap();
                 assert_eq!((counts.succeeded, counts.pending), (1, 1));
 
-                let (failed, _) = result(c, &devs[1], &report(kids[1], Outcome::Failed))?;
+                let (failed, _) = result(c, &devs[1], &report(kids[1], Outcome::Failed), &[])?;
                 assert_as_stored(c, &[failed]);
                 let p = get(c, parent)?;
                 assert_eq!(p.status, ActionStatus::Failed);
