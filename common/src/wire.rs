@@ -332,6 +332,8 @@ pub enum UploadReply {
     Resume {
         offset: u64,
     },
+    /// Checked and durable in the controller's artifact store. The action's result names it
+    /// (`ActionReport::artifacts`); the controller attaches it to the action then.
     Stored,
     Refused {
         reason: String,
