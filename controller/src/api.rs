@@ -249,10 +249,11 @@ async fn show_device(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
+    let scope = who.group_scope();
     let (mut device, queue, want) = ctl
         .store
         .read(move |c| {
-            let d = devices::resolve(c, &id)?;
+            let d = devices::resolve(c, &id, scope.as_deref())?;
             let filter = actions::Filter {
                 device: Some(d.id.to_string()),
                 view: Some("history".into()),
@@ -270,13 +271,6 @@ async fn show_device(
             Ok((d, queue, want))
         })
         .await?;
-    if !who.sees_group(&device.device_group) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no device {}", device.id),
-        ));
-    }
     device.online = ctl.registry.is_online(&device.id);
     Ok(Json(
         json!({"device": device, "queue": queue, "desired": want}),
@@ -302,22 +296,16 @@ async fn device_events(
     Params(q): Params<EventsQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
+    let scope = who.group_scope();
     let limit = q.limit.unwrap_or(100).min(10_000);
     let (device, list) = ctl
         .store
         .read(move |c| {
-            let d = devices::resolve(c, &id)?;
+            let d = devices::resolve(c, &id, scope.as_deref())?;
             let list = store_events::list(c, &d.id, limit)?;
             Ok((d, list))
         })
         .await?;
-    if !who.sees_group(&device.device_group) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no device {}", device.id),
-        ));
-    }
     Ok(Json(json!({"device": device.id, "events": list})))
 }
 
@@ -490,21 +478,15 @@ async fn device_vault(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     require(&who, Permission::View)?;
+    let scope = who.group_scope();
     let (device, (entries, reported_at)) = ctl
         .store
         .read(move |c| {
-            let d = devices::resolve(c, &id)?;
+            let d = devices::resolve(c, &id, scope.as_deref())?;
             let v = devices::vault(c, &d.id)?;
             Ok((d, v))
         })
         .await?;
-    if !who.sees_group(&device.device_group) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no device {}", device.id),
-        ));
-    }
     Ok(Json(json!({
         "device": device.id,
         "hostname": device.hostname,

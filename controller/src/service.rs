@@ -244,18 +244,16 @@ impl Controller {
         }
         let kind = req.params.kind();
         let refs = req.devices.clone();
+        let scope = who.group_scope();
         let resolved = self
             .store
             .read(move |c| {
                 refs.iter()
-                    .map(|r| devices::resolve(c, r))
+                    .map(|r| devices::resolve(c, r, scope.as_deref()))
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
-        for (reference, d) in req.devices.iter().zip(&resolved) {
-            if !who.sees_group(&d.device_group) {
-                return Err(devices::not_found(reference).into());
-            }
+        for d in &resolved {
             if !who.can(Permission::Respond, Some(&d.device_group)) {
                 return Err(ServiceError::Forbidden(format!(
                     "{} may not request actions on device {} (group {})",
@@ -313,6 +311,7 @@ impl Controller {
             ));
         }
         let refs = req.devices.clone();
+        let scope = who.group_scope();
         let (candidates, holders) = self
             .store
             .read(move |c| {
@@ -320,7 +319,7 @@ impl Controller {
                     devices::list(c)?
                 } else {
                     refs.iter()
-                        .map(|r| devices::resolve(c, r))
+                        .map(|r| devices::resolve(c, r, scope.as_deref()))
                         .collect::<store::Result<Vec<_>>>()?
                 };
                 let holders = match &holding {
@@ -331,15 +330,6 @@ impl Controller {
             })
             .await?;
         let listed = !req.devices.is_empty();
-        if listed
-            && let Some((reference, _)) = req
-                .devices
-                .iter()
-                .zip(&candidates)
-                .find(|(_, d)| !who.sees_group(&d.device_group))
-        {
-            return Err(devices::not_found(reference).into());
-        }
         let mut scope = Vec::new();
         for d in candidates {
             let allowed = who.can(Permission::Respond, Some(&d.device_group));
@@ -504,11 +494,14 @@ impl Controller {
             )));
         }
         let own: Vec<std::net::IpAddr> = self.own_addresses();
+        let scope = who.group_scope();
         let max = self.config.max_contained;
         let (target, in_force, shared, addrs) = self
             .store
             .read(move |c| {
-                let target = target_ref.map(|r| devices::resolve(c, &r)).transpose()?;
+                let target = target_ref
+                    .map(|r| devices::resolve(c, &r, scope.as_deref()))
+                    .transpose()?;
                 let addrs = match (&target, p.ip) {
                     (Some(d), _) => store::containment::device_addresses(c, &d.id)?,
                     (None, ip) => ip.into_iter().collect(),
@@ -655,13 +648,11 @@ impl Controller {
             ));
         }
         let reference = device.clone();
+        let scope = who.group_scope();
         let d = self
             .store
-            .read(move |c| devices::resolve(c, &reference))
+            .read(move |c| devices::resolve(c, &reference, scope.as_deref()))
             .await?;
-        if !who.sees_group(&d.device_group) {
-            return Err(devices::not_found(&device).into());
-        }
         if !who.can(Permission::Approve, Some(&d.device_group)) {
             return Err(ServiceError::Forbidden(format!(
                 "{} ({}) lacks the approve permission for device group {}: release codes need it",
@@ -826,7 +817,11 @@ impl Controller {
             .store
             .read(move |c| {
                 refs.iter()
-                    .map(|r| r.as_deref().map(|r| devices::resolve(c, r)).transpose())
+                    .map(|r| {
+                        r.as_deref()
+                            .map(|r| devices::resolve(c, r, None))
+                            .transpose()
+                    })
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
@@ -918,7 +913,7 @@ impl Controller {
         let (d, moved) = self
             .store
             .write(move |c| {
-                let d = devices::resolve(c, &device)?;
+                let d = devices::resolve(c, &device, None)?;
                 let moved = store::groups::assign(c, &actor, &d.id, group.as_deref())?;
                 Ok((devices::get(c, &d.id)?, moved))
             })

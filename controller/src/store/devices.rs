@@ -375,27 +375,78 @@ pub fn not_found(reference: &str) -> StoreError {
     StoreError::NotFound(format!("no device with id or hostname {reference:?}"))
 }
 
-pub fn resolve(conn: &Connection, reference: &str) -> Result<Device> {
+/// The device a reference (a device id, or the hostname of one active device) names, among
+/// the groups of `scope` (`None`: every group). A device outside them is not found, with the
+/// same text as one that does not exist, and does not count towards an ambiguous hostname.
+pub fn resolve(conn: &Connection, reference: &str, scope: Option<&[String]>) -> Result<Device> {
+    let visible = |d: &Device| scope.is_none_or(|groups| groups.contains(&d.device_group));
     if let Ok(id) = reference.parse::<DeviceId>()
         && let Ok(d) = get(conn, &id)
     {
-        return Ok(d);
+        return if visible(&d) {
+            Ok(d)
+        } else {
+            Err(not_found(reference))
+        };
     }
     let mut stmt =
         conn.prepare_cached("SELECT id FROM devices WHERE hostname = ?1 AND status = 'active'")?;
     let ids: Vec<String> = stmt
         .query_map([reference], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    match ids.as_slice() {
-        [one] => get(
-            conn,
-            &one.parse()
-                .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?,
-        ),
-        [] => Err(not_found(reference)),
-        _ => Err(StoreError::Invalid(format!(
-            "hostname {reference:?} names {} devices; use a device id",
-            ids.len()
+    let mut found = Vec::new();
+    for id in ids {
+        let id = id
+            .parse()
+            .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
+        let d = get(conn, &id)?;
+        if visible(&d) {
+            found.push(d);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(not_found(reference)),
+        n => Err(StoreError::Invalid(format!(
+            "hostname {reference:?} names {n} devices; use a device id"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_resolves_only_among_the_callers_groups() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrations()
+            .to_latest(&mut c)
+            .unwrap();
+        let inv = Inventory {
+            hostname: "db1".into(),
+            ..Default::default()
+        };
+        let (web, db) = (
+            DeviceId::from_random([1; 16]),
+            DeviceId::from_random([2; 16]),
+        );
+        insert(&c, &web, "web", "0.1.0", &[], &inv, "s", 1).unwrap();
+        insert(&c, &db, "db", "0.1.0", &[], &inv, "s", 1).unwrap();
+        let scope = |groups: &[&str]| groups.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+
+        // Unscoped, the shared hostname is ambiguous; scoped, it names the one device seen.
+        let err = resolve(&c, "db1", None).unwrap_err().to_string();
+        assert!(err.contains("names 2 devices"), "{err}");
+        let d = resolve(&c, "db1", Some(&scope(&["db"]))).unwrap();
+        assert_eq!(d.id, db);
+        // A device of another group is not found, by id as by hostname, with the text of a
+        // device that does not exist: no id, no group, no count.
+        for reference in [web.as_str(), "db1"] {
+            let err = resolve(&c, reference, Some(&scope(&["lab"]))).unwrap_err();
+            assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+            assert_eq!(err.to_string(), not_found(reference).to_string());
+        }
+        assert_eq!(resolve(&c, web.as_str(), None).unwrap().id, web);
     }
 }
