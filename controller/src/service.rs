@@ -131,7 +131,7 @@ pub struct Controller {
     pub artifacts: Artifacts,
     pub ca: Ca,
     pub config: Config,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The web Action center's in-memory state (login rate limits).
     pub web: crate::web::WebState,
 }
@@ -198,7 +198,7 @@ impl Controller {
             artifacts,
             ca,
             config,
-            registry: Registry::default(),
+            registry: Arc::default(),
             web: crate::web::WebState::default(),
         }
     }
@@ -1052,25 +1052,27 @@ impl Controller {
             return;
         }
         let ids: Vec<(DeviceId, ActionId)> = live.iter().map(|(d, s)| (d.clone(), s.id)).collect();
-        match self
-            .store
-            .write(move |c| actions::delivered_all(c, &ids))
-            .await
-        {
-            Ok(send) => {
-                let send: HashSet<ActionId> = send.into_iter().collect();
-                for (device, spec) in live.into_iter().filter(|(_, s)| send.contains(&s.id)) {
-                    self.registry.send(&device, SessionCommand::Send(spec));
+        let (store, registry) = (self.store.clone(), self.registry.clone());
+        // On a task of its own: a request whose caller goes away mid-way must not leave
+        // deliveries recorded but never sent.
+        let sent = tokio::spawn(async move {
+            match store.write(move |c| actions::delivered_all(c, &ids)).await {
+                Ok(send) => {
+                    let send: HashSet<ActionId> = send.into_iter().collect();
+                    for (device, spec) in live.into_iter().filter(|(_, s)| send.contains(&s.id)) {
+                        registry.send(&device, SessionCommand::Send(spec));
+                    }
+                }
+                // Each connection then records its own, as for what it finds outstanding.
+                Err(e) => {
+                    tracing::warn!(error = %e, actions = live.len(), "recording deliveries failed; each connection tries its own");
+                    for (device, spec) in live {
+                        registry.send(&device, SessionCommand::Deliver(spec));
+                    }
                 }
             }
-            // Each connection then records its own, as it does for what it finds outstanding.
-            Err(e) => {
-                tracing::warn!(error = %e, actions = live.len(), "recording deliveries failed; each connection tries its own");
-                for (device, spec) in live {
-                    self.registry.send(&device, SessionCommand::Deliver(spec));
-                }
-            }
-        }
+        });
+        let _ = sent.await;
     }
 }
 
