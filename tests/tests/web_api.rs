@@ -144,6 +144,9 @@ fn sessions_need_csrf_to_change_anything_and_end_at_logout_or_expiry() {
         (r.status, r.body["error"]["code"].clone()),
         (403, json!("csrf"))
     );
+    // Refused before its body was read: the connection is not reused for the next request,
+    // which would otherwise meet the server closing it.
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
     let r = call(
         &http,
         "POST",

@@ -36,6 +36,31 @@ pub fn app(ctl: Arc<Controller>) -> Router {
         .layer(axum::middleware::map_response(
             move |r: Response| async move { security_headers(r, tls) },
         ))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// A refusal before the request's body was read (no credentials, no CSRF token) leaves the
+/// body on the connection. hyper then drains it if it has already arrived, and otherwise
+/// closes the connection after the response, at a moment the client cannot know: a client
+/// that reuses the connection sees its next request fail ("peer disconnected"). So an error
+/// answer to a request that has a body says `Connection: close` (HTTP/1; HTTP/2 streams do not
+/// share a body).
+async fn close_after_refused_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|n| n != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let mut r = next.run(req).await;
+    if has_body && http1 && (r.status().is_client_error() || r.status().is_server_error()) {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 /// The web routes, without the API's fallback (they are merged into its router).
