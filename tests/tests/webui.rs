@@ -99,7 +99,7 @@ fn login(browser: &Browser, ctl: &Controller, name: &str) {
     browser.goto(&ctl.url());
     browser.find("#login-name").send_keys(name);
     browser.find("#login-password").send_keys(PASSWORD);
-    browser.find("#login-submit").click();
+    browser.click("#login-submit");
     browser.wait_text("#whoami", name);
 }
 
@@ -236,10 +236,10 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     browser
         .find("#login-password")
         .send_keys("not the password");
-    browser.find("#login-submit").click();
+    browser.click("#login-submit");
     browser.wait_text("#login-error", "wrong user name or password");
     browser.find("#login-password").clear().send_keys(PASSWORD);
-    browser.find("#login-submit").click();
+    browser.click("#login-submit");
     browser.wait_text("#whoami", "admin");
 
     // The pending actions made through the API are there.
@@ -265,7 +265,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     // Two of the same kind approved together.
     select_rows(&browser, &[s2]);
     browser.wait_text("#bulk-msg", "2 selected");
-    browser.find("#bulk-approve").click();
+    browser.click("#bulk-approve");
     wait_rows(&browser, "the approved ones to leave Pending", |ids| {
         !ids.contains(&s1) && !ids.contains(&s2) && ids.len() == 2
     });
@@ -277,13 +277,13 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
 
     // Reject needs a comment.
     select_rows(&browser, &[s3]);
-    browser.find("#bulk-reject").click();
+    browser.click("#bulk-reject");
     browser.wait_text("#bulk-msg", "A comment is required to reject");
     assert_eq!(action(&ctl, s3)["status"], "pending_approval");
     browser
         .find("#bulk-comment")
         .send_keys("not needed after all");
-    browser.find("#bulk-reject").click();
+    browser.click("#bulk-reject");
     wait_rows(&browser, "the rejected one to leave Pending", |ids| {
         ids == [p1]
     });
@@ -292,15 +292,15 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     assert_eq!(a["decision_comment"], "not needed after all");
 
     // History: sort by any column, both ways.
-    browser.find("#tab-history").click();
+    browser.click("#tab-history");
     browser.select("#f-window", "");
     wait_rows(&browser, "the history", |ids| ids.len() == 4);
     screenshot(&browser, shots.path(), "history.png");
-    browser.find("th[data-col=\"id\"]").click();
+    browser.click("th[data-col=\"id\"]");
     wait_rows(&browser, "ids ascending", |ids| ids == [s1, s2, s3, q]);
-    browser.find("th[data-col=\"id\"]").click();
+    browser.click("th[data-col=\"id\"]");
     wait_rows(&browser, "ids descending", |ids| ids == [q, s3, s2, s1]);
-    browser.find("th[data-col=\"device\"]").click();
+    browser.click("th[data-col=\"device\"]");
     eventually(Duration::from_secs(15), "sorted by device", || {
         let hosts = column(&browser, "device");
         (hosts == ["db-1", "web-1", "web-1", "web-2"]).then_some(())
@@ -308,7 +308,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
 
     // Filter by kind (and status) on the server.
     browser.select("#f-kind", "request_sample");
-    browser.find("#apply").click();
+    browser.click("#apply");
     wait_rows(&browser, "only samples", |ids| ids.len() == 3);
     assert!(
         column(&browser, "kind")
@@ -316,14 +316,14 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
             .all(|k| k == "request_sample")
     );
     browser.select("#f-status", "rejected");
-    browser.find("#apply").click();
+    browser.click("#apply");
     wait_rows(&browser, "only the rejected sample", |ids| ids == [s3]);
     browser.select("#f-status", "");
-    browser.find("#apply").click();
+    browser.click("#apply");
     wait_rows(&browser, "the samples again", |ids| ids.len() == 3);
 
     // Export the filtered view and read the file.
-    browser.find("#export").click();
+    browser.click("#export");
     let file = eventually(Duration::from_secs(20), "the CSV download", || {
         std::fs::read_dir(browser.downloads.path())
             .ok()?
@@ -354,7 +354,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
 
     // Undo from History (with the comment it needs).
     browser.select("#f-kind", "");
-    browser.find("#apply").click();
+    browser.click("#apply");
     wait_rows(&browser, "the whole history", |ids| ids.contains(&q));
     browser.find("#bulk-comment").send_keys("false positive");
     browser
@@ -430,7 +430,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
         &format!("#{undo} (pending_approval)"),
     );
     screenshot(&browser, shots.path(), "detail.png");
-    browser.find("#detail-close").click();
+    browser.click("#detail-close");
 
     // Several undone at once, only when of one kind: two more quarantines and an isolation.
     let now = std::time::SystemTime::now()
@@ -471,7 +471,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
         ids.push(out.trim().parse::<u64>().unwrap());
     }
     let (q2, q3, iso) = (ids[0], ids[1], ids[2]);
-    browser.find("#apply").click();
+    browser.click("#apply");
     wait_rows(&browser, "the new succeeded actions", |ids| {
         ids.contains(&q2) && ids.contains(&q3) && ids.contains(&iso)
     });
@@ -491,7 +491,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     browser
         .find("#bulk-comment")
         .send_keys("batch false positive");
-    browser.find("#bulk-undo").click();
+    browser.click("#bulk-undo");
     for id in [q2, q3] {
         eventually(Duration::from_secs(15), "the batch undo", || {
             let (_, v) = ctl.api(
@@ -525,7 +525,7 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     assert!(action(&ctl, iso)["undone_by"].is_null());
 
     // Column choice and page size persist for the user.
-    browser.find("#columns-toggle").click();
+    browser.click("#columns-toggle");
     browser
         .find("#columns-menu input[data-col=\"comment\"]")
         .click();
@@ -552,13 +552,13 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     assert_eq!(browser.find("#page-size").property("value"), "25");
 
     // The Admin page lists users and adds one with a password, who can then sign in.
-    browser.find("#nav-admin").click();
+    browser.click("#nav-admin");
     browser.wait_text("#users", "admin");
     browser.find("#user-name").send_keys("carl");
     browser.select("#user-role", "approver");
     browser.find("#user-groups").send_keys("db");
     browser.find("#user-password").send_keys(PASSWORD);
-    browser.find("#user-add").click();
+    browser.click("#user-add");
     browser.wait_text("#users", "carl");
     let (_, users) = ctl.api("GET", "/api/v1/users", Some(&ctl.admin_token), None);
     let carl = users["users"]
@@ -574,8 +574,8 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     // Policy and exec allowlist from the Admin page.
     browser.find("#policy-group").clear().send_keys("web");
     browser.select("#policy-kind", "scan");
-    browser.find("#policy-four-eyes").click();
-    browser.find("#policy-save").click();
+    browser.click("#policy-four-eyes");
+    browser.click("#policy-save");
     browser.wait_text("#policies", "scan");
     let (_, p) = ctl.api("GET", "/api/v1/policies", Some(&ctl.admin_token), None);
     assert!(
@@ -590,14 +590,14 @@ fn an_approver_decides_sorts_filters_exports_and_undoes_in_the_browser() {
     );
     browser.find("#allow-group").clear().send_keys("web");
     browser.find("#allow-paths").send_keys("/opt/tool/bin/run");
-    browser.find("#allow-save").click();
+    browser.click("#allow-save");
     browser.wait_text("#allowlists", "/opt/tool/bin/run");
     browser.find("#enroll-group").clear().send_keys("web");
-    browser.find("#enroll-create").click();
+    browser.click("#enroll-create");
     browser.wait_text("#enroll-result", "--token pal_enr_");
 
     // Logout ends the session.
-    browser.find("#logout").click();
+    browser.click("#logout");
     browser.find("#login-name");
     browser.goto(&ctl.url());
     browser.find("#login-name");
@@ -662,7 +662,7 @@ fn a_group_scoped_approver_sees_and_decides_only_its_groups_actions() {
     assert_eq!(action(&ctl, db)["status"], "pending_approval");
 
     // The Devices page lists the group's devices only, and requests an action on them.
-    browser.find("#nav-devices").click();
+    browser.click("#nav-devices");
     browser.wait_text("#devices", "web-2");
     assert!(!browser.find("#devices").text().contains("db-1"));
     browser
@@ -672,7 +672,7 @@ fn a_group_scoped_approver_sees_and_decides_only_its_groups_actions() {
     browser
         .find("#req-comment")
         .send_keys("triage from the devices page");
-    browser.find("#req-submit").click();
+    browser.click("#req-submit");
     let (_, v) = eventually(Duration::from_secs(15), "the requested action", || {
         let (s, v) = ctl.api(
             "GET",
@@ -712,7 +712,7 @@ fn what_agents_report_is_shown_as_text_never_as_markup() {
         .find(&format!("#actions tr[data-id=\"{id}\"] button.open-detail"))
         .click();
     browser.wait_text("#detail-params", "/tmp/<b>bold</b>");
-    browser.find("#nav-devices").click();
+    browser.click("#nav-devices");
     browser.wait_text("#devices", EVIL_NAME);
     let injected = browser.execute(
         "return [window.__xss === undefined, document.querySelectorAll('main img, main script, #detail b').length];",
@@ -787,7 +787,7 @@ fn the_detail_shows_a_fleet_actions_children_and_artifacts_for_investigators_onl
     );
 
     // A viewer sees the artifact's name but no link, and the API refuses the download.
-    browser.find("#logout").click();
+    browser.click("#logout");
     browser.wait_text("#login-error", "Signed out");
     login(&browser, &ctl, "vic");
     browser.goto(&format!("{}/#/action/{id}", ctl.url()));
@@ -835,7 +835,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     login(&browser, &ctl, "ada");
 
     // Devices: the rule-set version each enforces, the events a device reported.
-    browser.find("#nav-devices").click();
+    browser.click("#nav-devices");
     let cell = |id: &str, col: &str| {
         browser
             .find(&format!(
@@ -873,7 +873,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     browser.select("#req-kind", "contain");
     assert_eq!(browser.find("#req-params").property("value"), "{}");
     browser.find("#req-comment").send_keys("lateral movement");
-    browser.find("#req-submit").click();
+    browser.click("#req-submit");
     let contain = eventually(Duration::from_secs(15), "the contain request", || {
         let (_, v) = ctl.api(
             "GET",
@@ -893,7 +893,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     );
     assert_eq!(status, 200, "{v}");
     browser.goto(&format!("{}/#/admin", ctl.url()));
-    browser.find("#nav-devices").click();
+    browser.click("#nav-devices");
     browser.wait_text(
         &format!("#devices tr[data-id=\"{DB1}\"] td[data-col=\"state\"]"),
         &format!("contained (action #{contain})"),
@@ -901,10 +901,10 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     assert_eq!(cell(WEB1, "state"), "normal");
 
     // Admin: a device assigned by hand, a membership rule, and back to the rules.
-    browser.find("#nav-admin").click();
+    browser.click("#nav-admin");
     browser.select("#assign-device", WEB2);
     browser.find("#assign-group").send_keys("db");
-    browser.find("#assign-save").click();
+    browser.click("#assign-save");
     eventually(Duration::from_secs(15), "web-2 moved by hand", || {
         let d = device(WEB2);
         (d["device_group"] == "db" && d["group_source"] == "manual").then_some(())
@@ -912,7 +912,7 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
     browser.wait_text("#groups", "db");
     browser.find("#rule-hostname").send_keys("db-*");
     browser.find("#rule-group").send_keys("databases");
-    browser.find("#rule-add").click();
+    browser.click("#rule-add");
     browser.wait_text("#group-rules", "databases");
     let d = device(DB1);
     assert_eq!(
@@ -925,14 +925,14 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
         "by hand wins over rules"
     );
     browser.select("#assign-device", WEB2);
-    browser.find("#assign-clear").click();
+    browser.click("#assign-clear");
     eventually(
         Duration::from_secs(15),
         "web-2 back to its token's group",
         || (device(WEB2)["group_source"] == "enrolment").then_some(()),
     );
     assert_eq!(device(WEB2)["device_group"], "web");
-    browser.find("#group-rules button.rule-remove").click();
+    browser.click("#group-rules button.rule-remove");
     eventually(Duration::from_secs(15), "db-1 back to its group", || {
         (device(DB1)["device_group"] == "db").then_some(())
     });
