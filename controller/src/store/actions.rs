@@ -922,9 +922,10 @@ pub fn progress(conn: &Connection, device: &DeviceId, id: ActionId, p: &Progress
 
 /// Records a device's result. Returns the record and whether this call changed it (a repeated
 /// result, or one for an action that timed out meanwhile, changes nothing).
-/// Records a device's result. `held` are the artifacts of the report that the artifact store
-/// holds (with the sizes it holds them at): the result names them on the action, in its own
-/// transaction, so that an upload is one write less per device.
+///
+/// `held` are the artifacts of the report that the artifact store holds (with the sizes it
+/// holds them at): the result names them on the action, in its own transaction, so that an
+/// upload is one write less per device.
 pub fn result(
     conn: &Connection,
     device: &DeviceId,
