@@ -1345,6 +1345,21 @@ mod tests {
         }
     }
 
+    /// Alice's sample request of /x from `device` of `group`.
+    fn sample_of(device: &DeviceId, group: &str) -> NewAction {
+        NewAction {
+            params: ActionParams::RequestSample(RequestSampleParams { path: "/x".into() }),
+            device: Some(device.clone()),
+            device_group: group.into(),
+            source: ActionSource::ManualDeviceAction,
+            requested_by: "alice".into(),
+            comment: "c".into(),
+            external_id: None,
+            undo_of: None,
+            parent: None,
+        }
+    }
+
     /// A device of group "default" that can run `kind`.
     fn enrolled(c: &Connection, seed: u8, kind: ActionKind) -> Result<DeviceId> {
         let d = DeviceId::from_random([seed; 16]);
@@ -1368,25 +1383,7 @@ mod tests {
         store
             .write_blocking(|c| {
                 let dev = enrolled(c, 7, ActionKind::RequestSample)?;
-                let ask = |c: &Connection| {
-                    create(
-                        c,
-                        NewAction {
-                            params: ActionParams::RequestSample(RequestSampleParams {
-                                path: "/x".into(),
-                            }),
-                            device: Some(dev.clone()),
-                            device_group: "default".into(),
-                            source: ActionSource::ManualDeviceAction,
-                            requested_by: "alice".into(),
-                            comment: String::new(),
-                            external_id: None,
-                            undo_of: None,
-                            parent: None,
-                        },
-                        D,
-                    )
-                };
+                let ask = |c: &Connection| create(c, sample_of(&dev, "default"), D);
                 let waiting = ask(c)?.id;
                 let [delivered, approved, done] = [ask(c)?.id, ask(c)?.id, ask(c)?.id];
                 decide(c, &[delivered, approved, done], "bob", true, "go", D, &G)?;
@@ -1433,25 +1430,7 @@ mod tests {
         store
             .write_blocking(|c| {
                 let dev = enrolled(c, 7, ActionKind::RequestSample)?;
-                let sample = |c: &Connection| {
-                    create(
-                        c,
-                        NewAction {
-                            params: ActionParams::RequestSample(RequestSampleParams {
-                                path: "/etc/hostname".into(),
-                            }),
-                            device: Some(dev.clone()),
-                            device_group: "default".into(),
-                            source: ActionSource::ManualDeviceAction,
-                            requested_by: "alice".into(),
-                            comment: "look".into(),
-                            external_id: None,
-                            undo_of: None,
-                            parent: None,
-                        },
-                        D,
-                    )
-                };
+                let sample = |c: &Connection| create(c, sample_of(&dev, "default"), D);
                 let [held, lost] = [sample(c)?.id, sample(c)?.id];
                 decide(c, &[held, lost], "bob", true, "go", D, &G)?;
                 let uploaded = ArtifactRef {
@@ -1660,19 +1639,7 @@ mod tests {
             for _ in 0..3 {
                 create(
                     &c,
-                    NewAction {
-                        params: ActionParams::RequestSample(RequestSampleParams {
-                            path: "/x".into(),
-                        }),
-                        device: Some(id.clone()),
-                        device_group: if i == 0 { "web".into() } else { "db".into() },
-                        source: ActionSource::ManualDeviceAction,
-                        requested_by: "alice".into(),
-                        comment: "c".into(),
-                        external_id: None,
-                        undo_of: None,
-                        parent: None,
-                    },
+                    sample_of(&id, if i == 0 { "web" } else { "db" }),
                     Deadlines {
                         approval_ms: 1000,
                         delivery_ms: 1000,
