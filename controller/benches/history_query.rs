@@ -139,9 +139,10 @@ fn main() {
         let mut times = Vec::new();
         let mut total = 0;
         for _ in 0..20 {
+            let (f, g) = (filter.clone(), groups.clone());
             let t = Instant::now();
             let (rows, count) = store
-                .read_blocking(|c| actions::list(c, &filter, groups.as_deref()))
+                .read_blocking(move |c| actions::list(c, &f, g.as_deref()))
                 .unwrap();
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             total = count;
