@@ -27,8 +27,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags};
 
-/// Most jobs committed in one transaction.
-const MAX_GROUP: usize = 512;
+/// Most jobs committed in one transaction. A group takes every job waiting, so under a
+/// backlog the groups grow, and a larger group shares its pages: the acknowledgements of a
+/// fleet-wide action dirty the same few hundred index pages whether they commit in 40 groups
+/// or in 3, and each commit writes its dirty pages to the WAL once. (20,000 acknowledgements
+/// in groups of 512 wrote 4.1 WAL pages each, in groups of 2,048 1.4.) In a fleet-wide action,
+/// backlogs of up to 7,000 now commit at once. The bound keeps a group's dirty pages (held in
+/// memory until its commit) and its wait in reason.
+const MAX_GROUP: usize = 8192;
 
 /// Prepared statements kept per connection. Parsing SQL was most of what a small write cost
 /// (a third of the writer's time during a fleet-wide action, and a quarter of the controller's
