@@ -417,6 +417,34 @@ mod tests {
     }
 
     #[test]
+    fn what_a_device_has_open_is_found_through_its_index() {
+        let (_dir, s) = store();
+        // The device list's open count, a reconnect's outstanding actions and a scan's
+        // duplicate check: each a search of (device_id, status), never a scan.
+        let plans: Vec<String> = s
+            .read_blocking(|c| {
+                let mut plans = Vec::new();
+                for sql in [
+                    "SELECT count(*) FROM actions a WHERE a.device_id = ?1 AND a.status IN ('approved','delivered','acknowledged','in_progress')",
+                    "SELECT id, params FROM actions WHERE device_id = ?1 AND status IN ('approved', 'delivered', 'acknowledged', 'in_progress')",
+                    "SELECT id FROM actions WHERE device_id = ?1 AND kind = 'quarantine' AND status IN ('pending_approval','approved','delivered','acknowledged','in_progress')",
+                ] {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(["d"], |r| r.get::<_, String>(3))?;
+                    plans.push(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("; "));
+                }
+                Ok(plans)
+            })
+            .unwrap();
+        for plan in plans {
+            assert!(
+                plan.contains("actions_by_device_status (device_id=? AND status=?)"),
+                "{plan}"
+            );
+        }
+    }
+
+    #[test]
     fn a_write_is_visible_to_readers_once_it_returns() {
         let (_dir, s) = store();
         for i in 0..20 {

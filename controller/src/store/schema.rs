@@ -15,6 +15,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V9),
         M::up(V10),
         M::up(V11),
+        M::up(V12),
     ])
 }
 
@@ -311,6 +312,23 @@ const V11: &str = r#"
 CREATE INDEX actions_awaiting_approval ON actions(expires_at) WHERE status = 'pending_approval';
 CREATE INDEX actions_awaiting_device ON actions(deadline_at)
     WHERE status IN ('approved', 'delivered', 'acknowledged', 'in_progress');
+"#;
+
+/// Every hop of an action (delivered, acknowledged, a result) rewrites each index entry that
+/// holds `status`. In an index where `status` comes before the device, the entry moves between
+/// two places far apart, each on a page of its own: in a fleet-wide action, acknowledgements
+/// arriving in any order dirtied a page in each for nearly every device, and the WAL carried
+/// six pages per hop. With `status` last, the entry stays where it was, on the one page.
+/// `actions_by_status (status, device_id)` and `actions_by_device_kind (device_id, kind,
+/// status)` become one `(device_id, status)`: what a device has open (its reconnect, the
+/// device list, a scan's duplicate check) is its entries with an open status, and everything
+/// by status alone goes through `actions_by_status_only`.
+const V12: &str = r#"
+DROP INDEX actions_by_status;
+DROP INDEX actions_by_device_kind;
+CREATE INDEX actions_by_device_status ON actions(device_id, status);
+DROP INDEX actions_window;
+CREATE INDEX actions_window ON actions(created_at, kind, source, requested_by, device_id, status);
 "#;
 
 #[cfg(test)]
