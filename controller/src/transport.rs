@@ -808,16 +808,16 @@ async fn upload(
     }
     write_frame(&mut send, &UploadReply::Resume { offset }).await?;
     let mut received = offset;
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Some(n) = recv.read(&mut buf).await? {
-        received += n as u64;
+    // quinn's own buffers, in order: no buffer of ours to allocate and zero per upload.
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        received += chunk.bytes.len() as u64;
         if received > begin.size {
             write_frame(&mut send, &refuse("more bytes than announced".into())).await?;
             send.finish()?;
             bail!("upload overran its announced size");
         }
         if let Some(f) = file.as_mut() {
-            f.append(&buf[..n])?;
+            f.append(&chunk.bytes)?;
         }
     }
     drop(file);
