@@ -798,13 +798,14 @@ pub fn cancel(
 }
 
 /// Approved, unfinished actions of a device, oldest first: what a (re)connecting agent gets.
+/// A device's actions between approval and result.
+pub(super) const OUTSTANDING: &str = "SELECT id, params FROM actions WHERE device_id = ?1
+     AND status IN ('approved', 'delivered', 'acknowledged', 'in_progress')";
+
 pub fn outstanding(conn: &Connection, device: &DeviceId) -> Result<Vec<ActionSpec>> {
     // Sorted here, not by the query: `ORDER BY id` had SQLite walk the device's whole history
     // in id order (`actions_by_device`) to skip a sort of a few rows, at every reconnect.
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, params FROM actions WHERE device_id = ?1
-         AND status IN ('approved', 'delivered', 'acknowledged', 'in_progress')",
-    )?;
+    let mut stmt = conn.prepare_cached(OUTSTANDING)?;
     let rows = stmt.query_map([device.as_str()], |r| {
         let params: String = r.get(1)?;
         Ok(ActionSpec {

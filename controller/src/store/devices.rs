@@ -288,7 +288,7 @@ pub fn offboard(conn: &Connection, id: &DeviceId, actor: &str, reason: &str) -> 
     Ok(())
 }
 
-const SELECT: &str = "SELECT d.id, d.hostname, d.device_group, d.agent_version, d.capabilities, d.inventory,
+pub(super) const SELECT: &str = "SELECT d.id, d.hostname, d.device_group, d.agent_version, d.capabilities, d.inventory,
     d.enrolled_at, d.last_seen, d.status, d.observed,
     (SELECT count(*) FROM actions a WHERE a.device_id = d.id AND a.status IN ('approved','delivered','acknowledged','in_progress')),
     d.rules_version, d.group_source

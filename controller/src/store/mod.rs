@@ -425,12 +425,14 @@ mod tests {
             .read_blocking(|c| {
                 let mut plans = Vec::new();
                 for sql in [
-                    "SELECT count(*) FROM actions a WHERE a.device_id = ?1 AND a.status IN ('approved','delivered','acknowledged','in_progress')",
-                    "SELECT id, params FROM actions WHERE device_id = ?1 AND status IN ('approved', 'delivered', 'acknowledged', 'in_progress')",
-                    "SELECT id FROM actions WHERE device_id = ?1 AND kind = 'quarantine' AND status IN ('pending_approval','approved','delivered','acknowledged','in_progress')",
+                    format!("{} WHERE d.id = ?1", devices::SELECT),
+                    actions::OUTSTANDING.to_owned(),
+                    scan::OPEN_QUARANTINE.to_owned(),
                 ] {
                     let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let rows = stmt.query_map(["d"], |r| r.get::<_, String>(3))?;
+                    let binds = vec!["d"; stmt.parameter_count()];
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(binds), |r| r.get::<_, String>(3))?;
                     plans.push(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("; "));
                 }
                 Ok(plans)

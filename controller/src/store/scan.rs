@@ -353,6 +353,11 @@ impl fmt::Display for Origin {
     }
 }
 
+/// A quarantine still open on a device for a path: a detection's duplicate.
+pub(super) const OPEN_QUARANTINE: &str =
+    "SELECT id FROM actions WHERE device_id = ?1 AND kind = 'quarantine'
+     AND status IN ('pending_approval','approved','delivered','acknowledged','in_progress')
+     AND json_extract(params, '$.path') = ?2 LIMIT 1";
 /// Every detection is recorded in the device's history (source automated device action);
 /// with `full` or `semi` each also gets a *stop and quarantine* action (source automated
 /// device action), approved at once or pending, unless an open quarantine of the same path
@@ -395,13 +400,9 @@ pub fn remediate_detections(
         let open: Option<i64> = if level == AutomationLevel::None || params.validate().is_err() {
             None
         } else {
-            conn.query_row_cached(
-                "SELECT id FROM actions WHERE device_id = ?1 AND kind = 'quarantine'
-                 AND status IN ('pending_approval','approved','delivered','acknowledged','in_progress')
-                 AND json_extract(params, '$.path') = ?2 LIMIT 1",
-                params![device.as_str(), det.path],
-                |r| r.get(0),
-            )
+            conn.query_row_cached(OPEN_QUARANTINE, params![device.as_str(), det.path], |r| {
+                r.get(0)
+            })
             .optional()?
         };
         let action = match (level, open) {
