@@ -218,11 +218,9 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.reads
-            .send(Box::new(move |conn| {
-                let _ = tx.send(conn.and_then(f));
-            }))
-            .map_err(|_| StoreError::Closed)?;
+        self.submit_read(f, move |r| {
+            let _ = tx.send(r);
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -233,12 +231,19 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.reads
-            .send(Box::new(move |conn| {
-                let _ = tx.send(conn.and_then(f));
-            }))
-            .map_err(|_| StoreError::Closed)?;
+        self.submit_read(f, move |r| {
+            let _ = tx.send(r);
+        })?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn submit_read<T, F>(&self, f: F, reply: impl FnOnce(Result<T>) + Send + 'static) -> Result<()>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.reads
+            .send(Box::new(move |conn| reply(conn.and_then(f))))
+            .map_err(|_| StoreError::Closed)
     }
 }
 
@@ -404,8 +409,8 @@ mod tests {
     #[test]
     fn a_read_that_panics_loses_its_answer_not_its_reader() {
         let (_dir, s) = store();
-        // More panics than readers: had any taken its thread along, the reads after would
-        // wait for ever.
+        // More panics than readers: had each taken its thread along, no reader would be left
+        // and the read after would fail.
         for _ in 0..READERS * 2 {
             let r: Result<()> = s.read_blocking(|_| panic!("a bug in a read"));
             assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
