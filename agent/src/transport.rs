@@ -16,7 +16,7 @@ use palisade_common::frame::{self, HEADER_LEN};
 use palisade_common::wire::{
     ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, EnrollRequest, EnrollResponse,
     HANDSHAKE_TIMEOUT, Hello, Opening, RulesInfo, RulesReply, RulesRequest, UploadBegin,
-    UploadReply, close_code,
+    UploadReply, WHOLE_UPLOAD_MAX, close_code,
 };
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -480,12 +480,28 @@ impl Uploader {
         write_frame(&mut send, &Opening::Upload(begin))
             .await
             .map_err(interrupted)?;
+        // Small enough to send whole: the bytes go with the opening, a round trip sooner.
+        let whole = size <= WHOLE_UPLOAD_MAX;
+        if whole {
+            let bytes = std::fs::read(path).map_err(|e| interrupted(e.into()))?;
+            if bytes.len() as u64 != size {
+                return Err(UploadError::Refused(format!(
+                    "the spooled copy is {} bytes, not the {size} announced",
+                    bytes.len()
+                )));
+            }
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| interrupted(e.into()))?;
+            send.finish().map_err(|e| interrupted(e.into()))?;
+        }
         let reply: UploadReply = read_frame(&mut recv)
             .await
             .map_err(interrupted)?
             .ok_or_else(|| interrupted(anyhow!("stream closed")))?;
         let offset = match reply {
-            UploadReply::Resume { offset } if offset <= size => offset,
+            UploadReply::Resume { offset: 0 } if whole => 0,
+            UploadReply::Resume { offset } if !whole && offset <= size => offset,
             UploadReply::Resume { offset } => {
                 return Err(UploadError::Refused(format!(
                     "controller asked to resume at {offset} of {size}"
@@ -494,25 +510,27 @@ impl Uploader {
             UploadReply::Refused { reason } => return Err(UploadError::Refused(reason)),
             UploadReply::Stored => return Ok(()),
         };
-        let mut file = std::fs::File::open(path).map_err(|e| interrupted(e.into()))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| interrupted(e.into()))?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut remaining = size - offset;
-        while remaining > 0 {
-            let n = file.read(&mut buf).map_err(|e| interrupted(e.into()))?;
-            if n == 0 {
-                return Err(UploadError::Refused(
-                    "the spooled copy is shorter than announced".into(),
-                ));
-            }
-            let n = n.min(remaining as usize);
-            send.write_all(&buf[..n])
-                .await
+        if !whole {
+            let mut file = std::fs::File::open(path).map_err(|e| interrupted(e.into()))?;
+            file.seek(SeekFrom::Start(offset))
                 .map_err(|e| interrupted(e.into()))?;
-            remaining -= n as u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut remaining = size - offset;
+            while remaining > 0 {
+                let n = file.read(&mut buf).map_err(|e| interrupted(e.into()))?;
+                if n == 0 {
+                    return Err(UploadError::Refused(
+                        "the spooled copy is shorter than announced".into(),
+                    ));
+                }
+                let n = n.min(remaining as usize);
+                send.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| interrupted(e.into()))?;
+                remaining -= n as u64;
+            }
+            send.finish().map_err(|e| interrupted(e.into()))?;
         }
-        send.finish().map_err(|e| interrupted(e.into()))?;
         match read_frame::<UploadReply>(&mut recv)
             .await
             .map_err(interrupted)?

@@ -315,9 +315,15 @@ pub enum ControllerMessage {
     },
 }
 
+/// The largest upload sent whole: the agent sends its bytes right after [`UploadBegin`],
+/// without waiting for `Resume`, and the controller answers `Resume { offset: 0 }` and keeps it
+/// in its database. Nothing this small is worth resuming.
+pub const WHOLE_UPLOAD_MAX: u64 = 16 * 1024;
+
 /// Opens an upload stream. The controller answers with [`UploadReply::Resume`], the agent sends
 /// the raw bytes from that offset to the end and finishes the stream, and the controller
-/// answers again with `Stored` or `Refused` once it has checked the hash.
+/// answers again with `Stored` or `Refused` once it has checked the hash. An upload of up to
+/// [`WHOLE_UPLOAD_MAX`] bytes sends them before the `Resume`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct UploadBegin {
     pub action: ActionId,

@@ -15,8 +15,8 @@ use serde_json::json;
 use crate::auth::{Permission, Principal, Role};
 use crate::service::{ActionRequest, Controller, ServiceError};
 use crate::store::{
-    StoreError, actions, audit, auth as store_auth, desired, devices, events as store_events,
-    scan as store_scan,
+    StoreError, actions, audit, auth as store_auth, blobs, desired, devices,
+    events as store_events, scan as store_scan,
 };
 
 type Ctl = State<Arc<Controller>>;
@@ -750,18 +750,23 @@ async fn download_artifact(
                 format!("action {id} has no artifact {name:?}"),
             )
         })?;
-    let path = ctl
-        .artifacts
-        .path_of(&artifact.sha256)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("artifact content missing: {e}"),
-        )
-    })?;
-    let stream = tokio_util::io::ReaderStream::new(file);
+    let sha = artifact.sha256.clone();
+    let body = match ctl.store.read(move |c| blobs::get(c, &sha)).await? {
+        Some(bytes) => axum::body::Body::from(bytes),
+        None => {
+            let path = ctl.artifacts.path_of(&artifact.sha256).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            let file = tokio::fs::File::open(&path).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("artifact content missing: {e}"),
+                )
+            })?;
+            axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file))
+        }
+    };
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -783,7 +788,7 @@ async fn download_artifact(
     if let Ok(v) = disposition.parse() {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
+    Ok((headers, body).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -197,27 +197,43 @@ impl Artifacts {
 /// Reads a finished partial file back: its length and SHA-256 must be the announced ones.
 fn check(part: &Path, sha256: &[u8; 32], size: u64) -> Result<String> {
     let mut f = File::open(part)?;
-    let len = f.metadata()?.len();
-    if len != size {
-        bail!("received {len} bytes, expected {size}");
-    }
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
+        len += n as u64;
         ctx.update(&buf[..n]);
     }
-    let got = hex::encode(ctx.finish());
-    if got != hex::encode(sha256) {
+    matches(len, ctx.finish(), sha256, size)?;
+    Ok(hex::encode(sha256))
+}
+
+/// Checks bytes received whole against the announced size and SHA-256.
+pub fn verify(bytes: &[u8], sha256: &[u8; 32], size: u64) -> Result<()> {
+    matches(
+        bytes.len() as u64,
+        digest::digest(&digest::SHA256, bytes),
+        sha256,
+        size,
+    )
+}
+
+fn matches(len: u64, got: digest::Digest, sha256: &[u8; 32], size: u64) -> Result<()> {
+    if len != size {
+        bail!("received {len} bytes, expected {size}");
+    }
+    if got.as_ref() != sha256 {
         bail!(
-            "sha256 mismatch: received {got}, announced {}",
+            "sha256 mismatch: received {}, announced {}",
+            hex::encode(got),
             hex::encode(sha256)
         );
     }
-    Ok(got)
+    Ok(())
 }
 
 /// The artifact-sync thread. A file's contents are durable before its name, and its name

@@ -24,8 +24,11 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::admission::{self, Admission, Admit, Limits, Slot};
+use crate::artifacts::{self, PartialUpload};
 use crate::service::{Controller, SessionCommand};
-use crate::store::{actions, containment, desired, devices, events, now_ms, scan};
+use crate::store::{
+    StoreError, actions, blobs, containment, desired, devices, events, now_ms, scan,
+};
 
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
@@ -603,10 +606,11 @@ async fn handle_event(
             let id = report.id;
             let deadlines = ctl.deadlines();
             // The upload stored the files; the result names them on the action.
-            let held = ctl.artifacts.held(&report.artifacts);
+            let mut held = ctl.artifacts.held(&report.artifacts);
             let (rec, changed, remediation) = ctl
                 .store
                 .write(move |c| {
+                    held.extend(blobs::held(c, &report.artifacts)?);
                     let (rec, changed) = actions::result(c, &d, &report, &held)?;
                     // Detections become quarantine actions in the result's own transaction.
                     let remediation = if changed && rec.kind == ActionKind::Scan {
@@ -758,6 +762,14 @@ async fn rules_stream(ctl: Arc<Controller>, req: RulesRequest, mut send: SendStr
     Ok(())
 }
 
+/// Where an upload's bytes go: memory for a whole upload (`wire::WHOLE_UPLOAD_MAX`), kept in
+/// the database, else its partial file (`None`: the artifact store already holds it, the
+/// bytes are dropped).
+enum Sink {
+    Memory(Vec<u8>),
+    File(Option<PartialUpload>),
+}
+
 async fn upload(
     ctl: Arc<Controller>,
     device: DeviceId,
@@ -766,27 +778,29 @@ async fn upload(
     mut recv: RecvStream,
 ) -> Result<()> {
     let refuse = |reason: String| UploadReply::Refused { reason };
-    let (d, id) = (device.clone(), begin.action);
-    // Only the owner and status: an upload per device per action, at fleet scale.
-    let status = ctl
-        .store
-        .read(move |c| actions::owned_status(c, &d, id))
-        .await;
-    let problem = match &status {
-        Err(e) => Some(e.to_string()),
-        Ok(s) if !s.is_outstanding() => Some(format!("action {id} is {s}")),
-        Ok(_) if begin.size > ctl.artifacts.max_size => Some(format!(
+    let whole = begin.size <= blobs::MAX_LEN;
+    let problem = if begin.size > ctl.artifacts.max_size {
+        Some(format!(
             "artifact of {} bytes exceeds the controller's limit of {}",
             begin.size, ctl.artifacts.max_size
-        )),
-        Ok(_)
-            if begin.name.is_empty()
-                || begin.name.len() > 128
-                || begin.name.contains(['/', '\0']) =>
+        ))
+    } else if begin.name.is_empty() || begin.name.len() > 128 || begin.name.contains(['/', '\0']) {
+        Some(format!("invalid artifact name {:?}", begin.name))
+    } else if whole {
+        // Checked in the write that stores it: one store job per whole upload.
+        None
+    } else {
+        // Only the owner and status: an upload per device per action, at fleet scale.
+        let (d, id) = (device.clone(), begin.action);
+        match ctl
+            .store
+            .read(move |c| actions::owned_status(c, &d, id))
+            .await
         {
-            Some(format!("invalid artifact name {:?}", begin.name))
+            Err(e) => Some(e.to_string()),
+            Ok(s) if !s.is_outstanding() => Some(format!("action {id} is {s}")),
+            Ok(_) => None,
         }
-        Ok(_) => None,
     };
     if let Some(reason) = problem {
         write_frame(&mut send, &refuse(reason.clone())).await?;
@@ -794,18 +808,20 @@ async fn upload(
         bail!("upload refused: {reason}");
     }
     let hex = hex::encode(begin.sha256);
-    let already = ctl.artifacts.contains(&hex);
-    let (mut file, offset) = if already {
-        (None, begin.size)
+    let (mut sink, offset) = if whole {
+        // Nothing to resume: the agent sent the bytes with the opening.
+        (Sink::Memory(Vec::with_capacity(begin.size as usize)), 0)
+    } else if ctl.artifacts.contains(&hex) {
+        (Sink::File(None), begin.size)
     } else {
         let (f, have) = ctl
             .artifacts
             .resume(begin.action, &begin.sha256, begin.size)?;
-        (Some(f), have)
+        if have > 0 {
+            tracing::info!(%device, action = %begin.action, name = %begin.name, offset = have, size = begin.size, "upload resumes where it stopped");
+        }
+        (Sink::File(Some(f)), have)
     };
-    if offset > 0 && !already {
-        tracing::info!(%device, action = %begin.action, name = %begin.name, offset, size = begin.size, "upload resumes where it stopped");
-    }
     write_frame(&mut send, &UploadReply::Resume { offset }).await?;
     let mut received = offset;
     // quinn's own buffers, in order: no buffer of ours to allocate and zero per upload.
@@ -816,27 +832,49 @@ async fn upload(
             send.finish()?;
             bail!("upload overran its announced size");
         }
-        if let Some(f) = file.as_mut() {
-            f.append(&chunk.bytes)?;
+        match &mut sink {
+            Sink::Memory(bytes) => bytes.extend_from_slice(&chunk.bytes),
+            Sink::File(Some(f)) => f.append(&chunk.bytes)?,
+            Sink::File(None) => {}
         }
     }
-    drop(file);
-    let stored = if already {
-        ctl.artifacts.flushed().await
-    } else {
-        ctl.artifacts
-            .commit(begin.action, begin.sha256, begin.size)
-            .await
-            .map(drop)
+    let stored = match sink {
+        Sink::Memory(bytes) => {
+            let (d, id) = (device.clone(), begin.action);
+            match artifacts::verify(&bytes, &begin.sha256, begin.size) {
+                Ok(()) => ctl
+                    .store
+                    .write(move |c| {
+                        let status = actions::owned_status(c, &d, id)?;
+                        if !status.is_outstanding() {
+                            return Err(StoreError::Conflict(format!("action {id} is {status}")));
+                        }
+                        blobs::put(c, &hex, &bytes)
+                    })
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            }
+        }
+        Sink::File(None) => ctl.artifacts.flushed().await,
+        Sink::File(Some(f)) => {
+            drop(f);
+            ctl.artifacts
+                .commit(begin.action, begin.sha256, begin.size)
+                .await
+                .map(drop)
+        }
     };
     match stored {
-        // Durable in the artifact store: the action's result names it (`actions::result`).
+        // Durable in the store: the action's result names it (`actions::result`).
         Ok(()) => {
             write_frame(&mut send, &UploadReply::Stored).await?;
             tracing::info!(%device, action = %begin.action, name = %begin.name, size = begin.size, "artifact stored");
         }
         Err(e) => {
             write_frame(&mut send, &refuse(format!("{e:#}"))).await?;
+            send.finish()?;
+            bail!("upload refused: {e:#}");
         }
     }
     send.finish()?;

@@ -68,6 +68,59 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
     let got = std::fs::read(&out).unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&bytes));
     assert_eq!(v["action"]["artifacts"][0]["sha256"], sha256_hex(&bytes));
+    // 800 KB: a file of its own in the artifact store, not a row.
+    let sha = sha256_hex(&bytes);
+    assert!(
+        ctl.data_dir()
+            .join("artifacts")
+            .join(&sha[..2])
+            .join(&sha)
+            .is_file()
+    );
+    assert_eq!(
+        sqlite3(&ctl.db(), "SELECT count(*) FROM artifact_blobs").trim(),
+        "0"
+    );
+}
+
+#[test]
+fn a_small_sample_is_kept_in_the_database_and_downloaded_from_it() {
+    let ctl = Controller::start();
+    let agent = ctl.enroll_agent().started();
+    let device = agent.device_id();
+    // 16 KiB exactly: the largest artifact the controller keeps as a row.
+    let bytes: Vec<u8> = (0..4096u32).flat_map(|i| i.to_be_bytes()).collect();
+    let path = sample_file(&ctl, "small.conf", &bytes);
+    let id = ctl.request(&["request-sample", &device, "--path", &path, "--comment", "x"]);
+    ctl.json(&["actions", "approve", &id.to_string(), "--comment", "go"]);
+    let v = ctl.wait_status(id, "succeeded", T);
+    let sha = sha256_hex(&bytes);
+    assert_eq!(v["action"]["artifacts"][0]["sha256"], sha);
+    assert_eq!(v["action"]["artifacts"][0]["size"], 16384);
+    assert_eq!(
+        sqlite3(
+            &ctl.db(),
+            &format!("SELECT length(bytes) FROM artifact_blobs WHERE sha256 = '{sha}'")
+        )
+        .trim(),
+        "16384"
+    );
+    assert!(!ctl.data_dir().join("artifacts").join(&sha[..2]).exists());
+
+    let out = ctl.dir.path().join("small.out");
+    let dl = ctl.ctl(&[
+        "artifacts",
+        "download",
+        &id.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        dl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dl.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
 
 #[test]

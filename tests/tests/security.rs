@@ -17,7 +17,7 @@ use palisade_common::wire::{
     ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, Hello, Inventory, ObservedState,
 };
 use palisade_common::{ActionId, ActionKind};
-use palisade_tests::{Controller, eventually, fleet};
+use palisade_tests::{Controller, eventually, fleet, sqlite3};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const T: Duration = Duration::from_secs(30);
@@ -134,6 +134,11 @@ fn a_device_cannot_report_on_or_upload_for_another_devices_action() {
             .as_array()
             .is_none_or(|a| a.is_empty()),
         "{v}"
+    );
+    // Nor are the forged bytes kept: a small upload's check and its row are one write.
+    assert_eq!(
+        sqlite3(&ctl.db(), "SELECT count(*) FROM artifact_blobs").trim(),
+        "0"
     );
     // The victim then gets its action and reports on it itself.
     let _victim_link = rt.block_on(async {

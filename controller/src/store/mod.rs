@@ -11,6 +11,7 @@
 pub mod actions;
 pub mod audit;
 pub mod auth;
+pub mod blobs;
 pub mod containment;
 pub mod desired;
 pub mod devices;

@@ -16,6 +16,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V10),
         M::up(V11),
         M::up(V12),
+        M::up(V13),
     ])
 }
 
@@ -329,6 +330,15 @@ DROP INDEX actions_by_device_kind;
 CREATE INDEX actions_by_device_status ON actions(device_id, status);
 DROP INDEX actions_window;
 CREATE INDEX actions_window ON actions(created_at, kind, source, requested_by, device_id, status);
+"#;
+
+/// Artifacts of up to 16 KiB, by content (`blobs`): one row in a group commit instead of a
+/// file of their own.
+const V13: &str = r#"
+CREATE TABLE artifact_blobs (
+    sha256 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
 "#;
 
 #[cfg(test)]
