@@ -26,9 +26,7 @@ use tokio::sync::mpsc;
 use crate::admission::{self, Admission, Admit, Limits, Slot};
 use crate::artifacts::{self, PartialUpload};
 use crate::service::{Controller, SessionCommand};
-use crate::store::{
-    StoreError, actions, blobs, containment, desired, devices, events, now_ms, scan,
-};
+use crate::store::{actions, blobs, containment, desired, devices, events, now_ms, scan};
 
 /// The agents' endpoint. `reset_secret` is kept in the data directory so that a restarted
 /// controller can answer an agent's packets for a connection it has lost with a stateless
@@ -792,15 +790,11 @@ async fn upload(
     } else {
         // Only the owner and status: an upload per device per action, at fleet scale.
         let (d, id) = (device.clone(), begin.action);
-        match ctl
-            .store
-            .read(move |c| actions::owned_status(c, &d, id))
+        ctl.store
+            .read(move |c| actions::owned_open(c, &d, id))
             .await
-        {
-            Err(e) => Some(e.to_string()),
-            Ok(s) if !s.is_outstanding() => Some(format!("action {id} is {s}")),
-            Ok(_) => None,
-        }
+            .err()
+            .map(|e| e.to_string())
     };
     if let Some(reason) = problem {
         write_frame(&mut send, &refuse(reason.clone())).await?;
@@ -839,23 +833,19 @@ async fn upload(
         }
     }
     let stored = match sink {
-        Sink::Memory(bytes) => {
-            let (d, id) = (device.clone(), begin.action);
-            match artifacts::verify(&bytes, &begin.sha256, begin.size) {
-                Ok(()) => ctl
-                    .store
+        Sink::Memory(bytes) => match artifacts::verify(&bytes, &begin.sha256, begin.size) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let (d, id) = (device.clone(), begin.action);
+                ctl.store
                     .write(move |c| {
-                        let status = actions::owned_status(c, &d, id)?;
-                        if !status.is_outstanding() {
-                            return Err(StoreError::Conflict(format!("action {id} is {status}")));
-                        }
+                        actions::owned_open(c, &d, id)?;
                         blobs::put(c, &hex, &bytes)
                     })
                     .await
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e),
+                    .map_err(anyhow::Error::from)
             }
-        }
+        },
         Sink::File(None) => ctl.artifacts.flushed().await,
         Sink::File(Some(f)) => {
             drop(f);

@@ -16,6 +16,24 @@ fn sample_file(ctl: &Controller, name: &str, bytes: &[u8]) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// The action's artifact, downloaded with `palisadectl artifacts download`.
+fn download(ctl: &Controller, id: u64) -> Vec<u8> {
+    let out = ctl.dir.path().join(format!("download-{id}"));
+    let dl = ctl.ctl(&[
+        "artifacts",
+        "download",
+        &id.to_string(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        dl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dl.stderr)
+    );
+    std::fs::read(&out).unwrap()
+}
+
 fn hop_times(v: &Value) -> Vec<(String, bool)> {
     v["timeline"]
         .as_array()
@@ -52,21 +70,7 @@ fn sample_is_approved_delivered_and_downloaded_with_matching_hash() {
     }
     assert_eq!(v["action"]["decided_by"], "admin");
 
-    let out = ctl.dir.path().join("downloaded.bin");
-    let dl = ctl.ctl(&[
-        "artifacts",
-        "download",
-        &id.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        dl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dl.stderr)
-    );
-    let got = std::fs::read(&out).unwrap();
-    assert_eq!(sha256_hex(&got), sha256_hex(&bytes));
+    assert_eq!(sha256_hex(&download(&ctl, id)), sha256_hex(&bytes));
     assert_eq!(v["action"]["artifacts"][0]["sha256"], sha256_hex(&bytes));
     // 800 KB: a file of its own in the artifact store, not a row.
     let sha = sha256_hex(&bytes);
@@ -107,20 +111,7 @@ fn a_small_sample_is_kept_in_the_database_and_downloaded_from_it() {
     );
     assert!(!ctl.data_dir().join("artifacts").join(&sha[..2]).exists());
 
-    let out = ctl.dir.path().join("small.out");
-    let dl = ctl.ctl(&[
-        "artifacts",
-        "download",
-        &id.to_string(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        dl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dl.stderr)
-    );
-    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(download(&ctl, id), bytes);
 }
 
 #[test]

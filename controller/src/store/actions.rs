@@ -847,6 +847,15 @@ pub fn owned_status(conn: &Connection, device: &DeviceId, id: ActionId) -> Resul
         .map_err(|e| StoreError::Sql(format!("action {id} has status {status:?}: {e}")))
 }
 
+/// Refuses unless the action is `device`'s and still open (an upload for it may be stored).
+pub fn owned_open(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<()> {
+    let status = owned_status(conn, device, id)?;
+    if !status.is_outstanding() {
+        return Err(StoreError::Conflict(format!("action {id} is {status}")));
+    }
+    Ok(())
+}
+
 /// Records that an action was handed to the device's connection. Repeated deliveries of an
 /// action already delivered change nothing.
 pub fn delivered(conn: &Connection, device: &DeviceId, id: ActionId) -> Result<bool> {
