@@ -282,10 +282,12 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
     c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // The Action center reads pages out of large histories: a bigger page cache per reader
-    // (16 MiB) and the file mapped, instead of re-reading through 2 MiB caches.
-    c.pragma_update(None, "cache_size", -16_384)?;
-    c.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    // The Action center reads pages out of large histories: a page cache of 4 MiB per reader,
+    // twice SQLite's default. The file is not mapped: each reader's mapping counted the same
+    // pages again in the controller's RSS (165 MB of it with 20,000 idle agents, a 20 MB
+    // database), and a 1 GB history could have shown as 2 GB. Without it, the slowest query
+    // over 1,000,000 actions took 88–130 ms instead of 68–71 ms (docs/benchmarks.md).
+    c.pragma_update(None, "cache_size", -4096)?;
     Ok(c)
 }
 
