@@ -74,3 +74,49 @@ pub fn decode<T: Decode<()>>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameErro
     };
     Ok(Some((decode_body(body)?, HEADER_LEN + len)))
 }
+
+/// Frames from a stream that arrives in pieces of any size, one frame at a time: it asks for no
+/// more than the rest of the frame it is assembling, so it never holds more than one frame, and
+/// it checks a frame's length before taking its body. Reading into it with a cancel-safe read
+/// makes the whole read cancel-safe: bytes already taken wait here for the rest.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    buf: Vec<u8>,
+}
+
+/// Capacity a reassembler keeps between frames; a larger frame's buffer is given back, so an
+/// idle stream holds little.
+const KEPT_CAPACITY: usize = 1024;
+
+impl Reassembler {
+    /// How many bytes the frame being assembled still needs (the rest of its length prefix
+    /// first). An error means the stream announced a frame it may not send.
+    pub fn wanted(&self) -> Result<usize, FrameError> {
+        match self.buf.get(..HEADER_LEN) {
+            None => Ok(HEADER_LEN - self.buf.len()),
+            Some(header) => {
+                let len = body_len(header.try_into().expect("slice of HEADER_LEN"))?;
+                Ok(HEADER_LEN + len - self.buf.len())
+            }
+        }
+    }
+
+    /// Takes bytes read from the stream (at most [`Reassembler::wanted`] of them) and returns
+    /// the frame they complete, if they do.
+    pub fn push<T: Decode<()>>(&mut self, bytes: &[u8]) -> Result<Option<T>, FrameError> {
+        self.buf.extend_from_slice(bytes);
+        let Some((msg, used)) = decode(&self.buf)? else {
+            return Ok(None);
+        };
+        self.buf.drain(..used);
+        if self.buf.is_empty() && self.buf.capacity() > KEPT_CAPACITY {
+            self.buf = Vec::new();
+        }
+        Ok(Some(msg))
+    }
+
+    /// True between two frames, where a stream may end cleanly.
+    pub fn at_boundary(&self) -> bool {
+        self.buf.is_empty()
+    }
+}

@@ -551,6 +551,31 @@ proptest! {
         prop_assert_eq!(got, second);
     }
 
+    /// A stream read in pieces of any size, never more than the reassembler asks for, gives
+    /// back each frame whole and in order, and ends at a frame boundary.
+    #[test]
+    fn reassembled_frames_come_back_whole(
+        msgs in vec(agent_message(), 1..6),
+        cuts in vec(1usize..64, 1..64),
+    ) {
+        let stream: Vec<u8> = msgs.iter().flat_map(|m| frame::encode(m).unwrap()).collect();
+        let mut r = frame::Reassembler::default();
+        let (mut at, mut got) = (0, Vec::new());
+        for cut in cuts.iter().cycle() {
+            if at == stream.len() {
+                break;
+            }
+            let n = (*cut).min(r.wanted().unwrap()).min(stream.len() - at);
+            prop_assert!(n > 0);
+            if let Some(m) = r.push::<AgentMessage>(&stream[at..at + n]).unwrap() {
+                got.push(m);
+                prop_assert!(r.at_boundary());
+            }
+            at += n;
+        }
+        prop_assert_eq!(got, msgs);
+    }
+
     #[test]
     fn strict_prefixes_need_more_bytes(
         o in opening(),
@@ -910,6 +935,14 @@ fn oversized_length_prefix_is_refused_before_the_body_arrives() {
             matches!(decode_err::<AgentMessage>(&header), FrameError::TooLarge(n) if n == u64::from(len)),
             "decode waited for a {len}-byte body"
         );
+        // A stream read in pieces is refused at the same point, and asks for no body.
+        let mut r = frame::Reassembler::default();
+        assert_eq!(r.wanted().unwrap(), HEADER_LEN);
+        assert!(matches!(
+            r.push::<AgentMessage>(&header),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(r.wanted(), Err(FrameError::TooLarge(_))));
     }
     // The limit itself is allowed, and then the decoder waits for the body.
     assert_eq!(
