@@ -133,12 +133,23 @@ impl ControllerSession {
         (!self.closed).then(|| self.last_heard + self.heartbeat * SILENCE_LIMIT)
     }
 
+    /// The next message to send. Once the queue is empty it gives its buffer back: a
+    /// controller holds a session per connected agent, idle nearly always (650 bytes each).
     pub fn poll_transmit(&mut self) -> Option<ControllerMessage> {
-        self.transmit.pop_front()
+        let msg = self.transmit.pop_front();
+        if msg.is_none() {
+            self.transmit = VecDeque::new();
+        }
+        msg
     }
 
+    /// The next event to apply; an empty queue gives its buffer back, as in `poll_transmit`.
     pub fn poll_event(&mut self) -> Option<ControllerEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     pub fn close(&mut self, reason: String) {
