@@ -4,6 +4,7 @@
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod footprint;
 pub mod host;
 pub mod identity;
 pub mod isolation;

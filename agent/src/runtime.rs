@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::events::Aggregator;
 use crate::executor::{CAPABILITIES, Executor, Upload};
+use crate::footprint::Trimmer;
 use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
 use crate::isolation::ProbeRequest;
@@ -191,6 +192,8 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     let mut unjournaled: VecDeque<(ActionReport, Vec<PathBuf>)> = VecDeque::new();
     let mut journal_failing = false;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Start-up, a new session and every action touch code an idle agent does not run again.
+    let trimmer = Trimmer::start(QUIET_BEFORE_TRIM);
     loop {
         let hello = Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -243,9 +246,13 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                     None => break LinkEnd::Lost("connection reader stopped".into()),
                 },
                 ev = exec_rx.recv() => match ev {
-                    Some(ExecEvent::Finished(report, cleanup)) => unjournaled.push_back((report, cleanup)),
+                    Some(ExecEvent::Finished(report, cleanup)) => {
+                        trimmer.busy();
+                        unjournaled.push_back((report, cleanup));
+                    }
                     Some(ExecEvent::Progress(id, p)) => session.progress(id, p),
                     Some(ExecEvent::RulesLoaded(version)) => {
+                        trimmer.busy();
                         fetching = None;
                         tracing::info!(version, "rules loaded");
                         session.rules_enforced(version);
@@ -337,6 +344,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         }
                     }
                     AgentEvent::Welcomed(w) => {
+                        trimmer.busy();
                         backoff.reset();
                         for req in probes_waiting.drain(..) {
                             if let Some(seq) = session.probe() {
@@ -381,6 +389,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                             ));
                         }
                         session.receipt_persisted(spec.id);
+                        trimmer.busy();
                         tracing::info!(action = %spec.id, kind = %spec.params.kind(), "action received");
                         session.progress(
                             spec.id,
@@ -410,6 +419,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         }
                     }
                     AgentEvent::Desired(desired) => {
+                        trimmer.busy();
                         let revision = desired.revision;
                         // Journaled by `reconcile`; if that fails, the next connection's
                         // `Desired` tries again.
@@ -488,6 +498,9 @@ const EVENTS_FLUSH: Duration = Duration::from_secs(1);
 const EVENTS_PER_FLUSH: usize = 20;
 /// How often the agent looks for changed addresses.
 const INVENTORY_EVERY: Duration = Duration::from_secs(5);
+/// Quiet time after which the agent hands back the pages of its program that start-up and
+/// its last work touched (`footprint`).
+const QUIET_BEFORE_TRIM: Duration = Duration::from_secs(10);
 /// Least time between two attempts to repair an exec restriction's drift.
 const HEAL_EVERY: Duration = Duration::from_secs(30);
 /// Events kept while the controller is unreachable.

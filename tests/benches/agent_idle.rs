@@ -62,11 +62,12 @@ fn main() {
     assert!(ctl.device_online(&device), "the agent stayed connected");
 }
 
-/// Samples each process every second for `secs` after 5 s of settling, and prints its RSS
+/// Samples each process every second for `secs` after 15 s of settling, and prints its RSS
 /// at the end, its peak RSS and its CPU share.
 fn idle(phase: &str, procs: &[(&str, i32)], secs: u64) {
-    // Settle: the first session's work (vault listing, desired state, rules) is not idling.
-    std::thread::sleep(Duration::from_secs(5));
+    // Settle: the first session's work (vault listing, desired state, rules) is not idling,
+    // nor is the agent handing back what that work touched, 10 s after it (`footprint`).
+    std::thread::sleep(Duration::from_secs(15));
     let tick = 100.0; // USER_HZ on Linux
     let start: Vec<(u64, u64)> = procs.iter().map(|(_, p)| sample(*p)).collect();
     let mut peak: Vec<u64> = start.iter().map(|s| s.0).collect();
