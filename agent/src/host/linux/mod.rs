@@ -3,6 +3,7 @@
 mod collect;
 pub mod exec;
 mod files;
+pub mod footprint;
 mod inventory;
 mod net;
 mod procs;
