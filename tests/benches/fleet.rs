@@ -396,5 +396,66 @@ fn main() {
         ctl_cpu / reconnect * 100.0,
         sim_cpu / reconnect * 100.0
     );
+
+    // One device offboarded, as an admin decommissions it: the simulated agent answers like a
+    // real one and the controller revokes it.
+    let device = {
+        let mut resp = api
+            .get(format!("{url}/api/v1/devices"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let v: Value = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .unwrap();
+        v["devices"][0]["id"].as_str().expect("a device").to_owned()
+    };
+    let created: Value = api
+        .post(format!("{url}/api/v1/actions"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send_json(json!({"devices": [device], "params": {"kind": "offboard"}, "comment": "decommissioned"}))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let id = created["actions"][0]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offboard action: {created}"));
+    let approved = api
+        .post(format!("{url}/api/v1/actions/approve"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send_json(json!({"ids": [id], "comment": "go"}))
+        .unwrap();
+    assert!(approved.status().is_success());
+    let t = Instant::now();
+    let status = loop {
+        let v: Value = api
+            .get(format!("{url}/api/v1/devices/{device}"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let status = v["device"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if status == "offboarded" || t.elapsed() > Duration::from_secs(30) {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        status, "offboarded",
+        "device {device} after its offboard action"
+    );
+    println!(
+        "offboard one device: offboarded {:.2} s after approval",
+        t.elapsed().as_secs_f64()
+    );
     let _ = stop_tx.send(true);
 }

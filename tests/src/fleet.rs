@@ -1,7 +1,8 @@
 //! The fleet simulator: many agents from one process, each with its own key, certificate and
 //! QUIC connection (the agent's own transport code, real mutual TLS, the real sans-IO
-//! session), and a journal-less executor that answers actions at once: a sample is a small
-//! generated file uploaded like a real one. For the scale benchmarks and their CI smoke test.
+//! session), and a journal-less executor that answers the two kinds it declares at once: a
+//! sample is a small generated file uploaded like a real one; an offboarding succeeds and the
+//! simulated agent stops once the controller refuses it. For the scale benchmarks and their CI smoke test.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +213,15 @@ pub async fn run(
                                     }],
                                 }
                             }
+                            // As a real agent's: the controller then revokes the device
+                            // and closes the connection, and the simulated agent stops.
+                            ActionParams::Offboard {} => ActionReport {
+                                id: spec.id,
+                                outcome: Outcome::Succeeded,
+                                summary: "simulated offboarding".into(),
+                                detail: "{}".into(),
+                                artifacts: vec![],
+                            },
                             _ => ActionReport {
                                 id: spec.id,
                                 outcome: Outcome::Failed,
