@@ -484,11 +484,19 @@ impl Uploader {
         // Small enough to send whole: the bytes go with the opening, a round trip sooner.
         let whole = size <= WHOLE_UPLOAD_MAX;
         if whole {
-            let bytes = std::fs::read(path).map_err(|e| interrupted(e.into()))?;
+            // One byte past the announced size is enough to tell that the copy grew.
+            let mut bytes = Vec::with_capacity(size as usize + 1);
+            std::fs::File::open(path)
+                .and_then(|f| f.take(size + 1).read_to_end(&mut bytes))
+                .map_err(|e| interrupted(e.into()))?;
             if bytes.len() as u64 != size {
+                let found = if bytes.len() as u64 > size {
+                    "more".to_owned()
+                } else {
+                    bytes.len().to_string()
+                };
                 return Err(UploadError::Refused(format!(
-                    "the spooled copy is {} bytes, not the {size} announced",
-                    bytes.len()
+                    "the spooled copy is {found} bytes, not the {size} announced"
                 )));
             }
             send.write_all(&bytes)
