@@ -1,6 +1,6 @@
 //! Fleet scale: N simulated agents (real mutual TLS, real protocol) against one release
 //! controller on loopback. Scenarios: connect storm, idle, one fleet-wide action, reconnect
-//! storm after a controller kill -9.
+//! storm after a controller kill -9, and one device offboarded.
 //!
 //! `cargo build --release --workspace --bins --benches && PALISADE_FLEET_N=20000 cargo bench --workspace --bench fleet`
 //! (`PALISADE_FLEET_IDLE_SECS`, default 60, sets the idle window;
