@@ -250,7 +250,11 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                         trimmer.busy();
                         unjournaled.push_back((report, cleanup));
                     }
-                    Some(ExecEvent::Progress(id, p)) => session.progress(id, p),
+                    Some(ExecEvent::Progress(id, p)) => {
+                        // A scan reports every second: no trim while it runs.
+                        trimmer.busy();
+                        session.progress(id, p);
+                    }
                     Some(ExecEvent::RulesLoaded(version)) => {
                         trimmer.busy();
                         fetching = None;
