@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fuzz;
 pub mod lab;
 pub mod proxy;
+pub mod raw;
 pub mod scan_rules;
 pub mod traffic;
 pub mod webdriver;

@@ -4,8 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use palisade_agent::transport;
 use palisade_tests::proxy::UdpProxy;
-use palisade_tests::{Controller, eventually, sha256_hex, sqlite3};
+use palisade_tests::{Controller, eventually, fleet, raw, sha256_hex, sqlite3};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -111,6 +112,111 @@ fn a_small_sample_is_kept_in_the_database_and_downloaded_from_it() {
     );
     assert!(!ctl.data_dir().join("artifacts").join(&sha[..2]).exists());
 
+    assert_eq!(download(&ctl, id), bytes);
+}
+
+/// Agents from before whole uploads wait for the controller's `Resume` before sending a small
+/// file's bytes; today's send them with the opening. The controller takes both.
+#[test]
+fn a_small_upload_sent_after_resume_as_older_agents_do_is_stored() {
+    use palisade_common::action::{ActionReport, ArtifactRef, Outcome};
+    use palisade_common::wire::{
+        AgentMessage, CONTROLLER_SERVER_NAME, Hello, ObservedState, Opening, UploadBegin,
+        UploadReply,
+    };
+    use palisade_common::{ActionId, ActionKind, frame};
+
+    let ctl = Controller::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let token = ctl.enroll_token(1, "1h");
+    let identity = rt
+        .block_on(fleet::enroll(
+            &ctl.quic.to_string(),
+            &ctl.ca_sha256,
+            &token,
+            1,
+        ))
+        .unwrap();
+    let device = identity.info.device_id.to_string();
+    // Approved while the device is offline: outstanding, so an upload for it is taken.
+    let id = ctl.request(&[
+        "request-sample",
+        &device,
+        "--path",
+        "/etc/hostname",
+        "--comment",
+        "x",
+    ]);
+    ctl.json(&["actions", "approve", &id.to_string(), "--comment", "go"]);
+    let bytes = b"a sample sent the old way\n".to_vec();
+    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .unwrap();
+
+    rt.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(
+                raw::client(&identity.ca_der, Some(&identity)),
+                ctl.quic,
+                CONTROLLER_SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let begin = Opening::Upload(UploadBegin {
+            action: ActionId(id),
+            name: "sample".into(),
+            size: bytes.len() as u64,
+            sha256: sha,
+        });
+        send.write_all(&frame::encode(&begin).unwrap())
+            .await
+            .unwrap();
+        // The old agent sends nothing more until the controller says where to start.
+        let first: Option<UploadReply> = tokio::time::timeout(T, raw::read_frame(&mut recv))
+            .await
+            .expect("the controller's reply in time");
+        assert_eq!(first, Some(UploadReply::Resume { offset: 0 }));
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let second: Option<UploadReply> = tokio::time::timeout(T, raw::read_frame(&mut recv))
+            .await
+            .expect("the controller's reply in time");
+        assert_eq!(second, Some(UploadReply::Stored));
+        conn.close(0u32.into(), b"done");
+    });
+
+    // Its result names the artifact; the controller holds it, so the action succeeds.
+    rt.block_on(async {
+        let hello = Hello {
+            agent_version: "0.1.0".into(),
+            capabilities: vec![ActionKind::RequestSample],
+            inventory: Default::default(),
+            observed: ObservedState::default(),
+        };
+        let mut link = transport::connect(&identity, &hello, T).await.unwrap();
+        link.send(&AgentMessage::Receipt { id: ActionId(id) })
+            .await
+            .unwrap();
+        link.send(&AgentMessage::Result(ActionReport {
+            id: ActionId(id),
+            outcome: Outcome::Succeeded,
+            summary: "sample".into(),
+            detail: "{}".into(),
+            artifacts: vec![ArtifactRef {
+                name: "sample".into(),
+                size: bytes.len() as u64,
+                sha256: hex::encode(sha),
+            }],
+        }))
+        .await
+        .unwrap();
+        ctl.wait_status(id, "succeeded", T);
+        link.close("done");
+    });
     assert_eq!(download(&ctl, id), bytes);
 }
 

@@ -14,11 +14,10 @@ use palisade_agent::transport;
 use palisade_common::action::{ActionReport, Outcome};
 use palisade_common::frame::MAX_FRAME_LEN;
 use palisade_common::wire::{
-    ALPN, AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, Hello, Inventory, ObservedState,
+    AgentMessage, CONTROLLER_SERVER_NAME, ControllerMessage, Hello, Inventory, ObservedState,
 };
 use palisade_common::{ActionId, ActionKind};
-use palisade_tests::{Controller, eventually, fleet, sqlite3};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use palisade_tests::{Controller, eventually, fleet, raw, sqlite3};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -196,30 +195,6 @@ fn a_client_certificate_of_another_ca_gets_no_session() {
     rt.block_on(session(&mine));
 }
 
-/// A raw QUIC client with `identity`'s certificate (or none), for what the agent never sends.
-fn raw_client(ca_der: &[u8], identity: Option<&Identity>) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(ca_der.to_vec())).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut tls = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from(id.cert_der.clone())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ))
-}
-
 #[test]
 fn an_oversized_frame_ends_that_connection_and_the_controller_serves_on() {
     let ctl = Controller::start();
@@ -227,7 +202,7 @@ fn an_oversized_frame_ends_that_connection_and_the_controller_serves_on() {
     let device = enroll(&rt, &ctl, 1);
     rt.block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let config = raw_client(&device.ca_der, Some(&device));
+        let config = raw::client(&device.ca_der, Some(&device));
         for opening in [true, false] {
             let conn = endpoint
                 .connect_with(config.clone(), ctl.quic, CONTROLLER_SERVER_NAME)
@@ -296,7 +271,7 @@ fn while_one_source_floods_handshakes_another_agent_is_served() {
         let (refused, accepted, quic) = (refused.clone(), accepted.clone(), ctl.quic);
         rt.spawn(async move {
             let endpoint = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
-            let config = raw_client(&ca, None);
+            let config = raw::client(&ca, None);
             let mut held = Vec::new();
             while !*stop.borrow() {
                 let mut attempts = Vec::new();
