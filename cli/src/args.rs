@@ -104,6 +104,8 @@ pub(crate) enum Command {
     },
     /// Who the token belongs to.
     Whoami,
+    /// The controller's version, uptime, connected agents and handshake counts.
+    Status,
 }
 
 #[derive(Subcommand)]

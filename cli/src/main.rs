@@ -164,6 +164,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Status => {
+            let v = client.get("/api/v1/status", &[])?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let c = &v["connections"];
+                println!(
+                    "palisade-controller {}, up {} s\nconnected agents: {}\nhandshakes in progress: {}, waiting for one: {}, refused since start: {}",
+                    v["version"].as_str().unwrap_or("?"),
+                    v["uptime_secs"],
+                    v["connected"],
+                    c["handshaking"],
+                    c["waiting"],
+                    c["refused"]
+                );
+            }
+        }
         Command::Devices {
             command: DevicesCmd::List,
         } => {

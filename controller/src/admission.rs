@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +66,20 @@ pub struct Admission {
     state: Mutex<State>,
     /// Woken whenever a handshake ends: a place for the first in line.
     freed: tokio::sync::Notify,
+    /// Connections refused since the start, at once or after waiting too long.
+    refused: AtomicU64,
+}
+
+/// What the connection layer is doing now, for the controller's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    /// Handshakes in progress.
+    pub handshaking: u64,
+    /// Connections waiting in line for a handshake.
+    pub waiting: u64,
+    /// Connections refused since the controller started (at the limits, or after waiting
+    /// too long in line).
+    pub refused: u64,
 }
 
 #[derive(Default)]
@@ -80,6 +95,7 @@ impl Admission {
             limits,
             state: Default::default(),
             freed: tokio::sync::Notify::new(),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -93,7 +109,7 @@ impl Admission {
         let mut st = self.state();
         let pending = st.per_source.get(&ip).copied().unwrap_or(0);
         if pending >= self.limits.pending_per_source {
-            return Admit::Refuse("too many pending from this source");
+            return self.refuse("too many pending from this source");
         }
         let retry = !validated && may_retry;
         // A newcomer goes behind anyone already in line, even when a place just freed.
@@ -103,7 +119,7 @@ impl Admission {
                 return Admit::Retry;
             }
             if st.waiting >= self.limits.max_waiting {
-                return Admit::Refuse("too many connections waiting for a handshake");
+                return self.refuse("too many connections waiting for a handshake");
             }
             st.waiting += 1;
             *st.per_source.entry(ip).or_default() += 1;
@@ -137,10 +153,23 @@ impl Admission {
         self.state().per_source.get(&ip).copied().unwrap_or(0)
     }
 
-    #[cfg(test)]
-    fn counts(&self) -> (u64, u64) {
+    fn refuse(&self, why: &'static str) -> Admit {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Admit::Refuse(why)
+    }
+
+    /// A connection in line waited [`MAX_WAIT`] and is refused.
+    pub fn gave_up_waiting(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> Counts {
         let st = self.state();
-        (st.handshaking, st.waiting)
+        Counts {
+            handshaking: st.handshaking,
+            waiting: st.waiting,
+            refused: self.refused.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -305,13 +334,24 @@ mod tests {
         );
         assert!(early.start(), "the first in line takes the freed place");
         assert!(!late.start());
-        assert_eq!(a.counts(), (2, 1));
+        let counts = |handshaking, waiting| Counts {
+            handshaking,
+            waiting,
+            refused: 1,
+        };
+        assert_eq!(a.counts(), counts(2, 1), "one refused: the full line");
         drop(late);
-        assert_eq!(a.counts(), (2, 0), "leaving the line gives its place back");
+        assert_eq!(
+            a.counts(),
+            counts(2, 0),
+            "leaving the line gives its place back"
+        );
         drop(first);
         assert_eq!(a.pending(one), 0);
         early.verified();
-        assert_eq!(a.counts(), (1, 0));
+        assert_eq!(a.counts(), counts(1, 0));
+        a.gave_up_waiting();
+        assert_eq!(a.counts().refused, 2);
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ type Ctl = State<Arc<Controller>>;
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(show_device))
@@ -219,6 +220,31 @@ pub(crate) fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     responses((status = 200, description = "the caller: name, role, device groups")))]
 async fn whoami(who: Principal) -> Json<Principal> {
     Json(who)
+}
+
+/// The controller's own state: what an admin watching a large fleet (or a connect storm)
+/// asks first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub version: &'static str,
+    pub uptime_secs: u64,
+    /// Agents with a live session now.
+    pub connected: usize,
+    /// The connection layer: handshakes, the line waiting for one, refusals.
+    pub connections: crate::admission::Counts,
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "session",
+    responses((status = 200, description = "the controller's version, uptime and connection counts", body = Status)))]
+async fn status(State(ctl): Ctl, who: Principal) -> ApiResult<Json<Status>> {
+    // The whole fleet's counts: for those who see every device group.
+    require_global(&who, Permission::View)?;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: ctl.started.elapsed().as_secs(),
+        connected: ctl.registry.online_count(),
+        connections: ctl.admission.counts(),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/ca", tag = "devices",

@@ -132,8 +132,11 @@ pub struct Controller {
     pub ca: Ca,
     pub config: Config,
     pub registry: Arc<Registry>,
+    /// Who gets a QUIC handshake (`transport::serve`), and its counts for the status.
+    pub admission: Arc<crate::admission::Admission>,
     /// The web Action center's in-memory state (login rate limits).
     pub web: crate::web::WebState,
+    pub started: std::time::Instant,
 }
 
 /// A refused or failed operation, as the API reports it.
@@ -197,9 +200,11 @@ impl Controller {
             store,
             artifacts,
             ca,
-            config,
             registry: Arc::default(),
+            admission: crate::admission::Admission::new(crate::admission::Limits::of(&config)),
             web: crate::web::WebState::default(),
+            started: std::time::Instant::now(),
+            config,
         }
     }
 

@@ -23,7 +23,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
-use crate::admission::{self, Admission, Admit, Limits, Slot};
+use crate::admission::{self, Admit, Slot};
 use crate::artifacts::{self, PartialUpload};
 use crate::service::{Controller, SessionCommand};
 use crate::store::{actions, blobs, containment, desired, devices, events, now_ms, scan};
@@ -240,7 +240,7 @@ impl quinn::ConnectionIdGenerator for RandomCids {
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
-    let admission = Admission::new(Limits::of(&ctl.config));
+    let admission = ctl.admission.clone();
     // Connections waiting for a handshake place, oldest first.
     let mut line: std::collections::VecDeque<(Instant, quinn::Incoming, Slot)> = Default::default();
     let start = |incoming: quinn::Incoming, slot: Slot| {
@@ -284,6 +284,7 @@ pub async fn serve(endpoint: quinn::Endpoint, ctl: Arc<Controller>) {
             if now.duration_since(*since) >= admission::MAX_WAIT {
                 let (_, incoming, _) = line.pop_front().expect("front exists");
                 tracing::debug!(remote = %incoming.remote_address(), "refused connection: waited too long for a handshake");
+                admission.gave_up_waiting();
                 incoming.refuse();
             } else if slot.start() {
                 let (_, incoming, slot) = line.pop_front().expect("front exists");

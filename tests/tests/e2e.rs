@@ -115,6 +115,32 @@ fn a_small_sample_is_kept_in_the_database_and_downloaded_from_it() {
     assert_eq!(download(&ctl, id), bytes);
 }
 
+#[test]
+fn status_shows_the_agents_connected_now() {
+    let ctl = Controller::start();
+    let text = |ctl: &Controller| {
+        let out = ctl.ctl(&["status"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(text(&ctl).contains("connected agents: 0"), "{}", text(&ctl));
+    let agent = ctl.enroll_agent().started();
+    eventually(T, "the agent counted as connected", || {
+        text(&ctl).contains("connected agents: 1").then_some(())
+    });
+    let v = ctl.json(&["status"]);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["connections"]["handshaking"], 0, "{v}");
+    drop(agent);
+    eventually(T, "the agent gone from the count", || {
+        text(&ctl).contains("connected agents: 0").then_some(())
+    });
+}
+
 /// Agents from before whole uploads wait for the controller's `Resume` before sending a small
 /// file's bytes; today's send them with the opening. The controller takes both.
 #[test]

@@ -329,6 +329,14 @@ fn while_one_source_floods_handshakes_another_agent_is_served() {
     eventually(T, "the receipt during the flood", || {
         (ctl.status(id) == "acknowledged").then_some(())
     });
+    // The admin sees the flood turned away, and the one agent connected.
+    let seen = refused.load(Ordering::Relaxed);
+    let status = ctl.json(&["status"]);
+    assert!(
+        status["connections"]["refused"].as_u64().unwrap() >= seen,
+        "the flood saw {seen} refusals: {status}"
+    );
+    assert_eq!(status["connected"], 1, "{status}");
     let _ = stop_tx.send(true);
     rt.block_on(flood).unwrap();
     // Up to its limit, the flooding source is served like anyone (enrolment needs no

@@ -17,6 +17,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     ),
     paths(
         crate::api::whoami,
+        crate::api::status,
         crate::api::ca,
         crate::api::list_devices,
         crate::api::show_device,
@@ -77,6 +78,7 @@ pub const ACCESS: &[(&str, &str, &[&str])] = &[
     ("put", "/api/v1/users/{name}/password", &[]),
     ("get", "/api/v1/ui-prefs/{view}", &["view"]),
     ("put", "/api/v1/ui-prefs/{view}", &["view"]),
+    ("get", "/api/v1/status", &["view", "unscoped"]),
     ("get", "/api/v1/ca", &["view"]),
     ("get", "/api/v1/devices", &["view"]),
     ("get", "/api/v1/devices/{id}", &["view"]),
