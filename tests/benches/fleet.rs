@@ -69,23 +69,71 @@ fn udp_drops() -> u64 {
         .unwrap_or(0)
 }
 
-fn online(api: &ureq::Agent, url: &str, token: &str) -> usize {
-    let Ok(mut resp) = api
-        .get(format!("{url}/api/v1/devices"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-    else {
-        return 0;
-    };
-    let v: Value = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_json()
-        .unwrap_or(Value::Null);
-    v["devices"]
-        .as_array()
-        .map_or(0, |d| d.iter().filter(|d| d["online"] == true).count())
+/// The controller's JSON API, as its admin.
+struct Api {
+    agent: ureq::Agent,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn new(ctl: &Controller) -> Api {
+        Api {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(600)))
+                .build()
+                .into(),
+            url: ctl.url(),
+            token: ctl.admin_token.clone(),
+        }
+    }
+
+    /// `GET path`; `None` while the controller does not answer (it restarts in a scenario).
+    fn try_get(&self, path: &str) -> Option<Value> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .ok()?;
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .ok()
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path}: no answer"))
+    }
+
+    /// `POST path` with a JSON body; the answer's body is left unread.
+    fn post(&self, path: &str, body: Value) -> ureq::http::Response<ureq::Body> {
+        self.agent
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `POST path` with a JSON body, and its JSON answer.
+    fn post_json(&self, path: &str, body: Value) -> Value {
+        self.post(path, body)
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_json()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// Agents with a live session now.
+    fn online(&self) -> usize {
+        self.try_get("/api/v1/status")
+            .and_then(|v| v["connected"].as_u64())
+            .unwrap_or(0) as usize
+    }
 }
 
 /// In a smoke run, a scenario that did not complete fails the run.
@@ -144,13 +192,7 @@ fn main() {
     }
     let mut ctl = Controller::start_with(&args);
     let pid = ctl.proc.as_ref().unwrap().pid();
-    let url = ctl.url();
-    let token = ctl.admin_token.clone();
-    let api: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into();
+    let api = Api::new(&ctl);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,16 +267,10 @@ fn main() {
     );
 
     // One fleet-wide action: a parent with a child per device, approved once.
-    let created: Value = api
-        .post(format!("{url}/api/v1/actions"))
-        .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"fleet": true, "params": {"kind": "request_sample", "path": "/etc/hostname"}, "comment": "fleet-wide"}))
-        .unwrap()
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_json()
-        .unwrap();
+    let created = api.post_json(
+        "/api/v1/actions",
+        json!({"fleet": true, "params": {"kind": "request_sample", "path": "/etc/hostname"}, "comment": "fleet-wide"}),
+    );
     let parent = created["actions"][0]["id"]
         .as_u64()
         .unwrap_or_else(|| panic!("no fleet-wide action: {created}"));
@@ -245,11 +281,10 @@ fn main() {
     let cpu_at_action = (usage(pid).0, usage(std::process::id() as i32).0);
     let drops_at_action = udp_drops();
     let t = Instant::now();
-    let approved = api
-        .post(format!("{url}/api/v1/actions/approve"))
-        .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"ids": [parent], "comment": "go"}))
-        .unwrap();
+    let approved = api.post(
+        "/api/v1/actions/approve",
+        json!({"ids": [parent], "comment": "go"}),
+    );
     assert!(approved.status().is_success());
     let approve_call = t.elapsed().as_secs_f64();
     // Every result is in once the controller has acknowledged each: it does so after the
@@ -265,14 +300,7 @@ fn main() {
     let action_drops = udp_drops() - drops_at_action;
     let mut settled = Value::Null;
     while t.elapsed() < limit {
-        let v: Value = api
-            .get(format!("{url}/api/v1/actions/{parent}"))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
+        let v = api.get(&format!("/api/v1/actions/{parent}"));
         if v["action"]["finished_at"].is_i64() {
             settled = v;
             break;
@@ -287,18 +315,9 @@ fn main() {
     let mut after: Vec<Vec<i64>> = vec![Vec::new(); hops.len()];
     let mut offset = 0;
     while offset < n {
-        let v: Value = api
-            .get(format!(
-                "{url}/api/v1/actions?parent={parent}&limit=10000&offset={offset}"
-            ))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_json()
-            .unwrap();
+        let v = api.get(&format!(
+            "/api/v1/actions?parent={parent}&limit=10000&offset={offset}"
+        ));
         let page = v["actions"].as_array().cloned().unwrap_or_default();
         if page.is_empty() {
             break;
@@ -372,7 +391,7 @@ fn main() {
             ));
             window = now;
         }
-        if back >= n as u64 && online(&api, &url, &token) >= n {
+        if back >= n as u64 && api.online() >= n {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -385,7 +404,7 @@ fn main() {
         usage(std::process::id() as i32).0 - sim_cpu_at_reconnect,
     );
     let drops = udp_drops() - drops_at_reconnect;
-    let back = online(&api, &url, &token);
+    let back = api.online();
     complete("reconnect storm", back, n);
     println!(
         "reconnect storm: {back} of {n} back online {reconnect:.1} s after kill -9 (restart included); {} new sessions, {} failed attempts ({} timed out); back by {}; CPU: controller {:.0} %, simulator {:.0} % of one core; {drops} datagrams dropped",
@@ -399,47 +418,25 @@ fn main() {
 
     // One device offboarded, as an admin decommissions it: the simulated agent answers like a
     // real one and the controller revokes it.
-    let device = {
-        let mut resp = api
-            .get(format!("{url}/api/v1/devices"))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap();
-        let v: Value = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_json()
-            .unwrap();
-        v["devices"][0]["id"].as_str().expect("a device").to_owned()
-    };
-    let created: Value = api
-        .post(format!("{url}/api/v1/actions"))
-        .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"devices": [device], "params": {"kind": "offboard"}, "comment": "decommissioned"}))
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
+    let device = api.get("/api/v1/devices")["devices"][0]["id"]
+        .as_str()
+        .expect("a device")
+        .to_owned();
+    let created = api.post_json(
+        "/api/v1/actions",
+        json!({"devices": [device], "params": {"kind": "offboard"}, "comment": "decommissioned"}),
+    );
     let id = created["actions"][0]["id"]
         .as_u64()
         .unwrap_or_else(|| panic!("no offboard action: {created}"));
-    let approved = api
-        .post(format!("{url}/api/v1/actions/approve"))
-        .header("Authorization", format!("Bearer {token}"))
-        .send_json(json!({"ids": [id], "comment": "go"}))
-        .unwrap();
+    let approved = api.post(
+        "/api/v1/actions/approve",
+        json!({"ids": [id], "comment": "go"}),
+    );
     assert!(approved.status().is_success());
     let t = Instant::now();
     let status = loop {
-        let v: Value = api
-            .get(format!("{url}/api/v1/devices/{device}"))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
+        let v = api.get(&format!("/api/v1/devices/{device}"));
         let status = v["device"]["status"]
             .as_str()
             .unwrap_or_default()
