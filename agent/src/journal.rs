@@ -62,12 +62,7 @@ CREATE TABLE meta (
 );
 ";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms as now;
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {

@@ -1,18 +1,19 @@
 //! The Palisade agent: one QUIC session to the controller, a journal that makes every action
 //! happen once, and a host-capability layer that does the work.
 
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod executor;
 pub mod footprint;
 pub mod host;
 pub mod identity;
-pub mod isolation;
 pub mod journal;
 pub mod package;
 pub mod realtime;
 pub mod runtime;
 pub mod scan;
+pub mod scanner;
 pub mod transport;
 pub mod vault;
 

@@ -11,17 +11,17 @@
 //!
 //! The coalescing is pure (time comes in as `Instant` arguments); the worker drives it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_common::wire::Detection;
 
-use crate::executor::{Executor, run_scan};
+use crate::host::feed::{Feed, FeedRx, root_of};
 use crate::host::{Host, ScanJob, ScanMode, WatchEvent, Watching};
+use crate::scanner::{Scanner, run_scan};
 
 /// Where real-time protection watches unless configured otherwise: temp dirs, shared
 /// memory, home directories.
@@ -36,101 +36,6 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 const BATCH: usize = 256;
 /// Batches of detections waiting for the runtime.
 pub const DETECTIONS_CAPACITY: usize = 64;
-
-/// The watcher's side of the channel to the worker. Never blocks: when the channel is
-/// full, the event's root is flagged for a rescan (a set bounded by the number of roots).
-#[derive(Clone)]
-pub struct Feed {
-    tx: SyncSender<WatchEvent>,
-    roots: Arc<Vec<PathBuf>>,
-    overflowed: Arc<Mutex<BTreeSet<PathBuf>>>,
-}
-
-impl Feed {
-    /// A feed for `roots` and the worker's end of it.
-    pub fn new(roots: Vec<PathBuf>, capacity: usize) -> (Feed, FeedRx) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-        let overflowed = Arc::new(Mutex::new(BTreeSet::new()));
-        let feed = Feed {
-            tx,
-            roots: Arc::new(roots),
-            overflowed: overflowed.clone(),
-        };
-        (feed, FeedRx { rx, overflowed })
-    }
-
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
-    }
-
-    /// A file (or a directory moved in) whose writer is done.
-    pub fn written(&self, path: PathBuf) {
-        match self.tx.try_send(WatchEvent::Written(path)) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(WatchEvent::Written(p) | WatchEvent::Overflow(p))) => {
-                self.overflow_of(&p)
-            }
-        }
-    }
-
-    /// Events under `path` (or anywhere, for `None`) may have been lost.
-    pub fn lost(&self, path: Option<&Path>) {
-        match path {
-            Some(p) => self.overflow_of(p),
-            None => {
-                if let Ok(mut o) = self.overflowed.lock() {
-                    o.extend(self.roots.iter().cloned());
-                }
-            }
-        }
-    }
-
-    fn overflow_of(&self, path: &Path) {
-        let root = root_of(&self.roots, path).unwrap_or(path);
-        if let Ok(mut o) = self.overflowed.lock()
-            && o.len() < self.roots.len().max(1)
-        {
-            o.insert(root.to_owned());
-        }
-    }
-}
-
-/// The worker's end of a [`Feed`].
-pub struct FeedRx {
-    rx: Receiver<WatchEvent>,
-    overflowed: Arc<Mutex<BTreeSet<PathBuf>>>,
-}
-
-impl FeedRx {
-    /// The next event within `wait`; `Err(true)` when every feed is gone.
-    fn recv(&self, wait: Duration) -> Result<WatchEvent, bool> {
-        match self.rx.recv_timeout(wait) {
-            Ok(e) => Ok(e),
-            Err(RecvTimeoutError::Timeout) => Err(false),
-            Err(RecvTimeoutError::Disconnected) => Err(true),
-        }
-    }
-
-    fn try_recv(&self) -> Option<WatchEvent> {
-        self.rx.try_recv().ok()
-    }
-
-    fn take_overflowed(&self) -> BTreeSet<PathBuf> {
-        self.overflowed
-            .lock()
-            .map(|mut o| std::mem::take(&mut *o))
-            .unwrap_or_default()
-    }
-}
-
-/// The longest watched root that holds `path`.
-fn root_of<'r>(roots: &'r [PathBuf], path: &Path) -> Option<&'r Path> {
-    roots
-        .iter()
-        .filter(|r| path.starts_with(r))
-        .max_by_key(|r| r.as_os_str().len())
-        .map(PathBuf::as_path)
-}
 
 /// What is due now.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -266,18 +171,19 @@ impl Drop for Realtime {
 /// Starts watching `roots` and a worker that scans what they report, leaving out
 /// `exclusions` (the agent's own state). Detections go to `out`, in batches.
 pub fn start<H: Host>(
-    executor: Arc<Executor<H>>,
+    host: Arc<H>,
+    scanner: Arc<Scanner>,
     roots: Vec<PathBuf>,
     exclusions: Vec<String>,
     out: tokio::sync::mpsc::Sender<Vec<Detection>>,
 ) -> anyhow::Result<Realtime> {
     let (feed, rx) = Feed::new(roots.clone(), FEED_CAPACITY);
-    let (watching, skipped) = executor.host().watch(&roots, feed)?;
+    let (watching, skipped) = host.watch(&roots, feed)?;
     let stop = Arc::new(AtomicBool::new(false));
     let worker_stop = stop.clone();
     std::thread::Builder::new()
         .name("realtime".into())
-        .spawn(move || worker(executor, roots, exclusions, rx, out, worker_stop))?;
+        .spawn(move || worker(&*host, &scanner, roots, exclusions, rx, out, worker_stop))?;
     Ok(Realtime {
         stop,
         _watching: watching,
@@ -286,7 +192,8 @@ pub fn start<H: Host>(
 }
 
 fn worker<H: Host>(
-    executor: Arc<Executor<H>>,
+    host: &H,
+    scanner: &Scanner,
     roots: Vec<PathBuf>,
     exclusions: Vec<String>,
     rx: FeedRx,
@@ -325,10 +232,16 @@ fn worker<H: Host>(
         let mut found = Vec::new();
         for rescan in &due.rescans {
             tracing::info!(root = %rescan.display(), overflows = c.overflows, "real-time protection: events lost; rescanning the directory");
-            found.extend(scan(&executor, vec![rescan.clone()], &exclusions, &stop));
+            found.extend(scan(
+                host,
+                scanner,
+                vec![rescan.clone()],
+                &exclusions,
+                &stop,
+            ));
         }
         if !due.paths.is_empty() {
-            found.extend(scan(&executor, due.paths, &exclusions, &stop));
+            found.extend(scan(host, scanner, due.paths, &exclusions, &stop));
         }
         if found.is_empty() {
             continue;
@@ -356,12 +269,12 @@ fn worker<H: Host>(
 
 /// One scan with the agent's scanner, one thread.
 fn scan<H: Host>(
-    executor: &Executor<H>,
+    host: &H,
+    s: &Scanner,
     paths: Vec<PathBuf>,
     exclusions: &[String],
     stop: &AtomicBool,
 ) -> Vec<Detection> {
-    let s = &executor.scanner;
     let job = ScanJob {
         mode: ScanMode::Custom,
         paths,
@@ -369,10 +282,8 @@ fn scan<H: Host>(
         max_file_size: s.max_file_size,
         cpu_percent: s.cpu_percent,
     };
-    let outcome = run_scan(executor.host(), s, &job, exclusions, stop, None);
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let outcome = run_scan(host, s, &job, exclusions, stop, None);
+    let at_ms = crate::clock::now_ms();
     outcome
         .detections
         .into_iter()

@@ -14,12 +14,12 @@ use palisade_common::wire::{Detection, DeviceEvent, Hello, ObservedState};
 use palisade_common::{ActionKind, ActionParams};
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::now_ms;
 use crate::events::Aggregator;
-use crate::executor::{CAPABILITIES, Executor, Upload};
+use crate::executor::{CAPABILITIES, Executor, ProbeRequest, Scanner, Upload};
 use crate::footprint::Trimmer;
 use crate::host::{CollectLimits, Host};
 use crate::identity::{self, Identity};
-use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
 use crate::realtime::Realtime;
 use crate::transport::{self, LinkEnd, UploadError, Uploader};
@@ -118,11 +118,13 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
     );
     executor.max_package = settings.max_package;
     executor.collect = settings.collect;
-    executor.controller = Some(identity.info.controller.clone());
-    executor.verify_within = settings.verify_isolation;
-    executor.scanner.threads = settings.scan_threads;
-    executor.scanner.max_file_size = settings.scan_max_file_size;
-    executor.scanner.cpu_percent = settings.scan_cpu_percent;
+    executor.net.controller = Some(identity.info.controller.clone());
+    executor.net.verify_within = settings.verify_isolation;
+    let mut scanner = Scanner::default();
+    scanner.threads = settings.scan_threads;
+    scanner.max_file_size = settings.scan_max_file_size;
+    scanner.cpu_percent = settings.scan_cpu_percent;
+    executor.scanner = Arc::new(scanner);
     load_rules(&executor, &settings.state_dir);
     let executor = Arc::new(executor);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<ProbeRequest>();
@@ -606,7 +608,8 @@ fn apply_realtime<H: Host>(
         (true, false) => {
             let own = vec![settings.state_dir.to_string_lossy().into_owned()];
             match crate::realtime::start(
-                executor.clone(),
+                executor.shared_host(),
+                executor.scanner.clone(),
                 settings.realtime_paths.clone(),
                 own,
                 detected.clone(),
@@ -638,13 +641,6 @@ fn apply_realtime<H: Host>(
         observed.drift = problem;
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn offboard(settings: &Settings) -> Result<Exit> {

@@ -78,10 +78,7 @@ impl<H: Host> Executor<H> {
                     action: spec.id,
                     hostname: &inventory.hostname,
                     agent_version: env!("CARGO_PKG_VERSION"),
-                    created_unix: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
+                    created_unix: crate::clock::now_secs(),
                 };
                 match package::build(&self.spool, &origin, &collected) {
                     Ok(b) => {

@@ -2,24 +2,25 @@
 //! it on a blocking thread.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use palisade_common::action::{ActionReport, ActionSpec, Outcome, Progress};
+use palisade_common::action::{ActionReport, ActionSpec, Outcome};
 use palisade_common::wire::{DesiredState, ObservedState};
 use palisade_common::{ActionKind, ActionParams};
 use serde_json::json;
 
 use crate::host::{CollectLimits, ExecPolicy, ExecStatus, Host, Snapshot};
-use crate::isolation::ProbeRequest;
 use crate::journal::Journal;
 
 mod artifacts;
+pub mod network;
 mod scan;
 mod vault;
 
-pub use scan::{ScanOutcome, Scanner, run_scan};
+pub use crate::scanner::{ProgressFn, ScanOutcome, Scanner, run_scan};
+pub use network::{Network, ProbeRequest};
 pub use vault::listing;
 
 /// The action kinds this agent carries out. The controller refuses the others for it.
@@ -107,11 +108,8 @@ pub struct Upload {
     pub cleanup: Vec<PathBuf>,
 }
 
-/// Reports an action's progress while it runs (sent on, not journaled).
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
-
 pub struct Executor<H> {
-    host: H,
+    host: Arc<H>,
     spool: PathBuf,
     pub max_sample: u64,
     /// Largest investigation package uploaded.
@@ -121,17 +119,9 @@ pub struct Executor<H> {
     pub(crate) journal: PathBuf,
     /// Serialises every change of the desired state and its application to the host.
     pub(crate) desired: Mutex<()>,
-    /// `HOST:PORT` of the controller, as enrolled: resolved and pinned before isolating.
-    pub controller: Option<String>,
-    /// The address of the live connection to the controller, set by the runtime.
-    pub(crate) live_controller: Mutex<Option<std::net::SocketAddr>>,
-    /// How the executor asks the runtime to verify the live link.
-    pub(crate) prober: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProbeRequest>>>,
-    /// How long an isolation may take to prove the controller is still reachable.
-    pub verify_within: std::time::Duration,
-    /// When the tamper check last read our table back.
-    pub(crate) last_net_check: Mutex<Option<std::time::Instant>>,
-    pub scanner: Scanner,
+    /// Network enforcement (isolation, containment): see `network`.
+    pub net: Network,
+    pub scanner: Arc<Scanner>,
     /// Whether real-time protection is watching now (set by the runtime, reported in the
     /// observed state).
     pub realtime_active: AtomicBool,
@@ -140,31 +130,27 @@ pub struct Executor<H> {
 impl<H: Host> Executor<H> {
     pub fn new(host: H, spool: PathBuf, max_sample: u64, journal: PathBuf) -> Executor<H> {
         Executor {
-            host,
+            host: Arc::new(host),
             spool,
             max_sample,
             max_package: 512 << 20,
             collect: CollectLimits::default(),
             journal,
             desired: Mutex::new(()),
-            controller: None,
-            live_controller: Mutex::new(None),
-            prober: Mutex::new(None),
-            verify_within: std::time::Duration::from_secs(5),
-            last_net_check: Mutex::new(None),
-            scanner: Scanner::default(),
+            net: Network::default(),
+            scanner: Arc::new(Scanner::default()),
             realtime_active: AtomicBool::new(false),
         }
     }
 
-    /// Where the runtime answers link probes (see `isolation::ProbeRequest`).
+    /// Where the runtime answers link probes (see `network::ProbeRequest`).
     pub fn set_prober(&self, tx: tokio::sync::mpsc::UnboundedSender<ProbeRequest>) {
-        *self.prober.lock().expect("prober lock") = Some(tx);
+        *self.net.prober.lock().expect("prober lock") = Some(tx);
     }
 
     /// The controller address of the live connection (`None` while disconnected).
     pub fn set_live_controller(&self, addr: Option<std::net::SocketAddr>) {
-        *self.live_controller.lock().expect("live lock") = addr;
+        *self.net.live_controller.lock().expect("live lock") = addr;
     }
 
     /// Reconciles the host to the journaled desired state, after replacing it with
@@ -182,7 +168,7 @@ impl<H: Host> Executor<H> {
             if journal.pending_of(&[ActionKind::RestrictExecution, ActionKind::ReleaseExecution])? {
                 d.restrict_execution = desired.restrict_execution;
             }
-            if journal.pending_of(&crate::isolation::ISOLATION_KINDS)? {
+            if journal.pending_of(&network::ISOLATION_KINDS)? {
                 d.isolation = desired.isolation.clone();
             }
             // The controller has heard of an isolation ended here once its copy no longer
@@ -259,7 +245,8 @@ impl<H: Host> Executor<H> {
     /// The network part of the observed state: what the plan asks, against the table the
     /// kernel holds.
     fn net_observed(&self, journal: &Journal, d: &DesiredState) -> Result<NetObserved> {
-        use crate::isolation::{now_ms, plan};
+        use crate::clock::now_ms;
+        use network::plan;
         let local = journal.net()?;
         let p = plan(d, &local, now_ms());
         let wanted =
@@ -299,6 +286,11 @@ impl<H: Host> Executor<H> {
 
     pub fn host(&self) -> &H {
         &self.host
+    }
+
+    /// The host, for work that outlives one call (real-time protection's worker).
+    pub fn shared_host(&self) -> Arc<H> {
+        self.host.clone()
     }
 
     /// Carries out `spec` and returns its report and the uploads it needs.

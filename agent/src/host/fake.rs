@@ -28,7 +28,7 @@ pub struct FakeHost {
     /// Make `apply_net` fail with this message.
     pub net_fails: Mutex<Option<String>>,
     /// The feed of the last `watch`, for a test to play the kernel.
-    pub watch_feed: Mutex<Option<crate::realtime::Feed>>,
+    pub watch_feed: Mutex<Option<crate::host::feed::Feed>>,
 }
 
 struct FakeWatching;
@@ -315,7 +315,7 @@ impl Host for FakeHost {
     fn watch(
         &self,
         roots: &[PathBuf],
-        feed: crate::realtime::Feed,
+        feed: crate::host::feed::Feed,
     ) -> Result<(Box<dyn super::Watching>, Vec<String>), HostError> {
         self.calls.lock().unwrap().push(format!("watch {roots:?}"));
         *self.watch_feed.lock().unwrap() = Some(feed);
@@ -344,7 +344,7 @@ impl Host for FakeHost {
             Some(listing) => NetStatus {
                 digest: Some(sha(listing.as_bytes())),
                 listing,
-                committed_at_ms: Some(crate::isolation::now_ms()),
+                committed_at_ms: Some(crate::clock::now_ms()),
             },
             None => NetStatus::default(),
         })

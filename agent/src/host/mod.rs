@@ -7,6 +7,7 @@
 
 pub mod exec_plan;
 pub mod fake;
+pub mod feed;
 pub mod linux;
 pub mod net_plan;
 
@@ -320,7 +321,7 @@ pub trait Host: Send + Sync + 'static {
     fn watch(
         &self,
         roots: &[PathBuf],
-        feed: crate::realtime::Feed,
+        feed: feed::Feed,
     ) -> Result<(Box<dyn Watching>, Vec<String>), HostError>;
 
     /// Denials since the last call (at most a bounded backlog; older ones are counted in

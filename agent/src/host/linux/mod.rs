@@ -167,7 +167,7 @@ impl Host for LinuxHost {
     fn watch(
         &self,
         roots: &[PathBuf],
-        feed: crate::realtime::Feed,
+        feed: crate::host::feed::Feed,
     ) -> Result<(Box<dyn super::Watching>, Vec<String>), HostError> {
         realtime::watch(roots, feed)
     }

@@ -35,7 +35,7 @@ pub fn apply(script: &str) -> Result<NetStatus, HostError> {
     let out = child
         .wait_with_output()
         .map_err(|e| HostError::io("nft did not finish", e))?;
-    let committed_at_ms = Some(crate::isolation::now_ms());
+    let committed_at_ms = Some(crate::clock::now_ms());
     if !out.status.success() {
         return Err(HostError::Refused(format!(
             "nft refused the ruleset: {}",

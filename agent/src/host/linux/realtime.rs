@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, Flag, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 
+use crate::host::feed::Feed;
 use crate::host::{HostError, Watching};
-use crate::realtime::Feed;
 
 struct Guard(#[allow(dead_code)] notify::INotifyWatcher);
 impl Watching for Guard {}

@@ -31,6 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::target::{self, Protection, Target};
+use crate::clock::now_ms;
 use crate::host::HostError;
 use crate::vault::{
     self, Destination, EntryFiles, EntryMeta, MAGIC, Original, ReleaseIntent, Released, Step,
@@ -50,13 +51,6 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
 fn errno(context: impl Into<String>) -> impl FnOnce(Errno) -> HostError {
     let context = context.into();
     move |e| HostError::io(context, e.into())
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Vault {

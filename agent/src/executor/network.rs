@@ -8,6 +8,7 @@
 //! from the command line — computes the same plan from those, so they cannot disagree.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use palisade_common::wire::{DesiredState, Isolation, LocalRelease};
 use palisade_common::{ActionKind, DeviceId};
 use serde_json::json;
 
-use crate::executor::{Executor, report};
+use super::{Executor, report};
+use crate::clock::now_ms;
 use crate::host::net_plan::{self, NetPlan};
 use crate::host::{Host, NetStatus};
 use crate::journal::{Journal, NetLocal};
@@ -28,19 +30,39 @@ use crate::journal::{Journal, NetLocal};
 /// answers on the channel it is given when the controller does.
 pub type ProbeRequest = std_mpsc::SyncSender<()>;
 
+/// The executor's network state besides the journal: where the controller is, how to prove
+/// it still answers, and when the tamper check last read our table back.
+pub struct Network {
+    /// `HOST:PORT` of the controller, as enrolled: resolved and pinned before isolating.
+    pub controller: Option<String>,
+    /// The address of the live connection to the controller, set by the runtime.
+    pub(crate) live_controller: Mutex<Option<SocketAddr>>,
+    /// How the executor asks the runtime to verify the live link.
+    pub(crate) prober: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProbeRequest>>>,
+    /// How long an isolation may take to prove the controller is still reachable.
+    pub verify_within: Duration,
+    /// When the tamper check last read our table back.
+    pub(crate) last_net_check: Mutex<Option<Instant>>,
+}
+
+impl Default for Network {
+    fn default() -> Network {
+        Network {
+            controller: None,
+            live_controller: Mutex::new(None),
+            prober: Mutex::new(None),
+            verify_within: Duration::from_secs(5),
+            last_net_check: Mutex::new(None),
+        }
+    }
+}
+
 /// Longest time between two readings of our table by the tamper check.
 const FULL_NET_CHECK: Duration = Duration::from_secs(30);
 
 /// The kinds whose unacknowledged result makes the local isolation win over the controller's
 /// older copy.
 pub const ISOLATION_KINDS: [ActionKind; 2] = [ActionKind::Isolate, ActionKind::ReleaseIsolation];
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The isolation to enforce: the desired one unless it ended here or its time is up.
 pub fn effective_isolation<'a>(
@@ -125,12 +147,12 @@ impl<H: Host> Executor<H> {
     fn pin_controller(&self, journal: &Journal) -> Result<Vec<SocketAddr>> {
         let mut local = journal.net()?;
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        if let Some(name) = &self.controller
+        if let Some(name) = &self.net.controller
             && let Ok(resolved) = self.host().resolve(name)
         {
             addrs.extend(resolved);
         }
-        if let Some(live) = *self.live_controller.lock().expect("live lock") {
+        if let Some(live) = *self.net.live_controller.lock().expect("live lock") {
             addrs.push(live);
         }
         if addrs.is_empty() {
@@ -150,7 +172,7 @@ impl<H: Host> Executor<H> {
 
     /// Proves that the controller still answers over the live connection within the bound.
     fn verify_link(&self) -> Result<Duration, String> {
-        let Some(prober) = self.prober.lock().expect("prober lock").clone() else {
+        let Some(prober) = self.net.prober.lock().expect("prober lock").clone() else {
             return Err("no connection to the controller to verify over".into());
         };
         let start = Instant::now();
@@ -158,11 +180,11 @@ impl<H: Host> Executor<H> {
         if prober.send(tx).is_err() {
             return Err("the agent's session driver is gone".into());
         }
-        match rx.recv_timeout(self.verify_within) {
+        match rx.recv_timeout(self.net.verify_within) {
             Ok(()) => Ok(start.elapsed()),
             Err(_) => Err(format!(
                 "the controller did not answer over the live connection within {} ms",
-                self.verify_within.as_millis()
+                self.net.verify_within.as_millis()
             )),
         }
     }
@@ -340,7 +362,7 @@ impl<H: Host> Executor<H> {
         // Read our table back only when the firewall changed, and at least every half minute
         // (in case a change notification was missed).
         {
-            let mut last = self.last_net_check.lock().expect("net check lock");
+            let mut last = self.net.last_net_check.lock().expect("net check lock");
             let changed = self.host().net_changed();
             if !changed && last.is_some_and(|t| t.elapsed() < FULL_NET_CHECK) {
                 return Ok(None);
@@ -423,8 +445,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = dir.path().join("journal.sqlite");
         let mut ex = Executor::new(FakeHost::default(), dir.path().into(), 1 << 20, journal);
-        ex.controller = Some("198.51.100.1:7443".into());
-        ex.verify_within = Duration::from_millis(300);
+        ex.net.controller = Some("198.51.100.1:7443".into());
+        ex.net.verify_within = Duration::from_millis(300);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProbeRequest>();
         ex.set_prober(tx);
         std::thread::spawn(move || {
