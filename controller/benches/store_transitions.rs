@@ -27,7 +27,6 @@ use palisade_common::action::{ActionReport, Outcome, Progress, RequestSamplePara
 use palisade_common::wire::Inventory;
 use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
 use palisade_controller::store::actions::{self, Deadlines, NewAction};
-use palisade_controller::store::containment::Guard;
 use palisade_controller::store::{Result as StoreResult, Store, audit, devices};
 
 use common::knob;
@@ -115,14 +114,7 @@ async fn lifecycle(store: &Store, device: &DeviceId, n: usize, lat: &mut Vec<Dur
 
     let recs = timed(
         lat,
-        store.write(move |c| {
-            // No containment here: the guard is never consulted.
-            let guard = Guard {
-                max: u64::MAX,
-                own: vec![],
-            };
-            actions::decide(c, &[id], "bench-approver", true, "ok", DEADLINES, &guard)
-        }),
+        store.write(move |c| actions::decide(c, &[id], "bench-approver", true, "ok", DEADLINES)),
     )
     .await;
     assert_eq!(recs[0].status, ActionStatus::Approved);

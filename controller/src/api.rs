@@ -1106,7 +1106,7 @@ async fn list_realtime(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_
                 "active": d.observed.get("realtime_protection").cloned()})
         })
         .collect();
-    let mut settings = ctl.store.read(store_scan::list_realtime).await?;
+    let mut settings = ctl.store.read(crate::store::desired::list_realtime).await?;
     settings.retain(|s| s.device_group == "*" || who.sees_group(&s.device_group));
     Ok(Json(json!({
         "default": false,

@@ -454,7 +454,10 @@ impl Controller {
         let actor = who.name.clone();
         let records = self
             .store
-            .write(move |c| actions::decide(c, &ids, &actor, approve, &comment, deadlines, &guard))
+            .write(move |c| {
+                let records = actions::decide(c, &ids, &actor, approve, &comment, deadlines)?;
+                store::containment::run_approved(c, records, &guard)
+            })
             .await?;
         self.dispatch(&records).await;
         self.containment_changed(&records).await;
@@ -592,7 +595,10 @@ impl Controller {
         };
         let rec = self
             .store
-            .write(move |c| actions::create_guarded(c, new, deadlines, &guard))
+            .write(move |c| {
+                let rec = actions::create_any(c, new, deadlines)?;
+                Ok(store::containment::run_approved(c, vec![rec], &guard)?.remove(0))
+            })
             .await?;
         self.containment_changed(std::slice::from_ref(&rec)).await;
         Ok(vec![rec])
@@ -849,7 +855,7 @@ impl Controller {
                             None => (None, "default".to_owned()),
                         };
                         // An undo may be an uncontain, which runs here when approved.
-                        actions::create_guarded(
+                        let rec = actions::create_any(
                             c,
                             NewAction {
                                 params,
@@ -863,8 +869,8 @@ impl Controller {
                                 parent: None,
                             },
                             deadlines,
-                            &guard,
-                        )
+                        )?;
+                        Ok(store::containment::run_approved(c, vec![rec], &guard)?.remove(0))
                     })
                     .collect::<store::Result<Vec<_>>>()
             })
@@ -987,7 +993,7 @@ impl Controller {
         let actor = who.name.clone();
         let changed = self
             .store
-            .write(move |c| store::scan::set_realtime(c, &actor, &group, enabled))
+            .write(move |c| store::desired::set_realtime(c, &actor, &group, enabled))
             .await?;
         for (device, state) in changed {
             self.registry.send(&device, SessionCommand::Desired(state));

@@ -224,3 +224,70 @@ fn the_web_page_puts_data_into_the_page_as_text_only() {
         "markup or code built from strings: {bad:#?}"
     );
 }
+
+/// The code of `text` without its comment lines (doc comments may point up a layer).
+fn code_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Files under `dir` whose code names any of `needles`.
+fn code_offenders(dir: &str, needles: &[&str]) -> Vec<String> {
+    let root = root();
+    let mut bad = Vec::new();
+    for file in rust_files(&root.join(dir)) {
+        let rel = file
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let code = code_lines(&std::fs::read_to_string(&file).unwrap());
+        for n in needles {
+            if mentions(&code, n) {
+                bad.push(format!("{rel}: {n}"));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn the_agents_host_layer_names_no_module_above_it() {
+    let above = [
+        "crate::executor",
+        "crate::runtime",
+        "crate::realtime",
+        "crate::transport",
+        "crate::journal",
+        "crate::package",
+        "crate::scanner",
+        "crate::isolation",
+    ];
+    let bad = code_offenders("agent/src/host", &above);
+    assert!(bad.is_empty(), "the host layer reaches up: {bad:#?}");
+}
+
+#[test]
+fn the_controllers_store_names_nothing_above_it() {
+    let above = [
+        "crate::service",
+        "crate::api",
+        "crate::transport",
+        "axum",
+        "quinn",
+    ];
+    let bad = code_offenders("controller/src/store", &above);
+    assert!(bad.is_empty(), "the store reaches up: {bad:#?}");
+    // Containment is composed by the service inside the approving job: the action queue
+    // never calls it.
+    let bad = code_offenders(
+        "controller/src/store/actions",
+        &["containment::", "super::containment"],
+    );
+    assert!(
+        bad.is_empty(),
+        "the action queue calls containment: {bad:#?}"
+    );
+}

@@ -207,7 +207,24 @@ fn bump_all(conn: &Connection) -> Result<()> {
 /// Runs an approved contain or uncontain: changes the set and finishes the action as
 /// succeeded (or failed, saying why), in the caller's transaction. A contain that would now
 /// exceed `guard.max` or block the controller's own address fails, changing nothing.
-pub fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionRecord> {
+/// Runs the approved actions of `records` that run on the controller (contain, uncontain),
+/// within `guard`, and returns every record as it now stands. The service calls it in the job
+/// that approved them (`actions::decide`, `actions::create_any`), so approval and enforcement
+/// commit together.
+pub fn run_approved(
+    conn: &Connection,
+    mut records: Vec<ActionRecord>,
+    guard: &Guard,
+) -> Result<Vec<ActionRecord>> {
+    for r in &mut records {
+        if r.status == ActionStatus::Approved && r.kind.runs_on_controller() {
+            *r = execute(conn, r.id, guard)?;
+        }
+    }
+    Ok(records)
+}
+
+fn execute(conn: &Connection, id: ActionId, guard: &Guard) -> Result<ActionRecord> {
     let rec = actions::get(conn, id)?;
     let (ActionParams::Contain(p) | ActionParams::Uncontain(p)) = &rec.params else {
         return Err(StoreError::Invalid(format!(
@@ -429,12 +446,37 @@ mod tests {
     ) -> ActionRecord {
         let rec = request(c, who, params, device);
         if rec.status == ActionStatus::PendingApproval {
-            actions::decide(c, &[rec.id], "bob", true, "ok", D, &guard())
+            decide_guarded(c, &[rec.id], "bob", true, "ok", D, &guard())
                 .unwrap()
                 .remove(0)
         } else {
             rec
         }
+    }
+
+    /// Creates an action and runs it if approved at once, as the service does in one job.
+    fn create_guarded(
+        c: &Connection,
+        new: NewAction,
+        d: Deadlines,
+        guard: &Guard,
+    ) -> Result<ActionRecord> {
+        let rec = actions::create_any(c, new, d)?;
+        Ok(run_approved(c, vec![rec], guard)?.remove(0))
+    }
+
+    /// Decides actions and runs the approved ones, as the service does in one job.
+    fn decide_guarded(
+        c: &Connection,
+        ids: &[ActionId],
+        actor: &str,
+        approve: bool,
+        comment: &str,
+        d: Deadlines,
+        guard: &Guard,
+    ) -> Result<Vec<ActionRecord>> {
+        let records = actions::decide(c, ids, actor, approve, comment, d)?;
+        run_approved(c, records, guard)
     }
 
     /// The controller's own address in these tests.
@@ -454,7 +496,7 @@ mod tests {
         params: ActionParams,
         device: Option<&str>,
     ) -> ActionRecord {
-        actions::create_guarded(
+        create_guarded(
             c,
             NewAction {
                 params,
@@ -526,7 +568,7 @@ mod tests {
         assert_eq!(revision(&c, "dev-b"), 2);
 
         // Uncontain as the undo: the set empties and the contain is marked undone.
-        let undo = actions::create_guarded(
+        let undo = create_guarded(
             &c,
             NewAction {
                 params: ActionParams::Uncontain(target(Some("dev-a"), None)),
@@ -543,7 +585,7 @@ mod tests {
             &guard(),
         )
         .unwrap();
-        let undone = actions::decide(&c, &[undo.id], "bob", true, "ok", D, &guard()).unwrap();
+        let undone = decide_guarded(&c, &[undo.id], "bob", true, "ok", D, &guard()).unwrap();
         assert_eq!(undone[0].status, ActionStatus::Succeeded);
         assert!(dropped_by(&c, &b).unwrap().is_empty());
         assert_eq!(
@@ -624,7 +666,7 @@ mod tests {
         let (one, two) = (ask("192.0.2.66"), ask("192.0.2.67"));
         assert_eq!(two.status, ActionStatus::PendingApproval);
         let tight = Guard { max: 1, ..guard() };
-        let done = actions::decide(&c, &[one.id, two.id], "bob", true, "ok", D, &tight).unwrap();
+        let done = decide_guarded(&c, &[one.id, two.id], "bob", true, "ok", D, &tight).unwrap();
         assert_eq!(done[0].status, ActionStatus::Succeeded, "{:?}", done[0]);
         assert_eq!(done[1].status, ActionStatus::Failed);
         let why = done[1].result_summary.clone().unwrap();

@@ -94,7 +94,7 @@ pub fn get(conn: &Connection, id: &DeviceId) -> Result<DesiredState> {
         contained_macs: super::containment::macs_dropped_by(conn, id)?,
         restrict_execution: own.restrict_execution,
         exec_allowlist: allowlist(conn, &group)?.wire()?,
-        realtime_protection: super::scan::realtime_for(conn, &group)?,
+        realtime_protection: realtime_for(conn, &group)?,
     })
 }
 
@@ -333,6 +333,98 @@ pub fn set_allowlist(
             Ok((id, d))
         })
         .collect()
+}
+
+/// Whether real-time protection is on for a group: its own setting, else the `*` row, else
+/// off (it watches directories on every device of the group: an admin turns it on).
+pub fn realtime_for(conn: &Connection, group: &str) -> Result<bool> {
+    let on: Option<bool> = conn
+        .query_row_cached(
+            "SELECT enabled FROM realtime WHERE device_group IN (?1, '*')
+             ORDER BY device_group = '*' LIMIT 1",
+            [group],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(on.unwrap_or(false))
+}
+
+/// A group's real-time protection setting, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealtimeSetting {
+    pub device_group: String,
+    pub enabled: bool,
+    pub updated_by: String,
+    pub updated_at: i64,
+}
+
+pub fn list_realtime(conn: &Connection) -> Result<Vec<RealtimeSetting>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT device_group, enabled, updated_by, updated_at FROM realtime ORDER BY device_group",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RealtimeSetting {
+            device_group: r.get(0)?,
+            enabled: r.get(1)?,
+            updated_by: r.get(2)?,
+            updated_at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Turns real-time protection on or off for a group (`*`: every group without its own
+/// setting) and bumps the desired revision of every active device it may change; returns
+/// those devices with their new desired state, to be pushed.
+pub fn set_realtime(
+    conn: &Connection,
+    actor: &str,
+    group: &str,
+    enabled: bool,
+) -> Result<Vec<(DeviceId, palisade_common::wire::DesiredState)>> {
+    if group.is_empty() || group.len() > 64 {
+        return Err(StoreError::Invalid(
+            "a device group name is 1 to 64 characters (or * for the default)".into(),
+        ));
+    }
+    conn.execute_cached(
+        "INSERT INTO realtime (device_group, enabled, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device_group) DO UPDATE SET enabled = ?2, updated_by = ?3, updated_at = ?4",
+        params![group, enabled, actor, now_ms()],
+    )?;
+    audit::append(
+        conn,
+        actor,
+        "realtime_set",
+        None,
+        None,
+        &serde_json::json!({"device_group": group, "enabled": enabled}),
+    )?;
+    let ids: Vec<String> = if group == "*" {
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM devices WHERE status = 'active' ORDER BY id")?;
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM devices WHERE device_group = ?1 AND status = 'active' ORDER BY id",
+        )?;
+        stmt.query_map([group], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::new();
+    for i in ids {
+        let id: DeviceId = i
+            .parse()
+            .map_err(|e: palisade_common::ids::IdError| StoreError::Sql(e.to_string()))?;
+        conn.execute_cached(
+            "UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1",
+            [id.as_str()],
+        )?;
+        let d = get(conn, &id)?;
+        out.push((id, d));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

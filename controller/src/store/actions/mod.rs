@@ -8,7 +8,6 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::auth::{Policy, policy_for};
-use super::containment::Guard;
 use super::{Result, StoreError, audit, now_ms};
 
 mod device;
@@ -372,18 +371,14 @@ fn set_status(
 /// Creates an action. With no approval required by policy it is approved at once, by
 /// "policy", and the audit log says so.
 pub fn create(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result<ActionRecord> {
-    create_as(conn, new, deadlines, None, None)
+    create_as(conn, new, deadlines, None, false)
 }
 
-/// Creates an action of any kind: a contain or uncontain approved at once runs at once,
-/// within `guard` (`create` refuses those kinds).
-pub fn create_guarded(
-    conn: &Connection,
-    new: NewAction,
-    deadlines: Deadlines,
-    guard: &Guard,
-) -> Result<ActionRecord> {
-    create_as(conn, new, deadlines, None, Some(guard))
+/// Creates an action of any kind, those that run on the controller too (`create` refuses
+/// them): whoever calls it runs one approved at once in the same job
+/// (`containment::run_approved`).
+pub fn create_any(conn: &Connection, new: NewAction, deadlines: Deadlines) -> Result<ActionRecord> {
+    create_as(conn, new, deadlines, None, true)
 }
 
 /// Creates an action the controller raises itself (a detection's quarantine): the device
@@ -395,21 +390,20 @@ pub fn create_automated(
     deadlines: Deadlines,
     approve: bool,
 ) -> Result<ActionRecord> {
-    create_as(conn, new, deadlines, Some(approve), None)
+    create_as(conn, new, deadlines, Some(approve), false)
 }
 
-/// `guard` is for the kinds that run on the controller, and required for them.
+/// `controller_kinds` admits the kinds that run on the controller.
 fn create_as(
     conn: &Connection,
     new: NewAction,
     deadlines: Deadlines,
     automated: Option<bool>,
-    guard: Option<&Guard>,
+    controller_kinds: bool,
 ) -> Result<ActionRecord> {
-    let runs_here = new.params.kind().runs_on_controller();
-    if runs_here && guard.is_none() {
+    if new.params.kind().runs_on_controller() && !controller_kinds {
         return Err(StoreError::Invalid(format!(
-            "{} runs on the controller: create it with create_guarded",
+            "{} runs on the controller: create it with create_any",
             new.params.kind()
         )));
     }
@@ -465,9 +459,6 @@ fn create_as(
             new.device.as_ref(),
             &serde_json::json!({"comment": why}),
         )?;
-        if runs_here && let Some(guard) = guard {
-            return super::containment::execute(conn, id, guard);
-        }
     }
     get(conn, id)
 }
@@ -605,8 +596,7 @@ pub fn create_fleet(
             "policy",
             true,
             "approval not required by policy",
-            deadlines,
-            None, // never contain: containment is not fleet-wide
+            deadlines, // never contain: containment is not fleet-wide
         );
     }
     Ok(records)
@@ -621,7 +611,6 @@ pub fn decide(
     approve: bool,
     comment: &str,
     deadlines: Deadlines,
-    guard: &Guard,
 ) -> Result<Vec<ActionRecord>> {
     if ids.is_empty() {
         return Err(StoreError::Invalid("no action ids given".into()));
@@ -657,15 +646,7 @@ pub fn decide(
             )));
         }
     }
-    decide_records(
-        conn,
-        records,
-        actor,
-        approve,
-        comment,
-        deadlines,
-        Some(guard),
-    )
+    decide_records(conn, records, actor, approve, comment, deadlines)
 }
 
 /// The actions named, and for a fleet-wide parent its children still pending approval.
@@ -696,8 +677,8 @@ fn with_children(conn: &Connection, ids: &[ActionId]) -> Result<Vec<ActionRecord
 /// Moves checked, pending actions (a parent's children included) to approved or rejected,
 /// and returns them as they are now stored. They are updated in place rather than read again,
 /// since approving a fleet-wide action decides a record per device (20,000 reads, within the
-/// approver's request). `guard` bounds the kinds that run on the controller; none may be
-/// approved without one.
+/// approver's request). The kinds that run on the controller are left approved: the caller
+/// runs them in the same job (`containment::run_approved`).
 fn decide_records(
     conn: &Connection,
     mut records: Vec<ActionRecord>,
@@ -705,7 +686,6 @@ fn decide_records(
     approve: bool,
     comment: &str,
     deadlines: Deadlines,
-    guard: Option<&Guard>,
 ) -> Result<Vec<ActionRecord>> {
     let now = now_ms();
     let (status, event) = if approve {
@@ -737,12 +717,7 @@ fn decide_records(
         r.deadline_at = deadline(r);
     }
     for r in &mut records {
-        if approve && r.kind.runs_on_controller() {
-            let guard = guard.ok_or_else(|| {
-                StoreError::Invalid(format!("{} runs on the controller: no guard given", r.kind))
-            })?;
-            *r = super::containment::execute(conn, r.id, guard)?;
-        } else if r.is_fleet_parent() {
+        if r.is_fleet_parent() {
             r.children = Some(child_counts(conn, r.id)?);
         }
     }
@@ -815,10 +790,6 @@ mod tests {
     use palisade_common::action::{ActionReport, Outcome, QuarantineParams, RequestSampleParams};
     use palisade_common::wire::{Inventory, VaultEntry};
 
-    const G: Guard = Guard {
-        max: 64,
-        own: Vec::new(),
-    };
     const D: Deadlines = Deadlines {
         approval_ms: 60_000,
         delivery_ms: 60_000,
@@ -899,7 +870,7 @@ mod tests {
                 let ask = |c: &Connection| create(c, sample_of(&dev, "default"), D);
                 let waiting = ask(c)?.id;
                 let [delivered, approved, done] = [ask(c)?.id, ask(c)?.id, ask(c)?.id];
-                decide(c, &[delivered, approved, done], "bob", true, "go", D, &G)?;
+                decide(c, &[delivered, approved, done], "bob", true, "go", D)?;
                 assert!(self::delivered(c, &dev, delivered)?);
                 result(c, &dev, &report(done, Outcome::Succeeded), &[])?;
                 let now = now_ms();
@@ -945,7 +916,7 @@ mod tests {
                 let dev = enrolled(c, 7, ActionKind::RequestSample)?;
                 let sample = |c: &Connection| create(c, sample_of(&dev, "default"), D);
                 let [held, lost] = [sample(c)?.id, sample(c)?.id];
-                decide(c, &[held, lost], "bob", true, "go", D, &G)?;
+                decide(c, &[held, lost], "bob", true, "go", D)?;
                 let uploaded = ArtifactRef {
                     name: "sample".into(),
                     size: 9,
@@ -1022,7 +993,7 @@ mod tests {
                 assert!(outstanding(c, &devs[0])?.is_empty());
 
                 assert_as_stored(c, &created);
-                let decided = decide(c, &[parent], "bob", true, "go", D, &G)?;
+                let decided = decide(c, &[parent], "bob", true, "go", D)?;
                 assert_eq!(decided.len(), 3);
                 assert_as_stored(c, &decided);
                 assert!(decided.iter().all(|r| r.status == ActionStatus::Approved));
@@ -1110,7 +1081,7 @@ mod tests {
                 let d = enrolled(c, 7, ActionKind::Quarantine)?;
                 let new = || fleet_quarantine(Some("/tmp/x"), std::slice::from_ref(&d));
                 let a = create_fleet(c, new(), D)?;
-                let rejected = decide(c, &[a[0].id], "bob", false, "no", D, &G)?;
+                let rejected = decide(c, &[a[0].id], "bob", false, "no", D)?;
                 assert!(rejected.iter().all(|r| r.status == ActionStatus::Rejected));
                 assert_eq!(rejected.len(), 2);
                 assert_as_stored(c, &rejected);
