@@ -13,6 +13,8 @@ use palisade_common::{ActionId, ActionKind, codec};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+use crate::clock::now_ms as now;
+
 pub struct Journal {
     conn: Connection,
 }
@@ -61,8 +63,6 @@ CREATE TABLE meta (
     value BLOB NOT NULL
 );
 ";
-
-use crate::clock::now_ms as now;
 
 impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
