@@ -171,9 +171,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 let c = &v["connections"];
                 println!(
-                    "palisade-controller {}, up {} s\nconnected agents: {}\nhandshakes in progress: {}, waiting for one: {}, refused since start: {}",
+                    "palisade-controller {}, up {} s\nstore writer: {}\nconnected agents: {}\nhandshakes in progress: {}, waiting for one: {}, refused since start: {}",
                     v["version"].as_str().unwrap_or("?"),
                     v["uptime_secs"],
+                    v["store_writer"].as_str().unwrap_or("?"),
                     v["connected"],
                     c["handshaking"],
                     c["waiting"],

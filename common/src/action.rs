@@ -99,6 +99,10 @@ impl FromStr for ActionKind {
     }
 }
 
+/// The longest time box an isolation may have, in seconds (365 days); longer, the agent's
+/// arithmetic on its clock would overflow.
+pub const MAX_ISOLATION_SECS: u64 = 365 * 86_400;
+
 /// The parameters of an action; the variant decides the kind.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -248,6 +252,11 @@ impl ActionParams {
                 }
                 if p.for_secs == Some(0) {
                     return Err("an isolation for 0 seconds would end at once".into());
+                }
+                if p.for_secs.is_some_and(|s| s > MAX_ISOLATION_SECS) {
+                    return Err(format!(
+                        "for_secs is more than the limit of {MAX_ISOLATION_SECS} (365 days)"
+                    ));
                 }
                 for e in &p.exceptions {
                     crate::net::Exception::parse(e)?;
@@ -675,5 +684,22 @@ mod tests {
         assert!(r(Some("../../etc"), None).is_err());
         assert!(r(None, None).is_err());
         assert!(r(Some("e1"), Some("x/y")).is_err());
+    }
+
+    #[test]
+    fn an_isolations_time_box_is_bounded() {
+        let iso = |for_secs| {
+            ActionParams::Isolate(IsolateParams {
+                selective: false,
+                exceptions: vec![],
+                for_secs,
+            })
+            .validate()
+        };
+        assert!(iso(None).is_ok());
+        assert!(iso(Some(MAX_ISOLATION_SECS)).is_ok());
+        let e = iso(Some(MAX_ISOLATION_SECS + 1)).unwrap_err();
+        assert!(e.contains("for_secs") && e.contains("limit"), "{e}");
+        assert!(iso(Some(u64::MAX)).is_err());
     }
 }

@@ -8,7 +8,11 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct ConfigError(String);
 
-/// A positive duration such as `30s` or `7d`.
+/// The longest duration a configuration file may give (ten years): the daemons add durations
+/// to the clock in milliseconds, which a longer one could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A positive duration such as `30s` or `7d`, at most [`MAX_DURATION`].
 pub fn duration(
     name: &str,
     value: Option<String>,
@@ -21,6 +25,11 @@ pub fn duration(
         .map_err(|e| ConfigError(format!("{name} = {text:?}: {e}")))?;
     if d.is_zero() {
         return Err(ConfigError(format!("{name} must be longer than zero")));
+    }
+    if d > MAX_DURATION {
+        return Err(ConfigError(format!(
+            "{name} = {text:?} is longer than the limit of 10 years"
+        )));
     }
     Ok(d)
 }
@@ -58,6 +67,12 @@ mod tests {
                 .to_string()
                 .contains("timeout = \"soon\"")
         );
+        let e = duration("session_ttl", Some("292271000y".into()), d).unwrap_err();
+        assert!(
+            e.to_string().contains("session_ttl") && e.to_string().contains("limit"),
+            "{e}"
+        );
+        assert!(duration("t", Some("3650d".into()), d).is_ok());
         assert_eq!(positive("n", None, 3), Ok(3));
         assert!(
             positive("max", Some(0), 3)

@@ -232,6 +232,11 @@ pub struct Status {
     pub connected: usize,
     /// The connection layer: handshakes, the line waiting for one, refusals.
     pub connections: crate::admission::Counts,
+    /// The store's writer thread: `running`, or `stopped` when it has ended and every write
+    /// (approvals, agents' results, logins, audit) fails while reads still answer; restart
+    /// the controller then.
+    #[schema(example = "running")]
+    pub store_writer: &'static str,
 }
 
 #[utoipa::path(get, path = "/api/v1/status", tag = "session",
@@ -244,6 +249,11 @@ async fn status(State(ctl): Ctl, who: Principal) -> ApiResult<Json<Status>> {
         uptime_secs: ctl.started.elapsed().as_secs(),
         connected: ctl.registry.online_count(),
         connections: ctl.admission.counts(),
+        store_writer: if ctl.store.writer_running() {
+            "running"
+        } else {
+            "stopped"
+        },
     }))
 }
 
@@ -820,9 +830,11 @@ async fn download_artifact(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewEnrollToken {
+    /// 1 to 1,000,000 enrolments.
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     uses: u32,
-    /// e.g. "24h", "7d"
+    /// e.g. "24h", "7d"; at most 365 days.
     #[serde(default = "day")]
     expires_in: String,
     #[serde(default = "default_group")]
@@ -850,18 +862,21 @@ async fn create_enroll_token(
     require_global(&who, Permission::Admin)?;
     let ttl = humantime::parse_duration(&b.expires_in)
         .map_err(|e| ApiError::bad_request(format!("expires_in {:?}: {e}", b.expires_in)))?;
+    // Checked here, before the millisecond count is narrowed to i64 (and again in the store).
+    let ttl_ms = i64::try_from(ttl.as_millis())
+        .ok()
+        .filter(|ms| *ms <= store_auth::MAX_ENROLL_TTL_MS)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "expires_in {:?} is longer than the limit of {} days",
+                b.expires_in,
+                store_auth::MAX_ENROLL_TTL_MS / 86_400_000
+            ))
+        })?;
     let actor = who.name.clone();
     let token = ctl
         .store
-        .write(move |c| {
-            store_auth::create_enroll_token(
-                c,
-                &actor,
-                b.uses,
-                ttl.as_millis() as i64,
-                &b.device_group,
-            )
-        })
+        .write(move |c| store_auth::create_enroll_token(c, &actor, b.uses, ttl_ms, &b.device_group))
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -1126,4 +1141,83 @@ async fn list_automation(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serd
         "default": store_scan::AutomationLevel::DEFAULT,
         "automation": levels,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller() -> (tempfile::TempDir, Arc<Controller>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Ca::load_or_create(dir.path()).unwrap();
+        let store = crate::store::Store::open(&dir.path().join("controller.sqlite")).unwrap();
+        let artifacts = crate::artifacts::Artifacts::open(dir.path(), 1 << 20).unwrap();
+        let config = crate::Config::with_data_dir(dir.path().to_owned());
+        (dir, Arc::new(Controller::new(store, artifacts, ca, config)))
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            name: "admin".into(),
+            role: Role::Admin,
+            device_groups: vec![],
+        }
+    }
+
+    fn enroll_token(uses: u32, expires_in: &str) -> NewEnrollToken {
+        NewEnrollToken {
+            uses,
+            expires_in: expires_in.into(),
+            device_group: "default".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_enrolment_token_beyond_the_limits_is_refused_and_writes_go_on() {
+        let (_dir, ctl) = controller();
+        for (uses, expires_in, field) in [
+            (1, "292271000y", "expires_in"),
+            (1, "366d", "expires_in"),
+            (MAX_USES_PLUS_ONE, "1h", "uses"),
+        ] {
+            let e = create_enroll_token(
+                State(ctl.clone()),
+                admin(),
+                Body(enroll_token(uses, expires_in)),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
+            assert!(
+                e.message.contains(field) && e.message.contains("limit"),
+                "{e:?}"
+            );
+        }
+        let (status, _) =
+            create_enroll_token(State(ctl.clone()), admin(), Body(enroll_token(3, "365d")))
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(ctl.store.writer_running());
+    }
+
+    const MAX_USES_PLUS_ONE: u32 = store_auth::MAX_ENROLL_USES + 1;
+
+    #[tokio::test]
+    async fn the_status_reports_a_stopped_store_writer() {
+        let (_dir, ctl) = controller();
+        let Json(s) = status(State(ctl.clone()), admin()).await.unwrap();
+        assert_eq!(s.store_writer, "running");
+        ctl.store.halt_writer();
+        let mut last = "running";
+        for _ in 0..200 {
+            let Json(s) = status(State(ctl.clone()), admin()).await.unwrap();
+            last = s.store_writer;
+            if last == "stopped" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(last, "stopped", "the writer's end is not in the status");
+    }
 }

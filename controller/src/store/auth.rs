@@ -125,6 +125,12 @@ pub fn authenticate(conn: &Connection, token: &str) -> Result<Option<Principal>>
     .transpose()
 }
 
+/// The longest an enrolment token may live: a token is a secret that enrolls devices, so it
+/// should not outlive a rollout (and a longer one overflowed the expiry's arithmetic).
+pub const MAX_ENROLL_TTL_MS: i64 = 365 * 86_400_000;
+/// The most uses one enrolment token may have.
+pub const MAX_ENROLL_USES: u32 = 1_000_000;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EnrollToken {
     pub id: i64,
@@ -144,13 +150,27 @@ pub fn create_enroll_token(
     if uses == 0 {
         return Err(StoreError::Invalid("a token needs at least one use".into()));
     }
+    if uses > MAX_ENROLL_USES {
+        return Err(StoreError::Invalid(format!(
+            "uses {uses} is more than the limit of {MAX_ENROLL_USES}"
+        )));
+    }
     if ttl_ms <= 0 {
         return Err(StoreError::Invalid(
             "a token needs a positive lifetime".into(),
         ));
     }
+    let too_long = || {
+        StoreError::Invalid(format!(
+            "expires_in is longer than the limit of {} days",
+            MAX_ENROLL_TTL_MS / 86_400_000
+        ))
+    };
+    if ttl_ms > MAX_ENROLL_TTL_MS {
+        return Err(too_long());
+    }
     let token = new_secret("pal_enr_");
-    let expires_at = now_ms() + ttl_ms;
+    let expires_at = now_ms().checked_add(ttl_ms).ok_or_else(too_long)?;
     conn.execute_cached(
         "INSERT INTO enroll_tokens (token_hash, uses_left, expires_at, device_group, created_by, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

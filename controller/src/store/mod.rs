@@ -22,6 +22,7 @@ mod schema;
 pub mod sessions;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,6 +84,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("store is shut down")]
     Closed,
+    /// The job panicked: it was rolled back alone, and the writer goes on.
+    #[error("a store job failed: {0}")]
+    Panicked(String),
     /// The disk holding the database is full: nothing was written.
     #[error("the data directory is full: {0}")]
     Full(String),
@@ -123,6 +127,27 @@ pub struct Store {
     /// 7 s on average, 8 at a time, while each took microseconds. A reader now runs the reads
     /// waiting one after another without a hand-off between them.
     reads: mpsc::Sender<ReadJob>,
+    /// Whether the writer thread still runs: `GET /api/v1/status` reports it, because every
+    /// write fails once it has ended while reads still answer.
+    writer: Arc<WriterHealth>,
+}
+
+/// The writer thread's health, shared with the store's handles.
+#[derive(Default)]
+struct WriterHealth {
+    stopped: AtomicBool,
+    /// Asks the writer to end after its current group (tests of the health report only).
+    halt: AtomicBool,
+}
+
+/// Marks the writer stopped however its thread ends, by returning or by a panic.
+struct StoppedOnDrop(Arc<WriterHealth>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+        tracing::error!("the store's writer thread has ended: every write now fails");
+    }
 }
 
 impl Store {
@@ -154,9 +179,14 @@ impl Store {
         conn.pragma_update(None, "cache_spill", false)?;
         crate::fsutil::restrict(path)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let health = Arc::new(WriterHealth::default());
+        let guard = StoppedOnDrop(health.clone());
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(conn, rx))?;
+            .spawn(move || {
+                let _guard = guard;
+                writer(conn, rx, &_guard.0)
+            })?;
         let (reads, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..READERS {
@@ -165,7 +195,25 @@ impl Store {
                 .name(format!("store-reader-{i}"))
                 .spawn(move || reader(&path, &queue))?;
         }
-        Ok(Store { jobs: tx, reads })
+        Ok(Store {
+            jobs: tx,
+            reads,
+            writer: health,
+        })
+    }
+
+    /// Whether the writer thread still runs (else every write answers [`StoreError::Closed`]).
+    pub fn writer_running(&self) -> bool {
+        !self.writer.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Ends the writer thread after its current group, as a fatal bug would: for tests of
+    /// what reports its health.
+    #[doc(hidden)]
+    pub fn halt_writer(&self) {
+        self.writer.halt.store(true, Ordering::SeqCst);
+        // Wakes the writer if it waits for a job.
+        let _ = self.jobs.send(Box::new(|_| (false, Box::new(|_| {}))));
     }
 
     /// Runs `f` on the writer and returns once its changes are committed.
@@ -197,7 +245,10 @@ impl Store {
     {
         let job: Job = Box::new(move |conn| {
             let result = match conn {
-                Some(conn) => f(conn),
+                // A panic fails this job alone: its savepoint is rolled back (it is not `ok`),
+                // its caller hears why, and the writer goes on with the others.
+                Some(conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                    .unwrap_or_else(|panic| Err(StoreError::Panicked(panic_message(&*panic)))),
                 None => Err(StoreError::Closed),
             };
             let ok = result.is_ok();
@@ -291,8 +342,20 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
-fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+/// What a panic said, for the error its job's caller gets.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, health: &WriterHealth) {
     while let Ok(first) = jobs.recv() {
+        if health.halt.load(Ordering::SeqCst) {
+            return;
+        }
         let batch: Vec<Job> = std::iter::once(first)
             .chain(jobs.try_iter().take(MAX_GROUP - 1))
             .collect();
@@ -322,7 +385,14 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 done.push(complete);
                 continue;
             }
-            let (ok, complete) = job(Some(&conn));
+            // `submit` catches a panic of the job's own code; this catches one of the wrapper,
+            // whose caller then hears `Closed` (the reply went with the panic), and the
+            // savepoint is rolled back like a failed job's.
+            let (ok, complete): (bool, Completion) =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&conn)))) {
+                    Ok(done) => done,
+                    Err(_) => (false, Box::new(|_| {})),
+                };
             let ended = if ok {
                 conn.execute_cached("RELEASE job", [])
             } else {
@@ -407,6 +477,54 @@ mod tests {
             n, 36,
             "a failed job's insert survived, or a good one was lost"
         );
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_alone_and_the_writer_goes_on() {
+        let (_dir, s) = store();
+        let insert = |c: &Connection, name: &str| -> Result<()> {
+            c.execute(
+                "INSERT INTO users (name, role, created_by, created_at) VALUES (?1, 'viewer', 't', 0)",
+                [name],
+            )?;
+            Ok(())
+        };
+        let r: Result<()> = s.write_blocking(move |c| {
+            insert(c, "half")?;
+            let big = i64::MAX;
+            let _ = big.checked_add(std::hint::black_box(1)).expect("overflow");
+            Ok(())
+        });
+        match r {
+            Err(StoreError::Panicked(m)) => assert!(m.contains("overflow"), "{m}"),
+            other => panic!("the panicking job's caller heard {other:?}"),
+        }
+        assert!(s.writer_running());
+        s.write_blocking(move |c| insert(c, "after")).unwrap();
+        let names: Vec<String> = s
+            .read_blocking(|c| {
+                let mut stmt = c.prepare("SELECT name FROM users ORDER BY name")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap();
+        assert_eq!(names, ["after"], "the panicking job's insert was kept");
+    }
+
+    #[test]
+    fn a_writer_that_ended_is_reported_and_every_write_fails() {
+        let (_dir, s) = store();
+        assert!(s.writer_running());
+        s.halt_writer();
+        for _ in 0..200 {
+            if !s.writer_running() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!s.writer_running(), "the writer's end went unnoticed");
+        let r = s.write_blocking(|_| Ok(()));
+        assert!(matches!(r, Err(StoreError::Closed)), "{r:?}");
     }
 
     #[test]
