@@ -683,10 +683,24 @@ async fn show_action(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Decision {
+    /// Each id once: an id given twice is refused with a 400 naming it.
     #[schema(value_type = Vec<u64>)]
     ids: Vec<ActionId>,
     #[serde(default)]
     comment: String,
+}
+
+impl Decision {
+    /// Refuses an id given twice: each would be decided, and audited, twice.
+    fn distinct(&self) -> ApiResult<()> {
+        let mut seen = std::collections::HashSet::with_capacity(self.ids.len());
+        match self.ids.iter().find(|id| !seen.insert(**id)) {
+            Some(id) => Err(ApiError::bad_request(format!(
+                "ids: action {id} is given more than once"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/actions/approve", tag = "actions",
@@ -698,6 +712,7 @@ async fn approve(
     Body(d): Body<Decision>,
 ) -> ApiResult<Json<Actions>> {
     require(&who, Permission::Approve)?;
+    d.distinct()?;
     Ok(Json(Actions {
         actions: ctl.decide(&who, d.ids, true, d.comment).await?,
     }))
@@ -712,6 +727,7 @@ async fn reject(
     Body(d): Body<Decision>,
 ) -> ApiResult<Json<Actions>> {
     require(&who, Permission::Approve)?;
+    d.distinct()?;
     Ok(Json(Actions {
         actions: ctl.decide(&who, d.ids, false, d.comment).await?,
     }))
@@ -726,6 +742,7 @@ async fn cancel(
     Body(d): Body<Decision>,
 ) -> ApiResult<Json<Actions>> {
     require(&who, Permission::Respond)?;
+    d.distinct()?;
     Ok(Json(Actions {
         actions: ctl.cancel(&who, d.ids, d.comment).await?,
     }))
@@ -740,6 +757,7 @@ async fn undo(
     Body(d): Body<Decision>,
 ) -> ApiResult<(StatusCode, Json<Actions>)> {
     require(&who, Permission::Approve)?;
+    d.distinct()?;
     Ok((
         StatusCode::CREATED,
         Json(Actions {
@@ -1199,6 +1217,31 @@ mod tests {
                 .unwrap();
         assert_eq!(status, StatusCode::CREATED);
         assert!(ctl.store.writer_running());
+    }
+
+    #[tokio::test]
+    async fn a_decision_naming_an_id_twice_is_refused_with_the_id() {
+        let (_dir, ctl) = controller();
+        let d = || {
+            Body(Decision {
+                ids: vec![ActionId(7), ActionId(9), ActionId(7)],
+                comment: "x".into(),
+            })
+        };
+        let errors = [
+            approve(State(ctl.clone()), admin(), d()).await.err(),
+            reject(State(ctl.clone()), admin(), d()).await.err(),
+            cancel(State(ctl.clone()), admin(), d()).await.err(),
+            undo(State(ctl.clone()), admin(), d()).await.err(),
+        ];
+        for e in errors {
+            let e = e.expect("a decision with a duplicate id went through");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
+            assert!(
+                e.message.contains("action 7 is given more than once"),
+                "{e:?}"
+            );
+        }
     }
 
     const MAX_USES_PLUS_ONE: u32 = store_auth::MAX_ENROLL_USES + 1;
