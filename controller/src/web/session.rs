@@ -33,15 +33,19 @@ pub const PER_ADDRESS: usize = 20;
 /// Keys remembered at most (older ones are forgotten first).
 const MAX_KEYS: usize = 10_000;
 
-/// Counts failed logins per user name and per client address.
+/// Counts login attempts per user name and per client address. An attempt is reserved before
+/// its password is verified (so concurrent guesses count at once) and given back only if it
+/// succeeds; keys expire with the window, and a full map refuses new keys rather than
+/// forgetting the ones it holds.
 #[derive(Default)]
 pub struct LoginLimiter {
     failures: Mutex<HashMap<String, Vec<Instant>>>,
 }
 
 impl LoginLimiter {
-    /// `Err(retry_after)` when any key has used up its failures.
-    pub fn check(&self, keys: &[(String, usize)], now: Instant) -> Result<(), Duration> {
+    /// Counts an attempt against every key, or `Err(retry_after)` when a key has used up its
+    /// attempts (nothing is counted then).
+    pub fn reserve(&self, keys: &[(String, usize)], now: Instant) -> Result<(), Duration> {
         let mut map = self.failures.lock().expect("limiter lock");
         let mut wait = Duration::ZERO;
         for (key, max) in keys {
@@ -53,24 +57,51 @@ impl LoginLimiter {
                 }
             }
         }
-        if wait.is_zero() { Ok(()) } else { Err(wait) }
-    }
-
-    pub fn failed(&self, keys: &[(String, usize)], now: Instant) {
-        let mut map = self.failures.lock().expect("limiter lock");
-        if map.len() >= MAX_KEYS {
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        let new_keys = keys.iter().filter(|(k, _)| !map.contains_key(k)).count();
+        if map.len() + new_keys > MAX_KEYS {
             map.retain(|_, times| times.iter().any(|t| now.duration_since(*t) < WINDOW));
-            if map.len() >= MAX_KEYS {
-                map.clear();
+            if map.len() + new_keys > MAX_KEYS {
+                // Full of live keys: refuse newcomers for now, never forget a lockout.
+                return Err(Duration::from_secs(1));
             }
         }
         for (key, _) in keys {
             map.entry(key.clone()).or_default().push(now);
         }
+        Ok(())
     }
 
-    pub fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("limiter lock").remove(key);
+    /// The attempt reserved at `at` succeeded: the user's failures are forgotten and the
+    /// address gets its attempt back.
+    pub fn succeeded(&self, user_key: &str, address_key: &str, at: Instant) {
+        let mut map = self.failures.lock().expect("limiter lock");
+        map.remove(user_key);
+        if let Some(times) = map.get_mut(address_key) {
+            if let Some(i) = times.iter().rposition(|t| *t == at) {
+                times.remove(i);
+            }
+            if times.is_empty() {
+                map.remove(address_key);
+            }
+        }
+    }
+}
+
+/// The limiter's key for a client address: IPv4 whole, IPv6 by its /64 (one host usually
+/// holds a whole /64).
+fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -168,11 +199,12 @@ pub async fn login(
     // User names have at most 64 characters: a longer one is nobody, and must not make the
     // limiter keep a large key.
     let user_key = format!("user:{}", login.name.chars().take(65).collect::<String>());
-    let keys = [
-        (user_key.clone(), PER_USER),
-        (format!("ip:{}", peer.ip()), PER_ADDRESS),
-    ];
-    if let Err(wait) = ctl.web.limiter.check(&keys, Instant::now()) {
+    let address = address_key(peer.ip());
+    let keys = [(user_key.clone(), PER_USER), (address.clone(), PER_ADDRESS)];
+    // Reserved before the password is verified: concurrent guesses count at once, and a
+    // password too long to hash counts like any other.
+    let attempt = Instant::now();
+    if let Err(wait) = ctl.web.limiter.reserve(&keys, attempt) {
         let secs = wait.as_secs().max(1);
         let mut r = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -197,11 +229,10 @@ pub async fn login(
         .await
         .unwrap_or(false);
     if !ok {
-        ctl.web.limiter.failed(&keys, Instant::now());
         tracing::warn!(key = %user_key, %peer, "failed login");
         return Err(unauthorized("wrong user name or password"));
     }
-    ctl.web.limiter.succeeded(&user_key);
+    ctl.web.limiter.succeeded(&user_key, &address, attempt);
     let cookie = hex::encode(crate::random_bytes::<32>());
     let csrf = hex::encode(crate::random_bytes::<24>());
     let ttl = ctl.config.session_ttl;
@@ -358,18 +389,71 @@ mod tests {
         let keys = [("user:a".to_owned(), 3), ("ip:1".to_owned(), 10)];
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(l.check(&keys, t0).is_ok());
-            l.failed(&keys, t0);
+            assert!(l.reserve(&keys, t0).is_ok());
         }
-        let wait = l.check(&keys, t0).unwrap_err();
+        let wait = l.reserve(&keys, t0).unwrap_err();
         assert!(wait > Duration::from_secs(200), "{wait:?}");
         assert!(
-            l.check(&[("user:b".to_owned(), 3)], t0).is_ok(),
+            l.reserve(&[("user:b".to_owned(), 3)], t0).is_ok(),
             "another user is not blocked"
         );
-        assert!(l.check(&keys, t0 + WINDOW).is_ok(), "the window passed");
-        l.succeeded("user:a");
-        assert!(l.check(&keys, t0).is_ok());
+        assert!(l.reserve(&keys, t0 + WINDOW).is_ok(), "the window passed");
+        l.succeeded("user:a", "ip:1", t0 + WINDOW);
+        assert!(l.reserve(&keys, t0 + WINDOW).is_ok());
+    }
+
+    #[test]
+    fn concurrent_guesses_beyond_the_limit_are_refused_before_any_is_verified() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        // 30 guesses arrive together: none has been verified (or failed) yet.
+        let admitted = (0..30)
+            .filter(|_| {
+                l.reserve(
+                    &[("user:root".into(), PER_USER), ("ip:1".into(), PER_ADDRESS)],
+                    t0,
+                )
+                .is_ok()
+            })
+            .count();
+        assert_eq!(admitted, PER_USER);
+    }
+
+    #[test]
+    fn filling_the_map_does_not_unlock_a_locked_out_user() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        let victim = [("user:root".to_owned(), PER_USER)];
+        for _ in 0..PER_USER {
+            l.reserve(&victim, t0).unwrap();
+        }
+        for i in 0..MAX_KEYS + 50 {
+            let _ = l.reserve(
+                &[
+                    (format!("user:x{i}"), PER_USER),
+                    (format!("ip:{i}"), PER_ADDRESS),
+                ],
+                t0,
+            );
+        }
+        assert!(l.reserve(&victim, t0).is_err(), "the lockout was forgotten");
+        // After the window, keys expire and newcomers are served again.
+        assert!(
+            l.reserve(&[("user:new".to_owned(), PER_USER)], t0 + WINDOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_ipv6_address_counts_by_its_64() {
+        let a = address_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(
+            address_key("::ffff:192.0.2.1".parse().unwrap()),
+            "ip:192.0.2.1"
+        );
     }
 
     #[test]
