@@ -90,6 +90,37 @@ impl LoginLimiter {
     }
 }
 
+/// Password hashes computed at once, at most: each argon2id run holds about 19 MiB, so
+/// unbounded logins grew the controller by gigabytes. One per core (at least 2).
+fn hashing() -> &'static Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        Arc::new(tokio::sync::Semaphore::new(n))
+    })
+}
+
+/// Runs a password hash or check on a blocking thread if a hashing slot is free, else answers
+/// 503 at once rather than queueing.
+pub async fn with_hashing_slot<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many password checks at once; try again shortly",
+        )
+    };
+    let permit = hashing().clone().try_acquire_owned().map_err(|_| busy())?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
 /// The limiter's key for a client address: IPv4 whole, IPv6 by its /64 (one host usually
 /// holds a whole /64).
 fn address_key(ip: std::net::IpAddr) -> String {
@@ -190,7 +221,8 @@ fn cookie_header(ctl: &Controller, value: &str, max_age: u64) -> String {
     request_body = Login,
     responses((status = 200, description = "logged in: the principal, the CSRF token and the expiry; sets the session cookie"),
         (status = 401, description = "wrong user name or password"),
-        (status = 429, description = "too many failed logins")))]
+        (status = 429, description = "too many failed logins"),
+        (status = 503, description = "too many password checks at once (one per core); try again shortly")))]
 pub async fn login(
     State(ctl): State<Arc<Controller>>,
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
@@ -223,11 +255,7 @@ pub async fn login(
         .read(move |c| sessions::password_hash(c, &name))
         .await?;
     let ok = login.password.len() <= password::MAX_LEN
-        && tokio::task::spawn_blocking(move || {
-            password::verify(&login.password, stored.as_deref())
-        })
-        .await
-        .unwrap_or(false);
+        && with_hashing_slot(move || password::verify(&login.password, stored.as_deref())).await?;
     if !ok {
         tracing::warn!(key = %user_key, %peer, "failed login");
         return Err(unauthorized("wrong user name or password"));
@@ -348,9 +376,7 @@ pub async fn set_password(
         let current = p.current_password.clone().unwrap_or_default();
         let ok = match stored {
             None => true, // nothing to prove yet: the first password
-            Some(h) => tokio::task::spawn_blocking(move || password::verify(&current, Some(&h)))
-                .await
-                .unwrap_or(false),
+            Some(h) => with_hashing_slot(move || password::verify(&current, Some(&h))).await?,
         };
         if !ok {
             return Err(ApiError::forbidden("the current password is wrong"));
@@ -373,9 +399,8 @@ pub async fn set_password(
 pub async fn hash_new_password(password: String) -> ApiResult<String> {
     password::check_policy(&password).map_err(ApiError::bad_request)?;
     let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m);
-    tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|e| internal(e.to_string()))?
+    with_hashing_slot(move || password::hash(&password))
+        .await?
         .map_err(internal)
 }
 
@@ -441,6 +466,27 @@ mod tests {
         assert!(
             l.reserve(&[("user:new".to_owned(), PER_USER)], t0 + WINDOW)
                 .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn password_checks_beyond_the_slots_are_refused_at_once() {
+        let slots = hashing().available_permits();
+        let held = hashing()
+            .clone()
+            .acquire_many_owned(slots as u32)
+            .await
+            .unwrap();
+        let e = with_hashing_slot(|| password::verify("a password", None))
+            .await
+            .unwrap_err();
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(
+            !with_hashing_slot(|| password::verify("x", None))
+                .await
+                .unwrap()
         );
     }
 
