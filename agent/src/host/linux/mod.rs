@@ -75,6 +75,8 @@ impl Host for LinuxHost {
     }
 
     fn snapshot_file(&self, path: &Path, max: u64, dest: &Path) -> Result<Snapshot, HostError> {
+        // Never the agent's own identity, journal, vault or spool (as quarantine refuses).
+        target::refuse_own_files(path, &self.protection)?;
         files::snapshot(path, max, dest)
     }
 

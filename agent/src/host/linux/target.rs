@@ -71,6 +71,19 @@ pub fn open_dir(dir: &Path) -> Result<OwnedFd, Errno> {
     openat2(AT_FDCWD, dir, how(OFlag::O_PATH | OFlag::O_DIRECTORY))
 }
 
+/// Refuses a path under the agent's state directory (identity, journal, vault, spool): what
+/// every action that reads or moves a named file checks, quarantine and sample alike.
+pub fn refuse_own_files(path: &Path, protection: &Protection) -> Result<(), HostError> {
+    if !protection.state_dir.as_os_str().is_empty() {
+        let state = std::fs::canonicalize(&protection.state_dir)
+            .unwrap_or_else(|_| protection.state_dir.clone());
+        if path.starts_with(&state) || path.starts_with(&protection.state_dir) {
+            return Err(refuse(path, "is one of the agent's own files"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `path` against the refusals and opens it.
 pub fn open(path: &Path, protection: &Protection) -> Result<Target, HostError> {
     if !path.is_absolute()
@@ -91,13 +104,7 @@ pub fn open(path: &Path, protection: &Protection) -> Result<Target, HostError> {
             ));
         }
     }
-    if !protection.state_dir.as_os_str().is_empty() {
-        let state = std::fs::canonicalize(&protection.state_dir)
-            .unwrap_or_else(|_| protection.state_dir.clone());
-        if path.starts_with(&state) || path.starts_with(&protection.state_dir) {
-            return Err(refuse(path, "is one of the agent's own files"));
-        }
-    }
+    refuse_own_files(path, protection)?;
     if let Some(p) = protection.paths.iter().find(|p| path.starts_with(p)) {
         return Err(refuse(path, format!("is protected ({})", p.display())));
     }
@@ -296,5 +303,26 @@ mod tests {
         // And a new open of the path refuses the swapped-in link.
         let err = refusal(&r.join("work/file"), &Protection::default());
         assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_sample_of_the_agents_own_files_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("state/identity")).unwrap();
+        std::fs::write(r.join("state/identity/key.der"), b"secret").unwrap();
+        std::fs::write(r.join("other"), b"fine").unwrap();
+        use crate::host::Host;
+        let host =
+            super::super::LinuxHost::new(Default::default()).with_vault(r.join("state"), vec![]);
+        let err = host
+            .snapshot_file(&r.join("state/identity/key.der"), 1 << 20, &r.join("copy"))
+            .unwrap_err();
+        assert!(err.to_string().contains("agent's own files"), "{err}");
+        assert!(!r.join("copy").exists(), "the key was copied");
+        assert!(
+            host.snapshot_file(&r.join("other"), 1 << 20, &r.join("copy2"))
+                .is_ok()
+        );
     }
 }
