@@ -2,6 +2,14 @@
 
 use serde_json::Value;
 
+/// The most characters a cell shows; a longer value is cut and ends in [`CUT_MARKER`]. The
+/// whole value is one `--json` away. (Padding through `format!`'s width also panicked beyond
+/// 65,535 characters.)
+pub const MAX_CELL_CHARS: usize = 200;
+
+/// Ends a cell that was cut to [`MAX_CELL_CHARS`].
+pub const CUT_MARKER: char = '…';
+
 pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -21,9 +29,20 @@ impl Table {
             cells
                 .into_iter()
                 .map(|c| {
-                    c.chars()
+                    let cut = c.chars().count() > MAX_CELL_CHARS;
+                    let mut cell: String = c
+                        .chars()
+                        .take(if cut {
+                            MAX_CELL_CHARS - 1
+                        } else {
+                            MAX_CELL_CHARS
+                        })
                         .map(|ch| if ch.is_control() { ' ' } else { ch })
-                        .collect()
+                        .collect();
+                    if cut {
+                        cell.push(CUT_MARKER);
+                    }
+                    cell
                 })
                 .collect(),
         );
@@ -48,12 +67,16 @@ impl Table {
         let widths: Vec<usize> = (0..self.header.len()).map(width).collect();
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
+            let mut line = String::new();
+            for (i, c) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(c);
+                let pad = widths[i].saturating_sub(c.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            out.push_str(line.trim_end());
             out.push('\n');
         }
         out
@@ -82,6 +105,33 @@ mod tests {
         t.row(vec!["1".into(), "a\nb".into()]);
         t.row(vec!["100".into(), "c".into()]);
         assert_eq!(t.render(), "ID   NAME\n1    a b\n100  c\n");
+    }
+
+    #[test]
+    fn a_long_cell_is_cut_with_a_marker_and_never_panics() {
+        let mut t = Table::new(&["id", "summary"]);
+        t.row(vec!["1".into(), "x".repeat(100_001)]);
+        t.row(vec!["2".into(), "y".repeat(MAX_CELL_CHARS)]);
+        let out = t.render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let cut = format!("1   {}{CUT_MARKER}", "x".repeat(MAX_CELL_CHARS - 1));
+        assert_eq!(lines[1], cut);
+        // A cell of exactly the limit is shown whole.
+        assert_eq!(lines[2], format!("2   {}", "y".repeat(MAX_CELL_CHARS)));
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.chars().count() <= 4 + MAX_CELL_CHARS)
+        );
+    }
+
+    #[test]
+    fn cells_are_padded_by_characters_not_bytes() {
+        let mut t = Table::new(&["a", "b"]);
+        t.row(vec!["éé".into(), "1".into()]);
+        t.row(vec!["e".into(), "2".into()]);
+        assert_eq!(t.render(), "A   B\néé  1\ne   2\n");
     }
 
     #[test]
