@@ -99,10 +99,6 @@ impl FromStr for ActionKind {
     }
 }
 
-/// The longest time box an isolation may have, in seconds (365 days); longer, the agent's
-/// arithmetic on its clock would overflow.
-pub const MAX_ISOLATION_SECS: u64 = 365 * 86_400;
-
 /// The parameters of an action; the variant decides the kind.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -211,14 +207,15 @@ impl ActionParams {
     /// Checks what can be checked without the device, so that a bad request is refused when it
     /// is made rather than failing on the device days later.
     pub fn validate(&self) -> Result<(), String> {
+        use crate::limits::{self, MAX_EXCEPTION_CHARS, MAX_EXCEPTIONS, MAX_PATHS};
         match self {
-            ActionParams::RequestSample(p) => check_path(&p.path),
+            ActionParams::RequestSample(p) => check_path("path", &p.path),
             ActionParams::Quarantine(p) => {
                 if p.path.is_none() && p.sha256.is_none() {
                     return Err("name a path, or a sha256 with search roots".into());
                 }
                 if let Some(path) = &p.path {
-                    check_path(path)?;
+                    check_path("path", path)?;
                 }
                 if let Some(sha) = &p.sha256 {
                     check_sha256(sha)?;
@@ -226,7 +223,8 @@ impl ActionParams {
                         return Err("a quarantine by sha256 needs at least one search root".into());
                     }
                 }
-                p.roots.iter().try_for_each(|r| check_path(r))
+                limits::check_count("roots", p.roots.len(), MAX_PATHS)?;
+                p.roots.iter().try_for_each(|r| check_path("roots", r))
             }
             ActionParams::ReleaseQuarantine(p) => {
                 if p.entry.is_none() && p.sha256.is_none() {
@@ -238,14 +236,31 @@ impl ActionParams {
                 if let Some(sha) = &p.sha256 {
                     check_sha256(sha)?;
                 }
-                p.restore_path.as_deref().map_or(Ok(()), check_path)
+                p.restore_path
+                    .as_deref()
+                    .map_or(Ok(()), |r| check_path("restore_path", r))
             }
-            ActionParams::Scan(p) => match p.mode.as_str() {
-                "quick" | "full" => Ok(()),
-                "custom" if !p.paths.is_empty() => Ok(()),
-                "custom" => Err("a custom scan needs at least one path".into()),
-                other => Err(format!("scan mode {other:?} is not quick, full or custom")),
-            },
+            ActionParams::Scan(p) => {
+                match p.mode.as_str() {
+                    "quick" | "full" if !p.paths.is_empty() => {
+                        return Err(format!(
+                            "a {} scan covers its own paths; name paths with mode custom",
+                            p.mode
+                        ));
+                    }
+                    "quick" | "full" => {}
+                    "custom" if !p.paths.is_empty() => {}
+                    "custom" => return Err("a custom scan needs at least one path".into()),
+                    other => {
+                        limits::check_chars("mode", other, 16)?;
+                        return Err(format!("scan mode {other:?} is not quick, full or custom"));
+                    }
+                }
+                limits::check_count("paths", p.paths.len(), MAX_PATHS)?;
+                limits::check_count("exclusions", p.exclusions.len(), MAX_PATHS)?;
+                p.paths.iter().try_for_each(|r| check_path("paths", r))?;
+                p.exclusions.iter().try_for_each(|e| check_exclusion(e))
+            }
             ActionParams::Isolate(p) => {
                 if !p.selective && !p.exceptions.is_empty() {
                     return Err("exceptions are for selective isolation (add --selective)".into());
@@ -253,21 +268,27 @@ impl ActionParams {
                 if p.for_secs == Some(0) {
                     return Err("an isolation for 0 seconds would end at once".into());
                 }
-                if p.for_secs.is_some_and(|s| s > MAX_ISOLATION_SECS) {
+                if let Some(secs) = p.for_secs.filter(|s| *s > limits::MAX_ISOLATION_SECS) {
                     return Err(format!(
-                        "for_secs is more than the limit of {MAX_ISOLATION_SECS} (365 days)"
+                        "an isolation for {secs} seconds is longer than the limit of {} seconds (90 days)",
+                        limits::MAX_ISOLATION_SECS
                     ));
                 }
+                limits::check_count("exceptions", p.exceptions.len(), MAX_EXCEPTIONS)?;
                 for e in &p.exceptions {
+                    limits::check_chars("exceptions", e, MAX_EXCEPTION_CHARS)?;
                     crate::net::Exception::parse(e)?;
                 }
                 Ok(())
             }
             // The target may also come as the request's device; the controller checks it.
             ActionParams::Contain(p) | ActionParams::Uncontain(p) => match &p.mac {
-                Some(mac) if !is_mac(mac) => Err(format!(
-                    "mac {mac:?} is not six hex octets separated by colons"
-                )),
+                Some(mac) if !is_mac(mac) => {
+                    limits::check_chars("mac", mac, 17)?;
+                    Err(format!(
+                        "mac {mac:?} is not six hex octets separated by colons"
+                    ))
+                }
                 _ => Ok(()),
             },
             _ => Ok(()),
@@ -283,18 +304,33 @@ fn is_mac(mac: &str) -> bool {
             .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// An absolute path without `..` or NUL: what a device is asked to act on.
-fn check_path(path: &str) -> Result<(), String> {
+/// An absolute path without `..` or NUL, at most [`crate::limits::MAX_PATH_BYTES`]: what a
+/// device is asked to act on. `field` names it in the error.
+fn check_path(field: &str, path: &str) -> Result<(), String> {
+    crate::limits::check_path_len(field, path)?;
     if !path.starts_with('/') {
-        return Err(format!("path {path:?} is not absolute"));
+        return Err(format!("{field} {path:?} is not absolute"));
     }
     if path.split('/').any(|c| c == "..") {
-        return Err(format!("path {path:?} contains '..'"));
+        return Err(format!("{field} {path:?} contains '..'"));
     }
     if path.contains('\0') {
-        return Err("path contains a NUL byte".into());
+        return Err(format!("{field} contains a NUL byte"));
     }
     Ok(())
+}
+
+/// A scan exclusion: an absolute path (everything under it), or a glob (`*`, `?`, `[`)
+/// matched against whole absolute paths. A relative path would never match anything.
+fn check_exclusion(pattern: &str) -> Result<(), String> {
+    crate::limits::check_path_len("exclusions", pattern)?;
+    if pattern.contains(['*', '?', '[']) {
+        if pattern.contains('\0') {
+            return Err("exclusions: pattern contains a NUL byte".into());
+        }
+        return Ok(());
+    }
+    check_path("exclusions", pattern)
 }
 
 /// 64 lowercase hex digits.
@@ -643,6 +679,51 @@ mod tests {
     }
 
     #[test]
+    fn scan_and_isolation_params_are_bounded_and_make_sense() {
+        let scan = |mode: &str, paths: &[&str], exclusions: &[&str]| {
+            ActionParams::Scan(ScanParams {
+                mode: mode.into(),
+                paths: paths.iter().map(|s| s.to_string()).collect(),
+                exclusions: exclusions.iter().map(|s| s.to_string()).collect(),
+            })
+            .validate()
+        };
+        assert!(scan("custom", &["/srv"], &["/srv/cache", "*.iso"]).is_ok());
+        assert!(scan("quick", &[], &[]).is_ok());
+        let e = scan("quick", &["/tmp"], &[]).unwrap_err();
+        assert!(e.contains("name paths with mode custom"), "{e}");
+        let e = scan("custom", &["tmp"], &[]).unwrap_err();
+        assert_eq!(e, "paths \"tmp\" is not absolute");
+        let e = scan("custom", &["/srv"], &["cache"]).unwrap_err();
+        assert_eq!(e, "exclusions \"cache\" is not absolute");
+        let long = format!("/{}", "a".repeat(100_000));
+        let e = scan("custom", &[&long], &[]).unwrap_err();
+        assert_eq!(e, "paths is 100001 bytes long; the limit is 4096");
+        let many = vec!["/a"; 65];
+        let e = scan("custom", &many, &[]).unwrap_err();
+        assert_eq!(e, "paths has 65 entries; the limit is 64");
+        let sample = ActionParams::RequestSample(RequestSampleParams { path: long });
+        assert_eq!(
+            sample.validate().unwrap_err(),
+            "path is 100001 bytes long; the limit is 4096"
+        );
+        let iso = |for_secs| {
+            ActionParams::Isolate(IsolateParams {
+                selective: false,
+                exceptions: vec![],
+                for_secs,
+            })
+            .validate()
+        };
+        assert!(iso(Some(crate::limits::MAX_ISOLATION_SECS)).is_ok());
+        let e = iso(Some(99 * 365 * 86_400)).unwrap_err();
+        assert!(
+            e.contains("longer than the limit of 7776000 seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn sample_paths_are_checked_at_request_time() {
         let p = |s: &str| ActionParams::RequestSample(RequestSampleParams { path: s.into() });
         assert!(p("/etc/hosts").validate().is_ok());
@@ -697,9 +778,9 @@ mod tests {
             .validate()
         };
         assert!(iso(None).is_ok());
-        assert!(iso(Some(MAX_ISOLATION_SECS)).is_ok());
-        let e = iso(Some(MAX_ISOLATION_SECS + 1)).unwrap_err();
-        assert!(e.contains("for_secs") && e.contains("limit"), "{e}");
+        assert!(iso(Some(crate::limits::MAX_ISOLATION_SECS)).is_ok());
+        let e = iso(Some(crate::limits::MAX_ISOLATION_SECS + 1)).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
         assert!(iso(Some(u64::MAX)).is_err());
     }
 }

@@ -10,9 +10,11 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod ids;
+pub mod limits;
 pub mod net;
 pub mod session;
 pub mod sigs;
+pub mod text;
 pub mod wire;
 
 pub use action::{ActionKind, ActionParams, ActionSource, ActionStatus, Outcome};

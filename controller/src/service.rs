@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use palisade_common::action::ActionSpec;
+use palisade_common::limits;
 use palisade_common::wire::{DesiredState, RulesInfo};
 use palisade_common::{ActionId, ActionKind, ActionParams, ActionSource, ActionStatus, DeviceId};
 use serde::Deserialize;
@@ -228,6 +229,8 @@ impl Controller {
         if req.comment.trim().is_empty() {
             return Err(ServiceError::Invalid("a comment is required".into()));
         }
+        let mut req = req;
+        check_request(&mut req).map_err(ServiceError::Invalid)?;
         let source = req.source.unwrap_or(ActionSource::ManualDeviceAction);
         if source == ActionSource::AutomatedDeviceAction {
             return Err(ServiceError::Invalid(
@@ -258,6 +261,10 @@ impl Controller {
                     .collect::<store::Result<Vec<_>>>()
             })
             .await?;
+        // A device named by id and by hostname is still one action.
+        let mut seen = HashSet::new();
+        let mut resolved = resolved;
+        resolved.retain(|d| seen.insert(d.id.clone()));
         for d in &resolved {
             if !who.can(Permission::Respond, Some(&d.device_group)) {
                 return Err(ServiceError::Forbidden(format!(
@@ -334,6 +341,9 @@ impl Controller {
                 Ok((devs, holders))
             })
             .await?;
+        let mut seen = HashSet::new();
+        let mut candidates = candidates;
+        candidates.retain(|d| seen.insert(d.id.clone()));
         let listed = !req.devices.is_empty();
         let mut scope = Vec::new();
         for d in candidates {
@@ -444,6 +454,7 @@ impl Controller {
         comment: String,
     ) -> Result<Vec<ActionRecord>> {
         self.guarded(who, &ids, Permission::Approve).await?;
+        limits::check_comment(&comment).map_err(ServiceError::Invalid)?;
         if !approve && comment.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "a comment is required to reject".into(),
@@ -687,6 +698,7 @@ impl Controller {
         comment: String,
     ) -> Result<Vec<ActionRecord>> {
         let records = self.guarded(who, &ids, Permission::Respond).await?;
+        limits::check_comment(&comment).map_err(ServiceError::Invalid)?;
         if comment.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "a comment is required to cancel".into(),
@@ -746,6 +758,7 @@ impl Controller {
         comment: String,
     ) -> Result<Vec<ActionRecord>> {
         let records = self.guarded(who, &ids, Permission::Approve).await?;
+        limits::check_comment(&comment).map_err(ServiceError::Invalid)?;
         if comment.trim().is_empty() {
             return Err(ServiceError::Invalid(
                 "a comment is required to undo".into(),
@@ -1101,6 +1114,27 @@ pub fn rules_info(set: &store::scan::RuleSet) -> Result<RulesInfo> {
 
 /// Several actions are approved, rejected or undone together only when they are all of one
 /// kind (product rule): otherwise a conflict naming two that differ.
+/// Holds a request to the limits of `palisade_common::limits` and names each device once:
+/// the same device twice is one action.
+fn check_request(req: &mut ActionRequest) -> std::result::Result<(), String> {
+    limits::check_comment(&req.comment)?;
+    if let Some(id) = &req.external_id {
+        limits::check_chars("external_id", id, limits::MAX_EXTERNAL_ID_CHARS)?;
+    }
+    let mut seen = HashSet::new();
+    req.devices.retain(|d| seen.insert(d.clone()));
+    if req.devices.len() > limits::MAX_REQUEST_DEVICES {
+        return Err(format!(
+            "devices names {} devices; the limit is {} (ask for a fleet-wide action to reach more)",
+            req.devices.len(),
+            limits::MAX_REQUEST_DEVICES
+        ));
+    }
+    req.devices
+        .iter()
+        .try_for_each(|d| limits::check_chars("devices", d, limits::MAX_NAME_CHARS))
+}
+
 fn one_kind(records: &[ActionRecord], verb: &str) -> Result<()> {
     let Some(first) = records.first() else {
         return Ok(());

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use palisade_common::action::ActionSpec;
 use palisade_common::codec::{Decode, Encode};
 use palisade_common::frame::{self, FrameError, HEADER_LEN};
+use palisade_common::limits;
 use palisade_common::session::{ControllerEvent, ControllerSession};
 use palisade_common::wire::{
     AgentMessage, EnrollRequest, EnrollResponse, HANDSHAKE_TIMEOUT, Hello, Opening, RulesReply,
@@ -593,12 +594,14 @@ async fn handle_event(
                 .write(move |c| actions::acknowledged(c, &d, id))
                 .await?;
         }
-        ControllerEvent::Progress(id, p) => {
+        ControllerEvent::Progress(id, mut p) => {
+            limits::bound_progress(&mut p);
             ctl.store
                 .write(move |c| actions::progress(c, &d, id, &p))
                 .await?;
         }
-        ControllerEvent::Result(report) => {
+        ControllerEvent::Result(mut report) => {
+            limits::bound_report(&mut report);
             let id = report.id;
             let deadlines = ctl.deadlines();
             // The upload stored the files; the result names them on the action.
@@ -649,7 +652,8 @@ async fn handle_event(
                 return Ok(Some((close_code::OFFBOARDED, "device offboarded".into())));
             }
         }
-        ControllerEvent::Observed(o) => {
+        ControllerEvent::Observed(mut o) => {
+            limits::bound_observed(&mut o);
             let changed = ctl
                 .store
                 .write(move |c| {
@@ -684,7 +688,8 @@ async fn handle_event(
                 ctl.push_desired_to_all().await;
             }
         }
-        ControllerEvent::Events(list) => {
+        ControllerEvent::Events(mut list) => {
+            limits::bound_events(&mut list);
             let n = list.len();
             ctl.store
                 .write(move |c| events::record(c, &d, &list))
@@ -702,7 +707,8 @@ async fn handle_event(
                 .await?;
             tracing::info!(%device, version, "rules enforced");
         }
-        ControllerEvent::Detected(found) => {
+        ControllerEvent::Detected(mut found) => {
+            limits::bound_detections(&mut found);
             let n = found.len();
             let deadlines = ctl.deadlines();
             let created = ctl

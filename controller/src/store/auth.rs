@@ -38,6 +38,7 @@ pub fn add_user(
     role: Role,
     device_groups: &[String],
 ) -> Result<String> {
+    palisade_common::limits::check_chars("name", name, 64).map_err(StoreError::Invalid)?;
     if name.is_empty()
         || name.len() > 64
         || !name

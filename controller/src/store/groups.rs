@@ -56,6 +56,8 @@ pub struct Moved {
 /// A group name an admin may give: 1 to 64 characters, no control characters, not `*` (which
 /// means "every group" in policies and settings).
 pub fn check_group_name(name: &str) -> Result<()> {
+    // A long name is not echoed back whole.
+    palisade_common::limits::check_chars("device_group", name, 64).map_err(StoreError::Invalid)?;
     if name.is_empty()
         || name.chars().count() > 64
         || name == "*"
