@@ -493,6 +493,15 @@ impl ActionStatus {
 
     /// Whether the lifecycle allows moving from `self` to `to`. A repeated or late message
     /// asks for a move that is not allowed, and the caller keeps the current state.
+    /// Whether a device may end an action in this state as `Cancelled`: a running scan that
+    /// the operator stopped on the device (the operator's own cancel goes by `can_move_to`).
+    pub fn can_be_stopped(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Delivered | ActionStatus::Acknowledged | ActionStatus::InProgress
+        )
+    }
+
     pub fn can_move_to(self, to: ActionStatus) -> bool {
         use ActionStatus::*;
         match to {

@@ -712,7 +712,7 @@ impl Controller {
         });
         let actor = who.name.clone();
         // A scan already on its device is stopped there: the agent ends it at once and reports
-        // what it scanned (failed, "cancelled").
+        // what it scanned (the result is recorded cancelled).
         let running = |r: &ActionRecord| {
             r.kind == palisade_common::ActionKind::Scan
                 && matches!(

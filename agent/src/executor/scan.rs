@@ -12,7 +12,8 @@ use crate::scanner::run_scan;
 
 impl<H: Host> Executor<H> {
     /// Runs an antivirus scan with the rules enforced now, reporting progress every second.
-    /// Detections do not fail the scan; a cancelled scan fails with what it did.
+    /// Detections do not fail the scan; a cancelled scan fails with what it did and
+    /// `"cancelled": true`, which the controller records as cancelled.
     pub(super) fn scan(
         &self,
         spec: &ActionSpec,

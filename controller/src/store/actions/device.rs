@@ -177,9 +177,15 @@ pub fn result(
             );
             ActionStatus::Failed
         }
+        // A scan stopped on the operator's request reports failed with `"cancelled": true`.
+        Outcome::Failed if stopped_scan(&rec, &report.detail) => ActionStatus::Cancelled,
         Outcome::Failed => ActionStatus::Failed,
     };
-    if !rec.status.can_move_to(status) {
+    let moves = match status {
+        ActionStatus::Cancelled => rec.status.can_be_stopped(),
+        _ => rec.status.can_move_to(status),
+    };
+    if !moves {
         return Ok((rec, false));
     }
     for a in held
@@ -232,6 +238,13 @@ pub fn result(
     rec.result_summary = Some(summary);
     rec.result_detail = Some(detail);
     Ok((rec, true))
+}
+
+/// Whether a failed result is that of a scan the operator stopped on its device.
+fn stopped_scan(rec: &ActionRecord, detail: &str) -> bool {
+    rec.kind == palisade_common::ActionKind::Scan
+        && serde_json::from_str::<serde_json::Value>(detail)
+            .is_ok_and(|d| d["cancelled"] == serde_json::json!(true))
 }
 
 fn add_artifact(conn: &Connection, id: ActionId, a: &ArtifactRef) -> Result<()> {

@@ -861,6 +861,54 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_stopped_on_its_device_ends_cancelled_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        store
+            .write_blocking(|c| {
+                let dev = enrolled(c, 9, ActionKind::Scan)?;
+                let scan = |c: &Connection| {
+                    create(
+                        c,
+                        NewAction {
+                            params: ActionParams::Scan(palisade_common::action::ScanParams {
+                                mode: "quick".into(),
+                                paths: vec![],
+                                exclusions: vec![],
+                            }),
+                            ..sample_of(&dev, "default")
+                        },
+                        D,
+                    )
+                };
+                let [stopped, broken] = [scan(c)?.id, scan(c)?.id];
+                decide(c, &[stopped, broken], "bob", true, "go", D, &G)?;
+                assert!(self::delivered(c, &dev, stopped)?);
+                assert!(self::delivered(c, &dev, broken)?);
+                let cancelled = ActionReport {
+                    detail: r#"{"cancelled": true}"#.into(),
+                    ..report(stopped, Outcome::Failed)
+                };
+                let (rec, changed) = result(c, &dev, &cancelled, &[])?;
+                assert!(changed);
+                assert_eq!(rec.status, ActionStatus::Cancelled);
+                assert_eq!(get(c, stopped)?.status, ActionStatus::Cancelled);
+                let failed = ActionReport {
+                    detail: r#"{"cancelled": false}"#.into(),
+                    ..report(broken, Outcome::Failed)
+                };
+                assert_eq!(
+                    result(c, &dev, &failed, &[])?.0.status,
+                    ActionStatus::Failed
+                );
+                // A repeated result changes nothing.
+                assert!(!result(c, &dev, &cancelled, &[])?.1);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
     fn the_sweep_ends_only_what_is_past_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
