@@ -247,7 +247,7 @@ fn worker<H: Host>(
             continue;
         }
         for d in &found {
-            tracing::warn!(path = %d.path, matches = ?d.matches, "real-time protection: detection");
+            tracing::warn!(path = %palisade_common::text::escape_control(&d.path), matches = ?d.matches, "real-time protection: detection");
         }
         // Hand over without blocking forever: the runtime takes them while connected.
         let mut batch = found;

@@ -2,6 +2,7 @@
 //! run it, upload its artifacts, and keep its result in the outbox until acknowledged.
 //! Executions run on their own tasks and outlive reconnects.
 
+use palisade_common::text::escape_control;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -331,7 +332,7 @@ pub async fn run<H: Host>(settings: Settings, host: H) -> Result<Exit> {
                 for path in cleanup {
                     let _ = std::fs::remove_file(path);
                 }
-                tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %report.summary, "action finished");
+                tracing::info!(action = %report.id, outcome = ?report.outcome, summary = %escape_control(&report.summary), "action finished");
                 let kind = journal.kind_of(report.id)?;
                 session.submit_result(report);
                 if matches!(
@@ -566,7 +567,7 @@ fn spawn_watch<H: Host>(
                     found.push(WatchNews::Expired);
                 }
                 if let Some(what) = watched.tampered {
-                    tracing::warn!(found = %what, "network rules tampered with; reapplied");
+                    tracing::warn!(found = %escape_control(&what), "network rules tampered with; reapplied");
                     found.push(WatchNews::Tampered(what));
                 }
                 if let Some(drift) = watched.exec_drift

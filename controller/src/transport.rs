@@ -5,6 +5,7 @@
 //! streams into frames for the sans-IO `ControllerSession` and events into store writes; a
 //! result is acknowledged to the agent only after the store has committed it.
 
+use palisade_common::text::escape_control;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -485,7 +486,7 @@ async fn session(
     }
     let (tx, mut commands) = mpsc::unbounded_channel();
     let generation = ctl.registry.register(&device, tx);
-    tracing::info!(%device, hostname = %hello.inventory.hostname, version = %hello.agent_version, "agent connected");
+    tracing::info!(%device, hostname = %escape_control(&hello.inventory.hostname), version = %escape_control(&hello.agent_version), "agent connected");
 
     let mut frames = FrameReader::new(recv);
     let mut session = ControllerSession::accept(
@@ -816,7 +817,7 @@ async fn upload(
             .artifacts
             .resume(begin.action, &begin.sha256, begin.size)?;
         if have > 0 {
-            tracing::info!(%device, action = %begin.action, name = %begin.name, offset = have, size = begin.size, "upload resumes where it stopped");
+            tracing::info!(%device, action = %begin.action, name = %escape_control(&begin.name), offset = have, size = begin.size, "upload resumes where it stopped");
         }
         (Sink::File(Some(f)), have)
     };
@@ -863,7 +864,7 @@ async fn upload(
         // Durable in the store: the action's result names it (`actions::result`).
         Ok(()) => {
             write_frame(&mut send, &UploadReply::Stored).await?;
-            tracing::info!(%device, action = %begin.action, name = %begin.name, size = begin.size, "artifact stored");
+            tracing::info!(%device, action = %begin.action, name = %escape_control(&begin.name), size = begin.size, "artifact stored");
         }
         Err(e) => {
             write_frame(&mut send, &refuse(format!("{e:#}"))).await?;

@@ -130,9 +130,12 @@ fn time(ms: Option<i64>) -> String {
 
 /// One CSV field: neutralised against formula injection, then quoted when needed.
 pub fn field(value: &str) -> String {
+    // Control characters from devices and users are escaped (`\n`, `\u{1b}` …): a cell
+    // cannot break into new records nor carry terminal escapes.
+    let value = palisade_common::text::escape_control(value);
     let neutral = match value.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}"),
-        _ => value.to_owned(),
+        _ => value.into_owned(),
     };
     if neutral.contains([',', '"', '\r', '\n']) || neutral.starts_with(' ') {
         format!("\"{}\"", neutral.replace('"', "\"\""))
@@ -267,7 +270,8 @@ mod tests {
         assert_eq!(field("plain"), "plain");
         assert_eq!(field("a,b"), "\"a,b\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(field("two\r\nlines"), "\"two\r\nlines\"");
+        assert_eq!(field("two\r\nlines"), "two\\r\\nlines");
+        assert_eq!(field("a\u{1b}[2J,b"), "\"a\\u{1b}[2J,b\"");
         assert_eq!(field("héllo ✓"), "héllo ✓");
         let mut out = String::new();
         row(&mut out, ["a".to_owned(), "b,c".to_owned(), String::new()]);
@@ -280,7 +284,7 @@ mod tests {
         assert_eq!(field("+1"), "'+1");
         assert_eq!(field("-cmd"), "'-cmd");
         assert_eq!(field("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(field("\tx"), "'\tx");
+        assert_eq!(field("\tx"), "\\tx");
         assert_eq!(field("a=b"), "a=b");
     }
 

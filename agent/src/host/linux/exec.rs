@@ -543,7 +543,7 @@ fn verdict(shared: &Shared, fd: BorrowedFd<'_>, pid: i32) -> Result<bool, HostEr
                 }
             }
             if let Verdict::Deny(why) = &v {
-                tracing::info!(%path, pid, reason = %why, "exec denied");
+                tracing::info!(path = %palisade_common::text::escape_control(&path), pid, reason = %why, "exec denied");
             }
             let allow = v.allowed();
             let mut cache = shared.cache.lock().expect("cache lock");
