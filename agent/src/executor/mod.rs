@@ -438,6 +438,36 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_of_missing_roots_fails_and_a_partly_missing_one_names_them() {
+        let scan = |id: u64, paths: &[&str]| ActionSpec {
+            id: ActionId(id),
+            params: ActionParams::Scan(palisade_common::action::ScanParams {
+                mode: "custom".into(),
+                paths: paths.iter().map(|s| s.to_string()).collect(),
+                exclusions: vec![],
+            }),
+        };
+        let (_dir, ex) = executor(FakeHost::default().with_file("/srv/a", b"clean"));
+        let (r, _) = ex.run(&scan(1, &["/nope"]), &|_| {});
+        assert_eq!(r.outcome, Outcome::Failed, "{}", r.summary);
+        assert!(r.summary.contains("not scanned"), "{}", r.summary);
+        assert!(!r.summary.contains("nothing found"), "{}", r.summary);
+        let (r, _) = ex.run(&scan(2, &["/srv", "/gone"]), &|_| {});
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert!(
+            r.summary
+                .ends_with("not scanned (missing or unreadable): /gone"),
+            "{}",
+            r.summary
+        );
+        let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+        assert_eq!(detail["not_scanned"], serde_json::json!(["/gone"]));
+        let (r, _) = ex.run(&scan(3, &["/srv"]), &|_| {});
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert!(!r.summary.contains("not scanned"), "{}", r.summary);
+    }
+
+    #[test]
     fn a_refused_sample_fails_with_the_reason() {
         let (_dir, ex) = executor(FakeHost::default());
         let (r, uploads) = ex.run(&sample(6, "/nope"), &|_| {});

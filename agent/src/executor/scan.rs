@@ -76,7 +76,23 @@ impl<H: Host> Executor<H> {
             out.duration.as_secs_f64(),
             out.rules_version,
         );
-        let outcome = if cancelled {
+        // A root that does not exist or cannot be read was not scanned: never clean. A scan
+        // none of whose roots could be scanned fails.
+        let missing = &out.walked.missing;
+        let none_scanned = !job.paths.is_empty() && missing.len() >= job.paths.len();
+        let summary = match missing.len() {
+            0 => summary,
+            _ if none_scanned => format!(
+                "{} scan failed: not scanned (missing or unreadable): {}",
+                p.mode,
+                missing.join(", ")
+            ),
+            _ => format!(
+                "{summary}; not scanned (missing or unreadable): {}",
+                missing.join(", ")
+            ),
+        };
+        let outcome = if cancelled || none_scanned {
             Outcome::Failed
         } else {
             Outcome::Succeeded
@@ -84,6 +100,7 @@ impl<H: Host> Executor<H> {
         let mut detail = out.detail();
         detail["mode"] = json!(p.mode);
         detail["cancelled"] = json!(cancelled);
+        detail["not_scanned"] = json!(missing);
         report(spec, outcome, summary, detail)
     }
 }

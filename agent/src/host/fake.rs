@@ -87,8 +87,17 @@ impl Host for FakeHost {
                 worker.scan(&meta, &bytes);
             }
         }
+        // A custom root exists when a fake file is under it.
+        let (roots, missing) = {
+            let files = self.files.lock().unwrap();
+            job.paths
+                .iter()
+                .map(|r| r.display().to_string())
+                .partition(|r| files.keys().any(|p| p.starts_with(r)))
+        };
         Walked {
-            roots: job.paths.iter().map(|p| p.display().to_string()).collect(),
+            roots,
+            missing,
             ..Default::default()
         }
     }

@@ -240,6 +240,9 @@ pub struct Walked {
     pub roots: Vec<String>,
     /// Directories that could not be listed, roots that do not exist.
     pub errors: Vec<String>,
+    /// Roots asked for by name (custom and full scans) that do not exist or could not be
+    /// read: not scanned, never reported clean.
+    pub missing: Vec<String>,
     pub directories: u64,
 }
 

@@ -217,6 +217,7 @@ pub fn scan(job: &ScanJob, sink: &dyn ScanSink) -> Walked {
             Err(_) if job.mode == ScanMode::Quick => continue,
             Err(e) => {
                 walked.errors.push(format!("{}: {e}", root.path.display()));
+                walked.missing.push(root.path.display().to_string());
                 continue;
             }
         };
