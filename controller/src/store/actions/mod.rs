@@ -882,7 +882,7 @@ mod tests {
                     )
                 };
                 let [stopped, broken] = [scan(c)?.id, scan(c)?.id];
-                decide(c, &[stopped, broken], "bob", true, "go", D, &G)?;
+                decide(c, &[stopped, broken], "bob", true, "go", D)?;
                 assert!(self::delivered(c, &dev, stopped)?);
                 assert!(self::delivered(c, &dev, broken)?);
                 let cancelled = ActionReport {
