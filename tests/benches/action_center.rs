@@ -14,7 +14,7 @@ use palisade_tests::bench::knob;
 use palisade_tests::{Controller, sqlite3};
 use serde_json::json;
 
-fn main() {
+pub fn main() {
     let n = knob("PALISADE_BENCH_N", 100_000, 2_000);
     let rounds = knob("PALISADE_BENCH_ROUNDS", 50, 2);
     let ctl = Controller::start();

@@ -26,7 +26,7 @@ fn sample(pid: i32) -> (u64, u64) {
     (rss, ticks)
 }
 
-fn main() {
+pub fn main() {
     let secs = knob("PALISADE_IDLE_SECS", 600, 5).max(5) as u64;
     let ctl = Controller::start();
     let agent = ctl.enroll_agent().started();

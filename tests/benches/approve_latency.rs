@@ -121,7 +121,7 @@ fn one_action(
     }
 }
 
-fn main() {
+pub fn main() {
     let n = knob("PALISADE_BENCH_N", 1000, 20).max(1);
     let size = env_usize("PALISADE_BENCH_SAMPLE_BYTES", 4096);
     let poll = Duration::from_micros(env_usize("PALISADE_BENCH_POLL_US", 1000) as u64);

@@ -166,7 +166,7 @@ fn cold_cache() {
     }
 }
 
-fn main() {
+pub fn main() {
     // The simulated agents' failed attempts are errors too: as in the controller (its
     // `main`), they must not each capture a backtrace when RUST_BACKTRACE is set.
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {

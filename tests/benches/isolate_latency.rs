@@ -64,7 +64,7 @@ fn one(api: &Api, device: &str, params: Value) -> Times {
     )
 }
 
-fn main() {
+pub fn main() {
     let n = knob("PALISADE_BENCH_N", 200, 3).max(1);
     let lab = Lab::up(&["a"]).expect("lab up (needs root)");
     let ctl = Controller::start_on(&format!("{}:0", lab.gateway_v4), &[]);

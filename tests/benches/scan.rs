@@ -235,7 +235,7 @@ struct Row {
     found: String,
 }
 
-fn main() {
+pub fn main() {
     let threads: usize = std::env::var("PALISADE_BENCH_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

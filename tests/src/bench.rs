@@ -9,9 +9,10 @@ use crate::Controller;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether this benchmark binary runs as a smoke test. `cargo bench` passes `--bench`: measure
-/// with the full knobs and release binaries. `cargo test` runs every bench target too (`test =
-/// true` in the manifest) without it: a short run with small knobs and the debug binaries, which
-/// checks that the benchmark still works and measures nothing.
+/// with the full knobs and release binaries. Under `cargo test` each benchmark's `main` runs from
+/// its tier's test binary (`bench_smoke` in `tests/e2e` and `tests/lab`) without it: a short run
+/// with small knobs and the debug binaries, which checks that the benchmark still works and
+/// measures nothing.
 pub fn smoke() -> bool {
     !std::env::args().any(|a| a == "--bench")
 }

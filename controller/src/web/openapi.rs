@@ -70,7 +70,7 @@ struct Security;
 /// permission the caller's role must grant (none: any authenticated caller), and `unscoped`
 /// when only users of every device group may call it. Operations absent here are public (only
 /// `PUBLIC`); a unit test checks that every documented operation is in exactly one of the
-/// two, and `tests/tests/web_api.rs` checks that the API refuses everyone else.
+/// two, and `tests/tests/e2e/web_api.rs` checks that the API refuses everyone else.
 pub const ACCESS: &[(&str, &str, &[&str])] = &[
     ("get", "/api/v1/whoami", &[]),
     ("get", "/api/v1/session", &[]),

@@ -291,3 +291,46 @@ fn the_controllers_store_names_nothing_above_it() {
         "the action queue calls containment: {bad:#?}"
     );
 }
+
+/// Every Rust file of the workspace (not `target/`), relative to the root.
+fn workspace_rust_files() -> Vec<(String, String)> {
+    let root = root();
+    let mut out = Vec::new();
+    for member in ["agent", "controller", "common", "cli", "tests", "xtask"] {
+        for file in rust_files(&root.join(member)) {
+            let rel = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, std::fs::read_to_string(&file).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_source_file_opens_with_what_it_is_for() {
+    // A reader who opens a file learns from its first line what it holds (`//!`).
+    let bad: Vec<String> = workspace_rust_files()
+        .into_iter()
+        .filter(|(_, text)| !text.starts_with("//!"))
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(bad.is_empty(), "files without a `//!` opening: {bad:#?}");
+}
+
+#[test]
+fn every_member_takes_the_workspace_lints() {
+    // The lints live once, in the root manifest's [workspace.lints], not in flags or attributes.
+    let root = root();
+    let top = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(top.contains("[workspace.lints.rust]") && top.contains("[workspace.lints.clippy]"));
+    for member in ["agent", "controller", "common", "cli", "tests", "xtask"] {
+        let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("[lints]\nworkspace = true"),
+            "{member}/Cargo.toml does not take the workspace lints"
+        );
+    }
+}

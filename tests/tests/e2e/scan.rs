@@ -422,7 +422,7 @@ fn a_running_scan_can_be_cancelled_and_reports_its_progress() {
     assert!(progress.contains("detections so far"), "{progress} {v}");
     l.ctl
         .json(&["actions", "cancel", &id.to_string(), "--comment", "enough"]);
-    let v = l.ctl.wait_status(id, "failed", T);
+    let v = l.ctl.wait_status(id, "cancelled", T);
     let summary = v["action"]["result_summary"].as_str().unwrap();
     assert!(summary.contains("cancelled"), "{summary}");
     assert_eq!(v["action"]["result_detail"]["cancelled"], true);
