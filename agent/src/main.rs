@@ -127,6 +127,12 @@ enum Command {
     },
     /// Test aid: moves PATH into the vault and back in a loop through the real vault code,
     /// so that a test can kill -9 it at any moment and check `vault recover`.
+    /// Write the manual pages into a directory (made if missing); the packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into.
+        dir: PathBuf,
+    },
     #[command(hide = true)]
     VaultDrill {
         path: PathBuf,
@@ -164,6 +170,11 @@ fn main() -> ExitCode {
 }
 
 fn main_result(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Man { dir } = &cli.command {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        return clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir)
+            .with_context(|| format!("cannot write the manual pages into {}", dir.display()));
+    }
     let file = match &cli.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -293,6 +304,7 @@ fn main_result(cli: Cli) -> anyhow::Result<()> {
             | Command::Vault { .. }
             | Command::VaultDrill { .. }
             | Command::ReleaseIsolation { .. }
+            | Command::Man { .. }
             | Command::Scan { .. } => {
                 unreachable!("handled above")
             }

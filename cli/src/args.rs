@@ -106,28 +106,47 @@ pub(crate) enum Command {
     Whoami,
     /// The controller's version, uptime, connected agents and handshake counts.
     Status,
+    /// Print a shell completion script: `palisadectl completions bash >
+    /// /etc/bash_completion.d/palisadectl` (zsh: into a directory of $fpath as `_palisadectl`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (palisadectl.1 and one per subcommand) into a directory; the
+    /// packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into (made if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum DevicesCmd {
+    /// Every enrolled device you may see: hostname, group, last contact, desired state.
     List,
     /// One device and its queue of approved, unfinished actions.
     Show {
+        /// Device id or hostname.
         device: String,
     },
     /// The files in a device's quarantine vault, as its agent last reported them.
     Vault {
+        /// Device id or hostname.
         device: String,
     },
     /// What the device reported on its own (denied executions …), newest first.
     Events {
+        /// Device id or hostname.
         device: String,
+        /// At most this many events.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// An offline release code for an isolated device: `palisade-agent release-isolation
     /// --code CODE` on the device releases it without the controller (once, until expiry).
     BreakGlass {
+        /// Device id or hostname.
         device: String,
         /// How long the code stays valid (at most 30d).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -138,9 +157,12 @@ pub(crate) enum DevicesCmd {
     /// Put a device in a device group by hand (wins over the membership rules), or with
     /// --clear hand it back to the rules (admin of every group).
     SetGroup {
+        /// Device id or hostname.
         device: String,
+        /// The device group to put it in.
         #[arg(required_unless_present = "clear")]
         group: Option<String>,
+        /// Hand the device back to the membership rules.
         #[arg(long, conflicts_with = "group")]
         clear: bool,
     },
@@ -154,6 +176,7 @@ pub(crate) enum GroupRulesCmd {
     /// `GROUP [hostname=GLOB] [cidr=BLOCK]`, e.g. `--rule 'web hostname=web-* cidr=10.1.0.0/16'`;
     /// the first rule a device matches places it.
     Set {
+        /// One rule, `GROUP [hostname=GLOB] [cidr=BLOCK]` (repeatable, in order).
         #[arg(long = "rule")]
         rules: Vec<String>,
     },
@@ -163,6 +186,7 @@ pub(crate) enum GroupRulesCmd {
 pub(crate) enum AllowlistCmd {
     /// Replace a group's allowlist (with no --sha256 and no --path: empty it).
     Set {
+        /// The device group.
         #[arg(long = "group", default_value = "default")]
         device_group: String,
         /// SHA-256 of an allowed file (64 hex digits). Repeatable.
@@ -172,6 +196,7 @@ pub(crate) enum AllowlistCmd {
         #[arg(long)]
         path: Vec<String>,
     },
+    /// Each group's allowlist.
     List,
 }
 
@@ -218,6 +243,7 @@ pub(crate) enum KindCmd {
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         for_: Option<Duration>,
     },
+    /// End an isolation: the device's network is open again (the undo of isolate).
     ReleaseIsolation {
         #[command(flatten)]
         common: Common,
@@ -274,19 +300,25 @@ pub(crate) enum KindCmd {
         /// quick, full or custom.
         #[arg(long, default_value = "quick")]
         mode: String,
+        /// An absolute path to scan (custom scans only; repeatable).
         #[arg(long = "path")]
         paths: Vec<String>,
+        /// An absolute path or glob to leave out (repeatable).
         #[arg(long = "exclude")]
         exclusions: Vec<String>,
     },
+    /// Let only trusted system binaries and the group's allowlist run on the device.
     RestrictExecution {
         #[command(flatten)]
         common: Common,
     },
+    /// Lift a code-execution restriction (the undo of restrict-execution).
     ReleaseExecution {
         #[command(flatten)]
         common: Common,
     },
+    /// Collect an investigation package (processes, connections, users, persistence, logs …)
+    /// and upload it; `artifacts download --wait` fetches it.
     CollectPackage {
         #[command(flatten)]
         common: Common,
@@ -326,11 +358,14 @@ pub(crate) struct ContainTarget {
 
 #[derive(Subcommand)]
 pub(crate) enum ActionsCmd {
+    /// Actions, newest first, filtered and sorted as the Action center's lists.
     List(ListArgs),
     /// One action with its hop timeline and history.
     Show {
+        /// The action's id.
         id: String,
     },
+    /// Approve pending actions (with four eyes: not your own request).
     Approve(DecideArgs),
     /// Export the filtered list (every page of it) as CSV, as the Action center does.
     Export(ExportArgs),
@@ -353,17 +388,22 @@ pub(crate) struct ListArgs {
     /// Only actions created in this window, e.g. 1d, 7d, 30d.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) since: Option<Duration>,
+    /// Only this action kind, e.g. isolate, scan, request_sample.
     #[arg(long)]
     pub(crate) kind: Option<ActionKind>,
+    /// Only this status, e.g. pending_approval, succeeded, failed.
     #[arg(long)]
     pub(crate) status: Option<ActionStatus>,
+    /// Only this source, e.g. manual_device_action, automated_investigation.
     #[arg(long)]
     pub(crate) source: Option<ActionSource>,
     /// Device id or hostname.
     #[arg(long)]
     pub(crate) device: Option<String>,
+    /// Only devices of this group.
     #[arg(long = "group")]
     pub(crate) device_group: Option<String>,
+    /// Only actions this user requested.
     #[arg(long)]
     pub(crate) requested_by: Option<String>,
     /// Only the children of this fleet-wide action (its devices' actions).
@@ -376,8 +416,10 @@ pub(crate) struct ListArgs {
     /// Ascending (default descending).
     #[arg(long)]
     pub(crate) asc: bool,
+    /// At most this many actions (a page).
     #[arg(long, default_value_t = 100)]
     pub(crate) limit: u32,
+    /// Skip this many first (the next page).
     #[arg(long, default_value_t = 0)]
     pub(crate) offset: u32,
 }
@@ -398,8 +440,10 @@ pub(crate) struct ExportArgs {
 
 #[derive(Args)]
 pub(crate) struct DecideArgs {
+    /// The actions' ids.
     #[arg(required = true)]
     pub(crate) ids: Vec<u64>,
+    /// Why, kept in the history (required to reject).
     #[arg(long, default_value = "")]
     pub(crate) comment: String,
 }
@@ -408,23 +452,34 @@ pub(crate) struct DecideArgs {
 pub(crate) enum ArtifactsCmd {
     /// Download an action's artifact, verifying its sha256.
     Download {
+        /// The action that uploaded it (request-sample, collect-package).
         action: u64,
+        /// The file to write.
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// Which artifact (default: the action's only one).
         #[arg(long)]
         name: Option<String>,
+        /// Wait until the action has finished (a package takes 15–30 s to collect and upload).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
 #[derive(Subcommand)]
 pub(crate) enum EnrollTokenCmd {
+    /// Make an enrolment token; prints it once.
     Create {
         /// How many agents may enroll with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// How long it stays valid, e.g. 24h, 7d (at most 365 days).
         #[arg(long, default_value = "24h")]
         expires_in: String,
+        /// The device group the enrolled devices join.
         #[arg(long = "group", default_value = "default")]
         device_group: String,
     },
@@ -434,6 +489,7 @@ pub(crate) enum EnrollTokenCmd {
 pub(crate) enum UsersCmd {
     /// Add a user; prints their API token once.
     Add {
+        /// The user's name.
         name: String,
         /// viewer, responder, approver, investigator or admin.
         #[arg(long)]
@@ -442,10 +498,12 @@ pub(crate) enum UsersCmd {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
+    /// Every user with their role and groups.
     List,
     /// Set a user's password for the web Action center (admins: anyone's), read from the
     /// first line of standard input; ends the user's web sessions.
     SetPassword {
+        /// The user's name.
         name: String,
     },
 }
@@ -454,15 +512,20 @@ pub(crate) enum UsersCmd {
 pub(crate) enum PolicyCmd {
     /// Set the approval policy for a group (or * for all) and a kind (default: all kinds).
     Set {
+        /// The device group, or * for every group without its own row.
         #[arg(long = "group", default_value = "*")]
         device_group: String,
+        /// The action kind (default: every kind).
         #[arg(long)]
         kind: Option<ActionKind>,
+        /// true: the action waits for an approver; false: it is approved at once.
         #[arg(long, action = clap::ArgAction::Set)]
         require_approval: bool,
+        /// true: the approver must not be the requester (four eyes).
         #[arg(long, action = clap::ArgAction::Set)]
         distinct_approver: bool,
     },
+    /// Every policy row.
     List,
 }
 
@@ -472,8 +535,10 @@ pub(crate) enum AuditCmd {
     Verify,
     /// Recent audit records (optionally for one action).
     List {
+        /// Only the records of this action.
         #[arg(long)]
         action: Option<u64>,
+        /// At most this many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -484,8 +549,10 @@ pub(crate) enum RulesCmd {
     /// Upload a new rule set made of these files (.yar/.yara, .hdb/.hsb); it replaces the
     /// current one on every agent. Compile errors name the file and line.
     Upload {
+        /// The rule files.
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
+        /// Why, kept in the history.
         #[arg(long, default_value = "")]
         comment: String,
     },
@@ -497,6 +564,7 @@ pub(crate) enum RulesCmd {
 pub(crate) enum RealtimeCmd {
     /// Turn it on or off for a group (or * for the default of every group without its own).
     Set {
+        /// The device group, or * for the default.
         #[arg(long = "group", default_value = "*")]
         device_group: String,
         /// on or off.
@@ -511,11 +579,77 @@ pub(crate) enum RealtimeCmd {
 pub(crate) enum AutomationCmd {
     /// Set a group's level (or * for the default of every group without its own).
     Set {
+        /// The device group, or * for the default.
         #[arg(long = "group", default_value = "*")]
         device_group: String,
         /// full, semi or none.
         #[arg(long)]
         level: String,
     },
+    /// Each group's level.
     List,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand and every argument, as `palisadectl a b --flag`, with what is wrong.
+    fn missing_help(cmd: &clap::Command, path: &str, bad: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg
+                .get_help()
+                .is_none_or(|h| h.to_string().trim().is_empty())
+            {
+                bad.push(format!("{path} {id}: no help line"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let here = format!("{path} {}", sub.get_name());
+            match sub.get_about().map(|a| a.to_string()) {
+                None => bad.push(format!("{here}: no help line")),
+                // The help of a flattened argument group is not the command's.
+                Some(a) if a.starts_with("Options every") => {
+                    bad.push(format!("{here}: says {a:?}"));
+                }
+                Some(_) => {}
+            }
+            missing_help(sub, &here, bad);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_has_its_own_help_line() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut bad = Vec::new();
+        missing_help(&cmd, "palisadectl", &mut bad);
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    #[test]
+    fn the_usage_line_does_not_ask_for_what_has_a_default_or_comes_from_the_environment() {
+        let mut cmd = Cli::command();
+        let usage = cmd.render_usage().to_string();
+        assert!(
+            !usage.contains("--url") && !usage.contains("--token"),
+            "{usage}"
+        );
+        let isolate = cmd
+            .find_subcommand_mut("action")
+            .and_then(|a| a.find_subcommand_mut("isolate"))
+            .unwrap()
+            .render_usage()
+            .to_string();
+        assert!(
+            !isolate.contains("--url") && !isolate.contains("--token"),
+            "{isolate}"
+        );
+    }
 }

@@ -3,8 +3,10 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use palisade_common::ActionStatus;
 use serde_json::Value;
 
 pub struct Client {
@@ -144,6 +146,34 @@ fn json_or_error(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value> {
     bail!("{message} (HTTP {})", status.as_u16())
 }
 
+/// Waits until `action` is in a final state (its artifacts are then complete), saying once on
+/// stderr what it waits for; an error after `timeout`.
+pub fn wait_until_finished(client: &Client, action: u64, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let v = client.get(&format!("/api/v1/actions/{action}"), &[])?;
+        let status = v["action"]["status"].as_str().unwrap_or("?").to_owned();
+        if status
+            .parse::<ActionStatus>()
+            .is_ok_and(ActionStatus::is_final)
+        {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "action {action} is still {status} after {}",
+                humantime::format_duration(timeout)
+            );
+        }
+        if !said {
+            eprintln!("waiting for action {action} to finish (now {status}) …");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Downloads an action's artifact to `output`, verifying size and sha256; the file appears
 /// only once it is complete and checked.
 pub fn download(
@@ -200,9 +230,18 @@ pub fn download(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let tmp = output.with_extension("part");
-    let mut file =
-        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // Beside the output, with `.part` appended (not replacing the extension): `a.tar.gz`
+    // becomes `a.tar.gz.part`, renamed once complete and checked.
+    let mut tmp = output.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = File::create(&tmp).with_context(|| {
+        format!(
+            "cannot write {} (kept as {} until verified)",
+            output.display(),
+            tmp.display()
+        )
+    })?;
     let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];

@@ -35,6 +35,28 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // These two only describe the CLI itself: no controller, no token.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            // Into memory first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "palisadectl", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot make {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let json_out = cli.json;
     let client = Client::new(&cli.url, cli.token.as_deref(), cli.ca_cert.as_deref())?;
     let print = |v: &Value| -> Result<()> {
@@ -484,8 +506,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     action,
                     output,
                     name,
+                    wait,
+                    timeout,
                 },
         } => {
+            if wait {
+                client::wait_until_finished(&client, action, timeout)?;
+            }
             client::download(&client, action, name.as_deref(), &output, !json_out)?;
         }
         Command::EnrollToken {
@@ -662,6 +689,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.print();
             }
         }
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("answered above"),
     }
     Ok(ExitCode::SUCCESS)
 }

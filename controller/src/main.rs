@@ -29,6 +29,12 @@ enum Command {
     Run,
     /// Check the configuration and exit: 0 if it is valid (systemd ExecStartPre).
     Validate,
+    /// Write the manual pages into a directory (made if missing); the packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into.
+        dir: PathBuf,
+    },
 }
 
 /// Flags mirror the configuration file's keys (see packaging/etc/controller.toml).
@@ -106,6 +112,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Man { dir }) = &cli.command {
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(anyhow::anyhow!(
+                "cannot write the manual pages into {}: {e}",
+                dir.display()
+            )),
+        };
+    }
     let file = match &cli.config {
         Some(path) => match FileConfig::load(path) {
             Ok(f) => f,

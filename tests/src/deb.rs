@@ -69,6 +69,23 @@ impl Stage {
             .arg(self.root.join(dest.trim_start_matches('/'))))?;
         Ok(())
     }
+
+    /// The binary's manual pages, written by its hidden `man DIR` command from its own
+    /// command-line definitions, gzipped into /usr/share/man/man1.
+    fn man_pages(&self, bin: &Path) -> Result<()> {
+        let dir = self.root.join("usr/share/man/man1");
+        fs::create_dir_all(&dir)?;
+        run(Command::new(bin).arg("man").arg(&dir))?;
+        for entry in fs::read_dir(&dir)? {
+            let page = entry?.path();
+            if page.extension().is_some_and(|e| e == "1") {
+                run(Command::new("gzip").args(["-9n", "-f"]).arg(&page))?;
+                let gz = page.with_extension("1.gz");
+                fs::set_permissions(&gz, fs::Permissions::from_mode(0o644))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Package<'a> {
@@ -102,6 +119,7 @@ pub fn build(bins: &Binaries, out: &Path) -> Result<Vec<PathBuf>> {
     };
     let stage = new_stage(out, agent.name)?;
     stage.binary("/usr/bin/palisade-agent", &bins.agent)?;
+    stage.man_pages(&bins.agent)?;
     stage.file(
         "/lib/systemd/system/palisade-agent.service",
         &pkg.join("systemd/palisade-agent.service"),
@@ -128,6 +146,8 @@ pub fn build(bins: &Binaries, out: &Path) -> Result<Vec<PathBuf>> {
     let stage = new_stage(out, controller.name)?;
     stage.binary("/usr/bin/palisade-controller", &bins.controller)?;
     stage.binary("/usr/bin/palisadectl", &bins.ctl)?;
+    stage.man_pages(&bins.controller)?;
+    stage.man_pages(&bins.ctl)?;
     stage.file(
         "/lib/systemd/system/palisade-controller.service",
         &pkg.join("systemd/palisade-controller.service"),

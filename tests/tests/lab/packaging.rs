@@ -61,6 +61,8 @@ fn packages_contain_what_an_admin_needs() {
                 "-rw-r--r-- root/root .* ./etc/palisade/agent.toml",
                 "./usr/share/doc/palisade-agent/copyright",
                 "./usr/share/doc/palisade-agent/changelog.Debian.gz",
+                "-rw-r--r-- root/root .* ./usr/share/man/man1/palisade-agent.1.gz",
+                "./usr/share/man/man1/palisade-agent-enroll.1.gz",
             ],
         ),
         (
@@ -70,6 +72,9 @@ fn packages_contain_what_an_admin_needs() {
                 "-rwxr-xr-x root/root .* ./usr/bin/palisadectl",
                 "-rw-r--r-- root/root .* ./lib/systemd/system/palisade-controller.service",
                 "-rw-r--r-- root/root .* ./etc/palisade/controller.toml",
+                "-rw-r--r-- root/root .* ./usr/share/man/man1/palisade-controller.1.gz",
+                "./usr/share/man/man1/palisadectl.1.gz",
+                "./usr/share/man/man1/palisadectl-action-isolate.1.gz",
             ],
         ),
     ];
