@@ -679,7 +679,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     t.row(vec![
                         text(&r["seq"]),
                         ts(&r["at"]),
-                        text(&r["actor"]),
+                        render::actor(r),
                         text(&r["event"]),
                         text(&r["action_id"]),
                         text(&r["device_id"]),

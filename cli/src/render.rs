@@ -4,6 +4,9 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use palisade_common::labels::Hop;
+use palisade_common::{ActionKind, ActionSource, ActionStatus};
+
 use crate::table::{Table, ts};
 
 pub(crate) fn text(v: &Value) -> String {
@@ -11,6 +14,35 @@ pub(crate) fn text(v: &Value) -> String {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// The label of an identifier (`palisade_common::labels`), or the identifier itself when this
+/// build does not know it (a newer controller).
+fn word<T: std::str::FromStr>(v: &Value, label: fn(T) -> &'static str) -> String {
+    let id = text(v);
+    id.parse::<T>().map(|t| label(t).to_owned()).unwrap_or(id)
+}
+
+pub(crate) fn kind(v: &Value) -> String {
+    word(v, ActionKind::label)
+}
+
+pub(crate) fn status(v: &Value) -> String {
+    word(v, ActionStatus::label)
+}
+
+pub(crate) fn source(v: &Value) -> String {
+    word(v, ActionSource::label)
+}
+
+/// Who did something: a device's hostname where the API names one (`actor_name`), else the
+/// actor (a user's name, or a device id).
+pub(crate) fn actor(r: &Value) -> String {
+    if r["actor_name"].is_string() {
+        text(&r["actor_name"])
+    } else {
+        text(&r["actor"])
     }
 }
 
@@ -55,6 +87,7 @@ pub(crate) fn actions_table(actions: &Value) -> Table {
         "id",
         "action",
         "device",
+        "target",
         "status",
         "source",
         "requested by",
@@ -65,7 +98,7 @@ pub(crate) fn actions_table(actions: &Value) -> Table {
     for a in actions.as_array().into_iter().flatten() {
         t.row(vec![
             text(&a["id"]),
-            text(&a["kind"]),
+            kind(&a["kind"]),
             if !a["children"].is_null() {
                 format!("fleet ({})", text(&a["children"]["total"]))
             } else if a["hostname"].is_null() {
@@ -73,8 +106,9 @@ pub(crate) fn actions_table(actions: &Value) -> Table {
             } else {
                 text(&a["hostname"])
             },
-            text(&a["status"]),
-            text(&a["source"]),
+            text(&a["entity"]),
+            status(&a["status"]),
+            source(&a["source"]),
             text(&a["requested_by"]),
             ts(&a["created_at"]),
             text(&a["comment"]),
@@ -121,8 +155,18 @@ pub(crate) fn show_action(v: &Value) {
         "parent_id",
     ];
     for f in fields {
-        if !a[f].is_null() {
-            t.row(vec![f.into(), text(&a[f])]);
+        if a[f].is_null() {
+            continue;
+        }
+        let value = match f {
+            "kind" => kind(&a[f]),
+            "status" => status(&a[f]),
+            "source" => source(&a[f]),
+            _ => text(&a[f]),
+        };
+        t.row(vec![f.into(), value]);
+        if f == "kind" && !text(&a["entity"]).is_empty() {
+            t.row(vec!["target".into(), text(&a["entity"])]);
         }
     }
     t.row(vec!["params".into(), a["params"].to_string()]);
@@ -153,7 +197,7 @@ pub(crate) fn show_action(v: &Value) {
     println!("\ntimeline:");
     let mut hops = Table::new(&["hop", "at", "by"]);
     for h in v["timeline"].as_array().into_iter().flatten() {
-        hops.row(vec![text(&h["hop"]), ts(&h["at"]), text(&h["actor"])]);
+        hops.row(vec![word(&h["hop"], Hop::label), ts(&h["at"]), actor(h)]);
     }
     hops.print();
     if let Some(arts) = a["artifacts"].as_array().filter(|a| !a.is_empty()) {

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod frame;
 pub mod ids;
+pub mod labels;
 pub mod limits;
 pub mod net;
 pub mod session;

@@ -24,6 +24,7 @@ type Ctl = State<Arc<Controller>>;
 pub fn router(ctl: Arc<Controller>) -> Router {
     Router::new()
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/labels", get(labels))
         .route("/api/v1/status", get(status))
         .route("/api/v1/ca", get(ca))
         .route("/api/v1/devices", get(list_devices))
@@ -220,6 +221,14 @@ pub(crate) fn require_global(who: &Principal, p: Permission) -> ApiResult<()> {
     responses((status = 200, description = "the caller: name, role, device groups")))]
 async fn whoami(who: Principal) -> Json<Principal> {
     Json(who)
+}
+
+/// The words for every kind, status, source and timeline hop: the web page shows these, as
+/// `palisadectl` and the CSV export do, from the one list in `palisade_common::labels`.
+#[utoipa::path(get, path = "/api/v1/labels", tag = "session",
+    responses((status = 200, description = "the label of every action kind, status, source and timeline hop")))]
+async fn labels(_who: Principal) -> Json<palisade_common::labels::Labels> {
+    Json(palisade_common::labels::Labels::all())
 }
 
 /// The controller's own state: what an admin watching a large fleet (or a connect storm)
@@ -572,9 +581,13 @@ async fn list_actions(
 
 #[derive(Serialize)]
 struct Hop {
-    hop: &'static str,
+    hop: palisade_common::labels::Hop,
     at: Option<i64>,
+    /// Who took the step: a user's name, or for the device's hops its device id.
     actor: Option<String>,
+    /// The device's hostname for the device's hops (the actor is its id); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor_name: Option<String>,
 }
 
 /// Children of a fleet-wide action shown in its detail.
@@ -632,41 +645,38 @@ async fn show_action(
         ));
     }
     let device = rec.device_id.as_ref().map(|d| d.to_string());
+    let user_hop = |hop, at, actor: Option<String>| Hop {
+        hop,
+        at,
+        actor,
+        actor_name: None,
+    };
+    let device_hop = |hop, at| Hop {
+        hop,
+        at,
+        actor: device.clone(),
+        actor_name: device.as_ref().and(rec.hostname.clone()),
+    };
+    use palisade_common::labels::Hop as H;
     let timeline = vec![
-        Hop {
-            hop: "created",
-            at: Some(rec.created_at),
-            actor: Some(rec.requested_by.clone()),
-        },
-        Hop {
-            hop: if rec.status == palisade_common::ActionStatus::Rejected {
-                "rejected"
+        user_hop(
+            H::Created,
+            Some(rec.created_at),
+            Some(rec.requested_by.clone()),
+        ),
+        user_hop(
+            if rec.status == palisade_common::ActionStatus::Rejected {
+                H::Rejected
             } else {
-                "approved"
+                H::Approved
             },
-            at: rec.decided_at,
-            actor: rec.decided_by.clone(),
-        },
-        Hop {
-            hop: "delivered",
-            at: rec.delivered_at,
-            actor: device.clone(),
-        },
-        Hop {
-            hop: "acknowledged",
-            at: rec.acknowledged_at,
-            actor: device.clone(),
-        },
-        Hop {
-            hop: "started",
-            at: rec.started_at,
-            actor: device.clone(),
-        },
-        Hop {
-            hop: "finished",
-            at: rec.finished_at,
-            actor: device.clone(),
-        },
+            rec.decided_at,
+            rec.decided_by.clone(),
+        ),
+        device_hop(H::Delivered, rec.delivered_at),
+        device_hop(H::Acknowledged, rec.acknowledged_at),
+        device_hop(H::Started, rec.started_at),
+        device_hop(H::Finished, rec.finished_at),
     ];
     let mut history = history;
     history.reverse();

@@ -21,6 +21,10 @@ pub struct AuditRecord {
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+    /// The hostname of a device that is the actor (the actor is its id), in [`list`]; not
+    /// part of the hash chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_name: Option<String>,
 }
 
 /// Appends one record in the caller's transaction.
@@ -52,6 +56,7 @@ pub fn append(
         detail: detail.to_string(),
         prev_hash,
         hash: String::new(),
+        actor_name: None,
     };
     rec.hash = hash(&rec);
     conn.prepare_cached(
@@ -160,15 +165,23 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         detail: row.get(6)?,
         prev_hash: row.get(7)?,
         hash: row.get(8)?,
+        actor_name: None,
     })
 }
 
 pub fn list(conn: &Connection, action: Option<ActionId>, limit: u32) -> Result<Vec<AuditRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, actor, event, action_id, device_id, detail, prev_hash, hash FROM audit
-         WHERE (?1 IS NULL OR action_id = ?1) ORDER BY seq DESC LIMIT ?2",
+        "SELECT a.seq, a.at, a.actor, a.event, a.action_id, a.device_id, a.detail, a.prev_hash,
+                a.hash, d.hostname
+         FROM audit a LEFT JOIN devices d ON d.id = a.actor
+         WHERE (?1 IS NULL OR a.action_id = ?1) ORDER BY a.seq DESC LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![action.map(|a| a.0 as i64), limit], from_row)?;
+    let rows = stmt.query_map(params![action.map(|a| a.0 as i64), limit], |row| {
+        Ok(AuditRecord {
+            actor_name: row.get(9)?,
+            ..from_row(row)?
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -9,7 +9,6 @@ use crate::api::Params;
 use axum::extract::{Query, State};
 use axum::http::{Uri, header};
 use axum::response::{IntoResponse, Response};
-use palisade_common::{ActionSource, ActionStatus};
 use serde::Deserialize;
 
 use crate::api::{ApiError, ApiResult, require};
@@ -37,9 +36,9 @@ const PAGE: u32 = 5_000;
 type Cell = fn(&ActionRecord) -> String;
 
 /// Every exportable column: its API name, its heading, and how a record fills it.
-pub const COLUMNS: [(&str, &str, Cell); 20] = [
+pub const COLUMNS: [(&str, &str, Cell); 21] = [
     ("id", "Id", |a| a.id.to_string()),
-    ("kind", "Action", |a| a.kind.to_string()),
+    ("kind", "Action", |a| a.kind.label().to_owned()),
     ("device", "Device", |a| {
         a.hostname.clone().unwrap_or_default()
     }),
@@ -52,10 +51,8 @@ pub const COLUMNS: [(&str, &str, Cell); 20] = [
     ("device_group", "Device group", |a| {
         a.device_group.clone().unwrap_or_default()
     }),
-    ("source", "Action source", |a| {
-        source_label(a.source).to_owned()
-    }),
-    ("status", "Status", |a| status_label(a.status).to_owned()),
+    ("source", "Action source", |a| a.source.label().to_owned()),
+    ("status", "Status", |a| a.status.label().to_owned()),
     ("requested_by", "Requested by", |a| a.requested_by.clone()),
     ("created_at", "Requested at", |a| time(Some(a.created_at))),
     ("comment", "Comment", |a| a.comment.clone()),
@@ -79,13 +76,15 @@ pub const COLUMNS: [(&str, &str, Cell); 20] = [
     ("params", "Parameters", |a| {
         serde_json::to_string(&a.params).unwrap_or_default()
     }),
+    ("entity", "Entity / target", |a| a.entity.clone()),
 ];
 
 /// The columns of an export when none are named.
-pub const DEFAULT_COLUMNS: [&str; 13] = [
+pub const DEFAULT_COLUMNS: [&str; 14] = [
     "id",
     "kind",
     "device",
+    "entity",
     "device_group",
     "source",
     "status",
@@ -100,21 +99,6 @@ pub const DEFAULT_COLUMNS: [&str; 13] = [
 
 fn opt_id(id: Option<palisade_common::ActionId>) -> String {
     id.map(|i| i.to_string()).unwrap_or_default()
-}
-
-/// The seed's vocabulary for where an action came from.
-pub fn source_label(s: ActionSource) -> &'static str {
-    match s {
-        ActionSource::ManualDeviceAction => "Manual device action",
-        ActionSource::AutomatedDeviceAction => "Automated device action",
-        ActionSource::ManualLiveResponseAction => "Manual live response action",
-        ActionSource::LiveResponseActionViaApi => "Live response action via API",
-        ActionSource::ApiAction => "API action",
-    }
-}
-
-pub fn status_label(s: ActionStatus) -> &'static str {
-    s.as_str()
 }
 
 /// Unix milliseconds as RFC 3339 UTC, empty for none.
@@ -286,6 +270,26 @@ mod tests {
         assert_eq!(field("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(field("\tx"), "\\tx");
         assert_eq!(field("a=b"), "a=b");
+    }
+
+    /// Kinds, statuses and sources in the words of the web page and `palisadectl`, and the
+    /// action's target, instead of identifiers.
+    #[test]
+    fn cells_are_in_words_and_name_the_target() {
+        let rec = ActionRecord::for_test(
+            7,
+            palisade_common::ActionParams::RequestSample(
+                palisade_common::action::RequestSampleParams {
+                    path: "/srv/evil.bin".into(),
+                },
+            ),
+        );
+        let doc = document(&[rec], &choose(Some("kind,status,source,entity")).unwrap());
+        assert_eq!(
+            doc,
+            "\u{feff}Action,Status,Action source,Entity / target\r\n\
+             Collect file sample,Succeeded,Manual device action,/srv/evil.bin\r\n"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         crate::api::list_realtime,
         crate::api::list_exec_allowlists,
         crate::api::set_exec_allowlist,
+        crate::api::labels,
         crate::api::list_actions,
         crate::api::request_actions,
         crate::api::approve,
@@ -73,6 +74,7 @@ struct Security;
 /// two, and `tests/tests/e2e/web_api.rs` checks that the API refuses everyone else.
 pub const ACCESS: &[(&str, &str, &[&str])] = &[
     ("get", "/api/v1/whoami", &[]),
+    ("get", "/api/v1/labels", &[]),
     ("get", "/api/v1/session", &[]),
     ("delete", "/api/v1/session", &[]),
     ("put", "/api/v1/users/{name}/password", &[]),

@@ -3,6 +3,7 @@
 //! too, so `cargo test` builds one binary for the tier instead of one per file.
 
 mod cli;
+mod cli_tables;
 mod fuzz;
 mod lifecycle;
 mod scan;

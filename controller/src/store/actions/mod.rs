@@ -27,6 +27,9 @@ pub struct ActionRecord {
     pub parent_id: Option<ActionId>,
     pub kind: ActionKind,
     pub params: ActionParams,
+    /// What the action is aimed at, in words (`ActionParams::entity`): the Entity / Target
+    /// column of the lists.
+    pub entity: String,
     pub device_id: Option<DeviceId>,
     pub hostname: Option<String>,
     pub device_group: Option<String>,
@@ -84,6 +87,7 @@ impl ActionRecord {
             id: ActionId(id),
             parent_id: None,
             kind: params.kind(),
+            entity: params.entity(),
             params,
             device_id: None,
             hostname: None,
@@ -179,16 +183,23 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ActionRecord> {
     let source: String = r.get(7)?;
     let status: String = r.get(8)?;
     let detail: Option<String> = r.get(27)?;
+    let params: ActionParams = serde_json::from_str(&params).map_err(|e| conv(3, e))?;
+    let device_id: Option<DeviceId> = device
+        .map(|d| d.parse())
+        .transpose()
+        .map_err(|e| conv(4, e))?;
+    let hostname: Option<String> = r.get(5)?;
+    // A containment of the action's own device names it by its hostname.
+    let entity =
+        params.entity_naming(|d| hostname.clone().filter(|_| device_id.as_ref() == Some(d)));
     Ok(ActionRecord {
         id: ActionId(r.get::<_, i64>(0)? as u64),
         parent_id: id(1)?,
         kind: kind.parse().map_err(|e| conv(2, e))?,
-        params: serde_json::from_str(&params).map_err(|e| conv(3, e))?,
-        device_id: device
-            .map(|d| d.parse())
-            .transpose()
-            .map_err(|e| conv(4, e))?,
-        hostname: r.get(5)?,
+        params,
+        entity,
+        device_id,
+        hostname,
         device_group: r.get(6)?,
         source: source.parse().map_err(|e| conv(7, e))?,
         status: status.parse().map_err(|e| conv(8, e))?,

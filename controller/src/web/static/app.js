@@ -10,6 +10,7 @@ const COLUMNS = [
   { key: "id", label: "Id", sort: "id" },
   { key: "kind", label: "Action", sort: "kind" },
   { key: "device", label: "Device", sort: "device" },
+  { key: "entity", label: "Entity / target", sort: null },
   { key: "device_group", label: "Device group", sort: "device_group" },
   { key: "source", label: "Action source", sort: "source" },
   { key: "status", label: "Status", sort: "status" },
@@ -22,8 +23,8 @@ const COLUMNS = [
   { key: "result_summary", label: "Result summary", sort: "result_summary" },
 ];
 const DEFAULT_COLUMNS = {
-  pending: ["id", "kind", "device", "device_group", "source", "requested_by", "created_at", "comment"],
-  history: ["id", "kind", "device", "device_group", "source", "status", "requested_by", "created_at",
+  pending: ["id", "kind", "device", "entity", "device_group", "source", "requested_by", "created_at", "comment"],
+  history: ["id", "kind", "device", "entity", "device_group", "source", "status", "requested_by", "created_at",
     "comment", "decided_by", "finished_at", "result_summary"],
 };
 const KINDS = ["isolate", "release_isolation", "contain", "uncontain", "quarantine", "release_quarantine",
@@ -31,13 +32,17 @@ const KINDS = ["isolate", "release_isolation", "contain", "uncontain", "quaranti
 const UNDOABLE = ["isolate", "contain", "quarantine", "restrict_execution"];
 const STATUSES = ["pending_approval", "approved", "delivered", "acknowledged", "in_progress", "succeeded",
   "failed", "rejected", "cancelled", "expired", "timed_out", "undone"];
-const SOURCES = {
-  manual_device_action: "Manual device action",
-  automated_device_action: "Automated device action",
-  manual_live_response_action: "Manual live response action",
-  live_response_action_via_api: "Live response action via API",
-  api_action: "API action",
-};
+// The words for kinds, statuses, sources and timeline hops: GET /api/v1/labels, the one list
+// (palisade_common::labels) that palisadectl and the CSV export use too. Filled at sign-in.
+const LABELS = { kinds: {}, statuses: {}, sources: {}, hops: {} };
+const kindLabel = (k) => LABELS.kinds[k] || k;
+const statusLabel = (s) => LABELS.statuses[s] || s;
+const sourceLabel = (s) => LABELS.sources[s] || s;
+const hopLabel = (h) => LABELS.hops[h] || h;
+// Most characters a list cell holds: the whole value is in the detail (web/static/app.css
+// clamps the cell to its width as well). A page of rows holding the longest values the API
+// accepts took a minute to lay out before.
+const CELL_MAX_CHARS = 200;
 const WINDOWS = [["day", "Last day"], ["week", "Last week"], ["30d", "Last 30 days"], ["6m", "Last 6 months"], ["", "All time"]];
 const PAGE_SIZES = [25, 50, 100, 200];
 const EXPORT_MAX_ROWS = 100000; // web/export.rs MAX_ROWS
@@ -146,12 +151,23 @@ async function login(ev) {
 async function started(session) {
   const s = session.permissions ? session : await api("GET", "/api/v1/session");
   me = { user: s.user, csrf: s.csrf, permissions: s.permissions };
+  await loadLabels();
   $("#login").hidden = true;
   $("#top").hidden = false;
   const groups = me.user.device_groups.length ? ` · ${me.user.device_groups.join(", ")}` : "";
   $("#whoami").textContent = `${me.user.name} (${me.user.role}${groups})`;
   $("#nav-admin").hidden = !can("admin");
   route();
+}
+
+async function loadLabels() {
+  if (Object.keys(LABELS.kinds).length) return;
+  try {
+    const l = await api("GET", "/api/v1/labels");
+    for (const part of ["kinds", "statuses", "sources", "hops"]) {
+      for (const { id, label } of l[part] || []) LABELS[part][id] = label;
+    }
+  } catch (e) { toast(`Labels: ${e.message}`, true); }
 }
 
 async function logout() {
@@ -230,9 +246,9 @@ function renderActionCenter() {
   const any = [["", "any"]];
   const filters = el("div", { class: "toolbar" },
     el("label", {}, "Time ", select("f-window", WINDOWS, view.window)),
-    el("label", {}, "Action ", select("f-kind", any.concat(KINDS.map((k) => [k, k])), "")),
-    tab === "history" ? el("label", {}, "Status ", select("f-status", any.concat(STATUSES.filter((s) => s !== "pending_approval").map((s) => [s, s])), "")) : null,
-    el("label", {}, "Source ", select("f-source", any.concat(Object.entries(SOURCES)), "")),
+    el("label", {}, "Action ", select("f-kind", any.concat(KINDS.map((k) => [k, kindLabel(k)])), "")),
+    tab === "history" ? el("label", {}, "Status ", select("f-status", any.concat(STATUSES.filter((s) => s !== "pending_approval").map((s) => [s, statusLabel(s)])), "")) : null,
+    el("label", {}, "Source ", select("f-source", any.concat(Object.entries(LABELS.sources)), "")),
     el("label", {}, "Device ", el("input", { id: "f-device", type: "text", size: 12, placeholder: "hostname or id" })),
     el("label", {}, "Group ", el("input", { id: "f-group", type: "text", size: 10 })),
     el("label", {}, "Requester ", el("input", { id: "f-requester", type: "text", size: 10 })),
@@ -270,6 +286,8 @@ function renderActionCenter() {
     ] : null,
     tab === "history" && can("approve") ? el("button", { type: "button", id: "bulk-undo", onclick: () => undoSelected() }, "Undo selected") : null,
     el("span", { id: "bulk-msg", role: "alert" }));
+  // What the selection is aimed at, one line per action, so that a bulk decision is not blind.
+  const targets = el("ul", { id: "bulk-targets", class: "bulk-targets", hidden: true });
   if (!can("approve")) $("#bulk-comment", bulk).hidden = true;
 
   const table = el("table", { id: "actions" }, el("thead"), el("tbody"));
@@ -277,7 +295,7 @@ function renderActionCenter() {
     el("button", { type: "button", id: "prev", onclick: () => { view.offset = Math.max(0, view.offset - view.pageSize); loadActions(); } }, "‹ Previous"),
     el("span", { id: "page-info" }),
     el("button", { type: "button", id: "next", onclick: () => { view.offset += view.pageSize; loadActions(); } }, "Next ›"));
-  main.replaceChildren(tabs, filters, menu, bulk, table, pager);
+  main.replaceChildren(tabs, filters, menu, bulk, targets, table, pager);
 }
 
 function applyFilters() {
@@ -304,11 +322,19 @@ async function loadActions() {
   }
 }
 
+/// A list cell's text, cut to CELL_MAX_CHARS with "…".
+function clampText(v) {
+  const s = String(v);
+  return s.length > CELL_MAX_CHARS ? `${s.slice(0, CELL_MAX_CHARS - 1)}…` : s;
+}
+
 function cellValue(a, key) {
   switch (key) {
+    case "kind": return kindLabel(a.kind);
     case "device": return a.hostname || (a.device_id ? a.device_id : `fleet-wide (${a.children ? a.children.total : 0} devices)`);
+    case "entity": return a.entity || "";
     case "device_group": return a.device_group || "";
-    case "source": return SOURCES[a.source] || a.source;
+    case "source": return sourceLabel(a.source);
     case "created_at": case "decided_at": case "finished_at": return fmtTime(a[key]);
     default: return a[key] === null || a[key] === undefined ? "" : String(a[key]);
   }
@@ -323,9 +349,10 @@ function renderTable() {
       renderTable();
     } })) : null,
     cols.map((c) => el("th", {
-      class: "sortable", dataset: { col: c.key },
-      "aria-sort": view.sort === c.sort ? (view.order === "asc" ? "ascending" : "descending") : null,
+      class: c.sort ? "sortable" : null, dataset: { col: c.key },
+      "aria-sort": c.sort && view.sort === c.sort ? (view.order === "asc" ? "ascending" : "descending") : null,
       onclick: () => {
+        if (!c.sort) return;
         if (view.sort === c.sort) view.order = view.order === "asc" ? "desc" : "asc";
         else { view.sort = c.sort; view.order = "asc"; }
         view.offset = 0; savePrefs(); loadActions();
@@ -342,8 +369,9 @@ function renderTable() {
       } })) : null,
       cols.map((c) => {
         if (c.key === "id") return el("td", { dataset: { col: "id" } }, el("button", { type: "button", class: "link open-detail", onclick: () => openDetail(a.id) }, String(a.id)));
-        if (c.key === "status") return el("td", { dataset: { col: "status" } }, el("span", { class: `status ${a.status}` }, a.status));
-        return el("td", { dataset: { col: c.key } }, cellValue(a, c.key));
+        if (c.key === "status") return el("td", { dataset: { col: "status" } }, el("span", { class: `status ${a.status}`, dataset: { status: a.status } }, statusLabel(a.status)));
+        const v = cellValue(a, c.key);
+        return el("td", { dataset: { col: c.key }, class: "clamp" }, clampText(v));
       }),
       selectable ? el("td", {}, rowButtons(a)) : null);
   });
@@ -374,7 +402,7 @@ function rowButtons(a) {
 function selectionProblem(ids) {
   const kinds = new Set(view.rows.filter((a) => ids.includes(a.id)).map((a) => a.kind));
   if (!ids.length) return "Select one or more actions.";
-  if (kinds.size > 1) return `Selected actions are of different kinds (${[...kinds].sort().join(", ")}): approve, reject or undo one kind at a time.`;
+  if (kinds.size > 1) return `Selected actions are of different kinds (${[...kinds].sort().map(kindLabel).join(", ")}): approve, reject or undo one kind at a time.`;
   return null;
 }
 
@@ -382,6 +410,10 @@ function updateBulk() {
   const ids = [...view.selected];
   const problem = ids.length ? selectionProblem(ids) : null;
   $("#bulk-msg").textContent = problem || (ids.length ? `${ids.length} selected` : "");
+  const chosen = view.rows.filter((a) => view.selected.has(a.id));
+  $("#bulk-targets").hidden = !chosen.length;
+  $("#bulk-targets").replaceChildren(...chosen.map((a) => el("li", { dataset: { id: a.id } },
+    clampText(`#${a.id} ${kindLabel(a.kind)} · ${cellValue(a, "device")}${a.entity ? ` · ${a.entity}` : ""}`))));
   for (const b of $$("#bulk-approve, #bulk-reject, #bulk-undo")) b.disabled = !ids.length || !!problem;
   const all = $("#select-all");
   if (all) all.checked = ids.length > 0 && ids.length === view.rows.length;
@@ -428,6 +460,92 @@ function kv(pairs) {
     .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
+/// A long value (a comment, a target, a path) in a block that scrolls instead of growing.
+function longText(v, id) {
+  return v === null || v === undefined || v === "" ? null : el("div", { class: "long", id }, String(v));
+}
+
+/// The raw JSON behind a view, shown only on request.
+function raw(value, id) {
+  return el("details", { class: "raw" }, el("summary", {}, "raw"), el("pre", { id }, JSON.stringify(value, null, 2)));
+}
+
+/// A table of `rows` with `cols` = [[heading, row => cell]]; a cell may be a node.
+function viewTable(id, cols, rows) {
+  return el("table", { id }, el("thead", {}, el("tr", {}, cols.map(([h]) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, cols.map(([, f]) => {
+      const v = f(r);
+      return el("td", {}, v instanceof Node ? v : (v === null || v === undefined ? "" : String(v)));
+    })))));
+}
+
+/// What a finished action's result detail holds, as views: a scan's detections (linked to the
+/// quarantine actions they created, from the scan's audit records), a package's collectors, a
+/// quarantine's files and killed processes.
+function resultViews(a, history) {
+  const d = a.result_detail;
+  if (!d || typeof d !== "object") return [];
+  const out = [];
+  if (Array.isArray(d.detections)) {
+    const quarantines = {};
+    for (const h of history) {
+      if (h.event !== "detection") continue;
+      try {
+        const x = JSON.parse(h.detail);
+        if (x.quarantine && x.quarantine.action) quarantines[x.path] = x.quarantine.action;
+      } catch (_) { /* not one of ours */ }
+    }
+    const c = d.counts || {};
+    out.push(el("p", { id: "detail-scan-counts" }, `Scanned ${c.files ?? 0} files (${c.bytes ?? 0} bytes) in ${d.directories ?? 0} directories; ${d.detections.length} detections.`));
+    out.push(d.detections.length
+      ? viewTable("detail-detections", [
+        ["Path", (x) => x.path], ["Size", (x) => x.size], ["SHA-256", (x) => el("code", {}, x.sha256 || "")],
+        ["Matched", (x) => (x.matches || []).join(", ")],
+        ["Quarantine", (x) => (quarantines[x.path] ? actionLink(quarantines[x.path]) : "none")],
+      ], d.detections)
+      : el("p", { class: "muted", id: "detail-detections" }, "Nothing found."));
+  }
+  if (Array.isArray(d.collectors)) {
+    out.push(viewTable("detail-collectors", [
+      ["Collector", (x) => x.name], ["Status", (x) => x.status], ["Files", (x) => x.files], ["Bytes", (x) => x.bytes],
+      ["Time (ms)", (x) => x.duration_ms], ["Error", (x) => x.error || ""],
+    ], d.collectors));
+  }
+  if (Array.isArray(d.files) && a.kind === "quarantine") {
+    out.push(viewTable("detail-quarantined", [
+      ["File", (x) => x.path], ["Vault entry", (x) => x.vault_entry], ["Size", (x) => x.size], ["SHA-256", (x) => el("code", {}, x.sha256 || "")],
+    ], d.files));
+  }
+  if (Array.isArray(d.killed)) {
+    out.push(el("h3", {}, "Processes stopped"), d.killed.length
+      ? viewTable("detail-killed", [["PID", (x) => x.pid], ["Command line", (x) => x.cmdline], ["Used the file as", (x) => x.uses]], d.killed)
+      : el("p", { class: "muted", id: "detail-killed" }, "No process was using the file."));
+  }
+  if (Array.isArray(d.errors) && d.errors.length) {
+    out.push(el("h3", {}, "Errors"), viewTable("detail-errors", [["Where", (x) => (typeof x === "object" ? x.path || x.root || "" : "")],
+      ["Error", (x) => (typeof x === "object" ? x.error || JSON.stringify(x) : String(x))]], d.errors));
+  }
+  return out;
+}
+
+/// An action's parameters as label / value pairs.
+function paramsView(p) {
+  return kv(Object.entries(p || {}).filter(([k]) => k !== "kind").map(([k, v]) => [
+    k.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase()),
+    longText(Array.isArray(v) ? v.join("\n") : (typeof v === "boolean" ? (v ? "yes" : "no") : v), null),
+  ]));
+}
+
+/// The agent's progress of a running action ({"message", "permille"}), none once it ended.
+function progressView(a) {
+  if (!a.progress || !["delivered", "acknowledged", "in_progress"].includes(a.status)) return null;
+  let p;
+  try { p = JSON.parse(a.progress); } catch (_) { p = { message: a.progress }; }
+  return el("div", { id: "detail-progress" },
+    p.permille !== null && p.permille !== undefined ? el("progress", { max: 1000, value: p.permille }) : null,
+    " ", p.message || "");
+}
+
 function actionLink(id) {
   return el("button", { type: "button", class: "link", onclick: () => openDetail(id) }, `#${id}`);
 }
@@ -436,32 +554,35 @@ async function openDetail(id) {
   let d;
   try { d = await api("GET", `/api/v1/actions/${encodeURIComponent(id)}`); } catch (e) { toast(e.message, true); return; }
   const a = d.action;
-  $("#detail-title").textContent = `Action ${a.id} · ${a.kind}`;
+  $("#detail-title").textContent = `Action ${a.id} · ${kindLabel(a.kind)}`;
   const body = [];
   body.push(kv([
-    ["Status", el("span", { class: `status ${a.status}` }, a.status)],
-    ["Device", a.hostname ? `${a.hostname} (${a.device_id})` : (a.device_id || "fleet-wide")],
+    ["Status", el("span", { class: `status ${a.status}`, dataset: { status: a.status } }, statusLabel(a.status))],
+    ["Device", a.hostname ? [a.hostname, " ", el("code", { class: "muted", title: "device id" }, a.device_id)] : (a.device_id || "fleet-wide")],
+    ["Entity / target", longText(a.entity, "detail-entity")],
     ["Device group", a.device_group],
-    ["Action source", SOURCES[a.source] || a.source],
+    ["Action source", sourceLabel(a.source)],
     ["Requested by", a.requested_by],
-    ["Comment", a.comment],
+    ["Comment", longText(a.comment, "detail-comment")],
     ["Decided by", a.decided_by],
-    ["Decision comment", a.decision_comment],
+    ["Decision comment", longText(a.decision_comment, null)],
     ["Cancelled by", a.cancelled_by],
     ["External id", a.external_id],
     ["Parent", a.parent_id ? actionLink(a.parent_id) : null],
     ["Undo of", a.undo_of ? actionLink(a.undo_of) : null],
     ["Undone by", a.undone_by ? actionLink(a.undone_by) : null],
     ["Undo requested", (d.undo_requests || []).length
-      ? el("span", { id: "detail-undo-requests" }, d.undo_requests.map((u) => [actionLink(u.id), ` (${u.status}) `]))
+      ? el("span", { id: "detail-undo-requests" }, d.undo_requests.map((u) => [actionLink(u.id), ` (${statusLabel(u.status)}) `]))
       : null],
   ]));
-  body.push(el("h3", {}, "Parameters"), el("pre", { id: "detail-params" }, JSON.stringify(a.params, null, 2)));
+  body.push(el("h3", {}, "Parameters"), el("div", { id: "detail-params-view" }, paramsView(a.params)), raw(a.params, "detail-params"));
   body.push(el("h3", {}, "Timeline"), el("ol", { class: "timeline", id: "detail-timeline" },
     d.timeline.map((h) => el("li", { class: h.at ? "done" : null, dataset: { hop: h.hop } },
-      el("strong", {}, h.hop), " ", h.at ? fmtTime(h.at) : "—", h.actor && h.at ? ` · ${h.actor}` : ""))));
-  body.push(el("h3", {}, "Result"), kv([["Summary", a.result_summary || "(none yet)"], ["Progress", a.progress]]));
-  if (a.result_detail) body.push(el("pre", { id: "detail-result" }, JSON.stringify(a.result_detail, null, 2)));
+      el("strong", {}, hopLabel(h.hop)), " ", h.at ? fmtTime(h.at) : "—",
+      h.actor && h.at ? [" · ", el("span", { title: h.actor }, h.actor_name || h.actor)] : ""))));
+  body.push(el("h3", {}, "Result"), kv([["Summary", longText(a.result_summary || "(none yet)", "detail-summary")]]), progressView(a));
+  body.push(...resultViews(a, d.history));
+  if (a.result_detail) body.push(raw(a.result_detail, "detail-result"));
   if (a.artifacts.length) {
     body.push(el("h3", {}, "Artifacts"), el("ul", { id: "detail-artifacts" }, a.artifacts.map((f) => el("li", {},
       can("investigate")
@@ -476,7 +597,7 @@ async function openDetail(id) {
       body.push(el("p", { id: "detail-children-more" }, `Showing the first ${d.children.length} of ${d.children_total}; all of them: GET /api/v1/actions?parent=${a.id}`));
     }
     body.push(el("table", { id: "detail-children" }, el("tbody", {}, d.children.map((ch) => el("tr", {},
-      el("td", {}, actionLink(ch.id)), el("td", {}, ch.hostname || ch.device_id), el("td", {}, el("span", { class: `status ${ch.status}` }, ch.status)),
+      el("td", {}, actionLink(ch.id)), el("td", {}, ch.hostname || ch.device_id), el("td", {}, el("span", { class: `status ${ch.status}`, dataset: { status: ch.status } }, statusLabel(ch.status))),
       el("td", {}, ch.result_summary || ""))))));
   }
   if (UNDOABLE.includes(a.kind) && a.status === "succeeded" && a.device_id && can("approve")) {
@@ -494,7 +615,7 @@ async function openDetail(id) {
       } }, "Undo")));
   }
   body.push(el("h3", {}, "Audit"), el("ol", { class: "timeline" }, d.history.map((h) =>
-    el("li", { class: "done" }, `${fmtTime(h.at)} · ${h.actor} · ${h.event}`))));
+    el("li", { class: "done" }, `${fmtTime(h.at)} · `, el("span", { title: h.actor }, h.actor_name || h.actor), ` · ${h.event}`))));
   $("#detail-body").replaceChildren(...body);
   $("#detail").hidden = false;
 }
