@@ -69,6 +69,8 @@ fn router(ctl: Arc<Controller>) -> Router {
         .route("/", get(index))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
+        .route("/ui/forms.js", get(forms_js))
+        .route("/ui/device.js", get(device_js))
         .route(
             "/api/v1/session",
             get(session::current)
@@ -90,6 +92,8 @@ fn router(ctl: Arc<Controller>) -> Router {
 
 const INDEX: &str = include_str!("static/index.html");
 const APP_JS: &str = include_str!("static/app.js");
+const FORMS_JS: &str = include_str!("static/forms.js");
+const DEVICE_JS: &str = include_str!("static/device.js");
 const APP_CSS: &str = include_str!("static/app.css");
 
 async fn index() -> Response {
@@ -98,6 +102,14 @@ async fn index() -> Response {
 
 async fn app_js() -> Response {
     static_file(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn forms_js() -> Response {
+    static_file(FORMS_JS, "text/javascript; charset=utf-8")
+}
+
+async fn device_js() -> Response {
+    static_file(DEVICE_JS, "text/javascript; charset=utf-8")
 }
 
 async fn app_css() -> Response {

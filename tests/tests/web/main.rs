@@ -872,9 +872,14 @@ fn an_admin_manages_groups_and_detection_settings_and_reads_device_events() {
         .find(&format!("#devices tr[data-id=\"{DB1}\"] input.sel"))
         .click();
     browser.select("#req-kind", "contain");
+    // The parameters as JSON are behind the "raw" toggle.
+    browser.click("#req-raw summary");
     assert_eq!(browser.find("#req-params").property("value"), "{}");
     browser.find("#req-comment").send_keys("lateral movement");
     browser.click("#req-submit");
+    // Containment cuts the device off: the page asks first, naming it.
+    browser.wait_text("#req-confirm-text", "db-1");
+    browser.click("#req-confirm-yes");
     let contain = eventually(Duration::from_secs(15), "the contain request", || {
         let (_, v) = ctl.api(
             "GET",
@@ -1233,4 +1238,282 @@ fn results_are_shown_as_tables_and_json_only_behind_raw() {
         json!(true),
         "progress cleared once done"
     );
+/// The newest pending action of `kind`, if any: its id and parameters.
+fn pending_of(ctl: &Controller, kind: &str) -> Option<(u64, Value)> {
+    let (_, v) = ctl.api(
+        "GET",
+        &format!("/api/v1/actions?view=pending&kind={kind}"),
+        Some(&ctl.admin_token),
+        None,
+    );
+    let id = v["actions"][0]["id"].as_u64()?;
+    Some((id, action(ctl, id)["params"].clone()))
+}
+
+fn wait_pending(ctl: &Controller, kind: &str) -> (u64, Value) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("a pending {kind}"),
+        || pending_of(ctl, kind),
+    )
+}
+
+fn fill(browser: &Browser, css: &str, text: &str) {
+    browser.find(css).clear().send_keys(text);
+}
+
+#[test]
+fn each_action_kind_has_its_own_form_checked_fields_and_a_confirmation_naming_the_devices() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    user(&ctl, "rita", "responder", &[]);
+    let browser = Browser::start();
+    login(&browser, &ctl, "rita");
+    browser.click("#nav-devices");
+    browser.wait_text("#devices", "web-1");
+    let tick = |id: &str| {
+        browser
+            .find(&format!("#devices tr[data-id=\"{id}\"] input.sel"))
+            .click();
+    };
+    tick(WEB1);
+    browser.find("#req-comment").send_keys("incident 7");
+
+    // Collect file: a relative path is refused in the form, an absolute one requested.
+    browser.select("#req-kind", "request_sample");
+    browser.wait_text("#req-explain", "Uploads a copy of the file");
+    fill(&browser, "#rf-path", "etc/hostname");
+    browser.click("#req-submit");
+    browser.wait_text("#req-error", "is not an absolute path");
+    assert!(pending_of(&ctl, "request_sample").is_none());
+    fill(&browser, "#rf-path", "/etc/hostname");
+    browser.click("#req-submit");
+    let (_, p) = wait_pending(&ctl, "request_sample");
+    assert_eq!(
+        p,
+        json!({"kind": "request_sample", "path": "/etc/hostname"})
+    );
+    assert_eq!(browser.find("#req-error").text(), "");
+
+    // Scan: quick and full take no paths (the field is off); custom needs them.
+    browser.select("#req-kind", "scan");
+    assert_eq!(browser.find("#rf-paths").property("disabled"), json!(true));
+    browser.select("#rf-scan-mode", "custom");
+    assert_eq!(browser.find("#rf-paths").property("disabled"), json!(false));
+    browser.click("#req-submit");
+    browser.wait_text("#req-error", "a custom scan needs at least one path");
+    fill(&browser, "#rf-paths", "/srv\n/home");
+    fill(&browser, "#rf-exclusions", "/home/*/.cache");
+    browser.click("#req-submit");
+    let (_, p) = wait_pending(&ctl, "scan");
+    assert_eq!(
+        p,
+        json!({"kind": "scan", "mode": "custom", "paths": ["/srv", "/home"], "exclusions": ["/home/*/.cache"]})
+    );
+
+    // Isolate: the time box is bounded in the form; a bad exception is refused by the API,
+    // whose own message is shown; the confirmation names the device.
+    browser.select("#req-kind", "isolate");
+    assert_eq!(
+        browser.find("#rf-exceptions").property("disabled"),
+        json!(true)
+    );
+    browser.select("#rf-isolation-type", "selective");
+    fill(&browser, "#rf-for", "99d");
+    browser.click("#req-submit");
+    browser.wait_text("#req-error", "at most 90 days");
+    fill(&browser, "#rf-for", "4h");
+    fill(&browser, "#rf-exceptions", "nonsense");
+    browser.click("#req-submit");
+    browser.wait_text("#req-confirm-text", "Isolate device: web-1?");
+    browser.click("#req-confirm-yes");
+    browser.wait_text("#req-error", "invalid exception \"nonsense\"");
+    assert!(pending_of(&ctl, "isolate").is_none());
+    fill(&browser, "#rf-exceptions", "10.0.0.53/32 udp 53 out");
+    browser.click("#req-submit");
+    browser.wait_text("#req-confirm-text", "web-1");
+    browser.click("#req-confirm-yes");
+    let (_, p) = wait_pending(&ctl, "isolate");
+    assert_eq!(
+        p,
+        json!({"kind": "isolate", "selective": true, "exceptions": ["10.0.0.53/32 udp 53 out"], "for_secs": 14400})
+    );
+
+    // Quarantine: by SHA-256 it needs search roots; by path it is requested.
+    browser.select("#req-kind", "quarantine");
+    fill(&browser, "#rf-sha256", &"a".repeat(64));
+    browser.click("#req-submit");
+    browser.wait_text("#req-error", "needs at least one");
+    browser.find("#rf-sha256").clear();
+    fill(&browser, "#rf-path", "/tmp/dropper");
+    browser.click("#req-submit");
+    let (_, p) = wait_pending(&ctl, "quarantine");
+    assert_eq!(
+        p,
+        json!({"kind": "quarantine", "path": "/tmp/dropper", "sha256": null, "roots": []})
+    );
+
+    // Release from quarantine: a SHA-256 is 64 hex digits.
+    browser.select("#req-kind", "release_quarantine");
+    fill(&browser, "#rf-sha256", "abc");
+    browser.click("#req-submit");
+    browser.wait_text("#req-error", "64 hexadecimal digits");
+
+    // Contain an unmanaged address: no device selected, the confirmation names the address.
+    tick(WEB1);
+    browser.select("#req-kind", "contain");
+    fill(&browser, "#rf-ip", "10.9.9.9");
+    browser.click("#req-submit");
+    browser.wait_text("#req-confirm-text", "Contain device: address 10.9.9.9?");
+    browser.click("#req-confirm-yes");
+    let (_, p) = wait_pending(&ctl, "contain");
+    assert_eq!(p["ip"], "10.9.9.9", "{p}");
+
+    // Offboard: cancelling the confirmation requests nothing; confirming requests it.
+    tick(WEB2);
+    tick(DB1);
+    browser.select("#req-kind", "offboard");
+    browser.click("#req-submit");
+    let text = browser.wait_text("#req-confirm-text", "Offboard device: web-2, db-1?");
+    assert!(text.contains("stops reporting"), "{text}");
+    browser.click("#req-confirm-no");
+    assert!(!browser.is_shown("#req-confirm"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(pending_of(&ctl, "offboard").is_none());
+    browser.click("#req-submit");
+    browser.wait_text("#req-confirm-text", "web-2, db-1");
+    browser.click("#req-confirm-yes");
+    eventually(Duration::from_secs(15), "two pending offboards", || {
+        let (_, v) = ctl.api(
+            "GET",
+            "/api/v1/actions?view=pending&kind=offboard",
+            Some(&ctl.admin_token),
+            None,
+        );
+        let mut ids: Vec<String> = v["actions"]
+            .as_array()?
+            .iter()
+            .map(|a| a["device_id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        ids.sort();
+        (ids == [WEB2, DB1]).then_some(())
+    });
+
+    // Restrict execution also asks first; kinds without parameters say so.
+    browser.select("#req-kind", "restrict_execution");
+    browser.wait_text("#req-fields", "takes no parameters");
+    browser.click("#req-submit");
+    browser.wait_text("#req-confirm-text", "Restrict app execution: web-2, db-1?");
+}
+
+#[test]
+fn a_device_page_shows_its_details_desired_state_actions_events_and_vault_with_release() {
+    let ctl = Controller::start();
+    devices(&ctl);
+    let sha = "b".repeat(64);
+    sqlite3(
+        &ctl.db(),
+        &format!(
+            "UPDATE devices SET rules_version = 4,
+               desired = '{{\"isolation\":{{\"action\":41,\"params\":{{\"selective\":true,\"exceptions\":[\"10.0.0.53/32 udp 53 out\"],\"for_secs\":3600}},\"until_ms\":4102444800000}},\"restrict_execution\":true}}',
+               vault = '[{{\"id\":\"entry-1\",\"path\":\"/tmp/dropper\",\"sha256\":\"{sha}\",\"size\":1234,\"quarantined_at\":1764000000000,\"action\":7}}]',
+               vault_reported_at = 1764000100000
+             WHERE id = '{WEB1}';
+             INSERT INTO device_events (device_id, source, kind, summary, detail, count, first_at, last_at, received_at)
+               VALUES ('{WEB1}', 'automated_device_action', 'exec_denied',
+                 'execution of /tmp/dropper denied 2 times', '{{}}', 2, 1764000000000, 1764000060000, 1764000060000);"
+        ),
+    );
+    let own = sample(&ctl, WEB1, "web-1's own sample");
+    let other = sample(&ctl, WEB2, "another device's sample");
+    user(&ctl, "rita", "responder", &[]);
+    let browser = Browser::start();
+    login(&browser, &ctl, "rita");
+
+    // From the Devices list by the hostname link.
+    browser.click("#nav-devices");
+    browser.click(&format!("#devices tr[data-id=\"{WEB1}\"] a.device-link"));
+    browser.wait_text("#device-title", "web-1");
+    assert!(
+        browser.url().ends_with(&format!("#/devices/{WEB1}")),
+        "{}",
+        browser.url()
+    );
+    let details = browser.find("#device-details").text();
+    assert!(
+        details.contains(WEB1)
+            && details.contains("web (enrolment token)")
+            && details.contains("v4"),
+        "{details}"
+    );
+
+    // Its desired state.
+    let state = |s: &str| {
+        browser
+            .find(&format!("#device-desired tr[data-state=\"{s}\"] td"))
+            .text()
+    };
+    let iso = state("isolation");
+    assert!(
+        iso.contains("selective isolation")
+            && iso.contains("10.0.0.53/32 udp 53 out")
+            && iso.contains("action #41")
+            && iso.contains("until 2100-01-01 00:00:00Z"),
+        "{iso}"
+    );
+    assert!(
+        state("restriction").starts_with("restricted"),
+        "{}",
+        state("restriction")
+    );
+    assert_eq!(state("containment"), "not contained");
+
+    // Its actions only, and its events.
+    browser.wait_text("#device-actions-body", "web-1's own sample");
+    let ids: Vec<u64> = browser
+        .execute(
+            "return Array.from(document.querySelectorAll('#device-actions-table tbody tr')).map(r => Number(r.dataset.id));",
+            vec![],
+        )
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [own], "not {other}");
+    browser.wait_text(
+        "#device-events-body",
+        "execution of /tmp/dropper denied 2 times",
+    );
+
+    // Its vault, and a release from it (a comment is required first).
+    browser.wait_text("#vault-table", "/tmp/dropper");
+    browser.click("#vault-table tr[data-entry=\"entry-1\"] button.vault-release");
+    browser.wait_text("#vault-error", "a comment is required");
+    browser.find("#vault-comment").send_keys("false positive");
+    browser.click("#vault-table tr[data-entry=\"entry-1\"] button.vault-release");
+    let (id, p) = wait_pending(&ctl, "release_quarantine");
+    assert_eq!(p["entry"], "entry-1", "{p}");
+    let a = action(&ctl, id);
+    assert_eq!(
+        (&a["device_id"], &a["comment"]),
+        (&json!(WEB1), &json!("false positive"))
+    );
+    browser.wait_text("#device-actions-body", "Release file from quarantine");
+
+    // A reload stays on the page; an unknown device says so.
+    browser.execute("window.__before_reload = 1; location.reload();", vec![]);
+    browser.wait_for(
+        "the reloaded device page",
+        "return !window.__before_reload && document.querySelector('#device-title')?.textContent === 'web-1';",
+    );
+    browser.goto(&format!(
+        "{}/#/devices/00000000-0000-4000-8000-0000000000ff",
+        ctl.url()
+    ));
+    let error = browser.wait_for(
+        "the unknown device's error",
+        "return document.querySelector('#device-error')?.textContent;",
+    );
+    assert!(error.as_str().is_some_and(|e| !e.is_empty()), "{error}");
 }

@@ -46,17 +46,6 @@ const CELL_MAX_CHARS = 200;
 const WINDOWS = [["day", "Last day"], ["week", "Last week"], ["30d", "Last 30 days"], ["6m", "Last 6 months"], ["", "All time"]];
 const PAGE_SIZES = [25, 50, 100, 200];
 const EXPORT_MAX_ROWS = 100000; // web/export.rs MAX_ROWS
-const PARAM_TEMPLATES = {
-  isolate: { selective: false, exceptions: [] },
-  // The selected device is the target; for an unmanaged address select no device and give
-  // { "ip": "…" } instead.
-  contain: {},
-  uncontain: {},
-  quarantine: { path: "/tmp/suspicious" },
-  release_quarantine: { sha256: "" },
-  scan: { mode: "quick" },
-  request_sample: { path: "/etc/hostname" },
-};
 
 let me = null; // { user, csrf, permissions }
 let view = null; // state of the Action center tab shown
@@ -182,7 +171,7 @@ function route() {
   const hash = location.hash || "#/pending";
   const [, page, arg] = hash.split("/");
   for (const a of $$("#top nav a")) a.classList.remove("active");
-  if (page === "devices") { $("#nav-devices").classList.add("active"); return devicesPage(); }
+  if (page === "devices") { $("#nav-devices").classList.add("active"); return arg ? devicePage(decodeURIComponent(arg)) : devicesPage(); } // device.js
   if (page === "admin") { $("#nav-admin").classList.add("active"); return adminPage(); }
   $("#nav-actions").classList.add("active");
   if (page === "action" && arg) {
@@ -673,7 +662,7 @@ async function devicesPage() {
       can("respond") ? el("td", {}, el("input", { type: "checkbox", class: "sel", "aria-label": `Select ${d.hostname}`, onchange: (e) => {
         if (e.target.checked) selected.add(d.id); else selected.delete(d.id);
       } })) : null,
-      el("td", { dataset: { col: "hostname" } }, d.hostname),
+      el("td", { dataset: { col: "hostname" } }, el("a", { href: `#/devices/${encodeURIComponent(d.id)}`, class: "device-link" }, d.hostname)),
       el("td", {}, el("code", {}, d.id)),
       el("td", { dataset: { col: "group" }, title: groupSource(d) }, d.device_group, el("span", { class: "muted" }, ` (${groupSource(d)})`)),
       el("td", {}, d.online ? "online" : "offline"),
@@ -686,29 +675,9 @@ async function devicesPage() {
   const parts = [el("div", { class: "card" }, el("h2", {}, `Devices (${list.length})`), table),
     el("div", { class: "card", id: "device-events", hidden: true },
       el("h2", { id: "device-events-title" }), el("div", { id: "device-events-body" }))];
-  if (can("respond")) {
-    const kind = select("req-kind", KINDS.map((k) => [k, k]), "request_sample", {
-      onchange: (e) => { $("#req-params").value = JSON.stringify(PARAM_TEMPLATES[e.target.value] || {}, null, 2); },
-    });
-    parts.push(el("div", { class: "card" }, el("h2", {}, "Request an action on the selected devices"),
-      el("div", { class: "form-grid" },
-        el("label", { for: "req-kind" }, "Action"), kind,
-        el("label", { for: "req-params" }, "Parameters (JSON)"), el("textarea", { id: "req-params" }, JSON.stringify(PARAM_TEMPLATES.request_sample, null, 2)),
-        el("label", { for: "req-comment" }, "Comment"), el("input", { id: "req-comment", type: "text", required: true }),
-        el("span", {}, ""), el("label", {}, el("input", { type: "checkbox", id: "req-fleet" }), " fleet-wide (one parent, a child per device; none selected = every device I may act on)"),
-        el("span", {}, ""), el("button", { type: "button", id: "req-submit", class: "primary", onclick: async () => {
-          let params;
-          try { params = JSON.parse($("#req-params").value || "{}"); } catch (e) { toast(`Parameters: ${e.message}`, true); return; }
-          params.kind = $("#req-kind").value;
-          const body = { devices: [...selected], params, comment: $("#req-comment").value, fleet: $("#req-fleet").checked };
-          if (!body.comment.trim()) { toast("A comment is required.", true); return; }
-          try {
-            const r = await api("POST", "/api/v1/actions", body);
-            toast(`Requested action(s) ${r.actions.map((a) => a.id).join(", ")}.`);
-          } catch (e) { toast(e.message, true); }
-        } }, "Request"))));
-  }
+  if (can("respond")) parts.push(actionForm(list, selected)); // forms.js
   $("#main").replaceChildren(...parts);
+  actionFormShown();
 }
 
 // ---------------------------------------------------------------- admin
