@@ -185,7 +185,13 @@ impl Store {
         let audit_key = audit::AuditKey::load_or_create(&path.with_file_name("audit.key"))?;
         let audit_public: Arc<[u8]> = audit_key.public().into();
         if let Some(cp) = audit::checkpoint(&conn, &audit_key)? {
-            tracing::info!(seq = cp.seq, head = %cp.head_hash, "audit chain signed at open");
+            tracing::info!(
+                seq = cp.seq,
+                head = %cp.head_hash,
+                at = cp.at,
+                signature = %cp.signature,
+                "audit chain signed at open"
+            );
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(WriterHealth::default());
@@ -430,7 +436,15 @@ fn writer(
             Some(e) => Err(e),
             None => match audit::checkpoint(&conn, audit_key) {
                 Ok(Some(cp)) => {
-                    tracing::debug!(seq = cp.seq, head = %cp.head_hash, "audit checkpoint");
+                    // Logged whole, so that journald or syslog keeps a copy of every
+                    // checkpoint outside the data directory (docs/operations.md, Audit).
+                    tracing::info!(
+                        seq = cp.seq,
+                        head = %cp.head_hash,
+                        at = cp.at,
+                        signature = %cp.signature,
+                        "audit checkpoint"
+                    );
                     Ok(())
                 }
                 Ok(None) => Ok(()),

@@ -128,3 +128,25 @@ fn a_rewrite_with_every_later_hash_recomputed_is_found_by_the_audit_key() {
     let err = verify_fails(&ctl);
     assert!(err.contains("not written by the controller"), "{err}");
 }
+
+#[test]
+fn every_checkpoint_goes_to_the_controllers_log() {
+    let (ctl, _agent) = with_records();
+    let (seq, head) = {
+        let row = sqlite3(
+            &ctl.db(),
+            "SELECT seq || ' ' || head_hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+        );
+        let (seq, head) = row.trim().split_once(' ').unwrap();
+        (seq.to_owned(), head.to_owned())
+    };
+    assert_eq!(seq, last_seq(&ctl).to_string());
+    let log = ctl.log();
+    assert!(
+        log.lines().any(|l| l.contains("audit checkpoint")
+            && l.contains(&format!("seq={seq}"))
+            && l.contains(&format!("head={head}"))
+            && l.contains("signature=")),
+        "{log}"
+    );
+}
