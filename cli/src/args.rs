@@ -531,7 +531,8 @@ pub(crate) enum PolicyCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
-    /// Check the hash chain; exits 1 and names the first broken record if it is broken.
+    /// Check the hash chain and its signed checkpoints; exits 1 and names the first broken
+    /// record if it is broken.
     Verify,
     /// Recent audit records (optionally for one action).
     List {

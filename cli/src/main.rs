@@ -648,8 +648,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let broken = &v["first_broken"];
             if broken.is_null() {
                 if !json_out {
+                    let signed = match &v["checkpoint"]["seq"] {
+                        Value::Null => "0".to_owned(),
+                        seq => text(seq),
+                    };
                     println!(
-                        "audit chain intact: {} records verified",
+                        "audit chain intact: {} records verified, signed up to record {signed}",
                         text(&v["records"])
                     );
                 }

@@ -203,14 +203,18 @@ async fn run(store: Store, device: DeviceId, n_actions: usize, tasks: usize) -> 
 /// action) and the audit chain is intact. Through the store's own functions: only the store
 /// speaks SQL.
 fn check(store: &Store, n_actions: usize) {
+    let public = store.audit_public();
     let (succeeded, audit) = store
-        .read_blocking(|c| {
+        .read_blocking(move |c| {
             let filter = actions::Filter {
                 status: Some(ActionStatus::Succeeded),
                 limit: Some(1),
                 ..Default::default()
             };
-            Ok((actions::list(c, &filter, None)?.1, audit::verify(c)?))
+            Ok((
+                actions::list(c, &filter, None)?.1,
+                audit::verify(c, &public)?,
+            ))
         })
         .expect("read back");
     assert_eq!(succeeded as usize, n_actions, "succeeded actions");

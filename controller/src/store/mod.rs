@@ -130,6 +130,8 @@ pub struct Store {
     /// Whether the writer thread still runs: `GET /api/v1/status` reports it, because every
     /// write fails once it has ended while reads still answer.
     writer: Arc<WriterHealth>,
+    /// The public half of the audit key, which verifies the chain's checkpoints.
+    audit_public: Arc<[u8]>,
 }
 
 /// The writer thread's health, shared with the store's handles.
@@ -178,6 +180,19 @@ impl Store {
         // count: SQLite also reads `cache_spill=N` as a boolean, N's low byte.)
         conn.pragma_update(None, "cache_spill", false)?;
         crate::fsutil::restrict(path)?;
+        // The audit key lives beside the database, not in it (store/audit.rs). A database from
+        // before checkpoints gets its first one now, covering its chain as it stands.
+        let audit_key = audit::AuditKey::load_or_create(&path.with_file_name("audit.key"))?;
+        let audit_public: Arc<[u8]> = audit_key.public().into();
+        if let Some(cp) = audit::checkpoint(&conn, &audit_key)? {
+            tracing::info!(
+                seq = cp.seq,
+                head = %cp.head_hash,
+                at = cp.at,
+                signature = %cp.signature,
+                "audit chain signed at open"
+            );
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let health = Arc::new(WriterHealth::default());
         let guard = StoppedOnDrop(health.clone());
@@ -185,7 +200,7 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || {
                 let _guard = guard;
-                writer(conn, rx, &_guard.0)
+                writer(conn, rx, &_guard.0, &audit_key)
             })?;
         let (reads, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
@@ -199,7 +214,13 @@ impl Store {
             jobs: tx,
             reads,
             writer: health,
+            audit_public,
         })
+    }
+
+    /// The public half of the audit key (see [`audit::verify`]).
+    pub fn audit_public(&self) -> Arc<[u8]> {
+        self.audit_public.clone()
     }
 
     /// Whether the writer thread still runs (else every write answers [`StoreError::Closed`]).
@@ -351,7 +372,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, health: &WriterHealth) {
+fn writer(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    health: &WriterHealth,
+    audit_key: &audit::AuditKey,
+) {
     while let Ok(first) = jobs.recv() {
         if health.halt.load(Ordering::SeqCst) {
             return;
@@ -404,9 +430,27 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, health: &WriterHealth) {
             }
             done.push(complete);
         }
+        // The group's audit records are signed in its own transaction: a reader never sees
+        // records without the checkpoint that covers them.
         let committed = match poisoned {
             Some(e) => Err(e),
-            None => conn.execute_cached("COMMIT", []).map_err(StoreError::from),
+            None => match audit::checkpoint(&conn, audit_key) {
+                Ok(Some(cp)) => {
+                    // Logged whole, so that journald or syslog keeps a copy of every
+                    // checkpoint outside the data directory (docs/operations.md, Audit).
+                    tracing::info!(
+                        seq = cp.seq,
+                        head = %cp.head_hash,
+                        at = cp.at,
+                        signature = %cp.signature,
+                        "audit checkpoint"
+                    );
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            }
+            .and_then(|()| conn.execute_cached("COMMIT", []).map_err(StoreError::from)),
         };
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
@@ -589,5 +633,89 @@ mod tests {
                 .unwrap();
             assert_eq!(n, i + 1);
         }
+    }
+
+    fn append_one(s: &Store, event: &'static str) {
+        s.write_blocking(move |c| {
+            audit::append(c, "alice", event, None, None, &serde_json::json!({}))
+        })
+        .unwrap();
+    }
+
+    fn verified(s: &Store) -> audit::Verification {
+        let public = s.audit_public();
+        s.read_blocking(move |c| audit::verify(c, &public)).unwrap()
+    }
+
+    #[test]
+    fn the_writer_signs_every_commit_with_a_key_kept_beside_the_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let mode = std::fs::metadata(dir.path().join("audit.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for _ in 0..3 {
+            append_one(&s, "requested");
+            let v = verified(&s);
+            assert!(v.first_broken.is_none(), "{:?}", v.first_broken);
+            assert_eq!(v.checkpoint.expect("signed").seq, v.records as i64);
+        }
+        // Opened again, the same key verifies the same chain.
+        let public = s.audit_public();
+        drop(s);
+        let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        assert_eq!(s.audit_public(), public);
+        let v = verified(&s);
+        assert_eq!((v.records, v.first_broken.is_none()), (3, true));
+    }
+
+    #[test]
+    fn an_unkeyed_chain_from_before_checkpoints_is_signed_at_the_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        {
+            // Written the way a controller before the audit key did: no checkpoints.
+            let mut c = Connection::open(&path).unwrap();
+            schema::migrations().to_latest(&mut c).unwrap();
+            for i in 0..4 {
+                audit::append(
+                    &c,
+                    "alice",
+                    "requested",
+                    None,
+                    None,
+                    &serde_json::json!({"i": i}),
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        let v = verified(&s);
+        assert!(v.first_broken.is_none(), "{:?}", v.first_broken);
+        assert_eq!(
+            v.checkpoint.expect("the carried-over chain is signed").seq,
+            4
+        );
+        append_one(&s, "approved");
+        assert_eq!(verified(&s).checkpoint.expect("signed").seq, 5);
+    }
+
+    #[test]
+    fn a_lost_audit_key_is_a_broken_chain_not_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        append_one(&s, "requested");
+        drop(s);
+        std::fs::remove_file(dir.path().join("audit.key")).unwrap();
+        let s = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let broken = verified(&s).first_broken.expect("the old checkpoints fail");
+        assert!(
+            broken.reason.contains("not signed with the audit key"),
+            "{}",
+            broken.reason
+        );
     }
 }

@@ -17,6 +17,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V11),
         M::up(V12),
         M::up(V13),
+        M::up(V14),
     ])
 }
 
@@ -339,6 +340,21 @@ CREATE TABLE artifact_blobs (
     sha256 TEXT PRIMARY KEY,
     bytes BLOB NOT NULL
 );
+"#;
+
+/// Signed checkpoints of the audit chain (store/audit.rs): each names a record and its hash,
+/// signed with the audit key kept outside the database.
+const V14: &str = r#"
+CREATE TABLE audit_checkpoints (
+    seq       INTEGER PRIMARY KEY,
+    head_hash TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'the audit checkpoints are append-only'); END;
 "#;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! area; the benchmarks' smoke runs (small knobs, see `palisade_tests::bench::smoke`) are here
 //! too, so `cargo test` builds one binary for the tier instead of one per file.
 
+mod audit;
 mod cli;
 mod cli_tables;
 mod fuzz;

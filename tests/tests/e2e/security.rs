@@ -367,6 +367,7 @@ fn secret_files_are_private() {
     for name in [
         "ca.key",
         "breakglass.key",
+        "audit.key",
         "admin.token",
         "reset.key",
         "ticket.key",
