@@ -3,6 +3,7 @@
 //! too, so `cargo test` builds one binary for the tier instead of one per file.
 
 mod fuzz;
+mod hardening;
 mod lifecycle;
 mod scan;
 mod security;
