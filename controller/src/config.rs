@@ -32,6 +32,11 @@ pub struct FileConfig {
     pub max_pending_per_source: Option<u64>,
     pub retry_above: Option<u64>,
     pub max_handshakes: Option<u64>,
+    pub api_header_timeout: Option<String>,
+    pub api_body_timeout: Option<String>,
+    pub api_idle_timeout: Option<String>,
+    pub api_max_connections: Option<u64>,
+    pub api_max_connections_per_address: Option<u64>,
 }
 
 impl FileConfig {
@@ -122,6 +127,36 @@ impl FileConfig {
             overrides.max_handshakes.or(self.max_handshakes),
             c.max_handshakes,
         )?;
+        c.api_header_timeout = duration(
+            "api_header_timeout",
+            overrides.api_header_timeout.or(self.api_header_timeout),
+            c.api_header_timeout,
+        )?;
+        c.api_body_timeout = duration(
+            "api_body_timeout",
+            overrides.api_body_timeout.or(self.api_body_timeout),
+            c.api_body_timeout,
+        )?;
+        c.api_idle_timeout = duration(
+            "api_idle_timeout",
+            overrides.api_idle_timeout.or(self.api_idle_timeout),
+            c.api_idle_timeout,
+        )?;
+        c.api_max_connections = palisade_common::config::positive(
+            "api_max_connections",
+            overrides.api_max_connections.or(self.api_max_connections),
+            c.api_max_connections,
+        )?;
+        c.api_max_connections_per_address = palisade_common::config::positive(
+            "api_max_connections_per_address",
+            overrides
+                .api_max_connections_per_address
+                .or(self.api_max_connections_per_address),
+            c.api_max_connections_per_address,
+        )?;
+        if c.api_max_connections_per_address > c.api_max_connections {
+            bail!("api_max_connections_per_address must not exceed api_max_connections");
+        }
         c.data_dir = std::path::absolute(&c.data_dir)?;
         Ok(c)
     }
@@ -143,6 +178,41 @@ mod tests {
             PathBuf::from("/var/lib/palisade-controller")
         );
         assert_eq!(config.approval_expiry, Duration::from_secs(7 * 86400));
+        assert_eq!(config.api_header_timeout, Duration::from_secs(10));
+        assert_eq!(config.api_body_timeout, Duration::from_secs(300));
+        assert_eq!(config.api_idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.api_max_connections, 4096);
+        assert_eq!(config.api_max_connections_per_address, 64);
+    }
+
+    #[test]
+    fn the_api_limits_are_read_and_checked() {
+        let c = FileConfig::parse(
+            "api_header_timeout = \"2s\"\napi_body_timeout = \"3s\"\napi_idle_timeout = \"4s\"\n\
+             api_max_connections = 10\napi_max_connections_per_address = 5",
+        )
+        .unwrap()
+        .resolve(FileConfig::default())
+        .unwrap();
+        assert_eq!(c.api_header_timeout, Duration::from_secs(2));
+        assert_eq!(c.api_body_timeout, Duration::from_secs(3));
+        assert_eq!(c.api_idle_timeout, Duration::from_secs(4));
+        assert_eq!(c.api_max_connections, 10);
+        assert_eq!(c.api_max_connections_per_address, 5);
+        for (text, name) in [
+            ("api_idle_timeout = \"0s\"", "api_idle_timeout"),
+            ("api_max_connections = 0", "api_max_connections"),
+            (
+                "api_max_connections = 4\napi_max_connections_per_address = 5",
+                "api_max_connections_per_address",
+            ),
+        ] {
+            let err = FileConfig::parse(text)
+                .unwrap()
+                .resolve(FileConfig::default())
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "{text}: {err}");
+        }
     }
 
     #[test]

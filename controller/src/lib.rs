@@ -60,6 +60,15 @@ pub struct Config {
     /// agents' handshake time-out would otherwise be spent on handshakes their agents have
     /// already given up on.
     pub max_handshakes: u64,
+    /// An API request's headers must arrive within this.
+    pub api_header_timeout: Duration,
+    /// An API request's body must arrive within this (from the end of its headers).
+    pub api_body_timeout: Duration,
+    /// A keep-alive API connection with no request for this long is closed.
+    pub api_idle_timeout: Duration,
+    /// API connections open at once, in total and per client address.
+    pub api_max_connections: u64,
+    pub api_max_connections_per_address: u64,
 }
 
 /// When the API listens with TLS.
@@ -107,6 +116,11 @@ impl Config {
             max_pending_per_source: 32,
             retry_above: 64,
             max_handshakes: 256,
+            api_header_timeout: Duration::from_secs(10),
+            api_body_timeout: Duration::from_secs(300),
+            api_idle_timeout: Duration::from_secs(60),
+            api_max_connections: 4096,
+            api_max_connections_per_address: 64,
         }
     }
 }
@@ -168,25 +182,14 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(transport::serve(endpoint.clone(), controller.clone()));
     tokio::spawn(service::sweeper(controller.clone()));
     let app = web::app(controller.clone());
-    match api_tls {
-        Some(tls) => {
-            let listener = web::tls::TlsListener::new(listener, tls);
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<web::tls::ClientAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await?
-        }
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<web::tls::ClientAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await?
-        }
-    }
+    web::serve::serve(
+        listener,
+        api_tls,
+        app,
+        web::serve::Limits::from_config(&config),
+        shutdown_signal(),
+    )
+    .await;
     endpoint.close(0u32.into(), b"controller shutting down");
     Ok(())
 }

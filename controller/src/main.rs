@@ -148,6 +148,8 @@ fn main() -> ExitCode {
         max_pending_per_source: f.max_pending_per_source,
         retry_above: f.retry_above,
         max_handshakes: f.max_handshakes,
+        // The API's limits are set in the file only.
+        ..FileConfig::default()
     };
     let config = match file.resolve(overrides) {
         Ok(c) => c,

@@ -1,7 +1,7 @@
 //! The web Action center, served by the controller itself: the static page (HTML, CSS and
 //! JavaScript embedded in the binary, no build step), browser sessions (password login,
 //! cookies, CSRF, rate limits), the CSV export, per-user UI preferences, the OpenAPI
-//! document and the HTTPS listener.
+//! document, and the HTTP server (time limits, connection caps, HTTPS).
 //!
 //! The page is only a client of the JSON API: every button is an API call that checks the
 //! caller's permissions itself, so the UI merely hides what the API would refuse anyway.
@@ -10,6 +10,7 @@ pub mod export;
 pub mod openapi;
 pub mod password;
 pub mod prefs;
+pub mod serve;
 pub mod session;
 pub mod tls;
 

@@ -6,6 +6,7 @@ mod audit;
 mod cli;
 mod cli_tables;
 mod fuzz;
+mod hardening;
 mod lifecycle;
 mod scan;
 mod security;
