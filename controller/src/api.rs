@@ -150,8 +150,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::bad_request(e.body_text())),
+            Err(e) => Err(body_rejection(e.status(), e.body_text())),
         }
+    }
+}
+
+/// The JSON error for a body that could not be read: 413 for one over the route's limit, 415
+/// for one that does not say `Content-Type: application/json`, 400 for everything else (bad
+/// JSON, or JSON of the wrong shape).
+fn body_rejection(status: StatusCode, message: String) -> ApiError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        ),
+        _ => ApiError::bad_request(message),
     }
 }
 
@@ -542,7 +559,7 @@ async fn device_vault(
 
 #[utoipa::path(post, path = "/api/v1/actions", tag = "actions",
     request_body = crate::service::ActionRequest,
-    responses((status = 200, description = "request an action on one or more devices, or fleet-wide")))]
+    responses((status = 201, description = "request an action on one or more devices, or fleet-wide")))]
 async fn request_actions(
     State(ctl): Ctl,
     who: Principal,
@@ -694,7 +711,7 @@ async fn show_action(
 #[serde(deny_unknown_fields)]
 pub(crate) struct Decision {
     /// Each id once: an id given twice is refused with a 400 naming it.
-    #[schema(value_type = Vec<u64>)]
+    #[schema(value_type = Vec<u64>, min_items = 1)]
     ids: Vec<ActionId>,
     #[serde(default)]
     comment: String,
@@ -760,7 +777,7 @@ async fn cancel(
 
 #[utoipa::path(post, path = "/api/v1/actions/undo", tag = "actions",
     request_body = Decision,
-    responses((status = 200, description = "undo succeeded lasting actions of one kind")))]
+    responses((status = 201, description = "undo succeeded lasting actions of one kind: the undo actions")))]
 async fn undo(
     State(ctl): Ctl,
     who: Principal,
@@ -881,7 +898,7 @@ fn default_group() -> String {
 
 #[utoipa::path(post, path = "/api/v1/enroll-tokens", tag = "admin",
     request_body = NewEnrollToken,
-    responses((status = 200, description = "create an enrolment token (admin)")))]
+    responses((status = 201, description = "create an enrolment token (admin)")))]
 async fn create_enroll_token(
     State(ctl): Ctl,
     who: Principal,
@@ -919,14 +936,15 @@ pub(crate) struct NewUser {
     role: String,
     #[serde(default)]
     device_groups: Vec<String>,
-    /// For logging in to the web Action center (argon2-hashed).
+    /// For logging in to the web Action center (argon2-hashed): 10 characters to 1,024 bytes.
     #[serde(default)]
+    #[schema(min_length = 10, max_length = 1024)]
     password: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "admin",
     request_body = NewUser,
-    responses((status = 200, description = "add a user; returns its first API token (admin)")))]
+    responses((status = 201, description = "add a user; returns its first API token (admin)")))]
 async fn add_user(
     State(ctl): Ctl,
     who: Principal,
@@ -1049,9 +1067,11 @@ async fn verify_audit(State(ctl): Ctl, who: Principal) -> ApiResult<Json<audit::
 /// Largest rule upload accepted (all files of one request, as JSON).
 const MAX_RULES_UPLOAD: usize = 128 << 20;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RulesUpload {
+pub(crate) struct RulesUpload {
+    /// YARA rules (`.yar`, `.yara`) and ClamAV hash lists (`.hdb`, `.hsb`).
+    #[schema(min_items = 1)]
     files: Vec<crate::rules::RuleFile>,
     #[serde(default)]
     comment: String,
@@ -1059,7 +1079,7 @@ struct RulesUpload {
 
 /// A new rule set (YARA sources, ClamAV hash lists), compiled here; admin only.
 #[utoipa::path(post, path = "/api/v1/rules", tag = "scan",
-    request_body(content = serde_json::Value, description = "{\"files\": [{\"name\", \"text\"}], \"comment\"}"),
+    request_body = RulesUpload,
     responses((status = 201, description = "the new rule-set version"),
         (status = 400, description = "every problem as file:line: message")))]
 async fn upload_rules(
@@ -1254,6 +1274,40 @@ mod tests {
                 e.message.contains("action 7 is given more than once"),
                 "{e:?}"
             );
+        }
+    }
+
+    async fn read_body(content_type: Option<&str>, body: Vec<u8>) -> ApiError {
+        let mut req = axum::http::Request::builder().method("POST").uri("/");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
+        }
+        let req = req.body(axum::body::Body::from(body)).unwrap();
+        match Body::<serde_json::Value>::from_request(req, &()).await {
+            Ok(_) => panic!("the body was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_413_and_a_wrong_content_type_415() {
+        // Over the default limit of 2 MiB (routes that take more raise it).
+        let big = [b"\"".as_slice(), &vec![b'a'; 3 << 20], b"\""].concat();
+        let e = read_body(Some("application/json"), big).await;
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        assert_eq!(e.code, "payload_too_large");
+        for t in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            let e = read_body(t, b"{}".to_vec()).await;
+            assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{t:?}: {e:?}");
+            assert_eq!(e.code, "unsupported_media_type");
+        }
+        for bad in [&b"{"[..], b"[1,"] {
+            let e = read_body(Some("application/json"), bad.to_vec()).await;
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
         }
     }
 

@@ -11,11 +11,12 @@ pub const MAX_FILES: usize = 256;
 const MAX_LISTED_ERRORS: usize = 20;
 
 /// One uploaded file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     /// The file's name (no directory): its extension says what it is: `.yar`/`.yara`,
     /// `.hdb`, `.hsb`.
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     pub content: String,
 }

@@ -182,6 +182,8 @@ pub struct ActionRequest {
     /// `{"kind": "<action kind>", …the kind's parameters}`.
     #[schema(value_type = Object)]
     pub params: ActionParams,
+    /// Why: required, not blank.
+    #[schema(min_length = 1, pattern = r"\S")]
     pub comment: String,
     #[serde(default)]
     #[schema(value_type = Option<String>)]

@@ -61,7 +61,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         super::export::export_csv,
         document,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &Errors)
 )]
 pub struct ApiDoc;
 
@@ -158,6 +158,89 @@ impl utoipa::Modify for Security {
     }
 }
 
+/// The error answers every operation can give, each with the API's one error body
+/// (`{"error": {"status", "code", "message"}}`), added to what the handlers' annotations say:
+/// 401 and 403 where the caller must authenticate (a wrong permission, device group or CSRF
+/// token); 400 where there are parameters or a body; 404 where a path names an object or a
+/// change names devices, actions or users; 409 when a change conflicts with the current state;
+/// 413 and 415 where a JSON body is read (over the route's size limit, not
+/// `application/json`).
+struct Errors;
+
+impl utoipa::Modify for Errors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let detail = ObjectBuilder::new()
+            .property("status", ObjectBuilder::new().schema_type(Type::Integer))
+            .required("status")
+            .property("code", ObjectBuilder::new().schema_type(Type::String))
+            .required("code")
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message");
+        let error = ObjectBuilder::new()
+            .property("error", detail)
+            .required("error")
+            .build();
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.schemas.insert("Error".into(), error.into());
+        let response = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Error")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for (method, op) in [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+            ] {
+                let Some(op) = op.as_mut() else { continue };
+                let secured = op.security.is_some();
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let json_body = op.request_body.as_ref().is_some_and(|b| {
+                    b.content.is_empty() || b.content.contains_key("application/json")
+                });
+                let changes = method == "post" || method == "put";
+                let mut codes: Vec<(&str, &str)> = Vec::new();
+                if has_params || op.request_body.is_some() {
+                    codes.push(("400", "a parameter or the body is not valid"));
+                }
+                if secured {
+                    codes.push(("401", "not authenticated"));
+                    codes.push((
+                        "403",
+                        "not allowed (permission, device group or CSRF token)",
+                    ));
+                }
+                if path.contains('{') || (changes && secured) {
+                    codes.push(("404", "no such object"));
+                }
+                if changes && secured {
+                    codes.push(("409", "conflicts with the current state"));
+                }
+                if json_body {
+                    codes.push(("413", "the body is larger than this route accepts"));
+                    codes.push(("415", "the body is not application/json"));
+                }
+                for (code, description) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| response(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
     responses((status = 200, description = "the OpenAPI 3.1 document of this API")))]
@@ -231,6 +314,52 @@ mod tests {
             seen,
             ACCESS.len() + PUBLIC.len(),
             "ACCESS or PUBLIC names an operation that is not documented"
+        );
+    }
+
+    /// The error answers a client can meet are documented, with the error body.
+    #[test]
+    fn error_answers_are_documented() {
+        let doc = ApiDoc::openapi();
+        let op = |path: &str, method: &str| {
+            let item = &doc.paths.paths[path];
+            match method {
+                "get" => item.get.clone(),
+                "post" => item.post.clone(),
+                _ => item.put.clone(),
+            }
+            .unwrap_or_else(|| panic!("{method} {path}"))
+        };
+        let codes = |path: &str, method: &str| -> Vec<String> {
+            op(path, method)
+                .responses
+                .responses
+                .keys()
+                .cloned()
+                .collect()
+        };
+        for code in ["201", "400", "401", "403", "404", "409", "413", "415"] {
+            assert!(
+                codes("/api/v1/actions", "post").contains(&code.to_owned()),
+                "POST /api/v1/actions lacks {code}"
+            );
+        }
+        for code in ["401", "403"] {
+            assert!(codes("/api/v1/devices", "get").contains(&code.to_owned()));
+        }
+        assert!(codes("/api/v1/devices/{id}", "get").contains(&"404".to_owned()));
+        assert!(!codes("/api/v1/openapi.json", "get").contains(&"401".to_owned()));
+        for (path, method) in [("/api/v1/users", "post"), ("/api/v1/enroll-tokens", "post")] {
+            let c = codes(path, method);
+            assert!(
+                c.contains(&"201".to_owned()) && !c.contains(&"200".to_owned()),
+                "{path}: {c:?}"
+            );
+        }
+        assert!(
+            doc.components
+                .as_ref()
+                .is_some_and(|c| c.schemas.contains_key("Error"))
         );
     }
 

@@ -341,6 +341,8 @@ pub async fn logout(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
+    /// 10 characters to 1,024 bytes.
+    #[schema(min_length = 10, max_length = 1024)]
     password: String,
     /// Needed when users change their own password (admins setting another's do not).
     #[serde(default)]
