@@ -1238,6 +1238,8 @@ fn results_are_shown_as_tables_and_json_only_behind_raw() {
         json!(true),
         "progress cleared once done"
     );
+}
+
 /// The newest pending action of `kind`, if any: its id and parameters.
 fn pending_of(ctl: &Controller, kind: &str) -> Option<(u64, Value)> {
     let (_, v) = ctl.api(
