@@ -173,6 +173,10 @@ impl FromRequestParts<Arc<Controller>> for Principal {
         parts: &mut Parts,
         ctl: &Arc<Controller>,
     ) -> Result<Self, Self::Rejection> {
+        // Already authenticated before the body was read (`web::gate`).
+        if let Some(who) = parts.extensions.get::<Principal>() {
+            return Ok(who.clone());
+        }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let Some(header) = parts.headers.get(header::AUTHORIZATION) else {
             // Browsers: the session cookie (and, to change anything, its CSRF token).

@@ -7,6 +7,7 @@
 //! caller's permissions itself, so the UI merely hides what the API would refuse anyway.
 
 pub mod export;
+pub mod gate;
 pub mod openapi;
 pub mod password;
 pub mod prefs;
@@ -33,7 +34,11 @@ pub struct WebState {
 pub fn app(ctl: Arc<Controller>) -> Router {
     let tls = ctl.config.api_uses_tls();
     crate::api::router(ctl.clone())
-        .merge(router(ctl))
+        .merge(router(ctl.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctl,
+            gate::permission_first,
+        ))
         .layer(axum::middleware::map_response(
             move |r: Response| async move { security_headers(r, tls) },
         ))

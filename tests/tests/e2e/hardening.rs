@@ -229,3 +229,63 @@ fn past_the_per_address_cap_a_connection_is_closed_at_once_and_other_addresses_a
         "{log}"
     );
 }
+
+#[test]
+fn a_caller_without_the_permission_is_refused_before_its_body_is_read() {
+    // A long body time limit: a refusal that waited for the body would be seen.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.toml");
+    std::fs::write(&path, "api_body_timeout = \"60s\"\n").unwrap();
+    let ctl = Controller::start_with(&["--config", path.to_str().unwrap()]);
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/users",
+        Some(&ctl.admin_token),
+        Some(serde_json::json!({"name": "vera", "role": "viewer"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let viewer = v["token"]
+        .as_str()
+        .expect("the new user's token")
+        .to_owned();
+
+    for (auth, status, code) in [
+        (
+            format!("Authorization: Bearer {viewer}\r\n"),
+            "403",
+            "forbidden",
+        ),
+        (String::new(), "401", "unauthorized"),
+    ] {
+        let mut s = connect(ctl.api);
+        s.write_all(
+            format!(
+                "POST /api/v1/rules HTTP/1.1\r\nHost: controller\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{{\"rules\":"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let reply = exchange(&mut s, "");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "refused after {:?}",
+            t.elapsed()
+        );
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.contains(&format!("\"code\":\"{code}\"")), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+    }
+    // The admin may: its upload is read (and here refused for what it holds, not who sent it).
+    let (status, v) = ctl.api(
+        "POST",
+        "/api/v1/rules",
+        Some(&ctl.admin_token),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(status, 400, "{v}");
+}
