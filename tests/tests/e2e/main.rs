@@ -5,6 +5,7 @@
 mod fuzz;
 mod lifecycle;
 mod scan;
+mod schema;
 mod security;
 mod tidy;
 mod web_api;
