@@ -17,6 +17,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V11),
         M::up(V12),
         M::up(V13),
+        M::up(V14),
     ])
 }
 
@@ -341,10 +342,82 @@ CREATE TABLE artifact_blobs (
 );
 "#;
 
+/// Issue 27: credentials that can be revoked. Every user ever added gets an id from
+/// `user_ids`, whose AUTOINCREMENT never hands out an id twice, so a name removed and added
+/// again is a new user: tokens and sessions are keyed to that id, not to the name. Tokens get
+/// an optional expiry and a revocation time; users can be disabled. Rows written before this
+/// get ids here and keep working.
+const V14: &str = r#"
+CREATE TABLE user_ids (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO user_ids (name, created_at) SELECT name, created_at FROM users ORDER BY created_at, name;
+ALTER TABLE users ADD COLUMN id INTEGER REFERENCES user_ids(id);
+UPDATE users SET id = (SELECT i.id FROM user_ids i WHERE i.name = users.name);
+CREATE UNIQUE INDEX users_by_id ON users(id);
+ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+ALTER TABLE users ADD COLUMN disabled_by TEXT;
+
+ALTER TABLE api_tokens ADD COLUMN user_id INTEGER;
+UPDATE api_tokens SET user_id = (SELECT u.id FROM users u WHERE u.name = api_tokens.user_name);
+ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;
+ALTER TABLE api_tokens ADD COLUMN revoked_by TEXT;
+ALTER TABLE api_tokens ADD COLUMN created_by TEXT;
+CREATE INDEX api_tokens_by_user ON api_tokens(user_id);
+
+ALTER TABLE sessions ADD COLUMN user_id INTEGER;
+UPDATE sessions SET user_id = (SELECT u.id FROM users u WHERE u.name = sessions.user_name);
+CREATE INDEX sessions_by_user_id ON sessions(user_id);
+"#;
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn migrations_are_valid() {
         super::migrations().validate().unwrap();
+    }
+
+    /// Users, tokens and sessions written before user ids keep working after V14, and each
+    /// existing user gets its own id.
+    #[test]
+    fn rows_from_before_user_ids_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        {
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            super::migrations().to_version(&mut c, 13).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO users (name, role, created_by, created_at) VALUES ('root', 'admin', 'x', 1), ('ivy', 'investigator', 'x', 2);
+                 INSERT INTO api_tokens (token_hash, user_name, created_at) VALUES ('{}', 'ivy', 3);
+                 INSERT INTO sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES ('h1', 'ivy', 'c', 3, 9999999999999);",
+                crate::store::auth::token_hash("pal_old")
+            ))
+            .unwrap();
+        }
+        let store = crate::store::Store::open(&path).unwrap();
+        store
+            .write_blocking(|c| {
+                let p = crate::store::auth::authenticate(c, "pal_old")?.expect("old token works");
+                assert_eq!(p.name, "ivy");
+                assert_eq!(
+                    crate::store::sessions::session(c, "h1")?
+                        .unwrap()
+                        .principal
+                        .name,
+                    "ivy"
+                );
+                let ids: Vec<i64> = c
+                    .prepare("SELECT id FROM users ORDER BY created_at")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                assert_eq!(ids, vec![1, 2]);
+                crate::store::auth::add_user(c, "root", "new", crate::auth::Role::Viewer, &[])?;
+                assert_eq!(crate::store::auth::list_tokens(c, Some("new"))?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -55,10 +55,14 @@ pub fn create_session(
     let now = now_ms();
     // Expired sessions of anyone go when someone logs in: the table stays small.
     conn.execute_cached("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-    conn.execute_cached(
-        "INSERT INTO sessions (id_hash, user_name, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    let n = conn.execute_cached(
+        "INSERT INTO sessions (id_hash, user_name, user_id, csrf, created_at, expires_at)
+         SELECT ?1, name, id, ?3, ?4, ?5 FROM users WHERE name = ?2 AND disabled_at IS NULL",
         params![id_hash, user, csrf, now, now + ttl_ms],
     )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("no enabled user {user:?}")));
+    }
     audit::append(
         conn,
         user,
@@ -83,7 +87,8 @@ pub fn session(conn: &Connection, id_hash: &str) -> Result<Option<Session>> {
     let row: Option<(String, String, String, String, i64)> = conn
         .query_row_cached(
             "SELECT u.name, u.role, u.device_groups, s.csrf, s.expires_at FROM sessions s
-             JOIN users u ON u.name = s.user_name WHERE s.id_hash = ?1 AND s.expires_at > ?2",
+             JOIN users u ON u.id = s.user_id
+             WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled_at IS NULL",
             params![id_hash, now_ms()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
