@@ -64,6 +64,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: UsersCmd,
     },
+    /// API tokens: list, create, revoke, rotate.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Approval policy per device group and action kind.
     Policy {
         #[command(subcommand)]
@@ -448,6 +453,41 @@ pub(crate) enum UsersCmd {
     SetPassword {
         name: String,
     },
+    /// Disable a user: their API tokens and web sessions stop working until enabled again.
+    Disable {
+        name: String,
+    },
+    /// Enable a disabled user again (sessions ended by the disable stay ended).
+    Enable {
+        name: String,
+    },
+    /// Remove a user with their API tokens, sessions and preferences. The name can be added
+    /// again later as a new user; no old credential works for it.
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCmd {
+    /// List API tokens (never their secrets), revoked ones included.
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// A new API token for a user; prints it once.
+    Create {
+        user: String,
+        /// How long it lives (e.g. 90d, 12h; at most 366d). Default: until revoked.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Revoke an API token by its id (from `token list`).
+    Revoke { id: i64 },
+    /// Revoke an API token and make a new one for the same user with the time it had left;
+    /// prints the new one once.
+    Rotate { id: i64 },
 }
 
 #[derive(Subcommand)]

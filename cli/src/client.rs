@@ -116,6 +116,16 @@ impl Client {
             .context("cannot read the controller's answer")
     }
 
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        let resp = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", self.auth()?)
+            .call()
+            .map_err(|e| self.unreachable(e))?;
+        json_or_error(resp)
+    }
+
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
         let resp = self
             .agent

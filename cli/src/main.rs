@@ -558,13 +558,144 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Users {
+            command: UsersCmd::Disable { name },
+        } => {
+            let v = client.put(
+                &format!("/api/v1/users/{}/disabled", client::segment(&name)),
+                &json!({"disabled": true}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!("user {name} disabled; their API tokens and web sessions no longer work");
+            }
+        }
+        Command::Users {
+            command: UsersCmd::Enable { name },
+        } => {
+            let v = client.put(
+                &format!("/api/v1/users/{}/disabled", client::segment(&name)),
+                &json!({"disabled": false}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!("user {name} enabled");
+            }
+        }
+        Command::Users {
+            command: UsersCmd::Remove { name },
+        } => {
+            let v = client.delete(&format!("/api/v1/users/{}", client::segment(&name)))?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!("user {name} removed with their API tokens and sessions");
+            }
+        }
+        Command::Token {
+            command: TokenCmd::List { user },
+        } => {
+            let q: Vec<(&str, String)> = user.into_iter().map(|u| ("user", u)).collect();
+            let v = client.get("/api/v1/tokens", &q)?;
+            if json_out {
+                print(&v)?;
+            } else {
+                let tokens = v["tokens"].as_array().cloned().unwrap_or_default();
+                if tokens.is_empty() {
+                    println!("no API tokens");
+                } else {
+                    let mut t = Table::new(&[
+                        "id",
+                        "user",
+                        "created at",
+                        "created by",
+                        "expires",
+                        "revoked",
+                    ]);
+                    for k in &tokens {
+                        t.row(vec![
+                            text(&k["id"]),
+                            text(&k["user"]),
+                            ts(&k["created_at"]),
+                            text(&k["created_by"]),
+                            if k["expires_at"].is_null() {
+                                "never".into()
+                            } else {
+                                ts(&k["expires_at"])
+                            },
+                            if k["revoked_at"].is_null() {
+                                "-".into()
+                            } else {
+                                format!("{} by {}", ts(&k["revoked_at"]), text(&k["revoked_by"]))
+                            },
+                        ]);
+                    }
+                    t.print();
+                }
+            }
+        }
+        Command::Token {
+            command: TokenCmd::Create { user, expires_in },
+        } => {
+            let v = client.post(
+                &format!("/api/v1/users/{}/tokens", client::segment(&user)),
+                &json!({"expires_in": expires_in}),
+            )?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!(
+                    "API token {} of {user} (expires: {}; shown once):\n{}",
+                    text(&v["id"]),
+                    if v["expires_at"].is_null() {
+                        "never".into()
+                    } else {
+                        ts(&v["expires_at"])
+                    },
+                    text(&v["token"])
+                );
+            }
+        }
+        Command::Token {
+            command: TokenCmd::Revoke { id },
+        } => {
+            let v = client.post(&format!("/api/v1/tokens/{id}/revoke"), &json!({}))?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!("API token {id} of {} revoked", text(&v["user"]));
+            }
+        }
+        Command::Token {
+            command: TokenCmd::Rotate { id },
+        } => {
+            let v = client.post(&format!("/api/v1/tokens/{id}/rotate"), &json!({}))?;
+            if json_out {
+                print(&v)?;
+            } else {
+                println!(
+                    "API token {id} revoked; its replacement {} (shown once):\n{}",
+                    text(&v["id"]),
+                    text(&v["token"])
+                );
+            }
+        }
+        Command::Users {
             command: UsersCmd::List,
         } => {
             let v = client.get("/api/v1/users", &[])?;
             if json_out {
                 print(&v)?;
             } else {
-                let mut t = Table::new(&["name", "role", "groups", "created by", "created at"]);
+                let mut t = Table::new(&[
+                    "name",
+                    "role",
+                    "groups",
+                    "created by",
+                    "created at",
+                    "disabled",
+                ]);
                 for u in v["users"].as_array().into_iter().flatten() {
                     let groups = list(&u["device_groups"]);
                     t.row(vec![
@@ -577,6 +708,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         },
                         text(&u["created_by"]),
                         ts(&u["created_at"]),
+                        if u["disabled_at"].is_null() {
+                            "-".into()
+                        } else {
+                            ts(&u["disabled_at"])
+                        },
                     ]);
                 }
                 t.print();

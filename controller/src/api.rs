@@ -53,6 +53,12 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         )
         .route("/api/v1/enroll-tokens", post(create_enroll_token))
         .route("/api/v1/users", get(list_users).post(add_user))
+        .route("/api/v1/users/{name}", axum::routing::delete(remove_user))
+        .route("/api/v1/users/{name}/disabled", put(set_user_disabled))
+        .route("/api/v1/users/{name}/tokens", post(create_api_token))
+        .route("/api/v1/tokens", get(list_api_tokens))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_api_token))
+        .route("/api/v1/tokens/{id}/rotate", post(rotate_api_token))
         .route("/api/v1/policies", get(list_policies).put(set_policy))
         .route(
             "/api/v1/rules",
@@ -952,6 +958,182 @@ async fn list_users(State(ctl): Ctl, who: Principal) -> ApiResult<Json<serde_jso
     require_global(&who, Permission::Admin)?;
     Ok(Json(
         json!({"users": ctl.store.read(store_auth::list_users).await?}),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserDisabled {
+    /// true disables the user (its tokens and sessions stop working), false enables it again.
+    disabled: bool,
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{name}/disabled", tag = "admin",
+    params(("name" = String, Path, description = "user name")),
+    request_body = UserDisabled,
+    responses((status = 200, description = "user disabled or enabled (admin)"),
+        (status = 404, description = "no such user"),
+        (status = 409, description = "the last enabled admin")))]
+pub(crate) async fn set_user_disabled(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+    Body(b): Body<UserDisabled>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let actor = who.name.clone();
+    let n = name.clone();
+    ctl.store
+        .write(move |c| store_auth::set_user_disabled(c, &actor, &n, b.disabled))
+        .await?;
+    Ok(Json(json!({"user": name, "disabled": b.disabled})))
+}
+
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "admin",
+    params(("name" = String, Path, description = "user name")),
+    responses((status = 200, description = "user removed with its tokens and sessions (admin)"),
+        (status = 404, description = "no such user"),
+        (status = 409, description = "the last enabled admin")))]
+pub(crate) async fn remove_user(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let actor = who.name.clone();
+    let n = name.clone();
+    ctl.store
+        .write(move |c| store_auth::remove_user(c, &actor, &n))
+        .await?;
+    Ok(Json(json!({"removed": name})))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewApiToken {
+    /// How long the token lives ("90d", "12h"); absent: until revoked.
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{name}/tokens", tag = "admin",
+    params(("name" = String, Path, description = "user name")),
+    request_body = NewApiToken,
+    responses((status = 201, description = "a new API token of the user, shown once: {\"id\", \"token\", \"expires_at\"} (admin)"),
+        (status = 404, description = "no such user")))]
+pub(crate) async fn create_api_token(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(name): Path<String>,
+    Body(b): Body<NewApiToken>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_global(&who, Permission::Admin)?;
+    let ttl_ms = match &b.expires_in {
+        None => None,
+        Some(e) => {
+            let d = humantime::parse_duration(e)
+                .map_err(|err| ApiError::bad_request(format!("expires_in {e:?}: {err}")))?;
+            Some(
+                i64::try_from(d.as_millis())
+                    .ok()
+                    .filter(|ms| *ms <= store_auth::MAX_API_TOKEN_TTL_MS)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "expires_in {e:?} is longer than the limit of {} days",
+                            store_auth::MAX_API_TOKEN_TTL_MS / 86_400_000
+                        ))
+                    })?,
+            )
+        }
+    };
+    let actor = who.name.clone();
+    let (id, token, listed) = ctl
+        .store
+        .write(move |c| {
+            let (id, token) = store_auth::create_token(c, &actor, &name, ttl_ms)?;
+            let listed = store_auth::list_tokens(c, Some(&name))?;
+            Ok((id, token, listed))
+        })
+        .await?;
+    let expires_at = listed
+        .iter()
+        .find(|t| t.id == id)
+        .and_then(|t| t.expires_at);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "token": token, "expires_at": expires_at})),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenQuery {
+    /// Only this user's tokens.
+    user: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "admin",
+    params(TokenQuery),
+    responses((status = 200, description = "API tokens (never their secrets), revoked ones included (admin)",
+        body = Vec<store_auth::ApiToken>)))]
+pub(crate) async fn list_api_tokens(
+    State(ctl): Ctl,
+    who: Principal,
+    Params(q): Params<TokenQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let tokens = ctl
+        .store
+        .read(move |c| store_auth::list_tokens(c, q.user.as_deref()))
+        .await?;
+    Ok(Json(json!({"tokens": tokens})))
+}
+
+fn token_id(id: &str) -> ApiResult<i64> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("token id {id:?} is not a number")))
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", tag = "admin",
+    params(("id" = i64, Path, description = "token id")),
+    responses((status = 200, description = "token revoked (admin)"),
+        (status = 404, description = "no such token"),
+        (status = 409, description = "already revoked")))]
+pub(crate) async fn revoke_api_token(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_global(&who, Permission::Admin)?;
+    let id = token_id(&id)?;
+    let actor = who.name.clone();
+    let t = ctl
+        .store
+        .write(move |c| store_auth::revoke_token(c, &actor, id))
+        .await?;
+    Ok(Json(json!({"revoked": id, "user": t.user})))
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/rotate", tag = "admin",
+    params(("id" = i64, Path, description = "token id")),
+    responses((status = 201, description = "token revoked and a new one made with the time it had left, shown once: {\"id\", \"token\"} (admin)"),
+        (status = 404, description = "no such token"),
+        (status = 409, description = "already revoked")))]
+pub(crate) async fn rotate_api_token(
+    State(ctl): Ctl,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_global(&who, Permission::Admin)?;
+    let id = token_id(&id)?;
+    let actor = who.name.clone();
+    let (new_id, token) = ctl
+        .store
+        .write(move |c| store_auth::rotate_token(c, &actor, id))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": new_id, "token": token, "replaces": id})),
     ))
 }
 
